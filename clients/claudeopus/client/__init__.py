@@ -1,0 +1,43 @@
+"""The thin hand-written ClaudeOpus client: channel, auth metadata, typed errors, paging.
+
+Example::
+
+    import asyncio
+    from claudeopus.client import ClaudeOpusClient
+
+    async def main() -> None:
+        async with ClaudeOpusClient("127.0.0.1:50051", key="sk-co-...") as client:
+            account = await client.create_account(email="ann@example.com", role="user")
+            created = await client.create_api_key(parent=account.name, display_name="laptop")
+            print(created.secret)  # shown once
+            async for record in client.iter_usage_records():
+                print(record.model, record.input_tokens, record.output_tokens)
+
+    asyncio.run(main())
+"""
+
+from claudeopus.client._client import ClaudeOpusClient
+from claudeopus.client._errors import (
+    AlreadyExistsError,
+    ClaudeOpusError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+__all__ = [
+    "AlreadyExistsError",
+    "ClaudeOpusClient",
+    "ClaudeOpusError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
+]

@@ -1,0 +1,96 @@
+"""Typed errors raised by the client.
+
+Hierarchy::
+
+    ClaudeOpusError              any failed call; .code, .reason, .message, .field_violations
+    ├── InvalidArgumentError     INVALID_ARGUMENT (see .field_violations)
+    ├── UnauthenticatedError     UNAUTHENTICATED (missing, unknown, revoked or expired key)
+    ├── PermissionDeniedError    PERMISSION_DENIED
+    ├── NotFoundError            NOT_FOUND (also: outside your subtree)
+    ├── AlreadyExistsError       ALREADY_EXISTS
+    ├── FailedPreconditionError  FAILED_PRECONDITION
+    ├── ResourceExhaustedError   RESOURCE_EXHAUSTED
+    └── UnavailableError         UNAVAILABLE / DEADLINE_EXCEEDED (the server could not be reached)
+
+``reason`` is the ``google.rpc.ErrorInfo.reason`` (a ``claudeopus.v1.ErrorReason``
+name such as ``KEY_REVOKED``), or ``""`` when the server sent none.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class ClaudeOpusError(Exception):
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str = "", field_violations: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{code.name}: {reason + ': ' if reason else ''}{message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.field_violations = field_violations or {}
+
+
+class InvalidArgumentError(ClaudeOpusError):
+    pass
+
+
+class UnauthenticatedError(ClaudeOpusError):
+    pass
+
+
+class PermissionDeniedError(ClaudeOpusError):
+    pass
+
+
+class NotFoundError(ClaudeOpusError):
+    pass
+
+
+class AlreadyExistsError(ClaudeOpusError):
+    pass
+
+
+class FailedPreconditionError(ClaudeOpusError):
+    pass
+
+
+class ResourceExhaustedError(ClaudeOpusError):
+    pass
+
+
+class UnavailableError(ClaudeOpusError):
+    pass
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ClaudeOpusError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ClaudeOpusError:
+    """Turn a failed call into the matching typed error, reading ErrorInfo and BadRequest."""
+    reason = ""
+    violations: dict[str, str] = {}
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(info):
+            reason = info.reason
+        elif detail.Unpack(bad):
+            violations.update({v.field: v.description for v in bad.field_violations})
+    code = error.code()
+    cls = _BY_CODE.get(code, ClaudeOpusError)
+    return cls(code, error.details() or "", reason, violations)

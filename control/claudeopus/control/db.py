@@ -1,0 +1,61 @@
+"""Database configuration and start-up: PostgreSQL through asyncpg, or a SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tortoise.context import TortoiseContext
+from tortoise.migrations.api import migrate
+
+from claudeopus.control.settings import DEFAULT_DATABASE_URL
+
+APP_LABEL = "control"
+MODELS_MODULE = "claudeopus.control.models"
+MIGRATIONS_MODULE = "claudeopus.control.migrations"
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    """The Tortoise configuration for ``database_url`` (``postgres://`` maps to asyncpg)."""
+    url = database_url
+    if url.startswith("postgresql://"):
+        url = "postgres://" + url.removeprefix("postgresql://")
+    return {
+        "connections": {"default": url},
+        "apps": {
+            APP_LABEL: {
+                "models": [MODELS_MODULE],
+                "migrations": MIGRATIONS_MODULE,
+                "default_connection": "default",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+# Read by `python -m tortoise makemigrations` through [tool.tortoise] in pyproject.toml.
+MIGRATIONS_CONFIG = tortoise_config(DEFAULT_DATABASE_URL)
+
+
+async def apply_migrations(database_url: str) -> None:
+    """Bring the schema up to date (safe to run on every start, by every replica)."""
+    async with TortoiseContext():
+        await migrate(config=tortoise_config(database_url))
+
+
+@asynccontextmanager
+async def open_database(database_url: str) -> AsyncIterator[TortoiseContext]:
+    """Apply migrations, then keep a connection pool open for the body.
+
+    Everything that queries the models must run inside the body (tasks started
+    there inherit the context).
+    """
+    await apply_migrations(database_url)
+    async with TortoiseContext() as ctx:
+        await ctx.init(config=tortoise_config(database_url))
+        try:
+            yield ctx
+        finally:
+            await ctx.close_connections()

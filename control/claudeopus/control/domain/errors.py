@@ -1,0 +1,94 @@
+"""Errors raised by the domain layer, each carrying an ``ErrorReason`` name.
+
+Hierarchy (the service layer maps each class to one gRPC status code)::
+
+    DomainError
+    ├── InvalidArgument      INVALID_ARGUMENT, with field violations
+    ├── Unauthenticated      UNAUTHENTICATED
+    ├── PermissionDenied     PERMISSION_DENIED
+    ├── NotFound             NOT_FOUND (also for anything outside the caller's subtree)
+    ├── AlreadyExists        ALREADY_EXISTS
+    ├── FailedPrecondition   FAILED_PRECONDITION
+    └── ResourceExhausted    RESOURCE_EXHAUSTED
+
+Messages are written for the caller and never contain a secret or any content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Names of ``claudeopus.v1.ErrorReason`` (a test keeps the two in step)."""
+
+    CREDENTIAL_MISSING = "CREDENTIAL_MISSING"
+    KEY_INVALID = "KEY_INVALID"
+    KEY_REVOKED = "KEY_REVOKED"
+    KEY_EXPIRED = "KEY_EXPIRED"
+    KEY_SCOPE_DENIED = "KEY_SCOPE_DENIED"
+    SERVICE_CREDENTIAL_INVALID = "SERVICE_CREDENTIAL_INVALID"
+    ACCOUNT_SUSPENDED = "ACCOUNT_SUSPENDED"
+    MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    FIELD_INVALID = "FIELD_INVALID"
+    RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
+    RESOURCE_EXISTS = "RESOURCE_EXISTS"
+    ADMIN_EXISTS = "ADMIN_EXISTS"
+    BOOTSTRAP_NOT_LOCAL = "BOOTSTRAP_NOT_LOCAL"
+    PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
+    REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
+    ROLE_DENIED = "ROLE_DENIED"
+    RESERVATION_NOT_FOUND = "RESERVATION_NOT_FOUND"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: ``field`` is its path, e.g. ``account.email``."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    def __init__(self, violations: list[FieldViolation], reason: Reason = Reason.FIELD_INVALID) -> None:
+        super().__init__(reason, "; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+    @classmethod
+    def field(cls, field: str, description: str, reason: Reason = Reason.FIELD_INVALID) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason)
+
+
+class Unauthenticated(DomainError):
+    pass
+
+
+class PermissionDenied(DomainError):
+    pass
+
+
+class NotFound(DomainError):
+    pass
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    pass
+
+
+class ResourceExhausted(DomainError):
+    pass

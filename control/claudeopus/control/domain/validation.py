@@ -1,0 +1,56 @@
+"""Small validators shared by the domain modules; each raises InvalidArgument."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from claudeopus.control.domain.errors import InvalidArgument
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+MAX_NAME = 200
+MAX_REQUEST_ID = 64
+MAX_MODEL = 200
+
+
+def email(field: str, value: str) -> str:
+    value = value.strip().lower()
+    if not value or len(value) > 320 or not _EMAIL_RE.match(value):
+        raise InvalidArgument.field(field, "must be an email address like name@example.com")
+    return value
+
+
+def display_name(field: str, value: str) -> str:
+    value = value.strip()
+    if len(value) > MAX_NAME:
+        raise InvalidArgument.field(field, f"must be at most {MAX_NAME} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidArgument.field(field, "must not contain control characters")
+    return value
+
+
+def request_id(field: str, value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) > MAX_REQUEST_ID or not value.isprintable():
+        raise InvalidArgument.field(field, f"must be at most {MAX_REQUEST_ID} printable characters")
+    return value
+
+
+def model_name(field: str, value: str) -> str:
+    if not value or len(value) > MAX_MODEL or not value.isprintable():
+        raise InvalidArgument.field(field, f"must be a model name of 1 to {MAX_MODEL} printable characters")
+    return value
+
+
+def uuid_value(field: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument.field(field, "must be a UUID") from None
+
+
+def non_negative(field: str, value: int) -> int:
+    if value < 0:
+        raise InvalidArgument.field(field, "must not be negative")
+    return value

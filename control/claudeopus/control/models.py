@@ -1,0 +1,154 @@
+"""Tortoise ORM models of the control plane.
+
+No column anywhere can hold request or response content: usage rows carry only
+metadata (who, which model, how many tokens, how long, how it ended). Money and
+token counters are integers. API keys are stored as a SHA-256 hex digest plus a
+short display prefix; the secret itself is never stored.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.models import Model
+
+
+class Role(IntEnum):
+    """Mirrors ``claudeopus.v1.Role``."""
+
+    ADMIN = 1
+    RESELLER = 2
+    USER = 3
+
+
+class AccountState(IntEnum):
+    """Mirrors ``claudeopus.v1.AccountState``."""
+
+    ACTIVE = 1
+    SUSPENDED = 2
+
+
+class Scope(IntEnum):
+    """Bit flags of ``ApiKey.scopes``; values mirror ``claudeopus.v1.Scope``."""
+
+    INFERENCE = 1
+    MANAGEMENT = 2
+
+
+class UsageStatus(IntEnum):
+    """Mirrors ``claudeopus.v1.UsageStatus``."""
+
+    RESERVED = 1
+    SUCCEEDED = 2
+    UPSTREAM_ERROR = 3
+    CLIENT_DISCONNECTED = 4
+    EXPIRED = 5
+
+
+class UsageSource(IntEnum):
+    """Mirrors ``claudeopus.v1.UsageSource``; 0 while a record is reserved."""
+
+    NONE = 0
+    REPORTED = 1
+    ESTIMATED = 2
+    RESERVED = 3
+
+
+class Account(Model):
+    """A node of the reseller hierarchy.
+
+    ``path`` is the materialised chain of ids from the root, ``/1/7/42/``, so a
+    subtree is one indexed prefix match and the ancestors are the ids in it.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    email = fields.CharField(max_length=320, unique=True)
+    display_name = fields.CharField(max_length=200, default="")
+    role = fields.IntEnumField(Role)
+    parent: fields.ForeignKeyNullableRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="children", null=True, on_delete=fields.RESTRICT
+    )
+    path = fields.CharField(max_length=1000, db_index=True, default="")
+    state = fields.IntEnumField(AccountState, default=AccountState.ACTIVE)
+    password_hash = fields.CharField(max_length=200, null=True)
+    create_request_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "account"
+        unique_together = (("parent_id", "create_request_id"),)
+
+    def ancestor_ids(self) -> list[int]:
+        """Ids from the root down to and including this account."""
+        return [int(part) for part in self.path.strip("/").split("/") if part]
+
+
+class ApiKey(Model):
+    """An API key. Only the SHA-256 of its secret is stored."""
+
+    id = fields.BigIntField(primary_key=True)
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="api_keys", on_delete=fields.RESTRICT
+    )
+    key_hash = fields.CharField(max_length=64, unique=True)
+    prefix = fields.CharField(max_length=16)
+    display_name = fields.CharField(max_length=200, default="")
+    scopes = fields.SmallIntField(default=Scope.INFERENCE)
+    allowed_models: fields.Field[list[str] | None] = fields.JSONField(null=True)
+    create_request_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    revoked_at = fields.DatetimeField(null=True)
+    expires_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "api_key"
+        unique_together = (("account_id", "create_request_id"),)
+
+    def has_scope(self, scope: Scope) -> bool:
+        return bool(self.scopes & scope)
+
+
+class UsageRecord(Model):
+    """Usage metadata of one authorized completion, never any content."""
+
+    id = fields.BigIntField(primary_key=True)
+    request_id = fields.UUIDField(unique=True)
+    api_key: fields.ForeignKeyRelation[ApiKey] = fields.ForeignKeyField(
+        "control.ApiKey", related_name="usage_records", on_delete=fields.RESTRICT
+    )
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="usage_records", on_delete=fields.RESTRICT
+    )
+    model = fields.CharField(max_length=200)
+    input_tokens = fields.BigIntField(default=0)
+    output_tokens = fields.BigIntField(default=0)
+    estimated_input_tokens = fields.BigIntField(default=0)
+    max_output_tokens = fields.BigIntField(default=0)
+    latency_us = fields.BigIntField(default=0)
+    status = fields.IntEnumField(UsageStatus, default=UsageStatus.RESERVED)
+    source = fields.IntEnumField(UsageSource, default=UsageSource.NONE)
+    http_status = fields.SmallIntField(default=0)
+    stream = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    settled_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "usage_record"
+        indexes = (
+            Index(fields=("account_id", "created_at", "id")),
+            Index(fields=("api_key_id", "created_at", "id")),
+            Index(fields=("created_at", "id")),
+        )
+
+
+class InstanceValue(Model):
+    """Installation-wide values shared by every control replica (page-token key, bootstrap marker)."""
+
+    name = fields.CharField(max_length=64, primary_key=True)
+    value = fields.BinaryField()
+
+    class Meta:
+        table = "instance_value"

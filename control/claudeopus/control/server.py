@@ -1,0 +1,106 @@
+"""Assemble and run the control plane's grpc.aio server.
+
+Example::
+
+    async with ControlServer(settings) as server:
+        print("listening on", server.port)
+        await server.wait_closed()
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from claudeopus.control.db import open_database
+from claudeopus.control.domain.clock import Clock, utc_now
+from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_secret
+from claudeopus.control.domain.paging import PageTokenCodec
+from claudeopus.control.services.accounts import AccountServicer
+from claudeopus.control.services.api_keys import ApiKeyServicer
+from claudeopus.control.services.gateway import GatewayServicer
+from claudeopus.control.services.usage import UsageServicer
+from claudeopus.control.settings import ControlSettings
+from claudeopus.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    api_keys_pb2,
+    api_keys_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+_log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+    api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+)
+STOP_GRACE_SECONDS = 5.0
+
+
+def build_server(
+    settings: ControlSettings, codec: PageTokenCodec, clock: Clock = utc_now
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A grpc.aio server with every ClaudeOpus service, health checking and reflection."""
+    server = grpc.aio.server()
+    accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(clock), server)
+    api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(clock), server)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(settings.service_token, clock), server)
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(codec, clock), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer
+
+
+class ControlServer:
+    """The control plane: database open, migrations applied, gRPC serving on ``settings.grpc_address``."""
+
+    def __init__(self, settings: ControlSettings, clock: Clock = utc_now) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._stack = AsyncExitStack()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> ControlServer:
+        await self._stack.__aenter__()
+        try:
+            await self._stack.enter_async_context(open_database(self._settings.database_url))
+            codec = PageTokenCodec(await load_or_create_secret(PAGE_TOKEN_KEY))
+            server, health_servicer = build_server(self._settings, codec, self._clock)
+            self.port = server.add_insecure_port(self._settings.grpc_address)
+            if self.port == 0:
+                raise OSError(f"cannot listen on {self._settings.grpc_address}")
+            await server.start()
+            self._server = server
+            self._stack.push_async_callback(server.stop, STOP_GRACE_SECONDS)
+            self._stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+            for name in SERVICE_NAMES:
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        _log.info("control plane listening on %s", self._settings.grpc_address)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+__all__ = ["ControlServer", "build_server"]

@@ -1,0 +1,1 @@
+"""gRPC servicers: translate protos to domain calls and back, nothing more."""

@@ -1,0 +1,42 @@
+"""Credentials from call metadata: management keys and the edge's service token."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+
+import grpc
+
+from claudeopus.control.domain.errors import Reason, Unauthenticated
+from claudeopus.control.domain.principal import Principal, authenticate_management
+
+_BEARER = "bearer "
+
+
+def bearer(context: grpc.aio.ServicerContext[object, object]) -> str | None:
+    """The bearer token of the ``authorization`` metadata entry, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            if text[: len(_BEARER)].lower() == _BEARER:
+                return text[len(_BEARER) :].strip()
+            return None
+    return None
+
+
+async def management_principal(context: grpc.aio.ServicerContext[object, object], now: datetime) -> Principal:
+    return await authenticate_management(bearer(context), now)
+
+
+def require_service(context: grpc.aio.ServicerContext[object, object], service_token: str) -> None:
+    """Admit only the edge: its service token, compared in constant time."""
+    presented = bearer(context) or ""
+    if not hmac.compare_digest(presented.encode(), service_token.encode()):
+        raise Unauthenticated(
+            Reason.SERVICE_CREDENTIAL_INVALID, "The gateway service accepts only the edge's service credential."
+        )
+
+
+def peer_is_local(context: grpc.aio.ServicerContext[object, object]) -> bool:
+    peer = context.peer() or ""
+    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
