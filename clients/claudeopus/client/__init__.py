@@ -27,6 +27,7 @@ from claudeopus.client._errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    from_rpc_error,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
+    "from_rpc_error",
 ]

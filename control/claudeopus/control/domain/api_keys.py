@@ -8,7 +8,8 @@ from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
 
-from claudeopus.control.domain import keys, validation
+from claudeopus import keys
+from claudeopus.control.domain import validation
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from claudeopus.control.domain import keys
+from claudeopus import keys
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope
 

@@ -1,4 +1,4 @@
-"""API key secrets: generation, hashing and display prefixes.
+"""API key secrets: generation, hashing and display prefixes (shared by edge, control and clients).
 
 A secret is ``sk-co-`` followed by 43 URL-safe characters (256 random bits).
 Only ``hash_secret(secret)`` (SHA-256, hex) and ``display_prefix(secret)`` are

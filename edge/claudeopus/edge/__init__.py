@@ -1,0 +1,20 @@
+"""ClaudeOpus edge: the OpenAI-compatible HTTP API (BlackSheep) in front of an upstream.
+
+Layout:
+
+- ``settings``: the typed settings object, read once.
+- ``app``: ``build_app(settings)`` assembles routes, lifespan and error handlers.
+- ``routes``: thin handlers for ``/v1/chat/completions`` and ``/v1/models``.
+- ``completions``: parsing and checking a completion request (no framework).
+- ``sse``: splitting an SSE byte stream into events and reading ``usage`` (no framework).
+- ``relay``: relaying an upstream stream chunk by chunk, settling at the end.
+- ``upstream``: the one place the upstream HTTP client is built.
+- ``control``: the gRPC client of control's internal gateway service.
+- ``settler``: owned background settles, drained on shutdown.
+- ``errors``: OpenAI-shaped errors.
+"""
+
+from claudeopus.edge.app import build_app
+from claudeopus.edge.settings import EdgeSettings
+
+__all__ = ["EdgeSettings", "build_app"]

@@ -1,0 +1,73 @@
+"""``build_app(settings)``: the edge's BlackSheep application.
+
+Example::
+
+    app = build_app(EdgeSettings(upstream_url="http://127.0.0.1:9000/v1", service_token=token))
+    # serve with any ASGI server, e.g. uvicorn.Server(uvicorn.Config(app, ...))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import httpx
+from blacksheep import Application, Request, Response
+
+from claudeopus.edge import errors
+from claudeopus.edge.control import ControlClient
+from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.routes import error_response, register_routes
+from claudeopus.edge.settings import EdgeSettings
+from claudeopus.edge.settler import Settler
+from claudeopus.edge.upstream import create_upstream_client
+
+_log = logging.getLogger(__name__)
+
+
+class EdgeApplication(Application):
+    """BlackSheep's Application with logging that never quotes a URL query, a header or an exception text."""
+
+    async def log_unhandled_exc(self, request: Request, exc: BaseException) -> None:
+        _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+
+    async def log_handled_exc(self, request: Request, exc: BaseException) -> None:
+        _log.debug("answered %s on %s %s", type(exc).__name__, request.method, request.path)
+
+
+def build_app(settings: EdgeSettings, *, upstream_transport: httpx.AsyncBaseTransport | None = None) -> Application:
+    """Assemble routes, error handlers, and the lifespan owning the upstream client and control channel."""
+    app = EdgeApplication(show_error_details=False)
+
+    @asynccontextmanager
+    async def resources(app: Application) -> AsyncIterator[None]:
+        async with (
+            create_upstream_client(settings, upstream_transport) as http,
+            grpc.aio.insecure_channel(settings.control_target) as channel,
+        ):
+            control = ControlClient(channel, settings.service_token, settings.control_timeout)
+            settler = Settler(control)
+            forwarder = Forwarder(
+                http=http, control=control, settler=settler, upstream_api_key=settings.upstream_api_key
+            )
+            app.services.register(Forwarder, instance=forwarder)
+            try:
+                yield
+            finally:
+                await settler.aclose()
+
+    app.lifespan(resources)  # type: ignore[no-untyped-call]
+
+    async def openai_error(app: Any, request: Request, exc: errors.OpenAIError) -> Response:
+        return error_response(exc)
+
+    async def internal_error(app: Any, request: Request, exc: Exception) -> Response:
+        return error_response(errors.OpenAIError("The gateway failed to handle this request.", code="internal_error"))
+
+    app.exceptions_handlers[errors.OpenAIError] = openai_error
+    app.exceptions_handlers[500] = internal_error
+    register_routes(app, settings.max_body_bytes)
+    return app

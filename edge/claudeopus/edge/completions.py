@@ -1,0 +1,141 @@
+"""Reading a chat-completion request: just enough to authorize and forward it.
+
+Only the fields the gateway needs are looked at (model, stream, stream_options,
+max_tokens / max_completion_tokens, that messages is a non-empty list). Message
+contents are never inspected, copied into an error, or logged.
+
+Example::
+
+    request = parse_completion(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+    assert request.model == "m" and not request.stream
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from claudeopus.edge.errors import BadRequest
+
+MAX_MODEL_NAME = 200
+# Rough bytes-per-token of English JSON chat payloads; used only for the
+# reservation estimate, never for billing.
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    stream: bool
+    # The client asked for the final usage chunk itself.
+    include_usage: bool
+    max_output_tokens: int
+    estimated_input_tokens: int
+    # What goes to the upstream (for streams: with include_usage forced on).
+    upstream_body: bytes
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise BadRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME or not model.isprintable():
+        raise BadRequest(
+            f"'model' must be a non-empty string of at most {MAX_MODEL_NAME} printable characters.",
+            param="model",
+            code="invalid_type",
+        )
+    return model
+
+
+def _messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array.", param="messages", code="invalid_type")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"'messages[{index}]' must be an object.", param=f"messages[{index}]", code="invalid_type")
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean.", param=name, code="invalid_type")
+    return value
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    best = 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadRequest(f"'{name}' must be a positive integer.", param=name, code="invalid_type")
+        best = best or value
+    return best
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, dict[str, Any]]:
+    options = body.get("stream_options")
+    if options is None:
+        return False, {}
+    if not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+    if not stream:
+        raise BadRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    include = options.get("include_usage", False)
+    if include is not None and not isinstance(include, bool):
+        raise BadRequest(
+            "'stream_options.include_usage' must be a boolean.",
+            param="stream_options.include_usage",
+            code="invalid_type",
+        )
+    return bool(include), options
+
+
+def parse_completion(raw: bytes) -> CompletionRequest:
+    """Check a ``/v1/chat/completions`` body; raise :class:`BadRequest` with OpenAI's wording."""
+    body = _object(raw)
+    model = _model(body)
+    _messages(body)
+    stream = _bool(body, "stream")
+    max_output = _max_tokens(body)
+    include_usage, options = _stream_options(body, stream)
+    upstream_body = raw
+    if stream and not include_usage:
+        # Always ask the upstream for usage: billing needs it; the extra chunk is
+        # removed again on the way back.
+        body["stream_options"] = {**options, "include_usage": True}
+        upstream_body = orjson.dumps(body)
+    return CompletionRequest(
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        max_output_tokens=max_output,
+        estimated_input_tokens=len(raw) // BYTES_PER_TOKEN + 1,
+        upstream_body=upstream_body,
+    )

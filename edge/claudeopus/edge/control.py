@@ -1,0 +1,125 @@
+"""The edge's client of control's internal GatewayService.
+
+Control's answers become OpenAI-shaped errors here; if control cannot be
+reached in time the edge fails closed with 503 and forwards nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+
+from claudeopus import keys
+from claudeopus.client import ClaudeOpusError, UnavailableError, from_rpc_error
+from claudeopus.edge import errors
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    allowed_models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a forwarded request ended, as settled with control."""
+
+    input_tokens: int
+    output_tokens: int
+    status: usage_pb2.UsageStatus.ValueType
+    source: usage_pb2.UsageSource.ValueType
+    http_status: int
+
+
+def _openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
+    reason, message = error.reason, error.message
+    if reason == "KEY_INVALID":
+        return errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+    if reason == "KEY_REVOKED":
+        return errors.AuthenticationFailed(message, code="api_key_revoked")
+    if reason == "KEY_EXPIRED":
+        return errors.AuthenticationFailed(message, code="api_key_expired")
+    if reason in ("KEY_SCOPE_DENIED", "ACCOUNT_SUSPENDED"):
+        return errors.PermissionDenied(message, code=reason.lower())
+    if reason == "MODEL_NOT_ALLOWED":
+        return errors.PermissionDenied(message, code="model_not_allowed", param="model")
+    if reason == "BUDGET_EXHAUSTED":
+        return errors.QuotaExceeded(message, code="insufficient_quota")
+    if reason == "FIELD_INVALID":
+        field = next(iter(error.field_violations), None)
+        return errors.BadRequest(message, code="invalid_value", param=field)
+    if reason == "SERVICE_CREDENTIAL_INVALID":
+        _log.error("control refused the edge's service token; check CLAUDEOPUS_SERVICE_TOKEN on both")
+    elif not isinstance(error, UnavailableError):
+        _log.error("authorization failed with %s (%s)", error.code.name, reason or "no reason")
+    return errors.ControlUnavailable(
+        "The gateway could not check your API key right now; nothing was forwarded. Please retry.",
+        code="control_unavailable",
+    )
+
+
+def _key_hash(secret: str) -> bytes:
+    if not keys.looks_like_secret(secret):
+        raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+    return keys.hash_secret_bytes(secret)
+
+
+class ControlClient:
+    """Authorize and settle over one shared gRPC channel.
+
+    Example::
+
+        control = ControlClient(channel, service_token, timeout=5.0)
+        await control.authorize(request_id, secret, completion)
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, service_token: str, timeout: float) -> None:
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {service_token}"),)
+        self._timeout = timeout
+
+    async def verify(self, secret: str) -> KeyInfo:
+        request = gateway_pb2.VerifyApiKeyRequest(key_hash=_key_hash(secret))
+        try:
+            reply = await self._stub.VerifyApiKey(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise _openai_error(from_rpc_error(error)) from None
+        return KeyInfo(allowed_models=tuple(reply.allowed_models))
+
+    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> None:
+        request = gateway_pb2.AuthorizeRequest(
+            request_id=request_id,
+            key_hash=_key_hash(secret),
+            model=completion.model,
+            estimated_input_tokens=completion.estimated_input_tokens,
+            max_output_tokens=completion.max_output_tokens,
+            stream=completion.stream,
+        )
+        try:
+            await self._stub.Authorize(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise _openai_error(from_rpc_error(error)) from None
+
+    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+        """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
+        latency = duration_pb2.Duration()
+        latency.FromNanoseconds(int(latency_seconds * 1e9))
+        request = gateway_pb2.SettleRequest(
+            request_id=request_id,
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            latency=latency,
+            status=outcome.status,
+            source=outcome.source,
+            http_status=outcome.http_status,
+        )
+        try:
+            await self._stub.Settle(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None

@@ -1,0 +1,140 @@
+"""Relaying an upstream SSE stream to the client, event by event, and settling at the end.
+
+The upstream was asked for usage (``include_usage``); its extra usage-only
+chunk is dropped again unless the client asked for it. Whatever ends the
+stream (the upstream finishing, failing, or the client going away), the
+upstream response is closed and exactly one settle is submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import httpx
+
+from claudeopus.edge import errors
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.control import Outcome
+from claudeopus.edge.disconnect import DisconnectWatcher
+from claudeopus.edge.settler import Settler
+from claudeopus.edge.sse import EventBuffer, Usage, is_done, usage_event
+from claudeopus.v1 import usage_pb2
+
+_log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the stream ended."""
+
+
+class StreamRelay:
+    """One relayed stream; pass :meth:`events` to the HTTP layer as the body generator."""
+
+    def __init__(
+        self,
+        *,
+        response: httpx.Response,
+        completion: CompletionRequest,
+        request_id: str,
+        started_at: float,
+        settler: Settler,
+        watcher: DisconnectWatcher,
+    ) -> None:
+        self._response = response
+        self._completion = completion
+        self._request_id = request_id
+        self._started_at = started_at
+        self._settler = settler
+        self._watcher = watcher
+        self._usage: Usage | None = None
+        self._relayed_events = 0
+        self._status: usage_pb2.UsageStatus.ValueType = usage_pb2.USAGE_STATUS_SUCCEEDED
+
+    async def events(self) -> AsyncIterator[bytes]:
+        self._watcher.start()
+        buffer = EventBuffer()
+        try:
+            async with contextlib.aclosing(self._chunks()) as chunks:
+                async for chunk in chunks:
+                    for event in buffer.feed(chunk):
+                        if self._keep(event):
+                            yield event
+            tail = buffer.rest()
+            if tail.strip():
+                yield tail + b"\n\n"
+        except ClientGone:
+            self._status = usage_pb2.USAGE_STATUS_CLIENT_DISCONNECTED
+        except httpx.TimeoutException:
+            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            yield _error_event(
+                errors.UpstreamTimeout("The upstream provider stopped responding.", code="upstream_timeout")
+            )
+        except httpx.HTTPError:
+            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            yield _error_event(
+                errors.UpstreamFailed("The upstream connection failed mid-stream.", code="upstream_error")
+            )
+        finally:
+            await self._finish()
+
+    def _keep(self, event: bytes) -> bool:
+        found = usage_event(event)
+        if found is not None:
+            self._usage = found.usage
+            return not found.usage_only or self._completion.include_usage
+        if not (b"[DONE]" in event and is_done(event)):
+            self._relayed_events += 1
+        return True
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        """Upstream chunks, raced against the client disconnecting."""
+        iterator = self._response.aiter_bytes().__aiter__()
+        gone = self._watcher.gone
+        while True:
+            if gone.done():
+                raise ClientGone
+            next_chunk = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.wait((next_chunk, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not next_chunk.done():
+                next_chunk.cancel()
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, StopAsyncIteration):
+                    await next_chunk
+                raise ClientGone
+            try:
+                chunk = next_chunk.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+
+    async def _finish(self) -> None:
+        await self._watcher.aclose()
+        with contextlib.suppress(httpx.HTTPError):
+            await self._response.aclose()
+        self._settler.submit(self._request_id, self._outcome(), self._started_at)
+
+    def _outcome(self) -> Outcome:
+        if self._usage is not None:
+            return Outcome(
+                input_tokens=self._usage.input_tokens,
+                output_tokens=self._usage.output_tokens,
+                status=self._status,
+                source=usage_pb2.USAGE_SOURCE_REPORTED,
+                http_status=200,
+            )
+        # No usage arrived (client left, upstream broke): estimate from what was
+        # relayed, one token per content event, never zero for produced output.
+        produced = self._relayed_events > 0
+        return Outcome(
+            input_tokens=self._completion.estimated_input_tokens if produced else 0,
+            output_tokens=self._relayed_events,
+            status=self._status,
+            source=usage_pb2.USAGE_SOURCE_ESTIMATED,
+            http_status=200,
+        )
+
+
+def _error_event(error: errors.OpenAIError) -> bytes:
+    return b"data: " + error.json() + b"\n\n"

@@ -1,0 +1,84 @@
+"""HTTP routes at OpenAI's paths; thin: read the request, call the forwarder, answer."""
+
+from __future__ import annotations
+
+from blacksheep import Application, Content, Request, Response, StreamedContent
+from blacksheep.contents import ASGIContent
+
+from claudeopus.edge import errors
+from claudeopus.edge.disconnect import Receive
+from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.replies import BodyReply, Reply
+
+_BEARER = b"bearer "
+
+
+def bearer_secret(request: Request) -> str:
+    value = request.get_first_header(b"authorization")
+    if not value:
+        raise errors.missing_key()
+    if value[: len(_BEARER)].lower() != _BEARER:
+        raise errors.AuthenticationFailed(
+            "The Authorization header must be 'Bearer <API key>'.", code="invalid_api_key"
+        )
+    try:
+        return value[len(_BEARER) :].strip().decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing anything over ``limit`` bytes before reading it all."""
+    declared = request.get_first_header(b"content-length")
+    too_large = errors.PayloadTooLarge(f"The request body is larger than {limit} bytes.", code="request_too_large")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    if request.content is None:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.stream():  # type: ignore[attr-defined]  # missing from the stubs
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _receive(request: Request) -> Receive | None:
+    content = request.content
+    return content.receive if isinstance(content, ASGIContent) else None
+
+
+def to_response(reply: Reply) -> Response:
+    if isinstance(reply, BodyReply):
+        response = Response(reply.status, None, Content(reply.content_type, reply.body))
+    else:
+        response = Response(reply.status, None, StreamedContent(reply.content_type, reply.events))
+    for name, value in reply.headers:
+        response.add_header(name, value)
+    return response
+
+
+def error_response(error: errors.OpenAIError) -> Response:
+    return Response(error.status, None, Content(b"application/json", error.json()))
+
+
+def register_routes(app: Application, max_body_bytes: int) -> None:
+    async def chat_completions(request: Request, forwarder: Forwarder) -> Response:
+        secret = bearer_secret(request)
+        receive = _receive(request)
+        raw = await read_body(request, max_body_bytes)
+        return to_response(await forwarder.chat_completions(secret, raw, receive))
+
+    async def list_models(request: Request, forwarder: Forwarder) -> Response:
+        return to_response(await forwarder.models(bearer_secret(request)))
+
+    async def not_found(request: Request) -> Response:
+        return error_response(
+            errors.RouteNotFound(f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
+        )
+
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.fallback = not_found

@@ -1,0 +1,106 @@
+"""Server-sent events from an upstream: split into whole events, find the usage.
+
+The relay forwards each event as soon as it is complete; only events that
+mention ``"usage"`` are decoded, so the hot path stays a byte search.
+
+Example::
+
+    buffer = EventBuffer()
+    events = buffer.feed(b'data: {"choices": []}\\n\\ndata: [DO')
+    assert events == [b'data: {"choices": []}\\n\\n']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+_SEPARATORS = (b"\n\n", b"\r\n\r\n")
+DONE = b"[DONE]"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+class EventBuffer:
+    """Accumulates bytes and hands back complete events (with their blank-line terminator)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk if self._pending else chunk
+        events: list[bytes] = []
+        start = 0
+        while True:
+            end, width = _next_separator(data, start)
+            if end < 0:
+                break
+            events.append(data[start : end + width])
+            start = end + width
+        self._pending = data[start:]
+        return events
+
+    def rest(self) -> bytes:
+        """Bytes after the last complete event (an unterminated tail)."""
+        pending, self._pending = self._pending, b""
+        return pending
+
+
+def _next_separator(data: bytes, start: int) -> tuple[int, int]:
+    best, width = -1, 0
+    for separator in _SEPARATORS:
+        found = data.find(separator, start)
+        if found >= 0 and (best < 0 or found < best):
+            best, width = found, len(separator)
+    return best, width
+
+
+def event_data(event: bytes) -> bytes:
+    """The joined ``data:`` lines of one event."""
+    lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+def is_done(event: bytes) -> bool:
+    return event_data(event).strip() == DONE
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    usage: Usage
+    # True for the extra chunk that include_usage adds (no choices of its own).
+    usage_only: bool
+
+
+def usage_event(event: bytes) -> UsageEvent | None:
+    """The usage carried by this event, if any (``"usage": null`` does not count)."""
+    if b'"usage"' not in event:
+        return None
+    try:
+        payload = orjson.loads(event_data(event))
+    except orjson.JSONDecodeError:
+        return None
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    parsed = parse_usage(usage)
+    if parsed is None:
+        return None
+    return UsageEvent(usage=parsed, usage_only=not payload.get("choices"))
+
+
+def parse_usage(usage: object) -> Usage | None:
+    """OpenAI's ``usage`` object to token counts; None when absent or malformed."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not _count(prompt) or not _count(completion):
+        return None
+    return Usage(input_tokens=int(prompt), output_tokens=int(completion))  # type: ignore[arg-type]
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
