@@ -81,7 +81,9 @@ class ClaudeOpusClient:
     async def create_account(
         self, *, email: str, role: str = "user", display_name: str = "", parent: str = "", request_id: str = ""
     ) -> accounts_pb2.Account:
-        account = accounts_pb2.Account(email=email, display_name=display_name, role=ROLES.get(role, accounts_pb2.ROLE_UNSPECIFIED))
+        account = accounts_pb2.Account(
+            email=email, display_name=display_name, role=ROLES.get(role, accounts_pb2.ROLE_UNSPECIFIED)
+        )
         request = accounts_pb2.CreateAccountRequest(parent=parent, account=account, request_id=request_id)
         return await self._call(self.accounts.CreateAccount(request, timeout=self._timeout))
 

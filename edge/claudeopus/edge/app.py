@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -42,7 +41,6 @@ def build_app(settings: EdgeSettings, *, upstream_transport: httpx.AsyncBaseTran
     """Assemble routes, error handlers, and the lifespan owning the upstream client and control channel."""
     app = EdgeApplication(show_error_details=False)
 
-    @asynccontextmanager
     async def resources(app: Application) -> AsyncIterator[None]:
         async with (
             create_upstream_client(settings, upstream_transport) as http,

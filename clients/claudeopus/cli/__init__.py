@@ -1,0 +1,1 @@
+"""The ``claudeopus`` command line: serve, control, edge, admin."""

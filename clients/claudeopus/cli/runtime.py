@@ -1,0 +1,35 @@
+"""Process plumbing for the server commands: logging, signals, the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    # Library loggers that would otherwise quote URLs or payload fragments stay quiet.
+    for name in ("uvicorn.access", "httpx", "httpcore", "aiohttp.access", "blacksheep.server"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on uvloop where available; SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.run(runner())
+    else:
+        uvloop.run(runner())

@@ -1,0 +1,128 @@
+"""The server commands' bodies: control, edge, and both together with a demo upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from claudeopus.client import AlreadyExistsError, ClaudeOpusClient
+from claudeopus.control.server import ControlServer
+from claudeopus.control.settings import ControlSettings
+from claudeopus.edge.app import build_app
+from claudeopus.edge.demo import MODELS, DemoUpstream
+from claudeopus.edge.server import HttpServer
+from claudeopus.edge.settings import EdgeSettings, split_address
+
+_log = logging.getLogger("claudeopus")
+ADMIN_EMAIL = "admin@claudeopus.local"
+DEMO_EMAIL = "demo@claudeopus.local"
+
+
+async def run_control(settings: ControlSettings, stop: asyncio.Event) -> None:
+    async with ControlServer(settings):
+        _log.info("control plane ready on %s (database %s)", settings.grpc_address, _db_label(settings))
+        await stop.wait()
+    _log.info("control plane stopped")
+
+
+async def run_edge(settings: EdgeSettings, stop: asyncio.Event) -> None:
+    async with HttpServer(build_app(settings), settings.http_host, settings.http_port):
+        _log.info("edge ready on http://%s (control %s)", settings.http_address, settings.control_target)
+        await stop.wait()
+    _log.info("edge stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    http_address: str
+    grpc_address: str
+    database_url: str
+    upstream_url: str
+    upstream_api_key: str
+
+
+async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
+    """Control and edge in one process; a demo upstream when none is configured."""
+    token = secrets.token_urlsafe(32)  # in-process only: never leaves this process
+    control_settings = ControlSettings(
+        grpc_address=options.grpc_address, database_url=options.database_url, service_token=token
+    )
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(ControlServer(control_settings))
+        upstream_url = options.upstream_url
+        if not upstream_url:
+            demo = await stack.enter_async_context(HttpServer(DemoUpstream(), "127.0.0.1", 0))
+            upstream_url = f"http://127.0.0.1:{demo.port}/v1"
+            _banner_demo(upstream_url)
+        control_target = _local_target(options.grpc_address)
+        edge_settings = EdgeSettings(
+            upstream_url=upstream_url,
+            service_token=token,
+            upstream_api_key=options.upstream_api_key,
+            http_address=options.http_address,
+            control_target=control_target,
+        )
+        await stack.enter_async_context(
+            HttpServer(build_app(edge_settings), edge_settings.http_host, edge_settings.http_port)
+        )
+        await _first_start(control_target, edge_settings.http_address, demo_model=not options.upstream_url)
+        _log.info("ClaudeOpus ready: edge http://%s, control %s", options.http_address, options.grpc_address)
+        await stop.wait()
+    _log.info("ClaudeOpus stopped")
+
+
+def _local_target(address: str) -> str:
+    host, port = split_address(address, "--grpc")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _db_label(settings: ControlSettings) -> str:
+    return settings.database_url.split("@")[-1] if "@" in settings.database_url else settings.database_url
+
+
+def _banner_demo(url: str) -> None:
+    line = "=" * 78
+    print(
+        f"{line}\n  NO UPSTREAM CONFIGURED: using the built-in DEMO upstream at {url}\n"
+        "  It returns canned text, not a real model. Set --upstream-url or\n"
+        f"  CLAUDEOPUS_UPSTREAM_URL (and CLAUDEOPUS_UPSTREAM_API_KEY) for a real provider.\n{line}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _first_start(control_target: str, http_address: str, *, demo_model: bool) -> None:
+    """On the very first start: bootstrap the admin, a demo user and its key, and show how to call."""
+    async with ClaudeOpusClient(control_target) as anonymous:
+        try:
+            admin = await anonymous.bootstrap_admin(ADMIN_EMAIL, "Administrator")
+        except AlreadyExistsError:
+            _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
+            return
+    async with ClaudeOpusClient(control_target, key=admin.secret) as client:
+        user = await client.create_account(email=DEMO_EMAIL, role="user", display_name="Demo user")
+        created = await client.create_api_key(parent=user.name, display_name="demo")
+    model = MODELS[0] if demo_model else "gpt-4o-mini"
+    base = f"http://{http_address}/v1"
+    print(
+        "\nFirst start: bootstrapped the admin and a demo user. These secrets are shown ONCE.\n"
+        f"  admin management key : {admin.secret}\n"
+        f"  demo API key         : {created.secret}\n\n"
+        "Try it:\n"
+        f"  curl {base}/chat/completions \\\n"
+        f"    -H 'Authorization: Bearer {created.secret}' -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n\n'
+        "  python -c 'from openai import OpenAI; "
+        f'c = OpenAI(base_url="{base}", api_key="{created.secret}"); '
+        f'print(c.chat.completions.create(model="{model}", '
+        'messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)\'\n\n'
+        "Manage accounts and keys:\n"
+        f"  CLAUDEOPUS_ADMIN_KEY={admin.secret} claudeopus admin usage list\n",
+        flush=True,
+    )

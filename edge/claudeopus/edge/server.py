@@ -1,0 +1,72 @@
+"""Serving an ASGI app with uvicorn inside an already-running event loop.
+
+Signals belong to the caller (the CLI), not to uvicorn, so several servers
+(edge, demo upstream) can share one process and stop in order.
+
+Example::
+
+    async with HttpServer(app, "127.0.0.1", 0) as server:
+        print("listening on", server.port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HttpServer:
+    def __init__(self, app: Any, host: str, port: int, **uvicorn_options: Any) -> None:
+        options: dict[str, Any] = {
+            "lifespan": "on",
+            "access_log": False,
+            "log_config": None,
+            "http": "httptools",
+            "loop": "none",
+            "timeout_graceful_shutdown": 10,
+        }
+        options.update(uvicorn_options)
+        self._server = _Server(uvicorn.Config(app, host=host, port=port, **options))
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def __aenter__(self) -> HttpServer:
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+        deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_SECONDS
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped the start-up
+                raise OSError("the HTTP server stopped during start-up")
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the HTTP server did not start in time")
+            await asyncio.sleep(0.01)
+        sockets = [s for server in self._server.servers for s in server.sockets]
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit as stop:  # uvicorn exits the process when start-up fails
+            raise RuntimeError(f"the HTTP server failed to start (exit status {stop.code})") from None
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
