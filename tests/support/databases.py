@@ -1,0 +1,79 @@
+"""Test databases: a fresh SQLite file or a fresh PostgreSQL database per use.
+
+``CLAUDEOPUS_TEST_DATABASE`` selects the engine: ``sqlite`` (default) or a
+PostgreSQL server URL without a database name, e.g. ``postgres://postgres@127.0.0.1:5432``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+
+ENV = "CLAUDEOPUS_TEST_DATABASE"
+
+
+def engine() -> str:
+    return "postgres" if os.environ.get(ENV, "sqlite").startswith(("postgres://", "postgresql://")) else "sqlite"
+
+
+async def _pg_admin(statement: str) -> None:
+    server = os.environ[ENV].rstrip("/")
+    connection = await asyncpg.connect(server + "/postgres")
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def fresh_database(tmp_path: Path) -> Iterator[str]:
+    """Yield a database URL for an empty database; drop it afterwards."""
+    import asyncio
+
+    if engine() == "sqlite":
+        yield f"sqlite://{tmp_path / 'claudeopus.db'}"
+        return
+    name = f"co_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield os.environ[ENV].rstrip("/") + "/" + name
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def dump_text(database_url: str) -> str:
+    """Every row of every table as text: what a privacy check searches."""
+    import asyncio
+
+    if database_url.startswith("sqlite://"):
+        path = database_url.removeprefix("sqlite://")
+        connection = sqlite3.connect(path)
+        try:
+            tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            return "\n".join(
+                repr(row) for table in tables for row in connection.execute(f'SELECT * FROM "{table}"')  # noqa: S608
+            )
+        finally:
+            connection.close()
+
+    async def dump() -> str:
+        connection = await asyncpg.connect(database_url)
+        try:
+            tables = await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+            parts = []
+            for table in tables:
+                rows = await connection.fetch(f'SELECT * FROM "{table["tablename"]}"')  # noqa: S608
+                parts.extend(repr(dict(r)) for r in rows)
+            return "\n".join(parts)
+        finally:
+            await connection.close()
+
+    return asyncio.run(dump())

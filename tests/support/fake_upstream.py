@@ -1,0 +1,130 @@
+"""A small, honest fake upstream on loopback for the end-to-end tests.
+
+It speaks OpenAI's chat-completion API, honours ``max_tokens``, echoes the last
+user message (so privacy checks can look for it downstream), reports usage it
+counted itself, and records what it received so tests can check headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from claudeopus.edge.server import HttpServer
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeUpstream:
+    """An ASGI app; ``received`` lists every request; ``usage_log`` every usage it reported."""
+
+    received: list[Received] = field(default_factory=list)
+    usage_log: list[dict[str, int]] = field(default_factory=list)
+    fail_with: int | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        body = orjson.loads(raw) if raw else None
+        self.received.append(Received(scope["path"], headers, body))
+        if self.fail_with is not None:
+            await _json(send, self.fail_with, {"error": {"message": "upstream says no", "type": "server_error"}})
+        elif scope["path"] == "/v1/models":
+            await _json(send, 200, {"object": "list", "data": [{"id": "fake-1", "object": "model"}]})
+        elif scope["path"] == "/v1/chat/completions" and isinstance(body, dict):
+            await self._complete(body, send)
+        else:
+            await _json(send, 404, {"error": {"message": "no such route", "type": "invalid_request_error"}})
+
+    async def _complete(self, body: dict[str, Any], send: Any) -> None:
+        last = str(body["messages"][-1].get("content", ""))
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 8
+        words = [f"echo:{last}"] + [f"w{i}" for i in range(limit - 1)]
+        words = words[:limit]
+        usage = {"prompt_tokens": 7 + len(body["messages"]), "completion_tokens": len(words)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self.usage_log.append(usage)
+        base = {"id": "chatcmpl-fake", "created": 1, "model": body["model"]}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": " ".join(words)}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            await _json(send, 200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return
+        include = bool((body.get("stream_options") or {}).get("include_usage"))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        chunk = {**base, "object": "chat.completion.chunk"}
+        extra = {"usage": None} if include else {}
+        for word in words:
+            choices = [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]
+            await _event(send, {**chunk, "choices": choices, **extra})
+        await _event(send, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra})
+        if include:
+            await _event(send, {**chunk, "choices": [], "usage": usage})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def _json(send: Any, status: int, payload: object) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+async def _event(send: Any, payload: object) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(payload) + b"\n\n", "more_body": True})
+
+
+class ThreadedServer:
+    """Serve an ASGI app on a loopback port from a background thread (for sync tests)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.port = 0
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with HttpServer(self._app, "127.0.0.1", 0) as server:
+            self.port = server.port
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise TimeoutError("fake upstream did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"

@@ -1,0 +1,116 @@
+"""Real ``claudeopus`` processes for end-to-end tests, on loopback, with captured output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+CLI = str(Path(sys.executable).parent / "claudeopus")
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Process:
+    """A child process whose stdout/stderr go to files we can read afterwards."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.stdout_path = log_dir / f"{name}.stdout"
+        self.stderr_path = log_dir / f"{name}.stderr"
+        full_env = {**os.environ, **env}
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.popen = subprocess.Popen(  # noqa: S603
+                [CLI, *args], env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=log_dir
+            )
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def fail(self, why: str) -> AssertionError:
+        return AssertionError(f"{self.name}: {why}\n--- output ---\n{self.output()}")
+
+
+def wait_for_grpc(process: Process, port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise process.fail("exited during start-up")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise process.fail("not serving gRPC in time")
+
+
+def wait_for_http(process: Process, port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise process.fail("exited during start-up")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise process.fail("not serving HTTP in time")
+
+
+def start_control(database_url: str, token: str, log_dir: Path, name: str = "control") -> tuple[Process, int]:
+    port = free_port()
+    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url}
+    process = Process(name, ["control", "--grpc", f"127.0.0.1:{port}", "--log-level", "debug"], env, log_dir)
+    wait_for_grpc(process, port)
+    return process, port
+
+
+def start_edge(
+    control_port: int, upstream_url: str, token: str, log_dir: Path, *, upstream_key: str = "", name: str = "edge"
+) -> tuple[Process, int]:
+    port = free_port()
+    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_UPSTREAM_API_KEY": upstream_key}
+    args = [
+        "edge",
+        "--control",
+        f"127.0.0.1:{control_port}",
+        "--http",
+        f"127.0.0.1:{port}",
+        "--upstream-url",
+        upstream_url,
+        "--log-level",
+        "debug",
+    ]
+    process = Process(name, args, env, log_dir)
+    wait_for_http(process, port)
+    return process, port
