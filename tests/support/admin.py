@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -27,9 +28,10 @@ def usage_records(target: str, key: str, *, api_key: str = "") -> list[usage_pb2
     return call(target, key, collect)
 
 
-def wait_for_settled(target: str, key: str, api_key: str, count: int, timeout: float = 10.0) -> list[usage_pb2.UsageRecord]:
+def wait_for_settled(
+    target: str, key: str, api_key: str, count: int, timeout: float = 10.0
+) -> list[usage_pb2.UsageRecord]:
     """Settles run after the response; poll until ``count`` records of ``api_key`` are settled."""
-    import time
 
     deadline = time.monotonic() + timeout
     while True:

@@ -56,21 +56,17 @@ def dump_text(database_url: str) -> str:
         connection = sqlite3.connect(path)
         try:
             tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            return "\n".join(
-                repr(row) for table in tables for row in connection.execute(f'SELECT * FROM "{table}"')  # noqa: S608
-            )
+            return "\n".join(repr(row) for table in tables for row in connection.execute(f'SELECT * FROM "{table}"'))
         finally:
             connection.close()
 
     async def dump() -> str:
         connection = await asyncpg.connect(database_url)
         try:
-            tables = await connection.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            )
+            tables = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             parts = []
             for table in tables:
-                rows = await connection.fetch(f'SELECT * FROM "{table["tablename"]}"')  # noqa: S608
+                rows = await connection.fetch(f'SELECT * FROM "{table["tablename"]}"')
                 parts.extend(repr(dict(r)) for r in rows)
             return "\n".join(parts)
         finally:

@@ -33,7 +33,7 @@ class Process:
         self.stderr_path = log_dir / f"{name}.stderr"
         full_env = {**os.environ, **env}
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.popen = subprocess.Popen(  # noqa: S603
+            self.popen = subprocess.Popen(
                 [CLI, *args], env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=log_dir
             )
 
