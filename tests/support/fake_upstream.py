@@ -3,6 +3,7 @@
 It speaks OpenAI's chat-completion API, honours ``max_tokens``, echoes the last
 user message (so privacy checks can look for it downstream), reports usage it
 counted itself, and records what it received so tests can check headers.
+The model ``fake-slow`` streams one chunk every 50 ms (for disconnect tests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import orjson
 
 from claudeopus.edge.server import HttpServer
+
+SLOW_CHUNK_SECONDS = 0.05
 
 
 @dataclass
@@ -77,7 +80,10 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         chunk = {**base, "object": "chat.completion.chunk"}
         extra = {"usage": None} if include else {}
+        delay = SLOW_CHUNK_SECONDS if body["model"] == "fake-slow" else 0.0
         for word in words:
+            if delay:
+                await asyncio.sleep(delay)
             choices = [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]
             await _event(send, {**chunk, "choices": choices, **extra})
         await _event(send, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra})

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from claudeopus.edge.completions import parse_completion
+from claudeopus.edge.errors import BadRequest
+
+MESSAGES = [{"role": "user", "content": "secret prompt text"}]
+
+
+def body(**fields: object) -> bytes:
+    return orjson.dumps({"model": "m", "messages": MESSAGES, **fields})
+
+
+def test_non_streaming_body_is_forwarded_byte_for_byte() -> None:
+    raw = body(max_tokens=7)
+    request = parse_completion(raw)
+    assert request.upstream_body is raw
+    assert (request.model, request.stream, request.max_output_tokens) == ("m", False, 7)
+
+
+def test_streams_always_ask_the_upstream_for_usage() -> None:
+    request = parse_completion(body(stream=True, stream_options={"other": 1}))
+    forwarded = orjson.loads(request.upstream_body)
+    assert forwarded["stream_options"] == {"other": 1, "include_usage": True}
+    assert not request.include_usage
+
+
+def test_client_include_usage_is_remembered() -> None:
+    request = parse_completion(body(stream=True, stream_options={"include_usage": True}))
+    assert request.include_usage
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    assert parse_completion(body(max_tokens=5, max_completion_tokens=9)).max_output_tokens == 9
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b"[]", None),
+        (b"\xff\xfe", None),
+        (orjson.dumps({"messages": MESSAGES}), "model"),
+        (orjson.dumps({"model": "", "messages": MESSAGES}), "model"),
+        (orjson.dumps({"model": "m" * 201, "messages": MESSAGES}), "model"),
+        (orjson.dumps({"model": "m"}), "messages"),
+        (orjson.dumps({"model": "m", "messages": ["x"]}), "messages[0]"),
+        (body(stream=1), "stream"),
+        (body(max_tokens=0), "max_tokens"),
+        (body(max_tokens=True), "max_tokens"),
+        (body(stream_options={"include_usage": True}), "stream_options"),
+        (body(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
+    ],
+)
+def test_bad_requests_name_the_parameter(raw: bytes, param: str | None) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_completion(raw)
+    assert caught.value.param == param
+    assert caught.value.status == 400
+
+
+def test_errors_never_quote_message_content() -> None:
+    raw = orjson.dumps({"model": 5, "messages": MESSAGES})
+    with pytest.raises(BadRequest) as caught:
+        parse_completion(raw)
+    assert "secret prompt text" not in caught.value.json().decode()

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from claudeopus.edge.sse import EventBuffer, Usage, is_done, parse_usage, usage_event
+
+
+def test_buffer_returns_only_whole_events_in_order() -> None:
+    buffer = EventBuffer()
+    assert buffer.feed(b'data: {"a": 1}\n\ndata: {"b') == [b'data: {"a": 1}\n\n']
+    assert buffer.feed(b'": 2}\n\n') == [b'data: {"b": 2}\n\n']
+    assert buffer.feed(b"data: [DONE]\n\n") == [b"data: [DONE]\n\n"]
+    assert buffer.rest() == b""
+
+
+def test_buffer_accepts_crlf_framing_and_keeps_a_tail() -> None:
+    buffer = EventBuffer()
+    assert buffer.feed(b"data: 1\r\n\r\ndata: 2\n\ndata: 3") == [b"data: 1\r\n\r\n", b"data: 2\n\n"]
+    assert buffer.rest() == b"data: 3"
+
+
+def test_byte_at_a_time_feeding_gives_the_same_events() -> None:
+    stream = b'data: {"x": 1}\n\n: comment\n\ndata: [DONE]\n\n'
+    buffer = EventBuffer()
+    events = [event for byte in stream for event in buffer.feed(bytes([byte]))]
+    assert b"".join(events) == stream
+    assert len(events) == 3
+
+
+def test_usage_chunk_is_recognised_and_flagged_usage_only() -> None:
+    event = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}\n\n'
+    found = usage_event(event)
+    assert found is not None and found.usage == Usage(3, 4) and found.usage_only
+
+
+def test_null_usage_on_content_chunks_is_not_usage() -> None:
+    event = b'data: {"choices": [{"delta": {"content": "hi"}}], "usage": null}\n\n'
+    assert usage_event(event) is None
+
+
+def test_usage_on_a_chunk_with_choices_is_not_usage_only() -> None:
+    event = b'data: {"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
+    found = usage_event(event)
+    assert found is not None and not found.usage_only
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,
+        [],
+        {"prompt_tokens": 1},
+        {"prompt_tokens": -1, "completion_tokens": 1},
+        {"prompt_tokens": True, "completion_tokens": 1},
+    ],
+)
+def test_malformed_usage_is_ignored(usage: object) -> None:
+    assert parse_usage(usage) is None
+
+
+def test_done_detection() -> None:
+    assert is_done(b"data: [DONE]\n\n")
+    assert is_done(b"data:[DONE]\r\n\r\n")
+    assert not is_done(b'data: {"text": "[DONE]"}\n\n')
