@@ -11,8 +11,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    # Library loggers that would otherwise quote URLs or payload fragments stay quiet.
+    """``level`` applies to ClaudeOpus's own loggers; libraries never log below INFO.
+
+    Library debug output (SQL with bound values, HTTP request lines with query
+    strings) could carry account data or URLs, so it stays off at every level.
+    """
+    wanted = logging.getLevelName(level.upper())
+    if not isinstance(wanted, int):
+        raise ValueError(f"unknown log level {level!r}")
+    logging.basicConfig(level=max(wanted, logging.INFO), format=LOG_FORMAT)
+    logging.getLogger("claudeopus").setLevel(wanted)
     for name in ("uvicorn.access", "httpx", "httpcore", "aiohttp.access", "blacksheep.server"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

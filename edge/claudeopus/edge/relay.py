@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
@@ -22,8 +21,6 @@ from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import EventBuffer, Usage, is_done, usage_event
 from claudeopus.v1 import usage_pb2
-
-_log = logging.getLogger(__name__)
 
 
 class ClientGone(Exception):
