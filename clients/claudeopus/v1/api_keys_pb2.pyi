@@ -120,8 +120,9 @@ class CreateApiKeyRequest(_message.Message):
     parent: _builtins.str
     """Owning account, `accounts/{id}`; empty means the caller's own account."""
     request_id: _builtins.str
-    """Makes retries safe within a short window: the same id returns the same
-    key record (but never its secret again; see CreateApiKeyResponse.secret).
+    """Makes retries safe: the same id (per account) returns the same key record,
+    but never its secret again (see CreateApiKeyResponse.secret); the same id
+    with different arguments fails with REQUEST_ID_CONFLICT.
     """
     @_builtins.property
     def api_key(self) -> Global___ApiKey:

@@ -90,7 +90,7 @@ class ControlServer:
         except BaseException:
             await self._stack.aclose()
             raise
-        _log.info("control plane listening on %s", self._settings.grpc_address)
+        _log.info("control plane listening on port %d (%s)", self.port, self._settings.grpc_address)
         return self
 
     async def __aexit__(

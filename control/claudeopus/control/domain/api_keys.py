@@ -10,7 +10,7 @@ from tortoise.exceptions import IntegrityError
 
 from claudeopus import keys
 from claudeopus.control.domain import validation
-from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
+from claudeopus.control.domain.errors import AlreadyExists, InvalidArgument, NotFound, Reason
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope
 
@@ -85,10 +85,11 @@ async def create_api_key(
     if expires_at is not None and expires_at <= now:
         raise InvalidArgument.field("api_key.expire_time", "must be in the future")
     rid = validation.request_id("request_id", request_id)
+    wanted = (name, mask, models or None, expires_at)
     if rid is not None:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
         if earlier is not None:
-            return IssuedKey(key=earlier, secret="")
+            return _same_request(earlier, wanted)
     try:
         return await issue_key(
             account,
@@ -102,7 +103,14 @@ async def create_api_key(
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
         if rid is None or earlier is None:
             raise
-        return IssuedKey(key=earlier, secret="")
+        return _same_request(earlier, wanted)
+
+
+def _same_request(earlier: ApiKey, wanted: tuple[str, int, list[str] | None, datetime | None]) -> IssuedKey:
+    """A retried create returns the key it made (without the secret, which was shown once)."""
+    if (earlier.display_name, earlier.scopes, earlier.allowed_models, earlier.expires_at) != wanted:
+        raise AlreadyExists(Reason.REQUEST_ID_CONFLICT, "request_id was already used for a different API key.")
+    return IssuedKey(key=earlier, secret="")
 
 
 async def key_in_subtree(principal: Principal, key_id: int) -> ApiKey:

@@ -17,7 +17,7 @@ def parse_id(field: str, collection: str, name: str) -> int:
     """The numeric id in ``{collection}/{id}``."""
     prefix = collection + "/"
     raw = name.removeprefix(prefix)
-    if not name.startswith(prefix) or not raw.isdigit() or len(raw) > 18:
+    if not name.startswith(prefix) or not (raw.isascii() and raw.isdecimal()) or len(raw) > 18:
         raise InvalidArgument.field(field, f"must be a resource name like '{collection}/123'")
     return int(raw)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import urllib.parse
 from datetime import datetime
 
 import grpc
@@ -38,5 +40,18 @@ def require_service(context: grpc.aio.ServicerContext[object, object], service_t
 
 
 def peer_is_local(context: grpc.aio.ServicerContext[object, object]) -> bool:
-    peer = context.peer() or ""
-    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
+    """True for a loopback or Unix-socket peer (gRPC writes ``ipv6:%5B::1%5D:port``)."""
+    peer = urllib.parse.unquote(context.peer() or "")
+    kind, _, rest = peer.partition(":")
+    if kind == "unix":
+        return True
+    if kind == "ipv4":
+        host = rest.rpartition(":")[0]
+    elif kind == "ipv6":
+        host = rest.rpartition(":")[0].strip("[]")
+    else:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,355 @@
+"""The control plane's gRPC surface, served in-process by the real ``ControlServer``.
+
+Errors are checked on the wire: status code, ``google.rpc.ErrorInfo`` (domain
+``claudeopus``) and, for INVALID_ARGUMENT, ``google.rpc.BadRequest``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from claudeopus import keys
+from claudeopus.client import ClaudeOpusClient, InvalidArgumentError, NotFoundError
+from claudeopus.control.server import ControlServer
+from claudeopus.control.settings import ControlSettings
+from claudeopus.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    api_keys_pb2,
+    api_keys_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Control:
+    target: str
+    service_token: str
+    admin_secret: str
+    admin: accounts_pb2.Account
+    channel: grpc.aio.Channel
+
+    def admin_client(self) -> ClaudeOpusClient:
+        return ClaudeOpusClient(self.target, key=self.admin_secret)
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def control(database_url: str) -> AsyncIterator[Control]:
+    token = secrets.token_urlsafe(32)
+    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
+    async with ControlServer(settings) as server:
+        assert server.port > 0
+        target = f"127.0.0.1:{server.port}"
+        async with ClaudeOpusClient(target) as anonymous:
+            boot = await anonymous.bootstrap_admin("root@example.com", "Root")
+        async with grpc.aio.insecure_channel(target) as channel:
+            yield Control(target, token, boot.secret, boot.account, channel)
+
+
+async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The single ErrorInfo of a failed call; its domain must be ``claudeopus``."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the status carries no details"
+    assert status.code == error.code().value[0]
+    infos = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            infos.append(info)
+    assert len(infos) == 1, status
+    assert infos[0].domain == "claudeopus"
+    return infos[0]
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    violations: dict[str, str] = {}
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            violations.update({v.field: v.description for v in bad.field_violations})
+    return violations
+
+
+def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str) -> None:
+    assert error.code() == code, error
+    assert error_info(error).reason == reason
+
+
+async def new_user_key(control: Control, *scopes: str, allowed_models: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    """A fresh user with one key: (account name, key name, secret)."""
+    async with control.admin_client() as client:
+        account = await client.create_account(email=f"u-{secrets.token_hex(4)}@example.com", role="user")
+        created = await client.create_api_key(
+            parent=account.name, scopes=scopes or ("inference",), allowed_models=allowed_models
+        )
+    return account.name, created.api_key.name, created.secret
+
+
+# -- errors --------------------------------------------------------------------
+
+
+async def test_invalid_argument_carries_error_info_and_bad_request(control: Control) -> None:
+    stub = accounts_pb2_grpc.AccountServiceStub(control.channel)
+    request = accounts_pb2.CreateAccountRequest(
+        account=accounts_pb2.Account(email="not-an-email", role=accounts_pb2.ROLE_USER)
+    )
+    error = await rpc_error(stub.CreateAccount(request, metadata=bearer(control.admin_secret)))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+    assert list(field_violations(error)) == ["account.email"]
+
+    # The thin client surfaces the same reason and violations.
+    async with control.admin_client() as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.create_account(email="not-an-email", role="user")
+    assert caught.value.reason == "FIELD_INVALID"
+    assert list(caught.value.field_violations) == ["account.email"]
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_domain_errors_map_to_codes_and_reasons(control: Control) -> None:
+    accounts = accounts_pb2_grpc.AccountServiceStub(control.channel)
+    admin = bearer(control.admin_secret)
+
+    error = await rpc_error(accounts.GetAccount(accounts_pb2.GetAccountRequest(name="accounts/999999"), metadata=admin))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+    error = await rpc_error(accounts.GetAccount(accounts_pb2.GetAccountRequest(name="users/1"), metadata=admin))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+    assert list(field_violations(error)) == ["name"]
+
+    taken = accounts_pb2.CreateAccountRequest(
+        account=accounts_pb2.Account(email="root@example.com", role=accounts_pb2.ROLE_USER)
+    )
+    error = await rpc_error(accounts.CreateAccount(taken, metadata=admin))
+    assert_error(error, grpc.StatusCode.ALREADY_EXISTS, "RESOURCE_EXISTS")
+
+    error = await rpc_error(accounts.BootstrapAdmin(accounts_pb2.BootstrapAdminRequest(email="again@example.com")))
+    assert_error(error, grpc.StatusCode.ALREADY_EXISTS, "ADMIN_EXISTS")
+
+    async with control.admin_client() as client:
+        with pytest.raises(NotFoundError) as caught:
+            await client.get_api_key("apiKeys/424242")
+    assert caught.value.reason == "RESOURCE_NOT_FOUND"
+
+
+async def test_gateway_requires_the_service_token(control: Control) -> None:
+    gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
+    _, _, secret = await new_user_key(control)
+    request = gateway_pb2.VerifyApiKeyRequest(key_hash=keys.hash_secret_bytes(secret))
+
+    for metadata in (
+        (),
+        bearer(control.admin_secret),
+        bearer(secret),
+        bearer(control.service_token + "x"),
+        (("authorization", control.service_token),),
+    ):
+        error = await rpc_error(gateway.VerifyApiKey(request, metadata=metadata))
+        assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
+
+    authorize = gateway_pb2.AuthorizeRequest(
+        request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(secret), model="m-1"
+    )
+    error = await rpc_error(gateway.Authorize(authorize, metadata=bearer(control.admin_secret)))
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
+
+    reply = await gateway.VerifyApiKey(request, metadata=bearer(control.service_token))
+    assert reply.api_key.startswith("apiKeys/")
+
+
+async def test_management_calls_need_a_management_key(control: Control) -> None:
+    accounts = accounts_pb2_grpc.AccountServiceStub(control.channel)
+    api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(control.channel)
+    usage = usage_pb2_grpc.UsageServiceStub(control.channel)
+    _, key_name, inference_secret = await new_user_key(control)
+
+    def calls(metadata: Metadata) -> list[Awaitable[object]]:
+        return [
+            accounts.GetAccount(accounts_pb2.GetAccountRequest(name=control.admin.name), metadata=metadata),
+            api_keys.GetApiKey(api_keys_pb2.GetApiKeyRequest(name=key_name), metadata=metadata),
+            usage.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(), metadata=metadata),
+        ]
+
+    for call in calls(()):
+        assert_error(await rpc_error(call), grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_MISSING")
+    for call in calls(bearer(keys.new_secret())):
+        assert_error(await rpc_error(call), grpc.StatusCode.UNAUTHENTICATED, "KEY_INVALID")
+    for call in calls(bearer(control.service_token)):
+        assert_error(await rpc_error(call), grpc.StatusCode.UNAUTHENTICATED, "KEY_INVALID")
+    for call in calls(bearer(inference_secret)):
+        assert_error(await rpc_error(call), grpc.StatusCode.PERMISSION_DENIED, "KEY_SCOPE_DENIED")
+
+    # A revoked management key stops working at once.
+    async with control.admin_client() as client:
+        created = await client.create_api_key(scopes=("management",))
+        async with ClaudeOpusClient(control.target, key=created.secret) as second:
+            assert (await second.get_account(control.admin.name)).name == control.admin.name
+        await client.revoke_api_key(created.api_key.name)
+    for call in calls(bearer(created.secret)):
+        assert_error(await rpc_error(call), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+
+
+# -- health and reflection -----------------------------------------------------
+
+
+async def test_health_reports_serving(control: Control) -> None:
+    health = health_pb2_grpc.HealthStub(control.channel)
+    for service in ("", "claudeopus.v1.GatewayService", "claudeopus.v1.AccountService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+    error = await rpc_error(health.Check(health_pb2.HealthCheckRequest(service="no.such.Service")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_the_services(control: Control) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(control.channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    await call.done_writing()
+    responses = [response async for response in call]
+    assert len(responses) == 1
+    names = {service.name for service in responses[0].list_services_response.service}
+    assert {name for name in names if name.startswith("claudeopus.")} == {
+        "claudeopus.v1.AccountService",
+        "claudeopus.v1.ApiKeyService",
+        "claudeopus.v1.GatewayService",
+        "claudeopus.v1.UsageService",
+    }
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_a_resource_name_with_a_unicode_digit_is_invalid_argument(control: Control) -> None:
+    accounts = accounts_pb2_grpc.AccountServiceStub(control.channel)
+    request = accounts_pb2.GetAccountRequest(name="accounts/\u00b2")  # SUPERSCRIPT TWO: isdigit() but not int()
+    error = await rpc_error(accounts.GetAccount(request, metadata=bearer(control.admin_secret)))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+    assert list(field_violations(error)) == ["name"]
+
+
+# -- the edge's round trip -----------------------------------------------------
+
+
+async def test_authorize_settle_then_list_usage(control: Control) -> None:
+    account_name, key_name, secret = await new_user_key(control, allowed_models=("m-1",))
+    gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
+    service = bearer(control.service_token)
+    request_id = str(uuid.uuid4())
+
+    refused = await rpc_error(
+        gateway.Authorize(
+            gateway_pb2.AuthorizeRequest(
+                request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(secret), model="m-2"
+            ),
+            metadata=service,
+        )
+    )
+    assert_error(refused, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
+
+    authorized = await gateway.Authorize(
+        gateway_pb2.AuthorizeRequest(
+            request_id=request_id,
+            key_hash=keys.hash_secret_bytes(secret),
+            model="m-1",
+            estimated_input_tokens=12,
+            max_output_tokens=34,
+            stream=True,
+        ),
+        metadata=service,
+    )
+    assert (authorized.api_key, authorized.account) == (key_name, account_name)
+    assert authorized.HasField("reserve_time")
+
+    settle = gateway_pb2.SettleRequest(
+        request_id=request_id,
+        input_tokens=15,
+        output_tokens=27,
+        latency=duration_pb2.Duration(seconds=1, nanos=250_000_000),
+        status=usage_pb2.USAGE_STATUS_SUCCEEDED,
+        source=usage_pb2.USAGE_SOURCE_REPORTED,
+        http_status=200,
+    )
+    settled = await gateway.Settle(settle, metadata=service)
+    assert settled.already_settled is False
+    assert (settled.usage_record.input_tokens, settled.usage_record.output_tokens) == (15, 27)
+
+    settle.input_tokens, settle.output_tokens = 999, 999
+    repeated = await gateway.Settle(settle, metadata=service)
+    assert repeated.already_settled is True
+    assert (repeated.usage_record.input_tokens, repeated.usage_record.output_tokens) == (15, 27)
+
+    unknown = gateway_pb2.SettleRequest()
+    unknown.CopyFrom(settle)
+    unknown.request_id = str(uuid.uuid4())
+    error = await rpc_error(gateway.Settle(unknown, metadata=service))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+
+    async with control.admin_client() as client:
+        page = await client.list_usage_records(api_key=key_name)
+    [record] = page.usage_records
+    assert page.next_page_token == ""
+    assert record.name == f"usageRecords/{request_id}"
+    assert (record.request_id, record.api_key, record.account, record.model) == (
+        request_id,
+        key_name,
+        account_name,
+        "m-1",
+    )
+    assert (record.input_tokens, record.output_tokens, record.http_status) == (15, 27, 200)
+    assert record.status == usage_pb2.USAGE_STATUS_SUCCEEDED
+    assert record.source == usage_pb2.USAGE_SOURCE_REPORTED
+    assert record.latency.ToMicroseconds() == 1_250_000
+    assert record.HasField("settle_time")
+    assert record.settle_time.ToDatetime() >= record.create_time.ToDatetime()
+
+
+# -- bootstrap from loopback ---------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_bootstrap_is_accepted_over_ipv6_loopback(database_url: str) -> None:
+    settings = ControlSettings(
+        grpc_address="[::1]:0", database_url=database_url, service_token=secrets.token_urlsafe(32)
+    )
+    async with ControlServer(settings) as server, ClaudeOpusClient(f"[::1]:{server.port}") as client:
+        boot = await client.bootstrap_admin("root@example.com")
+    assert boot.account.role == accounts_pb2.ROLE_ADMIN
