@@ -3,7 +3,9 @@
 It speaks OpenAI's chat-completion API, honours ``max_tokens``, echoes the last
 user message (so privacy checks can look for it downstream), reports usage it
 counted itself, and records what it received so tests can check headers.
-The model ``fake-slow`` streams one chunk every 50 ms (for disconnect tests).
+The model ``fake-slow`` streams one chunk every 50 ms (for disconnect tests);
+``fake-status-NNN`` answers HTTP NNN with an error that quotes the credential
+it was sent, as some providers do (for redaction tests).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class FakeUpstream:
 
     received: list[Received] = field(default_factory=list)
     usage_log: list[dict[str, int]] = field(default_factory=list)
-    fail_with: int | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -53,12 +54,16 @@ class FakeUpstream:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         body = orjson.loads(raw) if raw else None
         self.received.append(Received(scope["path"], headers, body))
-        if self.fail_with is not None:
-            await _json(send, self.fail_with, {"error": {"message": "upstream says no", "type": "server_error"}})
-        elif scope["path"] == "/v1/models":
+        if scope["path"] == "/v1/models":
             await _json(send, 200, {"object": "list", "data": [{"id": "fake-1", "object": "model"}]})
         elif scope["path"] == "/v1/chat/completions" and isinstance(body, dict):
-            await self._complete(body, send)
+            model = str(body.get("model", ""))
+            if model.startswith("fake-status-"):
+                credential = headers.get("authorization", "")
+                message = f"upstream refused; credential {credential}; prompt {body['messages'][-1].get('content')}"
+                await _json(send, int(model.removeprefix("fake-status-")), {"error": {"message": message, "type": "x"}})
+            else:
+                await self._complete(body, send)
         else:
             await _json(send, 404, {"error": {"message": "no such route", "type": "invalid_request_error"}})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -85,23 +86,15 @@ class Forwarder:
 
     async def models(self, secret: str) -> BodyReply:
         info = await self._control.verify(secret)
-        try:
+        with _upstream_call():
             response = await self._http.get("models")
-        except httpx.TimeoutException:
-            raise errors.UpstreamTimeout(
-                "The upstream provider did not answer in time.", code="upstream_timeout"
-            ) from None
-        except httpx.HTTPError:
-            raise errors.upstream_unreachable() from None
         if response.status_code != 200:
             raise errors.upstream_broken(f"failed to list models (HTTP {response.status_code})")
         try:
             listing = orjson.loads(response.content)
             models = [m for m in listing["data"] if isinstance(m, dict)]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise errors.UpstreamFailed(
-                "The upstream provider sent a malformed model list.", code="upstream_error"
-            ) from None
+            raise errors.upstream_broken("sent a malformed model list") from None
         if info.allowed_models:
             models = [m for m in models if m.get("id") in info.allowed_models]
         return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": models}))
@@ -113,14 +106,8 @@ class Forwarder:
             content=completion.upstream_body,
             headers={"content-type": "application/json"},
         )
-        try:
+        with _upstream_call():
             return await self._http.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise errors.UpstreamTimeout(
-                "The upstream provider did not answer in time.", code="upstream_timeout"
-            ) from None
-        except httpx.HTTPError:
-            raise errors.upstream_unreachable() from None
 
     def _upstream_error(self, status: int, body: bytes) -> BodyReply:
         """The client's view of an upstream error; never the upstream's credentials."""
@@ -150,6 +137,17 @@ class Forwarder:
             http_status=http_status,
         )
         self._settler.submit(request_id, outcome, started)
+
+
+@contextlib.contextmanager
+def _upstream_call() -> Iterator[None]:
+    """httpx failures of an upstream call become OpenAI-shaped 502/504 errors."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise errors.upstream_timeout() from None
+    except httpx.HTTPError:
+        raise errors.upstream_unreachable() from None
 
 
 def _is_openai_error(body: bytes) -> bool:
