@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -12,12 +15,23 @@ from claudeopus.cli.runtime import configure_logging, run
 app = typer.Typer(help="ClaudeOpus: a self-hosted LLM API gateway for resellers.", no_args_is_help=True)
 app.add_typer(admin.app, name="admin")
 
+S = TypeVar("S")
 LogLevel = Annotated[str, typer.Option("--log-level", envvar="CLAUDEOPUS_LOG_LEVEL", help="debug, info, warning.")]
 
 
-def _fail(error: ValueError) -> typer.Exit:
-    typer.echo(f"claudeopus: {error}", err=True)
-    return typer.Exit(2)
+def _launch(log_level: str, settings: Callable[[], S], main: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    """Check settings (exit 2 with one line if wrong), then run until SIGINT/SIGTERM (exit 1 if start-up fails)."""
+    try:
+        configure_logging(log_level)
+        checked = settings()
+    except ValueError as error:
+        typer.echo(f"claudeopus: {error}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        run(lambda stop: main(checked, stop))
+    except OSError as error:
+        typer.echo(f"claudeopus: {error.strerror or error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -33,19 +47,18 @@ def serve(
     log_level: LogLevel = "info",
 ) -> None:
     """Run control and edge together in one process (embedded SQLite by default)."""
-    import os
-
     from claudeopus.cli.servers import ServeOptions, run_serve
 
-    configure_logging(log_level)
-    options = ServeOptions(
-        http_address=http,
-        grpc_address=grpc,
-        database_url=database_url,
-        upstream_url=upstream_url,
-        upstream_api_key=os.environ.get("CLAUDEOPUS_UPSTREAM_API_KEY", ""),
-    )
-    run(lambda stop: run_serve(options, stop))
+    def settings() -> ServeOptions:
+        return ServeOptions(
+            http_address=http,
+            grpc_address=grpc,
+            database_url=database_url,
+            upstream_url=upstream_url,
+            upstream_api_key=os.environ.get("CLAUDEOPUS_UPSTREAM_API_KEY", ""),
+        )
+
+    _launch(log_level, settings, run_serve)
 
 
 @app.command()
@@ -60,12 +73,7 @@ def control(
     from claudeopus.cli.servers import run_control
     from claudeopus.control.settings import ControlSettings
 
-    configure_logging(log_level)
-    try:
-        settings = ControlSettings.from_env(grpc_address=grpc, database_url=database_url)
-    except ValueError as error:
-        raise _fail(error) from None
-    run(lambda stop: run_control(settings, stop))
+    _launch(log_level, lambda: ControlSettings.from_env(grpc_address=grpc, database_url=database_url), run_control)
 
 
 @app.command()
@@ -81,12 +89,11 @@ def edge(
     from claudeopus.cli.servers import run_edge
     from claudeopus.edge.settings import EdgeSettings
 
-    configure_logging(log_level)
-    try:
-        settings = EdgeSettings.from_env(control_target=control, http_address=http, upstream_url=upstream_url)
-    except ValueError as error:
-        raise _fail(error) from None
-    run(lambda stop: run_edge(settings, stop))
+    _launch(
+        log_level,
+        lambda: EdgeSettings.from_env(control_target=control, http_address=http, upstream_url=upstream_url),
+        run_edge,
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import logging
 import secrets
 import sys
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from claudeopus.client import AlreadyExistsError, ClaudeOpusClient
 from claudeopus.control.server import ControlServer
@@ -38,11 +38,21 @@ async def run_edge(settings: EdgeSettings, stop: asyncio.Event) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
+    """The settings of ``claudeopus serve``, checked before anything starts."""
+
     http_address: str
     grpc_address: str
     database_url: str
     upstream_url: str
-    upstream_api_key: str
+    upstream_api_key: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        split_address(self.http_address, "--http")
+        split_address(self.grpc_address, "--grpc")
+        if not self.database_url.startswith(("sqlite://", "postgres://", "postgresql://")):
+            raise ValueError("--database-url must start with sqlite://, postgres:// or postgresql://")
+        if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
+            raise ValueError("--upstream-url must start with http:// or https://")
 
 
 async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
@@ -123,6 +133,6 @@ async def _first_start(control_target: str, http_address: str, *, demo_model: bo
         f'print(c.chat.completions.create(model="{model}", '
         'messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)\'\n\n'
         "Manage accounts and keys:\n"
-        f"  CLAUDEOPUS_ADMIN_KEY={admin.secret} claudeopus admin usage list\n",
+        f"  CLAUDEOPUS_CONTROL={control_target} CLAUDEOPUS_ADMIN_KEY={admin.secret} claudeopus admin usage list\n",
         flush=True,
     )

@@ -78,9 +78,12 @@ class ControlServer:
             await self._stack.enter_async_context(open_database(self._settings.database_url))
             codec = PageTokenCodec(await load_or_create_secret(PAGE_TOKEN_KEY))
             server, health_servicer = build_server(self._settings, codec, self._clock)
-            self.port = server.add_insecure_port(self._settings.grpc_address)
+            try:
+                self.port = server.add_insecure_port(self._settings.grpc_address)
+            except RuntimeError:
+                self.port = 0
             if self.port == 0:
-                raise OSError(f"cannot listen on {self._settings.grpc_address}")
+                raise OSError(f"cannot listen on {self._settings.grpc_address} (address in use or invalid)")
             await server.start()
             self._server = server
             self._stack.push_async_callback(server.stop, STOP_GRACE_SECONDS)

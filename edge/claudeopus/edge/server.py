@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any
@@ -43,8 +44,24 @@ class HttpServer:
         self._task: asyncio.Task[None] | None = None
         self.port = port
 
+    def _bind(self) -> socket.socket:
+        """Bind ourselves, so a busy port is a clear OSError instead of uvicorn exiting the process."""
+        host, port = self._server.config.host, self._server.config.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            sock.close()
+            raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+        sock.set_inheritable(True)
+        return sock
+
     async def __aenter__(self) -> HttpServer:
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        sock = self._bind()
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.get_running_loop().create_task(self._serve(sock))
         deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_SECONDS
         while not self._server.started:
             if self._task.done():
@@ -53,14 +70,11 @@ class HttpServer:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("the HTTP server did not start in time")
             await asyncio.sleep(0.01)
-        sockets = [s for server in self._server.servers for s in server.sockets]
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
         return self
 
-    async def _serve(self) -> None:
+    async def _serve(self, sock: socket.socket) -> None:
         try:
-            await self._server.serve()
+            await self._server.serve(sockets=[sock])
         except SystemExit as stop:  # uvicorn exits the process when start-up fails
             raise RuntimeError(f"the HTTP server failed to start (exit status {stop.code})") from None
 
