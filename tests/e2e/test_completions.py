@@ -191,3 +191,50 @@ def test_unknown_route_is_openai_404(gateway: Gateway) -> None:
     response = httpx.get(f"{gateway.edge_url}/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_url"
+
+
+def test_malformed_key_is_refused_before_the_body_is_read(gateway: Gateway) -> None:
+    response = httpx.post(
+        f"{gateway.edge_url}/chat/completions", content=b"{not json", headers={"Authorization": "Bearer x"}
+    )
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [("GET", "/chat/completions", "POST"), ("PUT", "/models", "GET")])
+def test_wrong_method_is_405_with_allow(gateway: Gateway, method: str, path: str, allow: str) -> None:
+    response = httpx.request(method, f"{gateway.edge_url}{path}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        (b'{"model": "fake-1", "messages": [{"role": "user"}], "max_tokens": 9223372036854775808}', "max_tokens"),
+        (b'{"model": "fake-1", "messages": [{"role": "user"}], "model": "other"}', "model"),
+    ],
+)
+def test_values_that_would_break_the_contract_are_400(gateway: Gateway, payload: bytes, param: str) -> None:
+    _, secret = gateway.new_user_key()
+    response = httpx.post(
+        f"{gateway.edge_url}/chat/completions",
+        content=payload,
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_stream_request_body_keeps_the_clients_bytes(gateway: Gateway) -> None:
+    _, secret = gateway.new_user_key()
+    raw = b'{"model": "fake-1", "messages": [{"role": "user", "content": "x"}], "stream": true, "temperature": 0.5}'
+    response = httpx.post(
+        f"{gateway.edge_url}/chat/completions",
+        content=raw,
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200
+    forwarded = gateway.upstream.received[-1].body
+    assert forwarded is not None and forwarded["temperature"] == 0.5
+    assert forwarded["stream_options"] == {"include_usage": True}

@@ -1,4 +1,4 @@
-"""Upstream errors reach the client in OpenAI's shape, never with the upstream's credentials."""
+"""Upstream errors reach the client in OpenAI's shape, never with the upstream's credentials or account."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from claudeopus.v1 import usage_pb2
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support import admin
 
+LEAKS = (UPSTREAM_KEY, "sk-ups****Z123", "org-SeCrEtOrG123")
+
 
 def _post(gateway: Gateway, secret: str, model: str, stream: bool = False) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "prompt-text"}], "stream": stream}
@@ -17,29 +19,48 @@ def _post(gateway: Gateway, secret: str, model: str, stream: bool = False) -> ht
     )
 
 
+def _settled(gateway: Gateway, key_name: str) -> usage_pb2.UsageRecord:
+    [record] = admin.wait_for_settled(gateway.control_target, gateway.admin_key, key_name, 1)
+    assert record.status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+    assert (record.input_tokens, record.output_tokens) == (0, 0)
+    return record
+
+
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("status", [400, 422, 429])
-def test_client_errors_pass_through_with_the_upstream_key_redacted(gateway: Gateway, status: int, stream: bool) -> None:
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_client_errors_pass_through_redacted(gateway: Gateway, status: int, stream: bool) -> None:
     key_name, secret = gateway.new_user_key()
     response = _post(gateway, secret, f"fake-status-{status}", stream)
     assert response.status_code == status
-    assert UPSTREAM_KEY not in response.text and "[redacted]" in response.text
-    assert "error" in response.json()
-    [record] = admin.wait_for_settled(gateway.control_target, gateway.admin_key, key_name, 1)
-    assert record.status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
-    assert (record.input_tokens, record.output_tokens, record.http_status) == (0, 0, status)
+    assert all(leak not in response.text for leak in LEAKS)
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["param"], error["code"]) == ("upstream_type", "messages", "upstream_code")
+    assert "upstream refused" in error["message"] and "[redacted]" in error["message"]
+    assert response.headers["x-request-id"]
+    assert _settled(gateway, key_name).http_status == status
 
 
 @pytest.mark.parametrize(
-    ("status", "code"),
-    [(401, "upstream_auth_failed"), (403, "upstream_auth_failed"), (500, "upstream_error"), (503, "upstream_error")],
+    ("model", "status", "code"),
+    [
+        ("fake-status-401", 502, "upstream_auth_failed"),
+        ("fake-status-403", 502, "upstream_auth_failed"),
+        ("fake-status-500", 502, "upstream_error"),
+        ("fake-status-503", 502, "upstream_error"),
+        ("fake-status-429", 429, "upstream_rate_limited"),
+        ("fake-status-429-quota", 503, "upstream_quota_exhausted"),
+    ],
 )
-def test_upstream_failures_become_502_without_upstream_text(gateway: Gateway, status: int, code: str) -> None:
+def test_upstream_account_problems_are_told_in_the_gateways_words(
+    gateway: Gateway, model: str, status: int, code: str
+) -> None:
     key_name, secret = gateway.new_user_key()
-    response = _post(gateway, secret, f"fake-status-{status}")
-    assert response.status_code == 502
+    response = _post(gateway, secret, model)
+    assert response.status_code == status
     error = response.json()["error"]
-    assert error["code"] == code and error["type"] == "server_error"
-    assert "upstream refused" not in response.text and UPSTREAM_KEY not in response.text
-    [record] = admin.wait_for_settled(gateway.control_target, gateway.admin_key, key_name, 1)
-    assert record.status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR and record.http_status == 502
+    assert error["code"] == code
+    assert "upstream refused" not in response.text
+    assert all(leak not in response.text for leak in LEAKS)
+    assert response.headers["x-request-id"]
+    assert _settled(gateway, key_name).http_status == status

@@ -60,8 +60,14 @@ class FakeUpstream:
             model = str(body.get("model", ""))
             if model.startswith("fake-status-"):
                 credential = headers.get("authorization", "")
-                message = f"upstream refused; credential {credential}; prompt {body['messages'][-1].get('content')}"
-                await _json(send, int(model.removeprefix("fake-status-")), {"error": {"message": message, "type": "x"}})
+                message = (
+                    f"upstream refused; credential {credential}; masked sk-ups****Z123 in org-SeCrEtOrG123; "
+                    f"prompt {body['messages'][-1].get('content')}"
+                )
+                code = "insufficient_quota" if model.endswith("-quota") else "upstream_code"
+                status = int(model.removeprefix("fake-status-").removesuffix("-quota"))
+                error = {"message": message, "type": "upstream_type", "param": "messages", "code": code, "extra": 1}
+                await _json(send, status, {"error": error})
             else:
                 await self._complete(body, send)
         else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -55,7 +54,6 @@ def serve(
             grpc_address=grpc,
             database_url=database_url,
             upstream_url=upstream_url,
-            upstream_api_key=os.environ.get("CLAUDEOPUS_UPSTREAM_API_KEY", ""),
         )
 
     _launch(log_level, settings, run_serve)

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import secrets
 import sys
+import urllib.parse
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from claudeopus.client import AlreadyExistsError, ClaudeOpusClient
 from claudeopus.control.server import ControlServer
@@ -44,7 +45,15 @@ class ServeOptions:
     grpc_address: str
     database_url: str
     upstream_url: str
-    upstream_api_key: str = field(repr=False)
+
+    def edge_settings(self, upstream_url: str, service_token: str, control_target: str) -> EdgeSettings:
+        """The edge's settings: the rest (timeouts, limits, upstream key) from CLAUDEOPUS_* variables."""
+        return EdgeSettings.from_env(
+            upstream_url=upstream_url,
+            service_token=service_token,
+            http_address=self.http_address,
+            control_target=control_target,
+        )
 
     def __post_init__(self) -> None:
         split_address(self.http_address, "--http")
@@ -53,6 +62,8 @@ class ServeOptions:
             raise ValueError("--database-url must start with sqlite://, postgres:// or postgresql://")
         if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
             raise ValueError("--upstream-url must start with http:// or https://")
+        # Check the environment's edge settings now, before anything starts.
+        self.edge_settings("http://127.0.0.1:1/v1", "x" * 32, "127.0.0.1:1")
 
 
 async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
@@ -69,13 +80,7 @@ async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
             upstream_url = f"http://127.0.0.1:{demo.port}/v1"
             _banner_demo(upstream_url)
         control_target = _local_target(options.grpc_address)
-        edge_settings = EdgeSettings(
-            upstream_url=upstream_url,
-            service_token=token,
-            upstream_api_key=options.upstream_api_key,
-            http_address=options.http_address,
-            control_target=control_target,
-        )
+        edge_settings = options.edge_settings(upstream_url, token, control_target)
         await stack.enter_async_context(
             HttpServer(build_app(edge_settings), edge_settings.http_host, edge_settings.http_port)
         )
@@ -93,7 +98,11 @@ def _local_target(address: str) -> str:
 
 
 def _db_label(settings: ControlSettings) -> str:
-    return settings.database_url.split("@")[-1] if "@" in settings.database_url else settings.database_url
+    """Where the database is, without user, password or query parameters."""
+    url = urllib.parse.urlsplit(settings.database_url)
+    if url.scheme == "sqlite":
+        return settings.database_url.split("?")[0]
+    return f"{url.scheme}://{url.hostname or ''}{':' + str(url.port) if url.port else ''}{url.path}"
 
 
 def _banner_demo(url: str) -> None:

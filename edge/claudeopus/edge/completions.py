@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ import orjson
 from claudeopus.edge.errors import BadRequest
 
 MAX_MODEL_NAME = 200
+# Far above any model's output window; keeps every count inside int64 downstream.
+MAX_OUTPUT_TOKENS = 100_000_000
 # Rough bytes-per-token of English JSON chat payloads; used only for the
 # reservation estimate, never for billing.
 BYTES_PER_TOKEN = 4
@@ -89,8 +92,10 @@ def _max_tokens(body: dict[str, Any]) -> int:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadRequest(f"'{name}' must be a positive integer.", param=name, code="invalid_type")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+            raise BadRequest(
+                f"'{name}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}.", param=name, code="invalid_value"
+            )
         best = best or value
     return best
 
@@ -125,12 +130,13 @@ def parse_completion(raw: bytes) -> CompletionRequest:
     stream = _bool(body, "stream")
     max_output = _max_tokens(body)
     include_usage, options = _stream_options(body, stream)
+    if raw.count(b'"model"') > 1:
+        _reject_duplicate_top_level_keys(raw)
     upstream_body = raw
     if stream and not include_usage:
         # Always ask the upstream for usage: billing needs it; the extra chunk is
         # removed again on the way back.
-        body["stream_options"] = {**options, "include_usage": True}
-        upstream_body = orjson.dumps(body)
+        upstream_body = _with_usage_requested(raw, body, options)
     return CompletionRequest(
         model=model,
         stream=stream,
@@ -139,3 +145,38 @@ def parse_completion(raw: bytes) -> CompletionRequest:
         estimated_input_tokens=len(raw) // BYTES_PER_TOKEN + 1,
         upstream_body=upstream_body,
     )
+
+
+_USAGE_OPTION = b'"stream_options":{"include_usage":true}'
+
+
+def _with_usage_requested(raw: bytes, body: dict[str, Any], options: dict[str, Any]) -> bytes:
+    """The body with ``stream_options.include_usage`` on, the client's bytes kept where possible."""
+    if "stream_options" not in body:
+        # Splice one key in before the closing brace: numbers, key order and
+        # anything else the client wrote reach the upstream unchanged.
+        end = raw.rstrip()
+        return end[:-1].rstrip() + b"," + _USAGE_OPTION + b"}"
+    body["stream_options"] = {**options, "include_usage": True}
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+
+
+def _reject_duplicate_top_level_keys(raw: bytes) -> None:
+    """Refuse a body naming a top-level key twice: parsers disagree on which one wins."""
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        return dict(pairs) | {"__pairs__": pairs}
+
+    try:
+        top = json.loads(raw, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):
+        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+    names = [name for name, _ in top["__pairs__"]]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BadRequest(
+            f"The request body repeats the key '{duplicates[0]}'.", param=duplicates[0], code="invalid_json"
+        )

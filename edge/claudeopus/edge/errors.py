@@ -9,8 +9,9 @@ Hierarchy::
     ├── RouteNotFound        404   unknown path
     ├── PayloadTooLarge      413   body over the configured limit
     ├── QuotaExceeded        429   insufficient_quota (a budget ran out)
+    ├── UpstreamRateLimited  429   rate_limit_error (the upstream is throttling)
     ├── UpstreamFailed       502   the upstream failed or answered nonsense
-    ├── ControlUnavailable   503   authorization could not be checked (fail closed)
+    ├── ControlUnavailable   503   authorization could not be checked (fail closed), upstream out of credit
     └── UpstreamTimeout      504   the upstream did not answer in time
 
 Messages never quote the request body, a key, or the upstream's answer.
@@ -32,6 +33,8 @@ class OpenAIError(Exception):
         self.message = message
         self.code = code
         self.param = param
+        # Extra response headers, e.g. x-request-id once a request was authorized.
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -73,6 +76,11 @@ class PayloadTooLarge(OpenAIError):
 class QuotaExceeded(OpenAIError):
     status = 429
     type = "insufficient_quota"
+
+
+class UpstreamRateLimited(OpenAIError):
+    status = 429
+    type = "rate_limit_error"
 
 
 class UpstreamFailed(OpenAIError):

@@ -7,9 +7,11 @@ but no web framework: it returns :mod:`claudeopus.edge.replies` objects.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -24,9 +26,11 @@ from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
 from claudeopus.v1 import usage_pb2
 
-REDACTED = b"[redacted]"
-# Upstream statuses that are the client's business and pass through unchanged.
-PASS_THROUGH = frozenset({400, 404, 409, 413, 415, 422, 429})
+REDACTED = "[redacted]"
+# Upstream statuses that are the client's own business: the error passes, redacted.
+CLIENT_ERRORS = frozenset({400, 404, 409, 413, 415, 422})
+# Key-like and account-like tokens in upstream messages (sk-..., sk-ab****yz, org-...).
+_SECRET_LIKE = re.compile(r"\b(?:sk|org|proj|key)-[A-Za-z0-9_*.\-]{3,}")
 
 
 class Forwarder:
@@ -51,6 +55,16 @@ class Forwarder:
         completion = parse_completion(raw)
         request_id = str(uuid.uuid4())
         await self._control.authorize(request_id, secret, completion)
+        try:
+            return await self._forward(completion, request_id, started, receive)
+        except errors.OpenAIError as error:
+            error.headers.append((b"x-request-id", request_id.encode()))
+            raise
+
+    async def _forward(
+        self, completion: CompletionRequest, request_id: str, started: float, receive: Receive | None
+    ) -> Reply:
+        """Everything after a successful authorize; every way out of here settles exactly once."""
         headers = [(b"x-request-id", request_id.encode())]
         try:
             response = await self._open(completion)
@@ -60,7 +74,7 @@ class Forwarder:
         except BaseException:
             self._settle_failure(request_id, started, 499)
             raise
-        if completion.stream and response.status_code == 200:
+        if completion.stream and response.status_code == 200 and _is_event_stream(response):
             relay = StreamRelay(
                 response=response,
                 completion=completion,
@@ -75,6 +89,9 @@ class Forwarder:
         except httpx.HTTPError:
             self._settle_failure(request_id, started, 502)
             raise errors.upstream_broken("cut its answer off") from None
+        except BaseException:
+            self._settle_failure(request_id, started, 499)
+            raise
         finally:
             await response.aclose()
         if response.status_code != 200:
@@ -110,23 +127,47 @@ class Forwarder:
             return await self._http.send(request, stream=True)
 
     def _upstream_error(self, status: int, body: bytes) -> BodyReply:
-        """The client's view of an upstream error; never the upstream's credentials."""
-        if status in PASS_THROUGH and _is_openai_error(body):
-            if self._upstream_key:
-                body = body.replace(self._upstream_key, REDACTED)
-            return BodyReply(status=status, body=body)
+        """The client's view of an upstream error.
+
+        Only what is the client's own business passes: for 400/404/409/413/415/422
+        the upstream's message (with anything key- or account-like redacted), its
+        type, param and code. The upstream's credentials, organisation, quota and
+        rate limits are the reseller's business and never shown.
+        """
+        upstream = _error_object(body)
         if status in (401, 403):
-            error = errors.UpstreamFailed(
+            error: errors.OpenAIError = errors.UpstreamFailed(
                 "The upstream provider rejected the gateway's credentials.", code="upstream_auth_failed"
             )
-        elif status in PASS_THROUGH:
-            error = errors.UpstreamFailed(
-                f"The upstream provider refused the request (HTTP {status}).", code="upstream_error"
+        elif (
+            status == 429
+            and upstream is not None
+            and "insufficient_quota" in (upstream.get("code"), upstream.get("type"))
+        ):
+            error = errors.ControlUnavailable(
+                "The upstream provider account is out of credit; please retry later.", code="upstream_quota_exhausted"
             )
-            return BodyReply(status=status, body=error.json())
+        elif status == 429:
+            error = errors.UpstreamRateLimited(
+                "The upstream provider is rate limiting requests; please retry later.", code="upstream_rate_limited"
+            )
+        elif status in CLIENT_ERRORS and upstream is not None:
+            fields = {name: _text_or_none(upstream.get(name)) for name in ("type", "param", "code")}
+            message = self._redact(
+                _text_or_none(upstream.get("message")) or f"The request was refused (HTTP {status})."
+            )
+            payload = {"error": {"message": message, **fields, "type": fields["type"] or "invalid_request_error"}}
+            return BodyReply(status=status, body=orjson.dumps(payload))
+        elif status in CLIENT_ERRORS:
+            return BodyReply(status=status, body=errors.upstream_broken(f"refused the request (HTTP {status})").json())
         else:
             error = errors.upstream_broken(f"failed (HTTP {status})")
         return BodyReply(status=error.status, body=error.json())
+
+    def _redact(self, text: str) -> str:
+        if self._upstream_key:
+            text = text.replace(self._upstream_key.decode(errors="replace"), REDACTED)
+        return _SECRET_LIKE.sub(REDACTED, text)
 
     def _settle_failure(self, request_id: str, started: float, http_status: int) -> None:
         outcome = Outcome(
@@ -150,11 +191,25 @@ def _upstream_call() -> Iterator[None]:
         raise errors.upstream_unreachable() from None
 
 
-def _is_openai_error(body: bytes) -> bool:
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    """The ``error`` object of an OpenAI-style error body, if that is what it is."""
     with contextlib.suppress(orjson.JSONDecodeError):
         parsed = orjson.loads(body)
-        return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
-    return False
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            return cast(dict[str, Any], parsed["error"])
+    return None
+
+
+def _out_of_credit(upstream: dict[str, Any] | None) -> bool:
+    return upstream is not None and "insufficient_quota" in (upstream.get("code"), upstream.get("type"))
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
 def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome:

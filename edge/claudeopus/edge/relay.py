@@ -59,11 +59,16 @@ class StreamRelay:
                     for event in buffer.feed(chunk):
                         if self._keep(event):
                             yield event
-            tail = buffer.rest()
-            if tail.strip():
+            tail = buffer.rest().rstrip(b"\r\n")
+            if tail.strip() and self._keep(tail + b"\n\n"):
                 yield tail + b"\n\n"
         except ClientGone:
             self._status = usage_pb2.USAGE_STATUS_CLIENT_DISCONNECTED
+        except httpx.ConnectTimeout:
+            # Mid-stream there is nothing to connect: the transport reports a
+            # dropped upstream connection this way.
+            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            yield _error_event(errors.upstream_broken("dropped the connection mid-stream"))
         except httpx.TimeoutException:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
             yield _error_event(
@@ -71,9 +76,11 @@ class StreamRelay:
             )
         except httpx.HTTPError:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
-            yield _error_event(
-                errors.UpstreamFailed("The upstream connection failed mid-stream.", code="upstream_error")
-            )
+            yield _error_event(errors.upstream_broken("dropped the connection mid-stream"))
+        except asyncio.CancelledError:
+            # The gateway is shutting down under this stream: settle it as failed.
+            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            raise
         finally:
             await self._finish()
 
@@ -94,11 +101,13 @@ class StreamRelay:
             if gone.done():
                 raise ClientGone
             next_chunk = asyncio.ensure_future(iterator.__anext__())
-            await asyncio.wait((next_chunk, gone), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait((next_chunk, gone), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                await _discard(next_chunk)
+                raise
             if not next_chunk.done():
-                next_chunk.cancel()
-                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, StopAsyncIteration):
-                    await next_chunk
+                await _discard(next_chunk)
                 raise ClientGone
             try:
                 chunk = next_chunk.result()
@@ -131,6 +140,13 @@ class StreamRelay:
             source=usage_pb2.USAGE_SOURCE_ESTIMATED,
             http_status=200,
         )
+
+
+async def _discard(pending: asyncio.Future[bytes]) -> None:
+    """Cancel a pending upstream read and collect its outcome, so nothing is left unretrieved."""
+    pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, StopAsyncIteration):
+        await pending
 
 
 def _error_event(error: errors.OpenAIError) -> bytes:

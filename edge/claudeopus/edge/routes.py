@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from blacksheep import Application, Content, Request, Response, StreamedContent
 from blacksheep.contents import ASGIContent
+from blacksheep.exceptions import MessageAborted
 
+from claudeopus import keys
 from claudeopus.edge import errors
 from claudeopus.edge.disconnect import Receive
 from claudeopus.edge.forward import Forwarder
@@ -22,9 +24,13 @@ def bearer_secret(request: Request) -> str:
             "The Authorization header must be 'Bearer <API key>'.", code="invalid_api_key"
         )
     try:
-        return value[len(_BEARER) :].strip().decode("ascii")
+        secret = value[len(_BEARER) :].strip().decode("ascii")
     except UnicodeDecodeError:
-        raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key") from None
+        secret = ""
+    # Malformed keys are refused before the body is read or control is asked.
+    if not keys.looks_like_secret(secret):
+        raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+    return secret
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -37,11 +43,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         return b""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.stream():  # type: ignore[attr-defined]  # missing from the stubs
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.stream():  # type: ignore[attr-defined]  # missing from the stubs
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except MessageAborted:
+        raise errors.BadRequest("The client closed the connection before sending the whole body.") from None
     return b"".join(chunks)
 
 
@@ -61,7 +70,10 @@ def to_response(reply: Reply) -> Response:
 
 
 def error_response(error: errors.OpenAIError) -> Response:
-    return Response(error.status, None, Content(b"application/json", error.json()))
+    response = Response(error.status, None, Content(b"application/json", error.json()))
+    for name, value in error.headers:
+        response.add_header(name, value)
+    return response
 
 
 def register_routes(app: Application, max_body_bytes: int) -> None:
@@ -74,10 +86,18 @@ def register_routes(app: Application, max_body_bytes: int) -> None:
     async def list_models(request: Request, forwarder: Forwarder) -> Response:
         return to_response(await forwarder.models(bearer_secret(request)))
 
+    routes = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
+
     async def not_found(request: Request) -> Response:
-        return error_response(
-            errors.RouteNotFound(f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
-        )
+        allowed = routes.get(request.path.rstrip("/"))
+        if allowed is not None:
+            error: errors.OpenAIError = errors.MethodNotAllowed(
+                f"{request.method} is not supported on {request.path}; use {allowed}.", code="method_not_allowed"
+            )
+            error.headers.append((b"allow", allowed.encode()))
+        else:
+            error = errors.RouteNotFound(f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
+        return error_response(error)
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)

@@ -37,7 +37,7 @@ class HttpServer:
             "log_config": None,
             "http": "httptools",
             "loop": "none",
-            "timeout_graceful_shutdown": 10,
+            "timeout_graceful_shutdown": 30,
         }
         options.update(uvicorn_options)
         self._server = _Server(uvicorn.Config(app, host=host, port=port, **options))

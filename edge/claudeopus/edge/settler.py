@@ -54,6 +54,9 @@ class Settler:
             except ClaudeOpusError as error:
                 _log.error("settle of request %s refused: %s %s", request_id, error.code.name, error.reason)
                 return
+            except Exception as error:  # a settle must never vanish without a trace
+                _log.error("settle of request %s failed: %s", request_id, type(error).__name__)
+                return
         _log.error("settle of request %s failed: control unreachable", request_id)
 
     async def aclose(self) -> None:

@@ -102,5 +102,8 @@ def parse_usage(usage: object) -> Usage | None:
     return Usage(input_tokens=int(prompt), output_tokens=int(completion))  # type: ignore[arg-type]
 
 
+MAX_COUNT = 2**53  # anything larger is not a token count, and would not fit the contract
+
+
 def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from claudeopus.control.domain.errors import InvalidArgument
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_NAME = 200
 MAX_REQUEST_ID = 64
 MAX_MODEL = 200
@@ -15,7 +17,7 @@ MAX_MODEL = 200
 
 def email(field: str, value: str) -> str:
     value = value.strip().lower()
-    if not value or len(value) > 320 or not _EMAIL_RE.match(value):
+    if not value or len(value) > 320 or not _EMAIL_RE.match(value) or _CONTROL_CHARS.search(value):
         raise InvalidArgument.field(field, "must be an email address like name@example.com")
     return value
 
@@ -24,7 +26,7 @@ def display_name(field: str, value: str) -> str:
     value = value.strip()
     if len(value) > MAX_NAME:
         raise InvalidArgument.field(field, f"must be at most {MAX_NAME} characters")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL_CHARS.search(value):
         raise InvalidArgument.field(field, "must not contain control characters")
     return value
 
@@ -48,6 +50,16 @@ def uuid_value(field: str, value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument.field(field, "must be a UUID") from None
+
+
+def timestamp(field: str, seconds: int, nanos: int) -> datetime:
+    """A protobuf Timestamp's fields as an aware UTC datetime, or InvalidArgument."""
+    if not 0 <= nanos < 1_000_000_000:
+        raise InvalidArgument.field(field, "has nanos outside 0..999999999")
+    try:
+        return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidArgument.field(field, "is outside the years 1..9999") from None
 
 
 def non_negative(field: str, value: int) -> int:

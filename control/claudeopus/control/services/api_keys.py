@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from claudeopus.control.domain import accounts, api_keys
+from claudeopus.control.domain import accounts, api_keys, validation
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, parse_id, parse_optional_id
 from claudeopus.control.services import convert
@@ -35,7 +35,11 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
             display_name=spec.display_name,
             scopes=list(spec.scopes),
             allowed_models=list(spec.allowed_models),
-            expires_at=spec.expire_time.ToDatetime(tzinfo=now.tzinfo) if spec.HasField("expire_time") else None,
+            expires_at=(
+                validation.timestamp("api_key.expire_time", spec.expire_time.seconds, spec.expire_time.nanos)
+                if spec.HasField("expire_time")
+                else None
+            ),
             request_id=request.request_id,
             now=now,
         )

@@ -1,0 +1,127 @@
+"""StreamRelay against an in-memory upstream: what reaches the client, and what is settled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from claudeopus.edge.completions import parse_completion
+from claudeopus.edge.disconnect import DisconnectWatcher
+from claudeopus.edge.relay import StreamRelay
+from claudeopus.v1 import usage_pb2
+
+USAGE = b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}}'
+
+
+def chunk(text: str) -> bytes:
+    return b"data: " + orjson.dumps({"choices": [{"delta": {"content": text}}]}) + b"\n\n"
+
+
+class RecordingSettler:
+    def __init__(self) -> None:
+        self.settled: list[Any] = []
+
+    def submit(self, request_id: str, outcome: Any, started_at: float) -> None:
+        self.settled.append(outcome)
+
+
+class Upstream(httpx.AsyncByteStream):
+    def __init__(self, parts: list[bytes | BaseException], pause: float = 0.0) -> None:
+        self.parts = parts
+        self.pause = pause
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            if isinstance(part, BaseException):
+                raise part
+            yield part
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def relay(parts: list[bytes | BaseException], *, include_usage: bool = False, pause: float = 0.0):
+    upstream = Upstream(parts, pause)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=upstream))
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    settler = RecordingSettler()
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.send(client.build_request("POST", "http://upstream/x"), stream=True)
+        relayed = StreamRelay(
+            response=response,
+            completion=parse_completion(orjson.dumps(body)),
+            request_id="r",
+            started_at=0.0,
+            settler=settler,  # type: ignore[arg-type]
+            watcher=DisconnectWatcher(None),
+        )
+        return relayed, settler, upstream
+
+
+async def collect(relayed: StreamRelay) -> list[bytes]:
+    return [event async for event in relayed.events()]
+
+
+async def test_usage_chunk_is_billed_and_hidden_when_not_asked_for() -> None:
+    relayed, settler, upstream = await relay([chunk("a"), chunk("b"), USAGE + b"\n\n", b"data: [DONE]\n\n"])
+    events = await collect(relayed)
+    assert events == [chunk("a"), chunk("b"), b"data: [DONE]\n\n"]
+    [outcome] = settler.settled
+    assert (outcome.input_tokens, outcome.output_tokens) == (11, 2)
+    assert outcome.source == usage_pb2.USAGE_SOURCE_REPORTED
+    assert outcome.status == usage_pb2.USAGE_STATUS_SUCCEEDED
+    assert upstream.closed
+
+
+async def test_usage_chunk_passes_when_asked_for() -> None:
+    relayed, settler, _ = await relay([chunk("a"), USAGE + b"\n\n"], include_usage=True)
+    assert await collect(relayed) == [chunk("a"), USAGE + b"\n\n"]
+    assert settler.settled[0].output_tokens == 2
+
+
+async def test_an_unterminated_final_event_goes_through_the_same_checks() -> None:
+    relayed, settler, _ = await relay([chunk("a"), USAGE])
+    assert await collect(relayed) == [chunk("a")]
+    assert settler.settled[0].source == usage_pb2.USAGE_SOURCE_REPORTED
+
+
+async def test_events_split_across_reads_are_reassembled() -> None:
+    whole = chunk("hello") + chunk("world")
+    relayed, _, _ = await relay([whole[:7], whole[7:30], whole[30:]])
+    assert await collect(relayed) == [chunk("hello"), chunk("world")]
+
+
+async def test_upstream_failure_mid_stream_ends_with_an_error_event_and_an_estimate() -> None:
+    relayed, settler, upstream = await relay([chunk("a"), chunk("b"), httpx.ReadError("reset")])
+    events = await collect(relayed)
+    assert events[:2] == [chunk("a"), chunk("b")]
+    error = orjson.loads(events[2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_error"
+    [outcome] = settler.settled
+    assert outcome.status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+    assert outcome.source == usage_pb2.USAGE_SOURCE_ESTIMATED
+    assert outcome.output_tokens == 2
+    assert upstream.closed
+
+
+async def test_a_cancelled_relay_still_settles_once() -> None:
+    relayed, settler, upstream = await relay([chunk(str(i)) for i in range(100)], pause=0.01)
+    task = asyncio.ensure_future(collect(relayed))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [outcome] = settler.settled
+    assert outcome.status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+    assert 0 < outcome.output_tokens < 100
+    assert upstream.closed
