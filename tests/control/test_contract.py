@@ -128,6 +128,9 @@ EXPECTED_COLUMNS: dict[type[Model], set[str]] = {
         "created_at",
         "revoked_at",
         "expires_at",
+        "rotated_at",
+        "previous_key_hash",
+        "previous_expires_at",
     },
     models.Account: {
         "id",
@@ -141,7 +144,9 @@ EXPECTED_COLUMNS: dict[type[Model], set[str]] = {
         "create_request_id",
         "created_at",
         "updated_at",
+        "deleted_at",
     },
+    models.Session: {"id", "token_hash", "account_id", "created_at", "expires_at"},
     models.InstanceValue: {"name", "value"},
 }
 

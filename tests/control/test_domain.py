@@ -631,7 +631,7 @@ async def test_a_tampered_page_token_is_rejected(world: UsageWorld) -> None:
     body, signature = token.split(".")
     forged_body = _b64(json.dumps({"before_id": 10**12}, separators=(",", ":")).encode())
     foreign = PageTokenCodec(b"another installation's key").encode(
-        f"usage|caller={world.root.principal.api_key_id}|parent={world.root.account.id}|key=None", {"before_id": 10**12}
+        f"usage|caller={world.root.principal.credential}|parent={world.root.account.id}|key=None", {"before_id": 10**12}
     )
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
     for bad in (f"{forged_body}.{signature}", f"{body}.{flipped}", foreign, body, f"{token}.x", "garbage", "é.é"):

@@ -21,7 +21,9 @@ def configure_logging(level: str) -> None:
         raise ValueError(f"unknown log level {level!r}")
     logging.basicConfig(level=max(wanted, logging.INFO), format=LOG_FORMAT)
     logging.getLogger("claudeopus").setLevel(wanted)
-    for name in ("uvicorn.access", "httpx", "httpcore", "aiohttp.access", "blacksheep.server"):
+    # SQL with bound values (hashes, emails) and request lines: never, whatever the root level.
+    quiet = ("uvicorn.access", "httpx", "httpcore", "aiohttp.access", "blacksheep.server", "tortoise", "aiosqlite")
+    for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

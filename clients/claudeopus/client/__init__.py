@@ -1,12 +1,13 @@
 """The thin hand-written ClaudeOpus client: channel, auth metadata, typed errors, paging.
 
-Example::
+``Client`` blocks, ``AsyncClient`` (also exported as ``ClaudeOpusClient``) is for
+asyncio; both have the same methods. Example::
 
     import asyncio
-    from claudeopus.client import ClaudeOpusClient
+    from claudeopus.client import AsyncClient
 
     async def main() -> None:
-        async with ClaudeOpusClient("127.0.0.1:50051", key="sk-co-...") as client:
+        async with AsyncClient("127.0.0.1:50051", key="sk-co-...") as client:
             account = await client.create_account(email="ann@example.com", role="user")
             created = await client.create_api_key(parent=account.name, display_name="laptop")
             print(created.secret)  # shown once
@@ -16,7 +17,7 @@ Example::
     asyncio.run(main())
 """
 
-from claudeopus.client._client import ClaudeOpusClient
+from claudeopus.client._client import AsyncClient, ClaudeOpusClient
 from claudeopus.client._errors import (
     AlreadyExistsError,
     ClaudeOpusError,
@@ -29,11 +30,14 @@ from claudeopus.client._errors import (
     UnavailableError,
     from_rpc_error,
 )
+from claudeopus.client._sync import Client
 
 __all__ = [
     "AlreadyExistsError",
+    "AsyncClient",
     "ClaudeOpusClient",
     "ClaudeOpusError",
+    "Client",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",

@@ -1,15 +1,15 @@
-"""ClaudeOpusClient: the management services behind one small async object."""
+"""AsyncClient (alias ClaudeOpusClient): the management services behind one small async object."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 
+from claudeopus.client import _requests as build
 from claudeopus.client._auth import BearerAuthInterceptor
 from claudeopus.client._errors import from_rpc_error
 from claudeopus.v1 import (
@@ -24,16 +24,21 @@ from claudeopus.v1 import (
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
 
-ROLES = {"reseller": accounts_pb2.ROLE_RESELLER, "user": accounts_pb2.ROLE_USER}
-SCOPES = {"inference": api_keys_pb2.SCOPE_INFERENCE, "management": api_keys_pb2.SCOPE_MANAGEMENT}
-
 
 class ClaudeOpusClient:
     """An async client for the management API; use it as an async context manager.
 
-    ``target`` is ``host:port`` of the control plane; ``key`` a management key
-    (not needed for :meth:`bootstrap_admin`). Every failed call raises a
+    ``target`` is ``host:port`` of the control plane; ``key`` a management key or a
+    session token from :meth:`login` (not needed for :meth:`bootstrap_admin` and
+    :meth:`login`); ``credentials`` makes the channel TLS. Every failed call raises a
     :class:`claudeopus.client.ClaudeOpusError` subclass carrying the ErrorInfo reason.
+
+    Example::
+
+        async with AsyncClient("127.0.0.1:50051", key="sk-co-...") as client:
+            shop = await client.create_account(email="shop@example.com", role="reseller")
+            async for key in client.iter_api_keys(parent=shop.name):
+                print(key.name, key.prefix)
     """
 
     def __init__(
@@ -75,21 +80,72 @@ class ClaudeOpusClient:
 
     async def bootstrap_admin(self, email: str, display_name: str = "") -> accounts_pb2.BootstrapAdminResponse:
         """Create the root admin and its management key (only once, only from the control host)."""
-        request = accounts_pb2.BootstrapAdminRequest(email=email, display_name=display_name)
+        request = build.bootstrap_admin(email, display_name)
         return await self._call(self.accounts.BootstrapAdmin(request, timeout=self._timeout))
+
+    async def login(self, email: str, password: str) -> accounts_pb2.LoginResponse:
+        """A session token for ``email``; pass it as ``key`` to a new client."""
+        request = accounts_pb2.LoginRequest(email=email, password=password)
+        return await self._call(self.accounts.Login(request, timeout=self._timeout))
 
     async def create_account(
         self, *, email: str, role: str = "user", display_name: str = "", parent: str = "", request_id: str = ""
     ) -> accounts_pb2.Account:
-        account = accounts_pb2.Account(
-            email=email, display_name=display_name, role=ROLES.get(role, accounts_pb2.ROLE_UNSPECIFIED)
-        )
-        request = accounts_pb2.CreateAccountRequest(parent=parent, account=account, request_id=request_id)
+        request = build.create_account(email, role, display_name, parent, request_id)
         return await self._call(self.accounts.CreateAccount(request, timeout=self._timeout))
 
     async def get_account(self, name: str) -> accounts_pb2.Account:
         request = accounts_pb2.GetAccountRequest(name=name)
         return await self._call(self.accounts.GetAccount(request, timeout=self._timeout))
+
+    async def list_accounts(
+        self,
+        *,
+        parent: str = "",
+        role: str | None = None,
+        state: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> accounts_pb2.ListAccountsResponse:
+        request = build.list_accounts(parent, page_size, page_token, role, state)
+        return await self._call(self.accounts.ListAccounts(request, timeout=self._timeout))
+
+    async def iter_accounts(
+        self, *, parent: str = "", role: str | None = None, state: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[accounts_pb2.Account]:
+        """Every child account of ``parent``, oldest first, fetching pages as needed."""
+        token = ""
+        while True:
+            page = await self.list_accounts(
+                parent=parent, role=role, state=state, page_size=page_size, page_token=token
+            )
+            for account in page.accounts:
+                yield account
+            if not (token := page.next_page_token):
+                return
+
+    async def update_account(
+        self, name: str, *, display_name: str | None = None, email: str | None = None, role: str | None = None
+    ) -> accounts_pb2.Account:
+        """Change only the fields given (an update mask is built from them)."""
+        request = build.update_account(name, display_name, email, role)
+        return await self._call(self.accounts.UpdateAccount(request, timeout=self._timeout))
+
+    async def delete_account(self, name: str) -> None:
+        request = accounts_pb2.DeleteAccountRequest(name=name)
+        await self._call(self.accounts.DeleteAccount(request, timeout=self._timeout))
+
+    async def suspend_account(self, name: str) -> accounts_pb2.Account:
+        request = accounts_pb2.SuspendAccountRequest(name=name)
+        return await self._call(self.accounts.SuspendAccount(request, timeout=self._timeout))
+
+    async def resume_account(self, name: str) -> accounts_pb2.Account:
+        request = accounts_pb2.ResumeAccountRequest(name=name)
+        return await self._call(self.accounts.ResumeAccount(request, timeout=self._timeout))
+
+    async def set_password(self, password: str, *, name: str = "") -> None:
+        request = accounts_pb2.SetPasswordRequest(name=name, password=password)
+        await self._call(self.accounts.SetPassword(request, timeout=self._timeout))
 
     # -- API keys -------------------------------------------------------------
 
@@ -104,45 +160,120 @@ class ClaudeOpusClient:
         request_id: str = "",
     ) -> api_keys_pb2.CreateApiKeyResponse:
         """Create a key; the response's ``secret`` is shown this once and never again."""
-        key = api_keys_pb2.ApiKey(
-            display_name=display_name,
-            scopes=[SCOPES.get(s, api_keys_pb2.SCOPE_UNSPECIFIED) for s in scopes],
-            allowed_models=list(allowed_models),
-        )
-        if expire_time is not None:
-            stamp = timestamp_pb2.Timestamp()
-            stamp.FromDatetime(expire_time)
-            key.expire_time.CopyFrom(stamp)
-        request = api_keys_pb2.CreateApiKeyRequest(parent=parent, api_key=key, request_id=request_id)
+        request = build.create_api_key(parent, display_name, scopes, allowed_models, expire_time, request_id)
         return await self._call(self.api_keys.CreateApiKey(request, timeout=self._timeout))
 
     async def get_api_key(self, name: str) -> api_keys_pb2.ApiKey:
         request = api_keys_pb2.GetApiKeyRequest(name=name)
         return await self._call(self.api_keys.GetApiKey(request, timeout=self._timeout))
 
+    async def list_api_keys(
+        self, *, parent: str = "", show_revoked: bool = False, page_size: int = 0, page_token: str = ""
+    ) -> api_keys_pb2.ListApiKeysResponse:
+        request = api_keys_pb2.ListApiKeysRequest(
+            parent=parent, show_revoked=show_revoked, page_size=page_size, page_token=page_token
+        )
+        return await self._call(self.api_keys.ListApiKeys(request, timeout=self._timeout))
+
+    async def iter_api_keys(
+        self, *, parent: str = "", show_revoked: bool = False, page_size: int = 0
+    ) -> AsyncIterator[api_keys_pb2.ApiKey]:
+        """Every key of ``parent``, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            page = await self.list_api_keys(
+                parent=parent, show_revoked=show_revoked, page_size=page_size, page_token=token
+            )
+            for key in page.api_keys:
+                yield key
+            if not (token := page.next_page_token):
+                return
+
+    async def update_api_key(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        scopes: Iterable[str] | None = None,
+        allowed_models: Iterable[str] | None = None,
+        expire_time: datetime | None = None,
+        clear_expiry: bool = False,
+    ) -> api_keys_pb2.ApiKey:
+        """Change only the fields given; ``clear_expiry`` removes the expiry."""
+        request = build.update_api_key(name, display_name, scopes, allowed_models, expire_time, clear_expiry)
+        return await self._call(self.api_keys.UpdateApiKey(request, timeout=self._timeout))
+
     async def revoke_api_key(self, name: str) -> api_keys_pb2.ApiKey:
         request = api_keys_pb2.RevokeApiKeyRequest(name=name)
         return await self._call(self.api_keys.RevokeApiKey(request, timeout=self._timeout))
 
+    async def rotate_api_key(
+        self, name: str, *, grace_period: timedelta | None = None
+    ) -> api_keys_pb2.RotateApiKeyResponse:
+        """A new secret (shown once); the old one keeps working for ``grace_period``."""
+        request = build.rotate_api_key(name, grace_period)
+        return await self._call(self.api_keys.RotateApiKey(request, timeout=self._timeout))
+
     # -- usage ----------------------------------------------------------------
 
     async def list_usage_records(
-        self, *, parent: str = "", api_key: str = "", page_size: int = 0, page_token: str = ""
+        self,
+        *,
+        parent: str = "",
+        api_key: str = "",
+        account: str = "",
+        model: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> usage_pb2.ListUsageRecordsResponse:
-        request = usage_pb2.ListUsageRecordsRequest(
-            parent=parent, api_key=api_key, page_size=page_size, page_token=page_token
-        )
+        request = build.list_usage_records(parent, api_key, account, model, start_time, end_time, page_size, page_token)
         return await self._call(self.usage.ListUsageRecords(request, timeout=self._timeout))
 
     async def iter_usage_records(
-        self, *, parent: str = "", api_key: str = "", page_size: int = 0
+        self,
+        *,
+        parent: str = "",
+        api_key: str = "",
+        account: str = "",
+        model: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
     ) -> AsyncIterator[usage_pb2.UsageRecord]:
-        """Every usage record of the subtree, newest first, fetching pages as needed."""
+        """Every matching usage record of the subtree, newest first, fetching pages as needed."""
         token = ""
         while True:
-            page = await self.list_usage_records(parent=parent, api_key=api_key, page_size=page_size, page_token=token)
+            page = await self.list_usage_records(
+                parent=parent,
+                api_key=api_key,
+                account=account,
+                model=model,
+                start_time=start_time,
+                end_time=end_time,
+                page_size=page_size,
+                page_token=token,
+            )
             for record in page.usage_records:
                 yield record
-            token = page.next_page_token
-            if not token:
+            if not (token := page.next_page_token):
                 return
+
+    async def summarize_usage(
+        self,
+        *,
+        start_time: datetime,
+        end_time: datetime | None = None,
+        group_by: Iterable[str] = (),
+        interval: str | None = None,
+        parent: str = "",
+        api_key: str = "",
+        model: str = "",
+    ) -> usage_pb2.SummarizeUsageResponse:
+        """Totals by ``group_by`` (any of "api_key", "account", "model") per ``interval`` ("hour", "day", "month")."""
+        request = build.summarize_usage(start_time, end_time, group_by, interval, parent, api_key, model)
+        return await self._call(self.usage.SummarizeUsage(request, timeout=self._timeout))
+
+
+AsyncClient = ClaudeOpusClient

@@ -79,7 +79,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClaudeOpusError]] = {
 }
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> ClaudeOpusError:
+def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
     """Turn a failed call into the matching typed error, reading ErrorInfo and BadRequest."""
     reason = ""
     violations: dict[str, str] = {}

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from claudeopus.v1 import accounts_pb2 as claudeopus_dot_v1_dot_accounts__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -27,8 +28,9 @@ if _version_not_supported:
 
 class AccountServiceStub:
     """Accounts and the reseller hierarchy. Callers authenticate with a management
-    key (metadata `authorization: Bearer sk-co-...`) and may read and change only
-    their own subtree; anything outside it answers NOT_FOUND.
+    key or a session token from Login (metadata `authorization: Bearer ...`) and
+    may read and change only their own subtree; anything outside it answers
+    NOT_FOUND, so its existence is never revealed.
     """
 
     def __init__(self, channel):
@@ -52,12 +54,48 @@ class AccountServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_accounts__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
                 _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/claudeopus.v1.AccountService/ListAccounts',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.UpdateAccount = channel.unary_unary(
+                '/claudeopus.v1.AccountService/UpdateAccount',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.UpdateAccountRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/claudeopus.v1.AccountService/DeleteAccount',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SuspendAccount = channel.unary_unary(
+                '/claudeopus.v1.AccountService/SuspendAccount',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.SuspendAccountRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+                _registered_method=True)
+        self.ResumeAccount = channel.unary_unary(
+                '/claudeopus.v1.AccountService/ResumeAccount',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.ResumeAccountRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+                _registered_method=True)
+        self.SetPassword = channel.unary_unary(
+                '/claudeopus.v1.AccountService/SetPassword',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.SetPasswordRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/claudeopus.v1.AccountService/Login',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
     """Accounts and the reseller hierarchy. Callers authenticate with a management
-    key (metadata `authorization: Bearer sk-co-...`) and may read and change only
-    their own subtree; anything outside it answers NOT_FOUND.
+    key or a session token from Login (metadata `authorization: Bearer ...`) and
+    may read and change only their own subtree; anything outside it answers
+    NOT_FOUND, so its existence is never revealed.
     """
 
     def BootstrapAdmin(self, request, context):
@@ -82,6 +120,56 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAccounts(self, request, context):
+        """Lists the direct children of an account, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAccount(self, request, context):
+        """Changes display_name, email or role (reseller <-> user) of an account below the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """Deletes an account below the caller that has no live keys and no children
+        (otherwise FAILED_PRECONDITION). Its usage history is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendAccount(self, request, context):
+        """Suspends an account below the caller: every key of its subtree is refused at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeAccount(self, request, context):
+        """Lifts a suspension.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPassword(self, request, context):
+        """Sets or replaces the dashboard password of the caller's own account or of one below it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """Exchanges email and password for a short-lived session token; needs no credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +188,41 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.GetAccountRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_accounts__pb2.Account.SerializeToString,
             ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.ListAccountsRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'UpdateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAccount,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.UpdateAccountRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.Account.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'SuspendAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendAccount,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.SuspendAccountRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.Account.SerializeToString,
+            ),
+            'ResumeAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeAccount,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.ResumeAccountRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.Account.SerializeToString,
+            ),
+            'SetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPassword,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.SetPasswordRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'claudeopus.v1.AccountService', rpc_method_handlers)
@@ -110,8 +233,9 @@ def add_AccountServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AccountService:
     """Accounts and the reseller hierarchy. Callers authenticate with a management
-    key (metadata `authorization: Bearer sk-co-...`) and may read and change only
-    their own subtree; anything outside it answers NOT_FOUND.
+    key or a session token from Login (metadata `authorization: Bearer ...`) and
+    may read and change only their own subtree; anything outside it answers
+    NOT_FOUND, so its existence is never revealed.
     """
 
     @staticmethod
@@ -185,6 +309,195 @@ class AccountService:
             '/claudeopus.v1.AccountService/GetAccount',
             claudeopus_dot_v1_dot_accounts__pb2.GetAccountRequest.SerializeToString,
             claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/ListAccounts',
+            claudeopus_dot_v1_dot_accounts__pb2.ListAccountsRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/UpdateAccount',
+            claudeopus_dot_v1_dot_accounts__pb2.UpdateAccountRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/DeleteAccount',
+            claudeopus_dot_v1_dot_accounts__pb2.DeleteAccountRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/SuspendAccount',
+            claudeopus_dot_v1_dot_accounts__pb2.SuspendAccountRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/ResumeAccount',
+            claudeopus_dot_v1_dot_accounts__pb2.ResumeAccountRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/SetPassword',
+            claudeopus_dot_v1_dot_accounts__pb2.SetPasswordRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/Login',
+            claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from claudeopus.v1 import accounts_pb2 as _accounts_pb2
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -28,8 +29,9 @@ GRPC_VERSION: str
 
 class AccountServiceStub:
     """Accounts and the reseller hierarchy. Callers authenticate with a management
-    key (metadata `authorization: Bearer sk-co-...`) and may read and change only
-    their own subtree; anything outside it answers NOT_FOUND.
+    key or a session token from Login (metadata `authorization: Bearer ...`) and
+    may read and change only their own subtree; anything outside it answers
+    NOT_FOUND, so its existence is never revealed.
     """
 
     @_typing.overload
@@ -44,12 +46,29 @@ class AccountServiceStub:
     """Creates an account below `parent`."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.GetAccountRequest, _accounts_pb2.Account]
     """Gets one account of the caller's subtree."""
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListAccountsRequest, _accounts_pb2.ListAccountsResponse]
+    """Lists the direct children of an account, oldest first."""
+    UpdateAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.UpdateAccountRequest, _accounts_pb2.Account]
+    """Changes display_name, email or role (reseller <-> user) of an account below the caller."""
+    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.DeleteAccountRequest, _empty_pb2.Empty]
+    """Deletes an account below the caller that has no live keys and no children
+    (otherwise FAILED_PRECONDITION). Its usage history is kept.
+    """
+    SuspendAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.SuspendAccountRequest, _accounts_pb2.Account]
+    """Suspends an account below the caller: every key of its subtree is refused at once."""
+    ResumeAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ResumeAccountRequest, _accounts_pb2.Account]
+    """Lifts a suspension."""
+    SetPassword: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.SetPasswordRequest, _empty_pb2.Empty]
+    """Sets or replaces the dashboard password of the caller's own account or of one below it."""
+    Login: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.LoginRequest, _accounts_pb2.LoginResponse]
+    """Exchanges email and password for a short-lived session token; needs no credential."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
     """Accounts and the reseller hierarchy. Callers authenticate with a management
-    key (metadata `authorization: Bearer sk-co-...`) and may read and change only
-    their own subtree; anything outside it answers NOT_FOUND.
+    key or a session token from Login (metadata `authorization: Bearer ...`) and
+    may read and change only their own subtree; anything outside it answers
+    NOT_FOUND, so its existence is never revealed.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -61,11 +80,28 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Creates an account below `parent`."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.GetAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
     """Gets one account of the caller's subtree."""
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListAccountsRequest, _accounts_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """Lists the direct children of an account, oldest first."""
+    UpdateAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.UpdateAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
+    """Changes display_name, email or role (reseller <-> user) of an account below the caller."""
+    DeleteAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.DeleteAccountRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes an account below the caller that has no live keys and no children
+    (otherwise FAILED_PRECONDITION). Its usage history is kept.
+    """
+    SuspendAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.SuspendAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
+    """Suspends an account below the caller: every key of its subtree is refused at once."""
+    ResumeAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ResumeAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
+    """Lifts a suspension."""
+    SetPassword: _aio.UnaryUnaryMultiCallable[_accounts_pb2.SetPasswordRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Sets or replaces the dashboard password of the caller's own account or of one below it."""
+    Login: _aio.UnaryUnaryMultiCallable[_accounts_pb2.LoginRequest, _accounts_pb2.LoginResponse]  # type: ignore[assignment]
+    """Exchanges email and password for a short-lived session token; needs no credential."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts and the reseller hierarchy. Callers authenticate with a management
-    key (metadata `authorization: Bearer sk-co-...`) and may read and change only
-    their own subtree; anything outside it answers NOT_FOUND.
+    key or a session token from Login (metadata `authorization: Bearer ...`) and
+    may read and change only their own subtree; anything outside it answers
+    NOT_FOUND, so its existence is never revealed.
     """
 
     @_abc_1.abstractmethod
@@ -93,5 +129,63 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
         """Gets one account of the caller's subtree."""
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _accounts_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.ListAccountsResponse, _abc.Awaitable[_accounts_pb2.ListAccountsResponse]]:
+        """Lists the direct children of an account, oldest first."""
+
+    @_abc_1.abstractmethod
+    def UpdateAccount(
+        self,
+        request: _accounts_pb2.UpdateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
+        """Changes display_name, email or role (reseller <-> user) of an account below the caller."""
+
+    @_abc_1.abstractmethod
+    def DeleteAccount(
+        self,
+        request: _accounts_pb2.DeleteAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes an account below the caller that has no live keys and no children
+        (otherwise FAILED_PRECONDITION). Its usage history is kept.
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendAccount(
+        self,
+        request: _accounts_pb2.SuspendAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
+        """Suspends an account below the caller: every key of its subtree is refused at once."""
+
+    @_abc_1.abstractmethod
+    def ResumeAccount(
+        self,
+        request: _accounts_pb2.ResumeAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
+        """Lifts a suspension."""
+
+    @_abc_1.abstractmethod
+    def SetPassword(
+        self,
+        request: _accounts_pb2.SetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Sets or replaces the dashboard password of the caller's own account or of one below it."""
+
+    @_abc_1.abstractmethod
+    def Login(
+        self,
+        request: _accounts_pb2.LoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.LoginResponse, _abc.Awaitable[_accounts_pb2.LoginResponse]]:
+        """Exchanges email and password for a short-lived session token; needs no credential."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,28 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63laudeopus/v1/api_keys.proto\x12\rclaudeopus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12$\n\x06scopes\x18\x05 \x03(\x0e\x32\x14.claudeopus.v1.Scope\x12\x16\n\x0e\x61llowed_models\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"N\n\x14\x43reateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13RevokeApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*I\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCOPE_INFERENCE\x10\x01\x12\x14\n\x10SCOPE_MANAGEMENT\x10\x02\x32\xf8\x01\n\rApiKeyService\x12W\n\x0c\x43reateApiKey\x12\".claudeopus.v1.CreateApiKeyRequest\x1a#.claudeopus.v1.CreateApiKeyResponse\x12\x43\n\tGetApiKey\x12\x1f.claudeopus.v1.GetApiKeyRequest\x1a\x15.claudeopus.v1.ApiKey\x12I\n\x0cRevokeApiKey\x12\".claudeopus.v1.RevokeApiKeyRequest\x1a\x15.claudeopus.v1.ApiKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63laudeopus/v1/api_keys.proto\x12\rclaudeopus.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12$\n\x06scopes\x18\x05 \x03(\x0e\x32\x14.claudeopus.v1.Scope\x12\x16\n\x0e\x61llowed_models\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"N\n\x14\x43reateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13RevokeApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"a\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x04 \x01(\x08\"W\n\x13ListApiKeysResponse\x12\'\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x13UpdateApiKeyRequest\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"T\n\x13RotateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"N\n\x14RotateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t*I\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCOPE_INFERENCE\x10\x01\x12\x14\n\x10SCOPE_MANAGEMENT\x10\x02\x32\xf2\x03\n\rApiKeyService\x12W\n\x0c\x43reateApiKey\x12\".claudeopus.v1.CreateApiKeyRequest\x1a#.claudeopus.v1.CreateApiKeyResponse\x12\x43\n\tGetApiKey\x12\x1f.claudeopus.v1.GetApiKeyRequest\x1a\x15.claudeopus.v1.ApiKey\x12T\n\x0bListApiKeys\x12!.claudeopus.v1.ListApiKeysRequest\x1a\".claudeopus.v1.ListApiKeysResponse\x12I\n\x0cUpdateApiKey\x12\".claudeopus.v1.UpdateApiKeyRequest\x1a\x15.claudeopus.v1.ApiKey\x12I\n\x0cRevokeApiKey\x12\".claudeopus.v1.RevokeApiKeyRequest\x1a\x15.claudeopus.v1.ApiKey\x12W\n\x0cRotateApiKey\x12\".claudeopus.v1.RotateApiKeyRequest\x1a#.claudeopus.v1.RotateApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.api_keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=619
-  _globals['_SCOPE']._serialized_end=692
-  _globals['_APIKEY']._serialized_start=81
-  _globals['_APIKEY']._serialized_end=367
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=369
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=466
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=468
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=546
-  _globals['_GETAPIKEYREQUEST']._serialized_start=548
-  _globals['_GETAPIKEYREQUEST']._serialized_end=580
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=582
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=617
-  _globals['_APIKEYSERVICE']._serialized_start=695
-  _globals['_APIKEYSERVICE']._serialized_end=943
+  _globals['_SCOPE']._serialized_start=1265
+  _globals['_SCOPE']._serialized_end=1338
+  _globals['_APIKEY']._serialized_start=147
+  _globals['_APIKEY']._serialized_end=547
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=549
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=646
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=648
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=726
+  _globals['_GETAPIKEYREQUEST']._serialized_start=728
+  _globals['_GETAPIKEYREQUEST']._serialized_end=760
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=762
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=797
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=799
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=896
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=898
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=985
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=987
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1097
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=1099
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=1183
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=1185
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=1263
+  _globals['_APIKEYSERVICE']._serialized_start=1341
+  _globals['_APIKEYSERVICE']._serialized_end=1839
 # @@protoc_insertion_point(module_scope)

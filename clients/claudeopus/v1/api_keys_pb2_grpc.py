@@ -46,10 +46,25 @@ class ApiKeyServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_api__keys__pb2.GetApiKeyRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/claudeopus.v1.ApiKeyService/ListApiKeys',
+                request_serializer=claudeopus_dot_v1_dot_api__keys__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.UpdateApiKey = channel.unary_unary(
+                '/claudeopus.v1.ApiKeyService/UpdateApiKey',
+                request_serializer=claudeopus_dot_v1_dot_api__keys__pb2.UpdateApiKeyRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.FromString,
+                _registered_method=True)
         self.RevokeApiKey = channel.unary_unary(
                 '/claudeopus.v1.ApiKeyService/RevokeApiKey',
                 request_serializer=claudeopus_dot_v1_dot_api__keys__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/claudeopus.v1.ApiKeyService/RotateApiKey',
+                request_serializer=claudeopus_dot_v1_dot_api__keys__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.RotateApiKeyResponse.FromString,
                 _registered_method=True)
 
 
@@ -72,8 +87,30 @@ class ApiKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """Lists the keys of one account, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApiKey(self, request, context):
+        """Changes display_name, scopes, allowed_models or expire_time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeApiKey(self, request, context):
         """Revokes a key; it is refused from the next request on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """Gives the key a new secret. The old secret keeps working for grace_period
+        (0 = not at all), then dies; the key keeps its name, usage and settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,10 +129,25 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
                     request_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.GetApiKeyRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.SerializeToString,
             ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_api__keys__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'UpdateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApiKey,
+                    request_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.UpdateApiKeyRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.SerializeToString,
+            ),
             'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeApiKey,
                     request_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=claudeopus_dot_v1_dot_api__keys__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_api__keys__pb2.RotateApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -165,6 +217,60 @@ class ApiKeyService:
             _registered_method=True)
 
     @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.ApiKeyService/ListApiKeys',
+            claudeopus_dot_v1_dot_api__keys__pb2.ListApiKeysRequest.SerializeToString,
+            claudeopus_dot_v1_dot_api__keys__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.ApiKeyService/UpdateApiKey',
+            claudeopus_dot_v1_dot_api__keys__pb2.UpdateApiKeyRequest.SerializeToString,
+            claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RevokeApiKey(request,
             target,
             options=(),
@@ -181,6 +287,33 @@ class ApiKeyService:
             '/claudeopus.v1.ApiKeyService/RevokeApiKey',
             claudeopus_dot_v1_dot_api__keys__pb2.RevokeApiKeyRequest.SerializeToString,
             claudeopus_dot_v1_dot_api__keys__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.ApiKeyService/RotateApiKey',
+            claudeopus_dot_v1_dot_api__keys__pb2.RotateApiKeyRequest.SerializeToString,
+            claudeopus_dot_v1_dot_api__keys__pb2.RotateApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

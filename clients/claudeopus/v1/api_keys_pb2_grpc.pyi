@@ -39,8 +39,16 @@ class ApiKeyServiceStub:
     """Creates a key for an account of the caller's subtree."""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.GetApiKeyRequest, _api_keys_pb2.ApiKey]
     """Gets one key of the caller's subtree (never its secret)."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.ListApiKeysRequest, _api_keys_pb2.ListApiKeysResponse]
+    """Lists the keys of one account, newest first."""
+    UpdateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.UpdateApiKeyRequest, _api_keys_pb2.ApiKey]
+    """Changes display_name, scopes, allowed_models or expire_time."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.ApiKey]
     """Revokes a key; it is refused from the next request on."""
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RotateApiKeyRequest, _api_keys_pb2.RotateApiKeyResponse]
+    """Gives the key a new secret. The old secret keeps working for grace_period
+    (0 = not at all), then dies; the key keeps its name, usage and settings.
+    """
 
 @_typing.type_check_only
 class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
@@ -53,8 +61,16 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     """Creates a key for an account of the caller's subtree."""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.GetApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
     """Gets one key of the caller's subtree (never its secret)."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.ListApiKeysRequest, _api_keys_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the keys of one account, newest first."""
+    UpdateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.UpdateApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
+    """Changes display_name, scopes, allowed_models or expire_time."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
     """Revokes a key; it is refused from the next request on."""
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RotateApiKeyRequest, _api_keys_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
+    """Gives the key a new secret. The old secret keeps working for grace_period
+    (0 = not at all), then dies; the key keeps its name, usage and settings.
+    """
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """API keys. A key's secret (`sk-co-` + 256 random bits) is returned once, on
@@ -78,11 +94,37 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Gets one key of the caller's subtree (never its secret)."""
 
     @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _api_keys_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_keys_pb2.ListApiKeysResponse, _abc.Awaitable[_api_keys_pb2.ListApiKeysResponse]]:
+        """Lists the keys of one account, newest first."""
+
+    @_abc_1.abstractmethod
+    def UpdateApiKey(
+        self,
+        request: _api_keys_pb2.UpdateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_keys_pb2.ApiKey, _abc.Awaitable[_api_keys_pb2.ApiKey]]:
+        """Changes display_name, scopes, allowed_models or expire_time."""
+
+    @_abc_1.abstractmethod
     def RevokeApiKey(
         self,
         request: _api_keys_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_keys_pb2.ApiKey, _abc.Awaitable[_api_keys_pb2.ApiKey]]:
         """Revokes a key; it is refused from the next request on."""
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _api_keys_pb2.RotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_keys_pb2.RotateApiKeyResponse, _abc.Awaitable[_api_keys_pb2.RotateApiKeyResponse]]:
+        """Gives the key a new secret. The old secret keeps working for grace_period
+        (0 = not at all), then dies; the key keeps its name, usage and settings.
+        """
 
 def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

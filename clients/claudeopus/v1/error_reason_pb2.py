@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n claudeopus/v1/error_reason.proto\x12\rclaudeopus.v1*\xb8\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43REDENTIAL_MISSING\x10\x01\x12\x0f\n\x0bKEY_INVALID\x10\x02\x12\x0f\n\x0bKEY_REVOKED\x10\x03\x12\x0f\n\x0bKEY_EXPIRED\x10\x04\x12\x14\n\x10KEY_SCOPE_DENIED\x10\x05\x12\x1e\n\x1aSERVICE_CREDENTIAL_INVALID\x10\x06\x12\x15\n\x11\x41\x43\x43OUNT_SUSPENDED\x10\x07\x12\x15\n\x11MODEL_NOT_ALLOWED\x10\x08\x12\x14\n\x10\x42UDGET_EXHAUSTED\x10\t\x12\x11\n\rFIELD_INVALID\x10\n\x12\x16\n\x12RESOURCE_NOT_FOUND\x10\x0b\x12\x13\n\x0fRESOURCE_EXISTS\x10\x0c\x12\x10\n\x0c\x41\x44MIN_EXISTS\x10\r\x12\x17\n\x13\x42OOTSTRAP_NOT_LOCAL\x10\x0e\x12\x16\n\x12PAGE_TOKEN_INVALID\x10\x0f\x12\x17\n\x13REQUEST_ID_CONFLICT\x10\x10\x12\x0f\n\x0bROLE_DENIED\x10\x11\x12\x19\n\x15RESERVATION_NOT_FOUND\x10\x12\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n claudeopus/v1/error_reason.proto\x12\rclaudeopus.v1*\xb1\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43REDENTIAL_MISSING\x10\x01\x12\x0f\n\x0bKEY_INVALID\x10\x02\x12\x0f\n\x0bKEY_REVOKED\x10\x03\x12\x0f\n\x0bKEY_EXPIRED\x10\x04\x12\x14\n\x10KEY_SCOPE_DENIED\x10\x05\x12\x1e\n\x1aSERVICE_CREDENTIAL_INVALID\x10\x06\x12\x15\n\x11\x41\x43\x43OUNT_SUSPENDED\x10\x07\x12\x15\n\x11MODEL_NOT_ALLOWED\x10\x08\x12\x14\n\x10\x42UDGET_EXHAUSTED\x10\t\x12\x11\n\rFIELD_INVALID\x10\n\x12\x16\n\x12RESOURCE_NOT_FOUND\x10\x0b\x12\x13\n\x0fRESOURCE_EXISTS\x10\x0c\x12\x10\n\x0c\x41\x44MIN_EXISTS\x10\r\x12\x17\n\x13\x42OOTSTRAP_NOT_LOCAL\x10\x0e\x12\x16\n\x12PAGE_TOKEN_INVALID\x10\x0f\x12\x17\n\x13REQUEST_ID_CONFLICT\x10\x10\x12\x0f\n\x0bROLE_DENIED\x10\x11\x12\x19\n\x15RESERVATION_NOT_FOUND\x10\x12\x12\x15\n\x11\x41\x43\x43OUNT_NOT_EMPTY\x10\x13\x12\x16\n\x12SELF_CHANGE_DENIED\x10\x14\x12\x10\n\x0cLOGIN_FAILED\x10\x15\x12\x13\n\x0fSESSION_INVALID\x10\x16\x12\x10\n\x0cKEY_NOT_LIVE\x10\x17\x12\x0f\n\x0bKEY_ROTATED\x10\x18\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.error_reason_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=52
-  _globals['_ERRORREASON']._serialized_end=492
+  _globals['_ERRORREASON']._serialized_end=613
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller's role does not allow this change."""
     RESERVATION_NOT_FOUND: _ErrorReason.ValueType  # 18
     """Settle named a request that was never authorized."""
+    ACCOUNT_NOT_EMPTY: _ErrorReason.ValueType  # 19
+    """The account still has live keys or children, so it cannot be deleted."""
+    SELF_CHANGE_DENIED: _ErrorReason.ValueType  # 20
+    """The caller tried to suspend, delete or re-role its own account."""
+    LOGIN_FAILED: _ErrorReason.ValueType  # 21
+    """Email and password do not match an active account."""
+    SESSION_INVALID: _ErrorReason.ValueType  # 22
+    """The session token is unknown or has expired."""
+    KEY_NOT_LIVE: _ErrorReason.ValueType  # 23
+    """The key is revoked, so it cannot be changed or rotated."""
+    KEY_ROTATED: _ErrorReason.ValueType  # 24
+    """The secret was replaced by a rotation and its grace period is over."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -109,4 +121,16 @@ ROLE_DENIED: ErrorReason.ValueType  # 17
 """The caller's role does not allow this change."""
 RESERVATION_NOT_FOUND: ErrorReason.ValueType  # 18
 """Settle named a request that was never authorized."""
+ACCOUNT_NOT_EMPTY: ErrorReason.ValueType  # 19
+"""The account still has live keys or children, so it cannot be deleted."""
+SELF_CHANGE_DENIED: ErrorReason.ValueType  # 20
+"""The caller tried to suspend, delete or re-role its own account."""
+LOGIN_FAILED: ErrorReason.ValueType  # 21
+"""Email and password do not match an active account."""
+SESSION_INVALID: ErrorReason.ValueType  # 22
+"""The session token is unknown or has expired."""
+KEY_NOT_LIVE: ErrorReason.ValueType  # 23
+"""The key is revoked, so it cannot be changed or rotated."""
+KEY_ROTATED: ErrorReason.ValueType  # 24
+"""The secret was replaced by a rotation and its grace period is over."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

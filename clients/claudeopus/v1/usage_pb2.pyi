@@ -21,6 +21,62 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _UsageGroup:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGroup.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUP_UNSPECIFIED: _UsageGroup.ValueType  # 0
+    """Never sent."""
+    USAGE_GROUP_API_KEY: _UsageGroup.ValueType  # 1
+    """One row per API key."""
+    USAGE_GROUP_ACCOUNT: _UsageGroup.ValueType  # 2
+    """One row per account (the key's owner)."""
+    USAGE_GROUP_MODEL: _UsageGroup.ValueType  # 3
+    """One row per model."""
+
+class UsageGroup(_UsageGroup, metaclass=_UsageGroupEnumTypeWrapper):
+    """A dimension to group usage by."""
+
+USAGE_GROUP_UNSPECIFIED: UsageGroup.ValueType  # 0
+"""Never sent."""
+USAGE_GROUP_API_KEY: UsageGroup.ValueType  # 1
+"""One row per API key."""
+USAGE_GROUP_ACCOUNT: UsageGroup.ValueType  # 2
+"""One row per account (the key's owner)."""
+USAGE_GROUP_MODEL: UsageGroup.ValueType  # 3
+"""One row per model."""
+Global___UsageGroup: _TypeAlias = UsageGroup  # noqa: Y015
+
+class _UsageInterval:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageIntervalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageInterval.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_INTERVAL_UNSPECIFIED: _UsageInterval.ValueType  # 0
+    """No time bucketing: one bucket for the whole range."""
+    USAGE_INTERVAL_HOUR: _UsageInterval.ValueType  # 1
+    """Calendar hours."""
+    USAGE_INTERVAL_DAY: _UsageInterval.ValueType  # 2
+    """Calendar days."""
+    USAGE_INTERVAL_MONTH: _UsageInterval.ValueType  # 3
+    """Calendar months."""
+
+class UsageInterval(_UsageInterval, metaclass=_UsageIntervalEnumTypeWrapper):
+    """A time bucket for summaries (UTC calendar)."""
+
+USAGE_INTERVAL_UNSPECIFIED: UsageInterval.ValueType  # 0
+"""No time bucketing: one bucket for the whole range."""
+USAGE_INTERVAL_HOUR: UsageInterval.ValueType  # 1
+"""Calendar hours."""
+USAGE_INTERVAL_DAY: UsageInterval.ValueType  # 2
+"""Calendar days."""
+USAGE_INTERVAL_MONTH: UsageInterval.ValueType  # 3
+"""Calendar months."""
+Global___UsageInterval: _TypeAlias = UsageInterval  # noqa: Y015
+
 class _UsageSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -173,6 +229,10 @@ class ListUsageRecordsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Account whose subtree to list, `accounts/{id}`; empty means the caller's own account."""
     page_size: _builtins.int
@@ -181,6 +241,18 @@ class ListUsageRecordsRequest(_message.Message):
     """Token from a previous response's next_page_token."""
     api_key: _builtins.str
     """Only records of this key, `apiKeys/{id}`; empty for all."""
+    account: _builtins.str
+    """Only records of exactly this account, `accounts/{id}` (not its subtree); empty for all."""
+    model: _builtins.str
+    """Only records of this model; empty for all."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only records created at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only records created before this time."""
+
     def __init__(
         self,
         *,
@@ -188,10 +260,14 @@ class ListUsageRecordsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         api_key: _builtins.str = ...,
+        account: _builtins.str = ...,
+        model: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "end_time", b"end_time", "model", b"model", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,3 +300,139 @@ class ListUsageRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUsageRecordsResponse: _TypeAlias = ListUsageRecordsResponse  # noqa: Y015
+
+@_typing.final
+class SummarizeUsageRequest(_message.Message):
+    """The request of UsageService.SummarizeUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """Account whose subtree to summarize, `accounts/{id}`; empty means the caller's own account."""
+    interval: Global___UsageInterval.ValueType
+    """Time bucket."""
+    api_key: _builtins.str
+    """Only this key, `apiKeys/{id}`."""
+    model: _builtins.str
+    """Only this model."""
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___UsageGroup.ValueType]:
+        """Dimensions to group by (any of key, account, model; none = one total row per bucket)."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range (inclusive); required."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the range (exclusive); unset means now."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        group_by: _abc.Iterable[Global___UsageGroup.ValueType] | None = ...,
+        interval: Global___UsageInterval.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        api_key: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "end_time", b"end_time", "group_by", b"group_by", "interval", b"interval", "model", b"model", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummarizeUsageRequest: _TypeAlias = SummarizeUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageSummary(_message.Message):
+    """One aggregate row. Fields of dimensions not grouped by are empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    INTERVAL_START_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """The key, when grouping by key."""
+    account: _builtins.str
+    """The account, when grouping by account."""
+    model: _builtins.str
+    """The model, when grouping by model."""
+    requests: _builtins.int
+    """Number of settled requests."""
+    input_tokens: _builtins.int
+    """Sum of input tokens."""
+    output_tokens: _builtins.int
+    """Sum of output tokens."""
+    @_builtins.property
+    def interval_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the bucket; unset without an interval."""
+
+    @_builtins.property
+    def latency_p50(self) -> _duration_pb2.Duration:
+        """Median round-trip latency."""
+
+    @_builtins.property
+    def latency_p95(self) -> _duration_pb2.Duration:
+        """95th-percentile round-trip latency."""
+
+    def __init__(
+        self,
+        *,
+        api_key: _builtins.str = ...,
+        account: _builtins.str = ...,
+        model: _builtins.str = ...,
+        interval_start: _timestamp_pb2.Timestamp | None = ...,
+        requests: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        latency_p50: _duration_pb2.Duration | None = ...,
+        latency_p95: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval_start", b"interval_start", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "input_tokens", b"input_tokens", "interval_start", b"interval_start", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageSummary: _TypeAlias = UsageSummary  # noqa: Y015
+
+@_typing.final
+class SummarizeUsageResponse(_message.Message):
+    """The response of UsageService.SummarizeUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def summaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageSummary]:
+        """Rows ordered by interval_start, then by the grouped dimensions."""
+
+    def __init__(
+        self,
+        *,
+        summaries: _abc.Iterable[Global___UsageSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["summaries", b"summaries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummarizeUsageResponse: _TypeAlias = SummarizeUsageResponse  # noqa: Y015

@@ -41,6 +41,11 @@ class UsageServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_usage__pb2.ListUsageRecordsRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_usage__pb2.ListUsageRecordsResponse.FromString,
                 _registered_method=True)
+        self.SummarizeUsage = channel.unary_unary(
+                '/claudeopus.v1.UsageService/SummarizeUsage',
+                request_serializer=claudeopus_dot_v1_dot_usage__pb2.SummarizeUsageRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_usage__pb2.SummarizeUsageResponse.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
@@ -55,6 +60,14 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SummarizeUsage(self, request, context):
+        """Aggregates usage of the caller's subtree by key / account / model and by
+        hour / day / month (UTC).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UsageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +75,11 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.ListUsageRecords,
                     request_deserializer=claudeopus_dot_v1_dot_usage__pb2.ListUsageRecordsRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_usage__pb2.ListUsageRecordsResponse.SerializeToString,
+            ),
+            'SummarizeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizeUsage,
+                    request_deserializer=claudeopus_dot_v1_dot_usage__pb2.SummarizeUsageRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_usage__pb2.SummarizeUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +111,33 @@ class UsageService:
             '/claudeopus.v1.UsageService/ListUsageRecords',
             claudeopus_dot_v1_dot_usage__pb2.ListUsageRecordsRequest.SerializeToString,
             claudeopus_dot_v1_dot_usage__pb2.ListUsageRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SummarizeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.UsageService/SummarizeUsage',
+            claudeopus_dot_v1_dot_usage__pb2.SummarizeUsageRequest.SerializeToString,
+            claudeopus_dot_v1_dot_usage__pb2.SummarizeUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class UsageServiceStub:
     def __new__(cls, channel: _aio.Channel) -> UsageServiceAsyncStub: ...
     ListUsageRecords: _grpc.UnaryUnaryMultiCallable[_usage_pb2.ListUsageRecordsRequest, _usage_pb2.ListUsageRecordsResponse]
     """Lists usage records of the caller's subtree, newest first."""
+    SummarizeUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.SummarizeUsageRequest, _usage_pb2.SummarizeUsageResponse]
+    """Aggregates usage of the caller's subtree by key / account / model and by
+    hour / day / month (UTC).
+    """
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
@@ -47,6 +51,10 @@ class UsageServiceAsyncStub(UsageServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListUsageRecords: _aio.UnaryUnaryMultiCallable[_usage_pb2.ListUsageRecordsRequest, _usage_pb2.ListUsageRecordsResponse]  # type: ignore[assignment]
     """Lists usage records of the caller's subtree, newest first."""
+    SummarizeUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.SummarizeUsageRequest, _usage_pb2.SummarizeUsageResponse]  # type: ignore[assignment]
+    """Aggregates usage of the caller's subtree by key / account / model and by
+    hour / day / month (UTC).
+    """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Usage records: one per authorized completion, metadata only.
@@ -60,5 +68,15 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.ListUsageRecordsResponse, _abc.Awaitable[_usage_pb2.ListUsageRecordsResponse]]:
         """Lists usage records of the caller's subtree, newest first."""
+
+    @_abc_1.abstractmethod
+    def SummarizeUsage(
+        self,
+        request: _usage_pb2.SummarizeUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.SummarizeUsageResponse, _abc.Awaitable[_usage_pb2.SummarizeUsageResponse]]:
+        """Aggregates usage of the caller's subtree by key / account / model and by
+        hour / day / month (UTC).
+        """
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

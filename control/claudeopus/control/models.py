@@ -76,6 +76,8 @@ class Account(Model):
     create_request_id = fields.CharField(max_length=64, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
+    # Set when deleted: the row stays for the usage history, invisible to every call.
+    deleted_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "account"
@@ -102,6 +104,10 @@ class ApiKey(Model):
     created_at = fields.DatetimeField(auto_now_add=True)
     revoked_at = fields.DatetimeField(null=True)
     expires_at = fields.DatetimeField(null=True)
+    # Rotation: the replaced secret's hash keeps working until previous_expires_at.
+    rotated_at = fields.DatetimeField(null=True)
+    previous_key_hash = fields.CharField(max_length=64, null=True, unique=True)
+    previous_expires_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "api_key"
@@ -137,11 +143,31 @@ class UsageRecord(Model):
 
     class Meta:
         table = "usage_record"
+        # Only columns fixed at insert: settling a row changes none of them, so it can stay a HOT update.
+        # (.., created_at, id): summaries and time-filtered listings of an account, a key, everything;
+        # (.., id): listings of one account or one key newest first, however long ago its last request.
         indexes = (
             Index(fields=("account_id", "created_at", "id")),
             Index(fields=("api_key_id", "created_at", "id")),
             Index(fields=("created_at", "id")),
+            Index(fields=("account_id", "id")),
+            Index(fields=("api_key_id", "id")),
         )
+
+
+class Session(Model):
+    """A dashboard login: only the SHA-256 of the bearer token is stored."""
+
+    id = fields.BigIntField(primary_key=True)
+    token_hash = fields.CharField(max_length=64, unique=True)
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="sessions", on_delete=fields.CASCADE
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+    expires_at = fields.DatetimeField(db_index=True)
+
+    class Meta:
+        table = "session"
 
 
 class InstanceValue(Model):

@@ -52,8 +52,8 @@ def build_server(
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server with every ClaudeOpus service, health checking and reflection."""
     server = grpc.aio.server()
-    accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(clock), server)
-    api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(clock), server)
+    accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(codec, clock), server)
+    api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(codec, clock), server)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(settings.service_token, clock), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(codec, clock), server)
     health_servicer = health.aio.HealthServicer()

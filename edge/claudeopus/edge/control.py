@@ -45,6 +45,8 @@ def _openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
         return errors.AuthenticationFailed(message, code="api_key_revoked")
     if reason == "KEY_EXPIRED":
         return errors.AuthenticationFailed(message, code="api_key_expired")
+    if reason == "KEY_ROTATED":
+        return errors.AuthenticationFailed(message, code="api_key_rotated")
     if reason in ("KEY_SCOPE_DENIED", "ACCOUNT_SUSPENDED"):
         return errors.PermissionDenied(message, code=reason.lower())
     if reason == "MODEL_NOT_ALLOWED":

@@ -1,17 +1,24 @@
-"""Accounts and the reseller hierarchy: bootstrap, create, get.
+"""Accounts and the reseller hierarchy: bootstrap, create, read, change, delete, log in.
 
 Every lookup is confined to the caller's subtree; anything outside it is
-reported as not found, so callers cannot learn that it exists.
+reported as not found, so callers cannot learn that it exists. A deleted
+account keeps its row (its usage history refers to it) but is invisible to
+every call. Changes that depend on an account's children (a new child, a
+reseller becoming a user, a delete) lock that account's row first, so on
+PostgreSQL they cannot interleave.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import validation
+from claudeopus.control.domain import passwords, sessions, validation
 from claudeopus.control.domain.api_keys import IssuedKey, issue_key
 from claudeopus.control.domain.errors import (
     AlreadyExists,
@@ -20,12 +27,16 @@ from claudeopus.control.domain.errors import (
     NotFound,
     PermissionDenied,
     Reason,
+    Unauthenticated,
 )
 from claudeopus.control.domain.instance import ADMIN_BOOTSTRAPPED
-from claudeopus.control.domain.principal import Principal
-from claudeopus.control.models import Account, InstanceValue, Role, Scope
+from claudeopus.control.domain.paging import PageTokenCodec, page_size
+from claudeopus.control.domain.principal import Principal, ensure_not_suspended
+from claudeopus.control.models import Account, AccountState, ApiKey, InstanceValue, Role, Scope, Session
 
 CREATABLE_ROLES = (Role.RESELLER, Role.USER)
+UPDATABLE_FIELDS = ("display_name", "email", "role")
+MAX_EMAIL = 320
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,18 @@ async def account_in_subtree(principal: Principal, account_id: int | None, field
     return account
 
 
+async def _has_children(account_id: int) -> bool:
+    return await Account.filter(parent_id=account_id, deleted_at__isnull=True).exists()
+
+
+async def _locked(account_id: int, field: str) -> Account:
+    """The live account row, locked until the end of the transaction (PostgreSQL)."""
+    account = await Account.filter(id=account_id, deleted_at__isnull=True).select_for_update().first()
+    if account is None:
+        raise NotFound(Reason.RESOURCE_NOT_FOUND, f"{field}: account not found.")
+    return account
+
+
 async def create_account(
     principal: Principal,
     *,
@@ -89,6 +112,9 @@ async def create_account(
             return _same_request(earlier, email=email, role=role)
     try:
         async with in_transaction():
+            # Lock the parent: a concurrent delete or reseller-to-user change of it
+            # waits for this insert, then sees the new child.
+            await _locked_parent(parent.id)
             account = await Account.create(
                 email=email,
                 display_name=display_name,
@@ -107,6 +133,12 @@ async def create_account(
     return account
 
 
+async def _locked_parent(parent_id: int) -> None:
+    parent = await _locked(parent_id, "parent")
+    if parent.role not in (Role.ADMIN, Role.RESELLER):
+        raise FailedPrecondition(Reason.ROLE_DENIED, "parent: a user account cannot have sub-accounts.")
+
+
 def _same_request(earlier: Account, *, email: str, role: Role) -> Account:
     if earlier.email != email or earlier.role != role:
         raise AlreadyExists(Reason.REQUEST_ID_CONFLICT, "request_id was already used for a different account.")
@@ -115,3 +147,263 @@ def _same_request(earlier: Account, *, email: str, role: Role) -> Account:
 
 async def get_account(principal: Principal, account_id: int) -> Account:
     return await account_in_subtree(principal, account_id, "name")
+
+
+# -- list ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPage:
+    accounts: list[Account]
+    next_page_token: str
+
+
+def _role_filter(value: int) -> Role | None:
+    if value == 0:
+        return None
+    try:
+        return Role(value)
+    except ValueError:
+        raise InvalidArgument.field("role", "must be a Role value or ROLE_UNSPECIFIED for all") from None
+
+
+def _state_filter(value: int) -> AccountState | None:
+    if value == 0:
+        return None
+    try:
+        return AccountState(value)
+    except ValueError:
+        raise InvalidArgument.field(
+            "state", "must be an AccountState value or ACCOUNT_STATE_UNSPECIFIED for all"
+        ) from None
+
+
+async def list_accounts(
+    principal: Principal,
+    codec: PageTokenCodec,
+    *,
+    parent_id: int | None,
+    role: int,
+    state: int,
+    size: int,
+    token: str,
+) -> AccountPage:
+    """The live direct children of ``parent_id`` (default: the caller's account), oldest first.
+
+    ``role`` and ``state`` are proto enum values; 0 (UNSPECIFIED) means any.
+    """
+    limit = page_size(size)
+    role_filter = _role_filter(role)
+    state_filter = _state_filter(state)
+    parent = await account_in_subtree(principal, parent_id, "parent")
+    scope = f"accounts|caller={principal.credential}|parent={parent.id}|role={role}|state={state}"
+    query = Account.filter(parent_id=parent.id, deleted_at__isnull=True)
+    if role_filter is not None:
+        query = query.filter(role=role_filter)
+    if state_filter is not None:
+        query = query.filter(state=state_filter)
+    if token:
+        after = codec.decode(scope, token).get("after_id")
+        if type(after) is not int:
+            raise InvalidArgument.field("page_token", "is malformed", Reason.PAGE_TOKEN_INVALID)
+        query = query.filter(id__gt=after)
+    rows = await query.order_by("id").limit(limit + 1)
+    next_token = codec.encode(scope, {"after_id": rows[limit - 1].id}) if len(rows) > limit else ""
+    return AccountPage(accounts=rows[:limit], next_page_token=next_token)
+
+
+# -- update --------------------------------------------------------------------
+
+
+def _update_paths(paths: Sequence[str]) -> set[str]:
+    """The fields an update mask names; empty (or ``*``) means all of them."""
+    if not paths or list(paths) == ["*"]:
+        return set(UPDATABLE_FIELDS)
+    if not set(paths) <= set(UPDATABLE_FIELDS):
+        raise InvalidArgument.field("update_mask", f"may name only {', '.join(UPDATABLE_FIELDS)} (or be empty for all)")
+    return set(paths)
+
+
+def _new_role(value: int) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise InvalidArgument.field("account.role", "must be ROLE_RESELLER or ROLE_USER") from None
+
+
+async def update_account(
+    principal: Principal,
+    account_id: int,
+    *,
+    paths: Sequence[str],
+    display_name: str,
+    email: str,
+    role: int,
+    now: datetime,
+) -> Account:
+    """Change the fields named by ``paths`` of an account in the caller's subtree.
+
+    The caller may rename itself or change its own email, never its own role.
+    Role changes go between reseller and user only; a reseller with live
+    sub-accounts stays a reseller.
+    """
+    fields = _update_paths(paths)
+    wanted: dict[str, object] = {}
+    if "display_name" in fields:
+        wanted["display_name"] = validation.display_name("account.display_name", display_name)
+    if "email" in fields:
+        wanted["email"] = validation.email("account.email", email)
+    if "role" in fields:
+        wanted["role"] = _new_role(role)
+    target = await account_in_subtree(principal, account_id, "account.name")
+    changes = {name: value for name, value in wanted.items() if getattr(target, name) != value}
+    new_role = changes.get("role")
+    if new_role is not None:
+        if target.id == principal.account_id:
+            raise PermissionDenied(Reason.SELF_CHANGE_DENIED, "account.role: an account cannot change its own role.")
+        if new_role not in CREATABLE_ROLES:
+            raise InvalidArgument.field("account.role", "must be ROLE_RESELLER or ROLE_USER")
+    if not changes:
+        return target
+    try:
+        async with in_transaction():
+            if new_role is Role.USER:
+                await _locked(target.id, "account.name")
+                if await _has_children(target.id):
+                    raise FailedPrecondition(
+                        Reason.ACCOUNT_NOT_EMPTY, "account.role: a reseller with sub-accounts cannot become a user."
+                    )
+            updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(**changes, updated_at=now)
+            if not updated:
+                raise NotFound(Reason.RESOURCE_NOT_FOUND, "account.name: account not found.")
+    except IntegrityError:
+        raise AlreadyExists(Reason.RESOURCE_EXISTS, "account.email: an account with this email exists.") from None
+    await target.refresh_from_db()
+    return target
+
+
+# -- delete, suspend, resume ---------------------------------------------------
+
+
+async def _strictly_below(principal: Principal, account_id: int, action: str) -> Account:
+    target = await account_in_subtree(principal, account_id, "name")
+    if target.id == principal.account_id:
+        raise PermissionDenied(Reason.SELF_CHANGE_DENIED, f"name: an account cannot {action} itself.")
+    return target
+
+
+def tombstone_email(account: Account) -> str:
+    """The deleted account's email, freeing the address for reuse.
+
+    The space makes it an invalid address, so no live account can hold it (and
+    block a delete); the id makes it unique.
+    """
+    return f"deleted-{account.id} {account.email}"[:MAX_EMAIL]
+
+
+async def delete_account(principal: Principal, account_id: int, now: datetime) -> None:
+    """Soft-delete an account below the caller that has no live sub-accounts and no live keys.
+
+    The row stays for its usage history; its email becomes a tombstone, its
+    password hash and sessions are removed, and every call treats it as absent.
+    """
+    target = await _strictly_below(principal, account_id, "delete")
+    async with in_transaction():
+        locked = await _locked(target.id, "name")
+        if await _has_children(locked.id):
+            raise FailedPrecondition(Reason.ACCOUNT_NOT_EMPTY, "name: the account has sub-accounts; delete them first.")
+        live_keys = ApiKey.filter(account_id=locked.id, revoked_at__isnull=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
+        if await live_keys.exists():
+            raise FailedPrecondition(
+                Reason.ACCOUNT_NOT_EMPTY, "name: the account has live API keys; revoke them first."
+            )
+        await Account.filter(id=locked.id).update(
+            deleted_at=now,
+            updated_at=now,
+            email=tombstone_email(locked),
+            password_hash=None,
+            create_request_id=None,
+        )
+        await Session.filter(account_id=locked.id).delete()
+
+
+async def _set_state(principal: Principal, account_id: int, state: AccountState, action: str, now: datetime) -> Account:
+    target = await _strictly_below(principal, account_id, action)
+    if target.state != state:
+        updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(state=state, updated_at=now)
+        if not updated:
+            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
+        target.state = state
+    return target
+
+
+async def suspend_account(principal: Principal, account_id: int, now: datetime) -> Account:
+    """Suspend an account below the caller; every key and session of its subtree stops at once."""
+    return await _set_state(principal, account_id, AccountState.SUSPENDED, "suspend", now)
+
+
+async def resume_account(principal: Principal, account_id: int, now: datetime) -> Account:
+    """Lift a suspension (a suspended ancestor still blocks the subtree)."""
+    return await _set_state(principal, account_id, AccountState.ACTIVE, "resume", now)
+
+
+# -- passwords and login -------------------------------------------------------
+
+
+async def set_password(principal: Principal, account_id: int | None, password: str, now: datetime) -> None:
+    """Set the dashboard password of the caller's account (``None``) or one below it; ends its sessions."""
+    passwords.validate("password", password)
+    target = await account_in_subtree(principal, account_id, "name")
+    hashed = await passwords.hash_password(password)
+    async with in_transaction():
+        updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
+            password_hash=hashed, updated_at=now
+        )
+        if not updated:
+            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
+        await Session.filter(account_id=target.id).delete()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    token: str
+    session: Session
+    account: Account
+
+
+def _login_failed() -> Unauthenticated:
+    return Unauthenticated(Reason.LOGIN_FAILED, "Incorrect email or password.")
+
+
+async def login(email: str, password: str, now: datetime) -> LoggedIn:
+    """Exchange email and password for a session.
+
+    Every mismatch (unknown email, deleted account, no password, wrong
+    password) fails alike and costs one argon2 verification, so neither the
+    answer nor its timing tells which emails exist. Suspension is reported only
+    to a caller that knows the password.
+    """
+    if len(password) > passwords.MAX_LENGTH:
+        raise _login_failed()
+    try:
+        address: str | None = validation.email("email", email)
+    except InvalidArgument:
+        address = None
+    account = None if address is None else await Account.get_or_none(email=address, deleted_at__isnull=True)
+    stored = None if account is None else account.password_hash
+    if not await passwords.verify(stored, password) or account is None or stored is None:
+        raise _login_failed()
+    await ensure_not_suspended(account)
+    rehashed = await passwords.hash_password(password) if passwords.needs_rehash(stored) else None
+    async with in_transaction():
+        # A concurrent SetPassword or delete either waits for this session (and
+        # then ends it) or has already changed the row, and this login fails.
+        current = await Account.filter(id=account.id, deleted_at__isnull=True, password_hash=stored).select_for_update()
+        if not current:
+            raise _login_failed()
+        if rehashed is not None:
+            await Account.filter(id=account.id).update(password_hash=rehashed, updated_at=now)
+        token, session = await sessions.open_session(current[0], now)
+    return LoggedIn(token=token, session=session, account=current[0])

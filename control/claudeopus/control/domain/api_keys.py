@@ -1,20 +1,35 @@
-"""API keys: issue, get, revoke. The secret is shown once and never stored."""
+"""API keys: issue, get, list, update, revoke, rotate. A secret is shown once and never stored.
+
+Every lookup is confined to the caller's subtree (anything outside it is not
+found). A revoked key is final: it can be read and listed, not changed or
+rotated (``KEY_NOT_LIVE``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from tortoise.exceptions import IntegrityError
 
 from claudeopus import keys
 from claudeopus.control.domain import validation
-from claudeopus.control.domain.errors import AlreadyExists, InvalidArgument, NotFound, Reason
+from claudeopus.control.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Reason,
+)
+from claudeopus.control.domain.paging import PageTokenCodec, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope
 
 MAX_ALLOWED_MODELS = 256
+MAX_GRACE_PERIOD = timedelta(days=30)
+UPDATABLE_FIELDS = ("display_name", "scopes", "allowed_models", "expire_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +142,175 @@ async def revoke_api_key(principal: Principal, key_id: int, now: datetime) -> Ap
         await ApiKey.filter(id=key.id, revoked_at__isnull=True).update(revoked_at=now)
         await key.refresh_from_db(fields=["revoked_at"])
     return key
+
+
+def _not_live() -> FailedPrecondition:
+    return FailedPrecondition(Reason.KEY_NOT_LIVE, "name: the API key is revoked, so it cannot be changed or rotated.")
+
+
+# -- list ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    keys: list[ApiKey]
+    next_page_token: str
+
+
+async def list_api_keys(
+    principal: Principal,
+    codec: PageTokenCodec,
+    *,
+    account: Account,
+    show_revoked: bool,
+    size: int,
+    token: str,
+) -> KeyPage:
+    """Keys of ``account`` (already checked to be in the caller's subtree), newest first.
+
+    The page token is bound to the caller's credential and to every filter, so it
+    cannot be replayed by someone else or for another query.
+    """
+    limit = page_size(size)
+    scope = f"api_keys|caller={principal.credential}|parent={account.id}|revoked={int(show_revoked)}"
+    query = ApiKey.filter(account_id=account.id)
+    if not show_revoked:
+        query = query.filter(revoked_at__isnull=True)
+    if token:
+        before = codec.decode(scope, token).get("before_id")
+        if not isinstance(before, int) or isinstance(before, bool):
+            raise InvalidArgument.field("page_token", "is malformed", Reason.PAGE_TOKEN_INVALID)
+        query = query.filter(id__lt=before)
+    rows = await query.order_by("-id").limit(limit + 1)
+    next_token = codec.encode(scope, {"before_id": rows[limit - 1].id}) if len(rows) > limit else ""
+    return KeyPage(keys=rows[:limit], next_page_token=next_token)
+
+
+# -- update --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpdate:
+    """The new values of an UpdateApiKey request, as they came (validated here).
+
+    ``expire_time`` is a protobuf Timestamp's ``(seconds, nanos)``, or None to
+    clear the expiry.
+    """
+
+    display_name: str = ""
+    scopes: Sequence[int] = ()
+    allowed_models: Sequence[str] = ()
+    expire_time: tuple[int, int] | None = None
+
+
+def update_paths(paths: Sequence[str]) -> frozenset[str]:
+    """The fields an update mask names; empty (or ``*``, AIP-134) means every updatable field."""
+    if not paths or list(paths) == ["*"]:
+        return frozenset(UPDATABLE_FIELDS)
+    unknown = sorted({p for p in paths if p not in UPDATABLE_FIELDS})
+    if unknown:
+        raise InvalidArgument.field(
+            "update_mask", f"cannot update {', '.join(unknown)}; updatable: {', '.join(UPDATABLE_FIELDS)}"
+        )
+    return frozenset(paths)
+
+
+def _changes(paths: frozenset[str], update: KeyUpdate, now: datetime) -> dict[str, Any]:
+    """Column values for the fields in ``paths``, validated like create."""
+    changes: dict[str, Any] = {}
+    if "display_name" in paths:
+        changes["display_name"] = validation.display_name("api_key.display_name", update.display_name)
+    if "scopes" in paths:
+        changes["scopes"] = _scopes(update.scopes)
+    if "allowed_models" in paths:
+        changes["allowed_models"] = _models(update.allowed_models) or None
+    if "expire_time" in paths:
+        expires_at = None
+        if update.expire_time is not None:
+            expires_at = validation.timestamp("api_key.expire_time", *update.expire_time)
+            if expires_at <= now:
+                raise InvalidArgument.field("api_key.expire_time", "must be in the future")
+        changes["expires_at"] = expires_at
+    return changes
+
+
+async def update_api_key(
+    principal: Principal, key_id: int, *, paths: Sequence[str], update: KeyUpdate, now: datetime
+) -> ApiKey:
+    """Change the fields named by ``paths`` (see ``update_paths``) of a live key of the caller's subtree.
+
+    Example::
+
+        key = await update_api_key(principal, 12, paths=["display_name"], update=KeyUpdate(display_name="ci"), now=now)
+    """
+    changes = _changes(update_paths(paths), update, now)
+    key = await key_in_subtree(principal, key_id)
+    if key.revoked_at is not None:
+        raise _not_live()
+    # Conditional on the key still being live, so a concurrent revoke is never undone or overwritten.
+    if not await ApiKey.filter(id=key.id, revoked_at__isnull=True).update(**changes):
+        raise _not_live()
+    await key.refresh_from_db()
+    return key
+
+
+# -- rotate --------------------------------------------------------------------
+
+
+def grace_period(seconds: int, nanos: int) -> timedelta:
+    """A protobuf Duration's fields as a grace period, or InvalidArgument on ``grace_period``."""
+    same_sign = not (seconds > 0 and nanos < 0) and not (seconds < 0 and nanos > 0)
+    if not -999_999_999 <= nanos <= 999_999_999 or not same_sign:
+        raise InvalidArgument.field("grace_period", "is not a valid duration")
+    if seconds < 0 or nanos < 0 or seconds > MAX_GRACE_PERIOD.days * 86_400:
+        raise _grace_out_of_range()
+    grace = timedelta(seconds=seconds, microseconds=nanos // 1000)
+    _check_grace(grace)
+    return grace
+
+
+def _grace_out_of_range() -> InvalidArgument:
+    return InvalidArgument.field("grace_period", f"must be between 0 and {MAX_GRACE_PERIOD.days} days")
+
+
+def _check_grace(grace: timedelta) -> None:
+    if grace < timedelta(0) or grace > MAX_GRACE_PERIOD:
+        raise _grace_out_of_range()
+
+
+async def rotate_api_key(principal: Principal, key_id: int, *, grace: timedelta, now: datetime) -> IssuedKey:
+    """Give a live key of the caller's subtree a new secret; the old one works until ``now + grace``.
+
+    The key keeps its id, settings and usage. After the grace period (at once
+    when ``grace`` is zero) the old secret is refused as ``KEY_ROTATED``. Only one earlier secret
+    is kept: rotating again while a previous rotation's grace period is running
+    replaces that older secret (it stops working at once) with the one being
+    rotated away now.
+
+    The swap is one conditional UPDATE on the secret the caller saw, so of two
+    concurrent rotations exactly one wins; the other fails with
+    FAILED_PRECONDITION ``KEY_ROTATED`` and its secret is never issued.
+    """
+    _check_grace(grace)
+    key = await key_in_subtree(principal, key_id)
+    if key.revoked_at is not None:
+        raise _not_live()
+    secret = keys.new_secret()
+    swapped = await ApiKey.filter(id=key.id, key_hash=key.key_hash, revoked_at__isnull=True).update(
+        key_hash=keys.hash_secret(secret),
+        prefix=keys.display_prefix(secret),
+        previous_key_hash=key.key_hash,
+        previous_expires_at=now + grace,
+        rotated_at=now,
+    )
+    if not swapped:
+        latest = await ApiKey.get_or_none(id=key.id)
+        if latest is None:
+            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: API key not found.")
+        if latest.revoked_at is not None:
+            raise _not_live()
+        raise FailedPrecondition(
+            Reason.KEY_ROTATED, "name: the API key was rotated by another call at the same time; read it and retry."
+        )
+    await key.refresh_from_db()
+    return IssuedKey(key=key, secret=secret)

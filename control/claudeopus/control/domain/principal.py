@@ -1,52 +1,78 @@
-"""Who is calling: resolving a key into a principal and checking that a key is usable."""
+"""Who is calling: resolving a key or a session into a principal, and checking that a key is usable."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
+from tortoise.expressions import Q
+
 from claudeopus import keys
+from claudeopus.control.domain import sessions
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated management caller; it may act only inside its subtree."""
+    """An authenticated management caller; it may act only inside its subtree.
+
+    ``credential`` names what authenticated it (``key:12`` or ``session:7``); page
+    tokens are bound to it.
+    """
 
     account_id: int
     account_path: str
     role: Role
-    api_key_id: int
+    credential: str
 
     def owns(self, account: Account) -> bool:
-        return account.path.startswith(self.account_path)
+        return account.deleted_at is None and account.path.startswith(self.account_path)
+
+
+async def ensure_not_suspended(account: Account) -> None:
+    """Refuse when the account or any ancestor is suspended."""
+    if await Account.filter(id__in=account.ancestor_ids(), state=AccountState.SUSPENDED).exists():
+        raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
 
 
 async def usable_key(key_hash_hex: str, scope: Scope, now: datetime) -> ApiKey:
-    """The live key with this hash, its account loaded, or a denial naming why."""
-    key = await ApiKey.get_or_none(key_hash=key_hash_hex).select_related("account")
-    if key is None:
+    """The live key with this hash (current secret, or a rotated one in its grace period), or a denial."""
+    key = (
+        await ApiKey.filter(Q(key_hash=key_hash_hex) | Q(previous_key_hash=key_hash_hex))
+        .select_related("account")
+        .first()
+    )
+    if key is None or key.account.deleted_at is not None:
         raise Unauthenticated(Reason.KEY_INVALID, "Incorrect API key provided.")
     if key.revoked_at is not None:
         raise Unauthenticated(Reason.KEY_REVOKED, "This API key has been revoked.")
+    if key.key_hash != key_hash_hex and (key.previous_expires_at is None or key.previous_expires_at <= now):
+        raise Unauthenticated(Reason.KEY_ROTATED, "This API key secret was replaced by a rotation.")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")
     if not key.has_scope(scope):
         raise PermissionDenied(Reason.KEY_SCOPE_DENIED, f"This API key does not have the {scope.name.lower()} scope.")
-    account = key.account
-    if await Account.filter(id__in=account.ancestor_ids(), state=AccountState.SUSPENDED).exists():
-        raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this API key is suspended.")
+    await ensure_not_suspended(key.account)
     return key
 
 
 async def authenticate_management(secret: str | None, now: datetime) -> Principal:
-    """Resolve a management key's secret (from call metadata) into a principal."""
+    """Resolve a management key or a session token (from call metadata) into a principal."""
     if not secret:
         raise Unauthenticated(
-            Reason.CREDENTIAL_MISSING, "Send a management key as metadata 'authorization: Bearer sk-co-...'."
+            Reason.CREDENTIAL_MISSING,
+            "Send a management key or session token as metadata 'authorization: Bearer ...'.",
         )
+    if sessions.looks_like_token(secret):
+        session = await sessions.live_session(secret, now)
+        await ensure_not_suspended(session.account)
+        return _principal(session.account, f"session:{session.id}")
     if not keys.looks_like_secret(secret):
         raise Unauthenticated(Reason.KEY_INVALID, "Incorrect API key provided.")
     key = await usable_key(keys.hash_secret(secret), Scope.MANAGEMENT, now)
-    return Principal(account_id=key.account.id, account_path=key.account.path, role=key.account.role, api_key_id=key.id)
+    return _principal(key.account, f"key:{key.id}")
+
+
+def _principal(account: Account, credential: str) -> Principal:
+    return Principal(account_id=account.id, account_path=account.path, role=account.role, credential=credential)

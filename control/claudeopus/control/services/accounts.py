@@ -1,12 +1,14 @@
-"""AccountService: bootstrap, create and get accounts."""
+"""AccountService: the account hierarchy, dashboard passwords and logins."""
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf import empty_pb2
 
 from claudeopus.control.domain import accounts
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import ACCOUNTS, parse_id, parse_optional_id
+from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.models import Role
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import management_principal, peer_is_local
@@ -24,7 +26,8 @@ def _role(value: int) -> Role | None:
 
 
 class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, codec: PageTokenCodec, clock: Clock) -> None:
+        self._codec = codec
         self._clock = clock
 
     @rpc
@@ -58,3 +61,85 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         principal = await management_principal(context, self._clock())
         row = await accounts.get_account(principal, parse_id("name", ACCOUNTS, request.name))
         return convert.account(row)
+
+    @rpc
+    async def ListAccounts(
+        self, request: accounts_pb2.ListAccountsRequest, context: Ctx[object, object]
+    ) -> accounts_pb2.ListAccountsResponse:
+        principal = await management_principal(context, self._clock())
+        page = await accounts.list_accounts(
+            principal,
+            self._codec,
+            parent_id=parse_optional_id("parent", ACCOUNTS, request.parent),
+            role=request.role,
+            state=request.state,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return accounts_pb2.ListAccountsResponse(
+            accounts=[convert.account(row) for row in page.accounts], next_page_token=page.next_page_token
+        )
+
+    @rpc
+    async def UpdateAccount(
+        self, request: accounts_pb2.UpdateAccountRequest, context: Ctx[object, object]
+    ) -> accounts_pb2.Account:
+        now = self._clock()
+        principal = await management_principal(context, now)
+        row = await accounts.update_account(
+            principal,
+            parse_id("account.name", ACCOUNTS, request.account.name),
+            paths=list(request.update_mask.paths),
+            display_name=request.account.display_name,
+            email=request.account.email,
+            role=request.account.role,
+            now=now,
+        )
+        return convert.account(row)
+
+    @rpc
+    async def DeleteAccount(
+        self, request: accounts_pb2.DeleteAccountRequest, context: Ctx[object, object]
+    ) -> empty_pb2.Empty:
+        now = self._clock()
+        principal = await management_principal(context, now)
+        await accounts.delete_account(principal, parse_id("name", ACCOUNTS, request.name), now)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def SuspendAccount(
+        self, request: accounts_pb2.SuspendAccountRequest, context: Ctx[object, object]
+    ) -> accounts_pb2.Account:
+        now = self._clock()
+        principal = await management_principal(context, now)
+        row = await accounts.suspend_account(principal, parse_id("name", ACCOUNTS, request.name), now)
+        return convert.account(row)
+
+    @rpc
+    async def ResumeAccount(
+        self, request: accounts_pb2.ResumeAccountRequest, context: Ctx[object, object]
+    ) -> accounts_pb2.Account:
+        now = self._clock()
+        principal = await management_principal(context, now)
+        row = await accounts.resume_account(principal, parse_id("name", ACCOUNTS, request.name), now)
+        return convert.account(row)
+
+    @rpc
+    async def SetPassword(
+        self, request: accounts_pb2.SetPasswordRequest, context: Ctx[object, object]
+    ) -> empty_pb2.Empty:
+        now = self._clock()
+        principal = await management_principal(context, now)
+        await accounts.set_password(principal, parse_optional_id("name", ACCOUNTS, request.name), request.password, now)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def Login(
+        self, request: accounts_pb2.LoginRequest, context: Ctx[object, object]
+    ) -> accounts_pb2.LoginResponse:
+        done = await accounts.login(request.email, request.password, self._clock())
+        return accounts_pb2.LoginResponse(
+            session_token=done.token,
+            expire_time=convert.timestamp(done.session.expires_at),
+            account=convert.account(done.account),
+        )

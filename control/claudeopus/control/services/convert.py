@@ -7,6 +7,7 @@ from datetime import datetime
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, USAGE_RECORDS, format_name
+from claudeopus.control.domain.usage import UsageSummary
 from claudeopus.control.models import Account, ApiKey, Scope, UsageRecord
 from claudeopus.v1 import accounts_pb2, api_keys_pb2, usage_pb2
 
@@ -32,7 +33,19 @@ def account(row: Account) -> accounts_pb2.Account:
     )
 
 
-def api_key(row: ApiKey) -> api_keys_pb2.ApiKey:
+def api_key(row: ApiKey, now: datetime | None = None) -> api_keys_pb2.ApiKey:
+    """The key without its secret.
+
+    ``previous_secret_expire_time`` is filled only while the secret replaced by the
+    last rotation still works at ``now`` (the injected clock's time); without
+    ``now`` it is left out.
+    """
+    previous_works = (
+        now is not None
+        and row.revoked_at is None
+        and row.previous_expires_at is not None
+        and row.previous_expires_at > now
+    )
     return api_keys_pb2.ApiKey(
         name=format_name(API_KEYS, row.id),
         account=format_name(ACCOUNTS, row.account_id),  # type: ignore[attr-defined]
@@ -43,7 +56,15 @@ def api_key(row: ApiKey) -> api_keys_pb2.ApiKey:
         create_time=timestamp(row.created_at),
         revoke_time=timestamp(row.revoked_at),
         expire_time=timestamp(row.expires_at),
+        rotate_time=timestamp(row.rotated_at),
+        previous_secret_expire_time=timestamp(row.previous_expires_at) if previous_works else None,
     )
+
+
+def duration_us(microseconds: float) -> duration_pb2.Duration:
+    """A non-negative number of microseconds (maybe fractional) as a Duration, to the nanosecond."""
+    nanos = round(microseconds * 1000)
+    return duration_pb2.Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def usage_record(row: UsageRecord) -> usage_pb2.UsageRecord:
@@ -55,10 +76,24 @@ def usage_record(row: UsageRecord) -> usage_pb2.UsageRecord:
         model=row.model,
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,
-        latency=duration_pb2.Duration(seconds=row.latency_us // 1_000_000, nanos=row.latency_us % 1_000_000 * 1000),
+        latency=duration_us(row.latency_us),
         status=int(row.status),  # type: ignore[arg-type]
         source=int(row.source),  # type: ignore[arg-type]
         http_status=row.http_status,
         create_time=timestamp(row.created_at),
         settle_time=timestamp(row.settled_at),
+    )
+
+
+def usage_summary(row: UsageSummary) -> usage_pb2.UsageSummary:
+    return usage_pb2.UsageSummary(
+        api_key="" if row.api_key_id is None else format_name(API_KEYS, row.api_key_id),
+        account="" if row.account_id is None else format_name(ACCOUNTS, row.account_id),
+        model=row.model or "",
+        interval_start=timestamp(row.interval_start),
+        requests=row.requests,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        latency_p50=duration_us(row.latency_p50_us),
+        latency_p95=duration_us(row.latency_p95_us),
     )

@@ -1,0 +1,52 @@
+"""Options and plumbing shared by the admin sub-commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from claudeopus.cli.output import emit_error, emit_json, emit_record, to_dict
+from claudeopus.client import ClaudeOpusError, Client
+
+T = TypeVar("T")
+DEFAULT_CONTROL = "127.0.0.1:50051"
+
+ControlOpt = Annotated[str, typer.Option("--control", envvar="CLAUDEOPUS_CONTROL", help="Control plane HOST:PORT.")]
+KeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--key", envvar="CLAUDEOPUS_ADMIN_KEY", help="Management key (sk-co-...) or session token.", show_default=False
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def call(control: str, key: str | None, as_json: bool, work: Callable[[Client], T]) -> T:
+    """Run ``work`` with a client; a failed call prints the error (JSON with --json) and exits 1."""
+    try:
+        with Client(control, key=key) as client:
+            return work(client)
+    except ClaudeOpusError as error:
+        emit_error(error, as_json)
+        raise typer.Exit(1) from None
+
+
+def need_key(key: str) -> str:
+    if not key:
+        raise typer.BadParameter("pass --key or set CLAUDEOPUS_ADMIN_KEY", param_hint="--key")
+    return key
+
+
+def emit_message(title: str, message: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(to_dict(message))
+    else:
+        emit_record(title, {k: v for k, v in to_dict(message).items() if v not in ("", [], None)})
+
+
+def choice(value: str | None, allowed: tuple[str, ...], hint: str) -> str | None:
+    if value is not None and value not in allowed:
+        raise typer.BadParameter(f"must be one of: {', '.join(allowed)}", param_hint=hint)
+    return value

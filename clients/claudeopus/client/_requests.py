@@ -1,0 +1,178 @@
+"""Request messages built from plain Python arguments, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+
+from claudeopus.v1 import accounts_pb2, api_keys_pb2, usage_pb2
+
+ROLES = {"reseller": accounts_pb2.ROLE_RESELLER, "user": accounts_pb2.ROLE_USER, "admin": accounts_pb2.ROLE_ADMIN}
+STATES = {"active": accounts_pb2.ACCOUNT_STATE_ACTIVE, "suspended": accounts_pb2.ACCOUNT_STATE_SUSPENDED}
+SCOPES = {"inference": api_keys_pb2.SCOPE_INFERENCE, "management": api_keys_pb2.SCOPE_MANAGEMENT}
+GROUPS = {
+    "api_key": usage_pb2.USAGE_GROUP_API_KEY,
+    "account": usage_pb2.USAGE_GROUP_ACCOUNT,
+    "model": usage_pb2.USAGE_GROUP_MODEL,
+}
+INTERVALS = {
+    "hour": usage_pb2.USAGE_INTERVAL_HOUR,
+    "day": usage_pb2.USAGE_INTERVAL_DAY,
+    "month": usage_pb2.USAGE_INTERVAL_MONTH,
+}
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def duration(value: timedelta) -> duration_pb2.Duration:
+    result = duration_pb2.Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+def role(name: str) -> accounts_pb2.Role.ValueType:
+    return ROLES.get(name, accounts_pb2.ROLE_UNSPECIFIED)
+
+
+def bootstrap_admin(email: str, display_name: str) -> accounts_pb2.BootstrapAdminRequest:
+    return accounts_pb2.BootstrapAdminRequest(email=email, display_name=display_name)
+
+
+def create_account(
+    email: str, role_name: str, display_name: str, parent: str, request_id: str
+) -> accounts_pb2.CreateAccountRequest:
+    account = accounts_pb2.Account(email=email, display_name=display_name, role=role(role_name))
+    return accounts_pb2.CreateAccountRequest(parent=parent, account=account, request_id=request_id)
+
+
+def list_accounts(
+    parent: str, page_size: int, page_token: str, role_name: str | None, state: str | None
+) -> accounts_pb2.ListAccountsRequest:
+    return accounts_pb2.ListAccountsRequest(
+        parent=parent,
+        page_size=page_size,
+        page_token=page_token,
+        role=role(role_name) if role_name else accounts_pb2.ROLE_UNSPECIFIED,
+        state=STATES.get(state, accounts_pb2.ACCOUNT_STATE_UNSPECIFIED)
+        if state
+        else accounts_pb2.ACCOUNT_STATE_UNSPECIFIED,
+    )
+
+
+def update_account(
+    name: str, display_name: str | None, email: str | None, role_name: str | None
+) -> accounts_pb2.UpdateAccountRequest:
+    account = accounts_pb2.Account(name=name)
+    paths: list[str] = []
+    if display_name is not None:
+        account.display_name, paths = display_name, [*paths, "display_name"]
+    if email is not None:
+        account.email, paths = email, [*paths, "email"]
+    if role_name is not None:
+        account.role, paths = role(role_name), [*paths, "role"]
+    if not paths:
+        raise ValueError("nothing to update: pass display_name, email or role")
+    return accounts_pb2.UpdateAccountRequest(account=account, update_mask=field_mask_pb2.FieldMask(paths=paths))
+
+
+def create_api_key(
+    parent: str,
+    display_name: str,
+    scopes: Iterable[str],
+    allowed_models: Iterable[str],
+    expire_time: datetime | None,
+    request_id: str,
+) -> api_keys_pb2.CreateApiKeyRequest:
+    key = api_keys_pb2.ApiKey(
+        display_name=display_name,
+        scopes=[SCOPES.get(s, api_keys_pb2.SCOPE_UNSPECIFIED) for s in scopes],
+        allowed_models=list(allowed_models),
+    )
+    if expire_time is not None:
+        key.expire_time.CopyFrom(timestamp(expire_time))
+    return api_keys_pb2.CreateApiKeyRequest(parent=parent, api_key=key, request_id=request_id)
+
+
+def update_api_key(
+    name: str,
+    display_name: str | None,
+    scopes: Iterable[str] | None,
+    allowed_models: Iterable[str] | None,
+    expire_time: datetime | None,
+    clear_expiry: bool,
+) -> api_keys_pb2.UpdateApiKeyRequest:
+    key = api_keys_pb2.ApiKey(name=name)
+    paths: list[str] = []
+    if display_name is not None:
+        key.display_name, paths = display_name, [*paths, "display_name"]
+    if scopes is not None:
+        key.scopes.extend(SCOPES.get(s, api_keys_pb2.SCOPE_UNSPECIFIED) for s in scopes)
+        paths.append("scopes")
+    if allowed_models is not None:
+        key.allowed_models.extend(allowed_models)
+        paths.append("allowed_models")
+    if expire_time is not None:
+        key.expire_time.CopyFrom(timestamp(expire_time))
+        paths.append("expire_time")
+    elif clear_expiry:
+        paths.append("expire_time")
+    if not paths:
+        raise ValueError("nothing to update: pass display_name, scopes, allowed_models, expire_time or clear_expiry")
+    return api_keys_pb2.UpdateApiKeyRequest(api_key=key, update_mask=field_mask_pb2.FieldMask(paths=paths))
+
+
+def rotate_api_key(name: str, grace_period: timedelta | None) -> api_keys_pb2.RotateApiKeyRequest:
+    request = api_keys_pb2.RotateApiKeyRequest(name=name)
+    if grace_period is not None:
+        request.grace_period.CopyFrom(duration(grace_period))
+    return request
+
+
+def list_usage_records(
+    parent: str,
+    api_key: str,
+    account: str,
+    model: str,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> usage_pb2.ListUsageRecordsRequest:
+    request = usage_pb2.ListUsageRecordsRequest(
+        parent=parent, api_key=api_key, account=account, model=model, page_size=page_size, page_token=page_token
+    )
+    if start_time is not None:
+        request.start_time.CopyFrom(timestamp(start_time))
+    if end_time is not None:
+        request.end_time.CopyFrom(timestamp(end_time))
+    return request
+
+
+def summarize_usage(
+    start_time: datetime,
+    end_time: datetime | None,
+    group_by: Iterable[str],
+    interval: str | None,
+    parent: str,
+    api_key: str,
+    model: str,
+) -> usage_pb2.SummarizeUsageRequest:
+    request = usage_pb2.SummarizeUsageRequest(
+        parent=parent,
+        group_by=[GROUPS.get(g, usage_pb2.USAGE_GROUP_UNSPECIFIED) for g in group_by],
+        interval=INTERVALS.get(interval, usage_pb2.USAGE_INTERVAL_UNSPECIFIED)
+        if interval
+        else usage_pb2.USAGE_INTERVAL_UNSPECIFIED,
+        api_key=api_key,
+        model=model,
+    )
+    request.start_time.CopyFrom(timestamp(start_time))
+    if end_time is not None:
+        request.end_time.CopyFrom(timestamp(end_time))
+    return request

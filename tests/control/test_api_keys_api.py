@@ -1,0 +1,601 @@
+"""ApiKeyService end to end: list, update, rotate (and the rest of the key life cycle).
+
+Served in-process by the real ``ControlServer`` with an injected clock, so the
+rotation grace period is checked to the second without sleeping. Errors are
+checked on the wire: status code and ``google.rpc.ErrorInfo`` reason (plus the
+``google.rpc.BadRequest`` field for INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from claudeopus import keys
+from claudeopus.control.domain import api_keys as api_keys_domain
+from claudeopus.control.domain.principal import Principal
+from claudeopus.control.models import ApiKey
+from claudeopus.control.server import ControlServer
+from claudeopus.control.settings import ControlSettings
+from claudeopus.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    api_keys_pb2,
+    api_keys_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
+
+Metadata = tuple[tuple[str, str], ...]
+INFERENCE = api_keys_pb2.SCOPE_INFERENCE
+MANAGEMENT = api_keys_pb2.SCOPE_MANAGEMENT
+UNKNOWN_SCOPE = api_keys_pb2.Scope.ValueType(7)
+
+
+class FakeClock:
+    """The control plane's clock, moved by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Control:
+    clock: FakeClock
+    service_token: str
+    admin: accounts_pb2.Account
+    admin_secret: str
+    accounts: accounts_pb2_grpc.AccountServiceAsyncStub
+    keys: api_keys_pb2_grpc.ApiKeyServiceAsyncStub
+    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub
+
+    async def new_account(
+        self, caller: str, role: accounts_pb2.Role.ValueType = accounts_pb2.ROLE_USER, parent: str = ""
+    ) -> accounts_pb2.Account:
+        spec = accounts_pb2.Account(email=f"a-{secrets.token_hex(4)}@example.com", role=role)
+        request = accounts_pb2.CreateAccountRequest(parent=parent, account=spec)
+        return await self.accounts.CreateAccount(request, metadata=bearer(caller))
+
+    async def new_key(
+        self, caller: str, parent: str = "", *scopes: api_keys_pb2.Scope.ValueType, display_name: str = ""
+    ) -> api_keys_pb2.CreateApiKeyResponse:
+        spec = api_keys_pb2.ApiKey(display_name=display_name, scopes=scopes or (INFERENCE,))
+        request = api_keys_pb2.CreateApiKeyRequest(parent=parent, api_key=spec)
+        return await self.keys.CreateApiKey(request, metadata=bearer(caller))
+
+    async def get(self, name: str) -> api_keys_pb2.ApiKey:
+        return await self.keys.GetApiKey(api_keys_pb2.GetApiKeyRequest(name=name), metadata=bearer(self.admin_secret))
+
+    async def rotate(
+        self, name: str, grace_seconds: int | None = None, caller: str | None = None
+    ) -> api_keys_pb2.RotateApiKeyResponse:
+        request = api_keys_pb2.RotateApiKeyRequest(name=name)
+        if grace_seconds is not None:
+            request.grace_period.CopyFrom(duration_pb2.Duration(seconds=grace_seconds))
+        return await self.keys.RotateApiKey(request, metadata=bearer(caller or self.admin_secret))
+
+    async def update(self, api_key: api_keys_pb2.ApiKey, *paths: str, caller: str | None = None) -> api_keys_pb2.ApiKey:
+        request = api_keys_pb2.UpdateApiKeyRequest(api_key=api_key, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        return await self.keys.UpdateApiKey(request, metadata=bearer(caller or self.admin_secret))
+
+    async def list(self, caller: str | None = None, **fields: object) -> api_keys_pb2.ListApiKeysResponse:
+        request = api_keys_pb2.ListApiKeysRequest(**fields)  # type: ignore[arg-type]
+        return await self.keys.ListApiKeys(request, metadata=bearer(caller or self.admin_secret))
+
+    async def verify(self, secret: str) -> gateway_pb2.VerifyApiKeyResponse:
+        request = gateway_pb2.VerifyApiKeyRequest(key_hash=keys.hash_secret_bytes(secret))
+        return await self.gateway.VerifyApiKey(request, metadata=bearer(self.service_token))
+
+    async def as_manager(self, secret: str, account: str = "") -> accounts_pb2.Account:
+        """Use ``secret`` as a management credential: read ``account`` (default the admin's)."""
+        request = accounts_pb2.GetAccountRequest(name=account or self.admin.name)
+        return await self.accounts.GetAccount(request, metadata=bearer(secret))
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def control(database_url: str) -> AsyncIterator[Control]:
+    token = secrets.token_urlsafe(32)
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
+    async with (
+        ControlServer(settings, clock=clock) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        accounts = accounts_pb2_grpc.AccountServiceStub(channel)
+        boot = await accounts.BootstrapAdmin(accounts_pb2.BootstrapAdminRequest(email="root@example.com"))
+        yield Control(
+            clock=clock,
+            service_token=token,
+            admin=boot.account,
+            admin_secret=boot.secret,
+            accounts=accounts,
+            keys=api_keys_pb2_grpc.ApiKeyServiceStub(channel),
+            gateway=gateway_pb2_grpc.GatewayServiceStub(channel),
+        )
+
+
+async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str, field: str | None = None) -> None:
+    """``error`` has ``code``, one ErrorInfo with ``reason`` and, if given, exactly one violation on ``field``."""
+    assert error.code() == code, error
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the status carries no details"
+    infos: list[error_details_pb2.ErrorInfo] = []
+    violations: list[str] = []
+    for detail in status.details:
+        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+        if detail.Unpack(info):
+            infos.append(info)
+        elif detail.Unpack(bad):
+            violations.extend(v.field for v in bad.field_violations)
+    assert [(i.domain, i.reason) for i in infos] == [("claudeopus", reason)], status
+    if field is not None:
+        assert violations == [field], status
+
+
+def when(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def stamp(value: datetime) -> timestamp_pb2.Timestamp:
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+# -- ListApiKeys ---------------------------------------------------------------
+
+
+async def test_list_returns_live_keys_newest_first(control: Control) -> None:
+    user = await control.new_account(control.admin_secret)
+    made = [await control.new_key(control.admin_secret, user.name, display_name=f"k{i}") for i in range(3)]
+    revoked = made[1].api_key.name
+    await control.keys.RevokeApiKey(
+        api_keys_pb2.RevokeApiKeyRequest(name=revoked), metadata=bearer(control.admin_secret)
+    )
+
+    live = await control.list(parent=user.name)
+    assert [k.name for k in live.api_keys] == [made[2].api_key.name, made[0].api_key.name]
+    assert live.next_page_token == ""
+    assert all(k.account == user.name for k in live.api_keys)
+
+    everything = await control.list(parent=user.name, show_revoked=True)
+    assert [k.name for k in everything.api_keys] == [k.api_key.name for k in reversed(made)]
+    assert everything.api_keys[1].HasField("revoke_time")
+
+    # Without a parent: the caller's own keys (here the bootstrap key).
+    own = await control.list()
+    assert [k.account for k in own.api_keys] == [control.admin.name]
+    assert own.api_keys[0].scopes == [MANAGEMENT]
+
+
+async def test_list_pages_with_tokens_bound_to_caller_and_filters(control: Control) -> None:
+    user = await control.new_account(control.admin_secret)
+    made = [(await control.new_key(control.admin_secret, user.name)).api_key.name for _ in range(5)]
+
+    names: list[str] = []
+    tokens: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await control.list(parent=user.name, page_size=2, page_token=token)
+        pages += 1
+        names += [k.name for k in page.api_keys]
+        assert len(page.api_keys) == (2 if page.next_page_token else 1)
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+        tokens.append(token)
+    assert pages == 3
+    assert names == list(reversed(made))
+
+    # 0 means the default size; everything fits.
+    assert len((await control.list(parent=user.name)).api_keys) == 5
+
+    first = tokens[0]
+    # The same token with show_revoked changed, for another parent, or from another caller is refused.
+    error = await rpc_error(control.list(parent=user.name, page_size=2, page_token=first, show_revoked=True))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
+    error = await rpc_error(control.list(parent=control.admin.name, page_size=2, page_token=first))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
+    other = await control.new_key(control.admin_secret, "", MANAGEMENT)
+    error = await rpc_error(control.list(other.secret, parent=user.name, page_size=2, page_token=first))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
+    error = await rpc_error(control.list(parent=user.name, page_token=first[:-2] + "xx"))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
+    error = await rpc_error(control.list(parent=user.name, page_token="garbage"))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
+
+    # The page size may change between pages; the token still works for the same query.
+    rest = await control.list(parent=user.name, page_size=10, page_token=first)
+    assert [k.name for k in rest.api_keys] == names[2:]
+
+
+async def test_list_refuses_bad_arguments(control: Control) -> None:
+    error = await rpc_error(control.list(page_size=-1))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", "page_size")
+    error = await rpc_error(control.list(parent="users/1"))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", "parent")
+    error = await rpc_error(control.list(parent="accounts/999999"))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+
+# -- UpdateApiKey --------------------------------------------------------------
+
+
+async def test_update_changes_only_the_masked_fields(control: Control) -> None:
+    user = await control.new_account(control.admin_secret)
+    created = await control.new_key(control.admin_secret, user.name, display_name="before")
+    name = created.api_key.name
+    expiry = control.clock.now + timedelta(days=1)
+
+    changed = await control.update(
+        api_keys_pb2.ApiKey(name=name, display_name="after", allowed_models=["m-9"], expire_time=stamp(expiry)),
+        "display_name",
+    )
+    assert (changed.display_name, list(changed.allowed_models), changed.HasField("expire_time")) == (
+        "after",
+        [],
+        False,
+    )
+
+    changed = await control.update(
+        api_keys_pb2.ApiKey(name=name, allowed_models=["m-1", "m-2"], expire_time=stamp(expiry)),
+        "allowed_models",
+        "expire_time",
+    )
+    assert changed.display_name == "after"
+    assert list(changed.allowed_models) == ["m-1", "m-2"]
+    assert when(changed.expire_time) == expiry
+    assert changed == await control.get(name)
+    assert list((await control.verify(created.secret)).allowed_models) == ["m-1", "m-2"]
+
+    # expire_time in the mask but unset clears the expiry.
+    cleared = await control.update(api_keys_pb2.ApiKey(name=name), "expire_time")
+    assert not cleared.HasField("expire_time")
+    assert list(cleared.allowed_models) == ["m-1", "m-2"]
+
+    # Scopes: the key becomes a management credential.
+    error = await rpc_error(control.as_manager(created.secret, user.name))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_SCOPE_DENIED")
+    widened = await control.update(api_keys_pb2.ApiKey(name=name, scopes=[INFERENCE, MANAGEMENT]), "scopes")
+    assert list(widened.scopes) == [INFERENCE, MANAGEMENT]
+    assert (await control.as_manager(created.secret, user.name)).name == user.name
+
+    # An empty mask (and '*') sets all four fields: unset ones go back to their defaults.
+    everything = await control.update(api_keys_pb2.ApiKey(name=name, display_name="all", expire_time=stamp(expiry)))
+    assert everything.display_name == "all"
+    assert list(everything.scopes) == [INFERENCE]
+    assert list(everything.allowed_models) == []
+    assert when(everything.expire_time) == expiry
+    starred = await control.update(api_keys_pb2.ApiKey(name=name, display_name="star", scopes=[MANAGEMENT]), "*")
+    assert (starred.display_name, list(starred.scopes), starred.HasField("expire_time")) == (
+        "star",
+        [MANAGEMENT],
+        False,
+    )
+    assert starred.prefix == created.api_key.prefix
+
+
+async def test_an_updated_expiry_is_enforced_with_the_clock(control: Control) -> None:
+    created = await control.new_key(control.admin_secret)
+    expiry = control.clock.now + timedelta(seconds=10)
+    await control.update(api_keys_pb2.ApiKey(name=created.api_key.name, expire_time=stamp(expiry)), "expire_time")
+    control.clock.advance(9)
+    await control.verify(created.secret)
+    control.clock.advance(1)
+    error = await rpc_error(control.verify(created.secret))
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "KEY_EXPIRED")
+    # An expired (not revoked) key can be given a new expiry.
+    later = control.clock.now + timedelta(hours=1)
+    await control.update(api_keys_pb2.ApiKey(name=created.api_key.name, expire_time=stamp(later)), "expire_time")
+    await control.verify(created.secret)
+
+
+async def test_update_refuses_bad_arguments(control: Control) -> None:
+    created = await control.new_key(control.admin_secret)
+    name = created.api_key.name
+    cases: list[tuple[api_keys_pb2.ApiKey, tuple[str, ...], str]] = [
+        (api_keys_pb2.ApiKey(name=name), ("display_name", "prefix"), "update_mask"),
+        (api_keys_pb2.ApiKey(name=name), ("name",), "update_mask"),
+        (api_keys_pb2.ApiKey(name=name), ("api_key.display_name",), "update_mask"),
+        (api_keys_pb2.ApiKey(name="keys/1"), ("display_name",), "api_key.name"),
+        (api_keys_pb2.ApiKey(), ("display_name",), "api_key.name"),
+        (api_keys_pb2.ApiKey(name=name, display_name="x" * 201), ("display_name",), "api_key.display_name"),
+        (api_keys_pb2.ApiKey(name=name, display_name="a\nb"), ("display_name",), "api_key.display_name"),
+        (api_keys_pb2.ApiKey(name=name, scopes=[INFERENCE, UNKNOWN_SCOPE]), ("scopes",), "api_key.scopes[1]"),
+        (api_keys_pb2.ApiKey(name=name, allowed_models=[""]), ("allowed_models",), "api_key.allowed_models[0]"),
+        (
+            api_keys_pb2.ApiKey(name=name, expire_time=stamp(control.clock.now)),
+            ("expire_time",),
+            "api_key.expire_time",
+        ),
+        (
+            api_keys_pb2.ApiKey(name=name, expire_time=timestamp_pb2.Timestamp(seconds=10**12)),
+            ("expire_time",),
+            "api_key.expire_time",
+        ),
+    ]
+    for spec, paths, field in cases:
+        error = await rpc_error(control.update(spec, *paths))
+        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", field)
+    # Nothing was changed by the refused calls.
+    assert await control.get(name) == created.api_key
+
+    error = await rpc_error(control.update(api_keys_pb2.ApiKey(name="apiKeys/999999"), "display_name"))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+    await control.keys.RevokeApiKey(api_keys_pb2.RevokeApiKeyRequest(name=name), metadata=bearer(control.admin_secret))
+    error = await rpc_error(control.update(api_keys_pb2.ApiKey(name=name, display_name="z"), "display_name"))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_NOT_LIVE")
+    assert (await control.get(name)).display_name == ""
+
+
+async def test_update_does_not_undo_a_concurrent_revoke(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
+    created = await control.new_key(control.admin_secret)
+    original = api_keys_domain.key_in_subtree
+
+    async def revoked_meanwhile(principal: Principal, key_id: int) -> ApiKey:
+        key = await original(principal, key_id)  # read while live ...
+        await ApiKey.filter(id=key_id).update(revoked_at=control.clock.now)  # ... revoked before the write
+        return key
+
+    monkeypatch.setattr(api_keys_domain, "key_in_subtree", revoked_meanwhile)
+    error = await rpc_error(control.update(api_keys_pb2.ApiKey(name=created.api_key.name, scopes=[MANAGEMENT])))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_NOT_LIVE")
+    monkeypatch.undo()
+    after = await control.get(created.api_key.name)
+    assert after.HasField("revoke_time")
+    assert list(after.scopes) == [INFERENCE]
+
+
+# -- RotateApiKey --------------------------------------------------------------
+
+
+async def test_rotation_grace_period_is_honoured_to_the_second(control: Control) -> None:
+    user = await control.new_account(control.admin_secret)
+    created = await control.new_key(control.admin_secret, user.name)
+    old = created.secret
+    start = control.clock.now
+    assert not created.api_key.HasField("rotate_time")
+
+    rotated = await control.rotate(created.api_key.name, 60)
+    new = rotated.secret
+    assert keys.looks_like_secret(new)
+    assert new != old
+    assert rotated.api_key.name == created.api_key.name
+    assert rotated.api_key.prefix == keys.display_prefix(new) != created.api_key.prefix
+    assert when(rotated.api_key.rotate_time) == start
+    assert when(rotated.api_key.previous_secret_expire_time) == start + timedelta(seconds=60)
+    assert rotated.api_key.create_time == created.api_key.create_time
+
+    for secret in (old, new):
+        assert (await control.verify(secret)).api_key == created.api_key.name
+
+    control.clock.advance(59)
+    assert (await control.verify(old)).api_key == created.api_key.name
+    assert (await control.verify(new)).api_key == created.api_key.name
+    assert (await control.get(created.api_key.name)).HasField("previous_secret_expire_time")
+
+    control.clock.advance(1)
+    error = await rpc_error(control.verify(old))
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "KEY_ROTATED")
+    assert (await control.verify(new)).api_key == created.api_key.name
+    after = await control.get(created.api_key.name)
+    assert not after.HasField("previous_secret_expire_time")
+    assert when(after.rotate_time) == start
+
+    control.clock.advance(3600)
+    assert (await control.verify(new)).api_key == created.api_key.name
+    assert_error(await rpc_error(control.verify(old)), grpc.StatusCode.UNAUTHENTICATED, "KEY_ROTATED")
+
+
+@pytest.mark.parametrize("grace", [None, 0])
+async def test_rotation_without_grace_kills_the_old_secret_at_once(control: Control, grace: int | None) -> None:
+    created = await control.new_key(control.admin_secret)
+    rotated = await control.rotate(created.api_key.name, grace)
+    assert when(rotated.api_key.rotate_time) == control.clock.now
+    assert (
+        not rotated.api_key.HasField("previous_secret_expire_time")
+        or when(rotated.api_key.previous_secret_expire_time) <= control.clock.now
+    )
+    # No grace: the old secret dies at once, and says why.
+    error = await rpc_error(control.verify(created.secret))
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "KEY_ROTATED")
+    assert (await control.verify(rotated.secret)).api_key == created.api_key.name
+
+
+async def test_a_rotated_management_key_works_during_grace_only(control: Control) -> None:
+    created = await control.new_key(control.admin_secret, "", MANAGEMENT)
+    old = created.secret
+    # The key rotates itself.
+    rotated = await control.rotate(created.api_key.name, 30, caller=old)
+    new = rotated.secret
+
+    control.clock.advance(29)
+    assert (await control.as_manager(old)).name == control.admin.name
+    assert (await control.as_manager(new)).name == control.admin.name
+
+    control.clock.advance(1)
+    error = await rpc_error(control.as_manager(old))
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "KEY_ROTATED")
+    assert (await control.as_manager(new)).name == control.admin.name
+
+
+async def test_rotating_during_grace_replaces_the_older_secret(control: Control) -> None:
+    created = await control.new_key(control.admin_secret)
+    s0 = created.secret
+    first = await control.rotate(created.api_key.name, 60)
+    control.clock.advance(10)
+    second = await control.rotate(created.api_key.name, 60)
+    assert when(second.api_key.previous_secret_expire_time) == control.clock.now + timedelta(seconds=60)
+
+    # Only one earlier secret is kept: s0 is forgotten at once.
+    assert_error(await rpc_error(control.verify(s0)), grpc.StatusCode.UNAUTHENTICATED, "KEY_INVALID")
+    control.clock.advance(59)
+    await control.verify(first.secret)
+    await control.verify(second.secret)
+    control.clock.advance(1)
+    assert_error(await rpc_error(control.verify(first.secret)), grpc.StatusCode.UNAUTHENTICATED, "KEY_ROTATED")
+    await control.verify(second.secret)
+
+
+async def test_revoking_a_rotated_key_kills_both_secrets(control: Control) -> None:
+    created = await control.new_key(control.admin_secret)
+    rotated = await control.rotate(created.api_key.name, 600)
+    revoked = await control.keys.RevokeApiKey(
+        api_keys_pb2.RevokeApiKeyRequest(name=created.api_key.name), metadata=bearer(control.admin_secret)
+    )
+    assert not revoked.HasField("previous_secret_expire_time")
+    for secret in (created.secret, rotated.secret):
+        assert_error(await rpc_error(control.verify(secret)), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+
+
+async def test_rotate_refuses_bad_arguments(control: Control) -> None:
+    created = await control.new_key(control.admin_secret)
+    name = created.api_key.name
+    for grace in (
+        duration_pb2.Duration(seconds=-1),
+        duration_pb2.Duration(nanos=-1),
+        duration_pb2.Duration(seconds=30 * 86_400 + 1),
+        duration_pb2.Duration(seconds=2**62),
+        duration_pb2.Duration(seconds=-(2**62)),
+        duration_pb2.Duration(seconds=1, nanos=-1),
+        duration_pb2.Duration(seconds=1, nanos=1_000_000_000),
+    ):
+        request = api_keys_pb2.RotateApiKeyRequest(name=name, grace_period=grace)
+        error = await rpc_error(control.keys.RotateApiKey(request, metadata=bearer(control.admin_secret)))
+        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", "grace_period")
+    # Nothing rotated so far.
+    assert (await control.verify(created.secret)).api_key == name
+    assert not (await control.get(name)).HasField("rotate_time")
+
+    error = await rpc_error(control.rotate("apiKeys/x"))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", "name")
+    error = await rpc_error(control.rotate("apiKeys/999999"))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+    # The largest grace period is accepted.
+    longest = await control.rotate(name, 30 * 86_400)
+    assert when(longest.api_key.previous_secret_expire_time) == control.clock.now + timedelta(days=30)
+
+    await control.keys.RevokeApiKey(api_keys_pb2.RevokeApiKeyRequest(name=name), metadata=bearer(control.admin_secret))
+    error = await rpc_error(control.rotate(name, 60))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_NOT_LIVE")
+
+
+async def test_a_rotation_that_lost_a_race_issues_no_secret(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
+    created = await control.new_key(control.admin_secret)
+    original = api_keys_domain.key_in_subtree
+    winners: list[api_keys_domain.IssuedKey] = []
+
+    async def rotated_meanwhile(principal: Principal, key_id: int) -> ApiKey:
+        key = await original(principal, key_id)  # the loser reads the key ...
+        monkeypatch.setattr(api_keys_domain, "key_in_subtree", original)
+        # ... and another rotation wins before the loser writes.
+        winners.append(
+            await api_keys_domain.rotate_api_key(principal, key_id, grace=timedelta(0), now=control.clock.now)
+        )
+        return key
+
+    monkeypatch.setattr(api_keys_domain, "key_in_subtree", rotated_meanwhile)
+    error = await rpc_error(control.rotate(created.api_key.name, 60))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_ROTATED")
+    [winner] = winners
+    assert (await control.verify(winner.secret)).api_key == created.api_key.name
+    assert_error(await rpc_error(control.verify(created.secret)), grpc.StatusCode.UNAUTHENTICATED, "KEY_ROTATED")
+    assert (await control.get(created.api_key.name)).prefix == keys.display_prefix(winner.secret)
+
+
+async def test_concurrent_rotations_leave_one_current_secret(control: Control) -> None:
+    created = await control.new_key(control.admin_secret)
+    outcomes = await asyncio.gather(
+        *(control.rotate(created.api_key.name, 0) for _ in range(8)), return_exceptions=True
+    )
+    won = [o for o in outcomes if isinstance(o, api_keys_pb2.RotateApiKeyResponse)]
+    lost = [o for o in outcomes if not isinstance(o, api_keys_pb2.RotateApiKeyResponse)]
+    assert won
+    for error in lost:
+        assert isinstance(error, grpc.aio.AioRpcError), error
+        assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_ROTATED")
+    # Grace 0: exactly one of the issued secrets works, the one the key now shows.
+    working = []
+    codes: list[grpc.StatusCode] = []
+    for response in won:
+        try:
+            await control.verify(response.secret)
+        except grpc.aio.AioRpcError as error:
+            codes.append(error.code())
+        else:
+            working.append(response.secret)
+    assert len(working) == 1
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED}
+    assert (await control.get(created.api_key.name)).prefix == keys.display_prefix(working[0])
+
+
+# -- isolation -----------------------------------------------------------------
+
+
+async def test_a_reseller_cannot_touch_keys_outside_its_subtree(control: Control) -> None:
+    r1 = await control.new_account(control.admin_secret, accounts_pb2.ROLE_RESELLER)
+    r2 = await control.new_account(control.admin_secret, accounts_pb2.ROLE_RESELLER)
+    r1_secret = (await control.new_key(control.admin_secret, r1.name, MANAGEMENT)).secret
+    r2_secret = (await control.new_key(control.admin_secret, r2.name, MANAGEMENT)).secret
+    u2 = await control.new_account(r2_secret, parent=r2.name)
+    target = await control.new_key(r2_secret, u2.name)
+    name = target.api_key.name
+    r2_own_key = (await control.list(r2_secret)).api_keys[0].name
+
+    denied: list[Awaitable[object]] = [
+        control.list(r1_secret, parent=u2.name),
+        control.list(r1_secret, parent=r2.name),
+        control.list(r1_secret, parent=control.admin.name),
+        control.keys.GetApiKey(api_keys_pb2.GetApiKeyRequest(name=name), metadata=bearer(r1_secret)),
+        control.keys.GetApiKey(api_keys_pb2.GetApiKeyRequest(name=r2_own_key), metadata=bearer(r1_secret)),
+        control.update(api_keys_pb2.ApiKey(name=name, display_name="mine"), "display_name", caller=r1_secret),
+        control.keys.RevokeApiKey(api_keys_pb2.RevokeApiKeyRequest(name=name), metadata=bearer(r1_secret)),
+        control.rotate(name, 60, caller=r1_secret),
+        control.rotate(r2_own_key, 0, caller=r1_secret),
+        # Upwards is outside the subtree too: the admin's bootstrap key.
+        control.rotate((await control.list()).api_keys[-1].name, 0, caller=r1_secret),
+    ]
+    for call in denied:
+        assert_error(await rpc_error(call), grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+    # Nothing changed, and the owners still manage their keys.
+    assert await control.get(name) == target.api_key
+    await control.verify(target.secret)
+    await control.as_manager(control.admin_secret)
+    assert [k.name for k in (await control.list(r2_secret, parent=u2.name)).api_keys] == [name]
+    rotated = await control.rotate(name, 0, caller=r2_secret)
+    assert (await control.verify(rotated.secret)).api_key == name
+    own = await control.new_key(r1_secret, r1.name)
+    assert (
+        await control.update(
+            api_keys_pb2.ApiKey(name=own.api_key.name, display_name="ok"), "display_name", caller=r1_secret
+        )
+    ).display_name == "ok"
