@@ -216,7 +216,7 @@ def test_usage_list_human_output_shows_the_record(gateway: Gateway) -> None:
     rows = [line for line in result.stdout.splitlines() if key_name in line]
     assert len(rows) == 1, result.stdout
     cells = [cell.strip() for cell in rows[0].strip("│ ").split("│")]
-    assert len(cells) == 8, cells
+    assert len(cells) == 9, cells
     assert cells[2:6] == [key_name, "fake-1", str(record["input_tokens"]), str(record["output_tokens"])], cells
 
 

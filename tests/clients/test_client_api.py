@@ -9,7 +9,7 @@ import pytest
 
 from claudeopus.client import AsyncClient, Client
 from claudeopus.client import _requests as build
-from claudeopus.v1 import accounts_pb2, api_keys_pb2, usage_pb2
+from claudeopus.v1 import accounts_pb2, api_keys_pb2, prices_pb2, usage_pb2
 
 
 def _public(cls: type) -> dict[str, inspect.Signature]:
@@ -33,6 +33,7 @@ def test_every_rpc_of_the_management_services_has_a_client_method() -> None:
         *accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].methods,
         *api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].methods,
         *usage_pb2.DESCRIPTOR.services_by_name["UsageService"].methods,
+        *prices_pb2.DESCRIPTOR.services_by_name["PriceService"].methods,
     ]
     snake = {"".join("_" + c.lower() if c.isupper() else c for c in rpc.name).lstrip("_") for rpc in rpcs}
     assert snake <= methods, snake - methods

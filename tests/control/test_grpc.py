@@ -242,6 +242,7 @@ async def test_reflection_lists_the_services(control: Control) -> None:
         "claudeopus.v1.AccountService",
         "claudeopus.v1.ApiKeyService",
         "claudeopus.v1.GatewayService",
+        "claudeopus.v1.PriceService",
         "claudeopus.v1.UsageService",
     }
     assert "grpc.health.v1.Health" in names

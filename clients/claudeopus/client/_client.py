@@ -17,6 +17,8 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    prices_pb2,
+    prices_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -58,6 +60,7 @@ class ClaudeOpusClient:
         self.accounts = accounts_pb2_grpc.AccountServiceStub(self._channel)
         self.api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(self._channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self._channel)
+        self.prices = prices_pb2_grpc.PriceServiceStub(self._channel)
 
     async def __aenter__(self) -> ClaudeOpusClient:
         return self
@@ -274,6 +277,50 @@ class ClaudeOpusClient:
         """Totals by ``group_by`` (any of "api_key", "account", "model") per ``interval`` ("hour", "day", "month")."""
         request = build.summarize_usage(start_time, end_time, group_by, interval, parent, api_key, model)
         return await self._call(self.usage.SummarizeUsage(request, timeout=self._timeout))
+
+    # -- prices ---------------------------------------------------------------
+
+    async def create_price(
+        self, *, model: str, input_micros: int, output_micros: int, parent: str = "", request_id: str = ""
+    ) -> prices_pb2.Price:
+        """Set a price (micro-units per million tokens) for ``model`` on ``parent`` (default: your account)."""
+        request = build.create_price(parent, model, input_micros, output_micros, request_id)
+        return await self._call(self.prices.CreatePrice(request, timeout=self._timeout))
+
+    async def get_price(self, name: str) -> prices_pb2.Price:
+        request = prices_pb2.GetPriceRequest(name=name)
+        return await self._call(self.prices.GetPrice(request, timeout=self._timeout))
+
+    async def list_prices(
+        self, *, parent: str = "", page_size: int = 0, page_token: str = ""
+    ) -> prices_pb2.ListPricesResponse:
+        request = prices_pb2.ListPricesRequest(parent=parent, page_size=page_size, page_token=page_token)
+        return await self._call(self.prices.ListPrices(request, timeout=self._timeout))
+
+    async def iter_prices(self, *, parent: str = "", page_size: int = 0) -> AsyncIterator[prices_pb2.Price]:
+        """Every price set on ``parent``, by model, fetching pages as needed."""
+        token = ""
+        while True:
+            page = await self.list_prices(parent=parent, page_size=page_size, page_token=token)
+            for price in page.prices:
+                yield price
+            if not (token := page.next_page_token):
+                return
+
+    async def update_price(
+        self, name: str, *, input_micros: int | None = None, output_micros: int | None = None
+    ) -> prices_pb2.Price:
+        request = build.update_price(name, input_micros, output_micros)
+        return await self._call(self.prices.UpdatePrice(request, timeout=self._timeout))
+
+    async def delete_price(self, name: str) -> None:
+        request = prices_pb2.DeletePriceRequest(name=name)
+        await self._call(self.prices.DeletePrice(request, timeout=self._timeout))
+
+    async def resolve_price(self, *, model: str, account: str = "") -> prices_pb2.ResolvePriceResponse:
+        """The price in force for ``model`` on ``account`` (default: yours)."""
+        request = prices_pb2.ResolvePriceRequest(account=account, model=model)
+        return await self._call(self.prices.ResolvePrice(request, timeout=self._timeout))
 
 
 AsyncClient = ClaudeOpusClient

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
-from claudeopus.v1 import accounts_pb2, api_keys_pb2, usage_pb2
+from claudeopus.v1 import accounts_pb2, api_keys_pb2, prices_pb2, usage_pb2
 
 ROLES = {"reseller": accounts_pb2.ROLE_RESELLER, "user": accounts_pb2.ROLE_USER, "admin": accounts_pb2.ROLE_ADMIN}
 STATES = {"active": accounts_pb2.ACCOUNT_STATE_ACTIVE, "suspended": accounts_pb2.ACCOUNT_STATE_SUSPENDED}
@@ -176,3 +176,26 @@ def summarize_usage(
     if end_time is not None:
         request.end_time.CopyFrom(timestamp(end_time))
     return request
+
+
+def create_price(
+    parent: str, model: str, input_micros: int, output_micros: int, request_id: str
+) -> prices_pb2.CreatePriceRequest:
+    price = prices_pb2.Price(
+        model=model, input_micros_per_million=input_micros, output_micros_per_million=output_micros
+    )
+    return prices_pb2.CreatePriceRequest(parent=parent, price=price, request_id=request_id)
+
+
+def update_price(name: str, input_micros: int | None, output_micros: int | None) -> prices_pb2.UpdatePriceRequest:
+    price = prices_pb2.Price(name=name)
+    paths: list[str] = []
+    if input_micros is not None:
+        price.input_micros_per_million = input_micros
+        paths.append("input_micros_per_million")
+    if output_micros is not None:
+        price.output_micros_per_million = output_micros
+        paths.append("output_micros_per_million")
+    if not paths:
+        raise ValueError("nothing to update: pass input_micros or output_micros")
+    return prices_pb2.UpdatePriceRequest(price=price, update_mask=field_mask_pb2.FieldMask(paths=paths))

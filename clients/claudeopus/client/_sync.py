@@ -16,6 +16,8 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    prices_pb2,
+    prices_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -53,6 +55,7 @@ class Client:
         self.accounts = accounts_pb2_grpc.AccountServiceStub(self._channel)
         self.api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(self._channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self._channel)
+        self.prices = prices_pb2_grpc.PriceServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -228,6 +231,41 @@ class Client:
     ) -> usage_pb2.SummarizeUsageResponse:
         request = build.summarize_usage(start_time, end_time, group_by, interval, parent, api_key, model)
         return self._call(self.usage.SummarizeUsage, request)
+
+    # -- prices ---------------------------------------------------------------
+
+    def create_price(
+        self, *, model: str, input_micros: int, output_micros: int, parent: str = "", request_id: str = ""
+    ) -> prices_pb2.Price:
+        request = build.create_price(parent, model, input_micros, output_micros, request_id)
+        return self._call(self.prices.CreatePrice, request)
+
+    def get_price(self, name: str) -> prices_pb2.Price:
+        return self._call(self.prices.GetPrice, prices_pb2.GetPriceRequest(name=name))
+
+    def list_prices(
+        self, *, parent: str = "", page_size: int = 0, page_token: str = ""
+    ) -> prices_pb2.ListPricesResponse:
+        request = prices_pb2.ListPricesRequest(parent=parent, page_size=page_size, page_token=page_token)
+        return self._call(self.prices.ListPrices, request)
+
+    def iter_prices(self, *, parent: str = "", page_size: int = 0) -> Iterator[prices_pb2.Price]:
+        def page(token: str) -> tuple[Iterable[prices_pb2.Price], str]:
+            reply = self.list_prices(parent=parent, page_size=page_size, page_token=token)
+            return reply.prices, reply.next_page_token
+
+        return _pages(page)
+
+    def update_price(
+        self, name: str, *, input_micros: int | None = None, output_micros: int | None = None
+    ) -> prices_pb2.Price:
+        return self._call(self.prices.UpdatePrice, build.update_price(name, input_micros, output_micros))
+
+    def delete_price(self, name: str) -> None:
+        self._call(self.prices.DeletePrice, prices_pb2.DeletePriceRequest(name=name))
+
+    def resolve_price(self, *, model: str, account: str = "") -> prices_pb2.ResolvePriceResponse:
+        return self._call(self.prices.ResolvePrice, prices_pb2.ResolvePriceRequest(account=account, model=model))
 
 
 def _pages(fetch: Callable[[str], tuple[Iterable[T], str]]) -> Iterator[T]:

@@ -74,6 +74,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The key is revoked, so it cannot be changed or rotated."""
     KEY_ROTATED: _ErrorReason.ValueType  # 24
     """The secret was replaced by a rotation and its grace period is over."""
+    PRICE_BELOW_PARENT: _ErrorReason.ValueType  # 25
+    """A price may not be lower than the price in force on the parent account."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -133,4 +135,6 @@ KEY_NOT_LIVE: ErrorReason.ValueType  # 23
 """The key is revoked, so it cannot be changed or rotated."""
 KEY_ROTATED: ErrorReason.ValueType  # 24
 """The secret was replaced by a rotation and its grace period is over."""
+PRICE_BELOW_PARENT: ErrorReason.ValueType  # 25
+"""A price may not be lower than the price in force on the parent account."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

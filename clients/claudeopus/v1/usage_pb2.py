@@ -26,33 +26,33 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63laudeopus/v1/usage.proto\x12\rclaudeopus.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x03\n\x0bUsageRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12*\n\x07latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\t \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\n \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x0b \x01(\x05\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bsettle_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdf\x01\n\x17ListUsageRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x18ListUsageRecordsResponse\x12\x31\n\rusage_records\x18\x01 \x03(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x02\n\x15SummarizeUsageRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12+\n\x08group_by\x18\x02 \x03(\x0e\x32\x19.claudeopus.v1.UsageGroup\x12.\n\x08interval\x18\x03 \x01(\x0e\x32\x1c.claudeopus.v1.UsageInterval\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61pi_key\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\x92\x02\n\x0cUsageSummary\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x0einterval_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12.\n\x0blatency_p50\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x16SummarizeUsageResponse\x12.\n\tsummaries\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.UsageSummary*r\n\nUsageGroup\x12\x1b\n\x17USAGE_GROUP_UNSPECIFIED\x10\x00\x12\x17\n\x13USAGE_GROUP_API_KEY\x10\x01\x12\x17\n\x13USAGE_GROUP_ACCOUNT\x10\x02\x12\x15\n\x11USAGE_GROUP_MODEL\x10\x03*z\n\rUsageInterval\x12\x1e\n\x1aUSAGE_INTERVAL_UNSPECIFIED\x10\x00\x12\x17\n\x13USAGE_INTERVAL_HOUR\x10\x01\x12\x16\n\x12USAGE_INTERVAL_DAY\x10\x02\x12\x18\n\x14USAGE_INTERVAL_MONTH\x10\x03*}\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_REPORTED\x10\x01\x12\x1a\n\x16USAGE_SOURCE_ESTIMATED\x10\x02\x12\x19\n\x15USAGE_SOURCE_RESERVED\x10\x03*\xc3\x01\n\x0bUsageStatus\x12\x1c\n\x18USAGE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_STATUS_RESERVED\x10\x01\x12\x1a\n\x16USAGE_STATUS_SUCCEEDED\x10\x02\x12\x1f\n\x1bUSAGE_STATUS_UPSTREAM_ERROR\x10\x03\x12$\n USAGE_STATUS_CLIENT_DISCONNECTED\x10\x04\x12\x18\n\x14USAGE_STATUS_EXPIRED\x10\x05\x32\xd2\x01\n\x0cUsageService\x12\x63\n\x10ListUsageRecords\x12&.claudeopus.v1.ListUsageRecordsRequest\x1a\'.claudeopus.v1.ListUsageRecordsResponse\x12]\n\x0eSummarizeUsage\x12$.claudeopus.v1.SummarizeUsageRequest\x1a%.claudeopus.v1.SummarizeUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63laudeopus/v1/usage.proto\x12\rclaudeopus.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x03\n\x0bUsageRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12*\n\x07latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\t \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\n \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x0b \x01(\x05\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bsettle_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ost_micros\x18\x0e \x01(\x03\"\xdf\x01\n\x17ListUsageRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x18ListUsageRecordsResponse\x12\x31\n\rusage_records\x18\x01 \x03(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x02\n\x15SummarizeUsageRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12+\n\x08group_by\x18\x02 \x03(\x0e\x32\x19.claudeopus.v1.UsageGroup\x12.\n\x08interval\x18\x03 \x01(\x0e\x32\x1c.claudeopus.v1.UsageInterval\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61pi_key\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\xa7\x02\n\x0cUsageSummary\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x0einterval_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12.\n\x0blatency_p50\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63ost_micros\x18\n \x01(\x03\"H\n\x16SummarizeUsageResponse\x12.\n\tsummaries\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.UsageSummary*r\n\nUsageGroup\x12\x1b\n\x17USAGE_GROUP_UNSPECIFIED\x10\x00\x12\x17\n\x13USAGE_GROUP_API_KEY\x10\x01\x12\x17\n\x13USAGE_GROUP_ACCOUNT\x10\x02\x12\x15\n\x11USAGE_GROUP_MODEL\x10\x03*z\n\rUsageInterval\x12\x1e\n\x1aUSAGE_INTERVAL_UNSPECIFIED\x10\x00\x12\x17\n\x13USAGE_INTERVAL_HOUR\x10\x01\x12\x16\n\x12USAGE_INTERVAL_DAY\x10\x02\x12\x18\n\x14USAGE_INTERVAL_MONTH\x10\x03*}\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_REPORTED\x10\x01\x12\x1a\n\x16USAGE_SOURCE_ESTIMATED\x10\x02\x12\x19\n\x15USAGE_SOURCE_RESERVED\x10\x03*\xc3\x01\n\x0bUsageStatus\x12\x1c\n\x18USAGE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_STATUS_RESERVED\x10\x01\x12\x1a\n\x16USAGE_STATUS_SUCCEEDED\x10\x02\x12\x1f\n\x1bUSAGE_STATUS_UPSTREAM_ERROR\x10\x03\x12$\n USAGE_STATUS_CLIENT_DISCONNECTED\x10\x04\x12\x18\n\x14USAGE_STATUS_EXPIRED\x10\x05\x32\xd2\x01\n\x0cUsageService\x12\x63\n\x10ListUsageRecords\x12&.claudeopus.v1.ListUsageRecordsRequest\x1a\'.claudeopus.v1.ListUsageRecordsResponse\x12]\n\x0eSummarizeUsage\x12$.claudeopus.v1.SummarizeUsageRequest\x1a%.claudeopus.v1.SummarizeUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGEGROUP']._serialized_start=1446
-  _globals['_USAGEGROUP']._serialized_end=1560
-  _globals['_USAGEINTERVAL']._serialized_start=1562
-  _globals['_USAGEINTERVAL']._serialized_end=1684
-  _globals['_USAGESOURCE']._serialized_start=1686
-  _globals['_USAGESOURCE']._serialized_end=1811
-  _globals['_USAGESTATUS']._serialized_start=1814
-  _globals['_USAGESTATUS']._serialized_end=2009
+  _globals['_USAGEGROUP']._serialized_start=1488
+  _globals['_USAGEGROUP']._serialized_end=1602
+  _globals['_USAGEINTERVAL']._serialized_start=1604
+  _globals['_USAGEINTERVAL']._serialized_end=1726
+  _globals['_USAGESOURCE']._serialized_start=1728
+  _globals['_USAGESOURCE']._serialized_end=1853
+  _globals['_USAGESTATUS']._serialized_start=1856
+  _globals['_USAGESTATUS']._serialized_end=2051
   _globals['_USAGERECORD']._serialized_start=110
-  _globals['_USAGERECORD']._serialized_end=502
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=505
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=728
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=730
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=832
-  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_start=835
-  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_end=1093
-  _globals['_USAGESUMMARY']._serialized_start=1096
-  _globals['_USAGESUMMARY']._serialized_end=1370
-  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_start=1372
-  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_end=1444
-  _globals['_USAGESERVICE']._serialized_start=2012
-  _globals['_USAGESERVICE']._serialized_end=2222
+  _globals['_USAGERECORD']._serialized_end=523
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=526
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=749
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=751
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=853
+  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_start=856
+  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_end=1114
+  _globals['_USAGESUMMARY']._serialized_start=1117
+  _globals['_USAGESUMMARY']._serialized_end=1412
+  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_start=1414
+  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_end=1486
+  _globals['_USAGESERVICE']._serialized_start=2054
+  _globals['_USAGESERVICE']._serialized_end=2264
 # @@protoc_insertion_point(module_scope)

@@ -162,6 +162,7 @@ class UsageRecord(_message.Message):
     HTTP_STATUS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SETTLE_TIME_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `usageRecords/{request_id}`."""
     request_id: _builtins.str
@@ -182,6 +183,10 @@ class UsageRecord(_message.Message):
     """Where the token counts come from."""
     http_status: _builtins.int
     """HTTP status returned to the client."""
+    cost_micros: _builtins.int
+    """What the request cost, in micro-units, at the price in force for the key's
+    account when it was settled (0 for an unpriced model).
+    """
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
         """Round-trip latency measured by the edge."""
@@ -210,10 +215,11 @@ class UsageRecord(_message.Message):
         http_status: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         settle_time: _timestamp_pb2.Timestamp | None = ...,
+        cost_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "settle_time", b"settle_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "create_time", b"create_time", "http_status", b"http_status", "input_tokens", b"input_tokens", "latency", b"latency", "model", b"model", "name", b"name", "output_tokens", b"output_tokens", "request_id", b"request_id", "settle_time", b"settle_time", "source", b"source", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "cost_micros", b"cost_micros", "create_time", b"create_time", "http_status", b"http_status", "input_tokens", b"input_tokens", "latency", b"latency", "model", b"model", "name", b"name", "output_tokens", b"output_tokens", "request_id", b"request_id", "settle_time", b"settle_time", "source", b"source", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,6 +374,7 @@ class UsageSummary(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     LATENCY_P50_FIELD_NUMBER: _builtins.int
     LATENCY_P95_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """The key, when grouping by key."""
     account: _builtins.str
@@ -380,6 +387,8 @@ class UsageSummary(_message.Message):
     """Sum of input tokens."""
     output_tokens: _builtins.int
     """Sum of output tokens."""
+    cost_micros: _builtins.int
+    """Sum of cost_micros."""
     @_builtins.property
     def interval_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the bucket; unset without an interval."""
@@ -404,10 +413,11 @@ class UsageSummary(_message.Message):
         output_tokens: _builtins.int = ...,
         latency_p50: _duration_pb2.Duration | None = ...,
         latency_p95: _duration_pb2.Duration | None = ...,
+        cost_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interval_start", b"interval_start", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "input_tokens", b"input_tokens", "interval_start", b"interval_start", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "cost_micros", b"cost_micros", "input_tokens", b"input_tokens", "interval_start", b"interval_start", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

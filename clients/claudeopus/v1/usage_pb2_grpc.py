@@ -62,7 +62,9 @@ class UsageServiceServicer:
 
     def SummarizeUsage(self, request, context):
         """Aggregates usage of the caller's subtree by key / account / model and by
-        hour / day / month (UTC).
+        hour / day / month (UTC). Only groups with settled requests appear (no
+        match: no rows). More than 10,000 rows is INVALID_ARGUMENT: narrow the
+        range, use a coarser interval or fewer dimensions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class UsageServiceStub:
     """Lists usage records of the caller's subtree, newest first."""
     SummarizeUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.SummarizeUsageRequest, _usage_pb2.SummarizeUsageResponse]
     """Aggregates usage of the caller's subtree by key / account / model and by
-    hour / day / month (UTC).
+    hour / day / month (UTC). Only groups with settled requests appear (no
+    match: no rows). More than 10,000 rows is INVALID_ARGUMENT: narrow the
+    range, use a coarser interval or fewer dimensions.
     """
 
 @_typing.type_check_only
@@ -53,7 +55,9 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """Lists usage records of the caller's subtree, newest first."""
     SummarizeUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.SummarizeUsageRequest, _usage_pb2.SummarizeUsageResponse]  # type: ignore[assignment]
     """Aggregates usage of the caller's subtree by key / account / model and by
-    hour / day / month (UTC).
+    hour / day / month (UTC). Only groups with settled requests appear (no
+    match: no rows). More than 10,000 rows is INVALID_ARGUMENT: narrow the
+    range, use a coarser interval or fewer dimensions.
     """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -76,7 +80,9 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.SummarizeUsageResponse, _abc.Awaitable[_usage_pb2.SummarizeUsageResponse]]:
         """Aggregates usage of the caller's subtree by key / account / model and by
-        hour / day / month (UTC).
+        hour / day / month (UTC). Only groups with settled requests appear (no
+        match: no rows). More than 10,000 rows is INVALID_ARGUMENT: narrow the
+        range, use a coarser interval or fewer dimensions.
         """
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

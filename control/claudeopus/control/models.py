@@ -140,6 +140,9 @@ class UsageRecord(Model):
     stream = fields.BooleanField(default=False)
     created_at = fields.DatetimeField(auto_now_add=True)
     settled_at = fields.DatetimeField(null=True)
+    # Micro-units at the price in force when settled (0 for an unpriced model); the database default
+    # fills the rows that existed before the column.
+    cost_micros = fields.BigIntField(default=0, db_default=0)
 
     class Meta:
         table = "usage_record"
@@ -153,6 +156,29 @@ class UsageRecord(Model):
             Index(fields=("account_id", "id")),
             Index(fields=("api_key_id", "id")),
         )
+
+
+class Price(Model):
+    """A price for one model set on one account, in micro-units per million tokens.
+
+    The price in force on an account is, per component, the highest price for
+    the model on the account and its ancestors.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="prices", on_delete=fields.RESTRICT
+    )
+    model = fields.CharField(max_length=200)
+    input_micros_per_million = fields.BigIntField()
+    output_micros_per_million = fields.BigIntField()
+    create_request_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "price"
+        unique_together = (("account_id", "model"), ("account_id", "create_request_id"))
 
 
 class Session(Model):

@@ -24,6 +24,7 @@ from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.services.accounts import AccountServicer
 from claudeopus.control.services.api_keys import ApiKeyServicer
 from claudeopus.control.services.gateway import GatewayServicer
+from claudeopus.control.services.prices import PriceServicer
 from claudeopus.control.services.usage import UsageServicer
 from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
@@ -33,6 +34,8 @@ from claudeopus.v1 import (
     api_keys_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
+    prices_pb2,
+    prices_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -42,6 +45,7 @@ SERVICE_NAMES = (
     accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+    prices_pb2.DESCRIPTOR.services_by_name["PriceService"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 STOP_GRACE_SECONDS = 5.0
@@ -56,6 +60,7 @@ def build_server(
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(codec, clock), server)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(settings.service_token, clock), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(codec, clock), server)
+    prices_pb2_grpc.add_PriceServiceServicer_to_server(PriceServicer(codec, clock), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -56,8 +56,8 @@ def list_(
     if as_json:
         emit_json({"usage_records": rows})
         return
-    columns = ["create_time", "request_id", "api_key", "model", "input_tokens", "output_tokens", "status", "source"]
-    emit_rows("usage records", columns, rows)
+    columns = ["create_time", "request_id", "api_key", "model", "input_tokens", "output_tokens", "cost_micros"]
+    emit_rows("usage records", [*columns, "status", "source"], rows)
 
 
 @app.command("summary")
@@ -101,5 +101,5 @@ def summary(
         emit_json({"summaries": rows})
         return
     columns = [*(["interval_start"] if interval else []), *groups]
-    columns += ["requests", "input_tokens", "output_tokens", "latency_p50", "latency_p95"]
+    columns += ["requests", "input_tokens", "output_tokens", "cost_micros", "latency_p50", "latency_p95"]
     emit_rows("usage summary", columns, rows)

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     SESSION_INVALID = "SESSION_INVALID"
     KEY_NOT_LIVE = "KEY_NOT_LIVE"
     KEY_ROTATED = "KEY_ROTATED"
+    PRICE_BELOW_PARENT = "PRICE_BELOW_PARENT"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
 
-from claudeopus.control.domain import validation
+from claudeopus.control.domain import prices, validation
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -25,6 +25,7 @@ from claudeopus.control.domain.principal import usable_key
 from claudeopus.control.models import ApiKey, Scope, UsageRecord, UsageSource, UsageStatus
 
 KEY_HASH_BYTES = 32
+MAX_STORED_COST = 2**63 - 1  # the largest BIGINT: an absurd token count saturates instead of failing the settle
 SETTLED_STATES = (UsageStatus.SUCCEEDED, UsageStatus.UPSTREAM_ERROR, UsageStatus.CLIENT_DISCONNECTED)
 
 
@@ -123,20 +124,40 @@ def _settle_fields(data: SettleInput) -> tuple[UsageStatus, UsageSource]:
 
 
 async def settle(data: SettleInput, now: datetime) -> Settlement:
-    """Close the reservation with the real usage; idempotent by request id."""
+    """Close the reservation with the real usage and its cost; idempotent by request id.
+
+    The cost is taken at the price in force for the record's account and model
+    (one query for that model's prices on the account's chain) and written by
+    the same conditional UPDATE that closes the row.
+    """
     rid = validation.uuid_value("request_id", data.request_id)
     status, source = _settle_fields(data)
-    # One conditional UPDATE: whichever settle comes first wins, the rest find it closed.
-    changed = await UsageRecord.filter(request_id=rid, status=UsageStatus.RESERVED).update(
-        input_tokens=data.input_tokens,
-        output_tokens=data.output_tokens,
-        latency_us=data.latency_us,
-        status=status,
-        source=source,
-        http_status=data.http_status,
-        settled_at=now,
-    )
-    record = await UsageRecord.get_or_none(request_id=rid)
+    record = await UsageRecord.get_or_none(request_id=rid).select_related("account")
     if record is None:
         raise NotFound(Reason.RESERVATION_NOT_FOUND, "No authorized request has this request_id.")
-    return Settlement(record=record, already_settled=changed == 0)
+    if record.status != UsageStatus.RESERVED:
+        return Settlement(record=record, already_settled=True)
+    price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
+    settled = {
+        "input_tokens": data.input_tokens,
+        "output_tokens": data.output_tokens,
+        "latency_us": data.latency_us,
+        "status": status,
+        "source": source,
+        "http_status": data.http_status,
+        "settled_at": now,
+        "cost_micros": min(
+            MAX_STORED_COST,
+            prices.cost_micros(
+                data.input_tokens, data.output_tokens, price.input_micros_per_million, price.output_micros_per_million
+            ),
+        ),
+    }
+    # One conditional UPDATE: whichever settle comes first wins, the rest find it closed.
+    changed = await UsageRecord.filter(id=record.id, status=UsageStatus.RESERVED).update(**settled)
+    if not changed:
+        await record.refresh_from_db()
+        return Settlement(record=record, already_settled=True)
+    for field, value in settled.items():
+        setattr(record, field, value)
+    return Settlement(record=record, already_settled=False)

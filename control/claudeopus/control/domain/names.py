@@ -7,6 +7,7 @@ from claudeopus.control.domain.errors import InvalidArgument
 ACCOUNTS = "accounts"
 API_KEYS = "apiKeys"
 USAGE_RECORDS = "usageRecords"
+PRICES = "prices"
 
 
 def format_name(collection: str, ident: object) -> str:

@@ -172,6 +172,7 @@ class UsageSummary:
     output_tokens: int
     latency_p50_us: float
     latency_p95_us: float
+    cost_micros: int
 
 
 def summary_query(
@@ -322,6 +323,7 @@ def summary_sql(dialect: str, query: SummaryQuery, *, limit: int) -> tuple[str, 
         "count(*) AS requests",
         "coalesce(sum(u.input_tokens), 0) AS input_tokens",
         "coalesce(sum(u.output_tokens), 0) AS output_tokens",
+        "coalesce(sum(u.cost_micros), 0) AS cost_micros",
         latency,
     ]
     prefix = bind(_like_prefix(query.parent_path))
@@ -379,6 +381,7 @@ def _summary(dialect: str, query: SummaryQuery, row: dict[str, Any]) -> UsageSum
         output_tokens=int(row["output_tokens"]),
         latency_p50_us=p50,
         latency_p95_us=p95,
+        cost_micros=int(row["cost_micros"]),
     )
 
 

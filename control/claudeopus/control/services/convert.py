@@ -6,10 +6,10 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, USAGE_RECORDS, format_name
+from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, PRICES, USAGE_RECORDS, format_name
 from claudeopus.control.domain.usage import UsageSummary
-from claudeopus.control.models import Account, ApiKey, Scope, UsageRecord
-from claudeopus.v1 import accounts_pb2, api_keys_pb2, usage_pb2
+from claudeopus.control.models import Account, ApiKey, Price, Scope, UsageRecord
+from claudeopus.v1 import accounts_pb2, api_keys_pb2, prices_pb2, usage_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -82,6 +82,7 @@ def usage_record(row: UsageRecord) -> usage_pb2.UsageRecord:
         http_status=row.http_status,
         create_time=timestamp(row.created_at),
         settle_time=timestamp(row.settled_at),
+        cost_micros=row.cost_micros,
     )
 
 
@@ -96,4 +97,17 @@ def usage_summary(row: UsageSummary) -> usage_pb2.UsageSummary:
         output_tokens=row.output_tokens,
         latency_p50=duration_us(row.latency_p50_us),
         latency_p95=duration_us(row.latency_p95_us),
+        cost_micros=row.cost_micros,
+    )
+
+
+def price(row: Price) -> prices_pb2.Price:
+    return prices_pb2.Price(
+        name=format_name(PRICES, row.id),
+        account=format_name(ACCOUNTS, row.account_id),  # type: ignore[attr-defined]
+        model=row.model,
+        input_micros_per_million=row.input_micros_per_million,
+        output_micros_per_million=row.output_micros_per_million,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
     )

@@ -1,0 +1,119 @@
+"""``claudeopus admin prices``: price tables (micro-units per million tokens)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from claudeopus.cli.admin._common import DEFAULT_CONTROL, ControlOpt, JsonOpt, KeyOpt, call, emit_message, need_key
+from claudeopus.cli.output import emit_json, emit_record, emit_rows, to_dict
+
+app = typer.Typer(help="Prices per model: base prices (admin) and markups (resellers).", no_args_is_help=True)
+NameArg = Annotated[str, typer.Argument(help="The price, prices/N.")]
+InputOpt = Annotated[int, typer.Option("--input", help="Micro-units per million input tokens.", min=0)]
+OutputOpt = Annotated[int, typer.Option("--output", help="Micro-units per million output tokens.", min=0)]
+
+
+@app.command("create")
+def create(
+    model: Annotated[str, typer.Option(help="The model, exactly as clients name it.")],
+    input_micros: InputOpt,
+    output_micros: OutputOpt,
+    account: Annotated[str, typer.Option(help="Account to set it on (accounts/N); default: yours.")] = "",
+    request_id: Annotated[str, typer.Option(help="Idempotency id.")] = "",
+    control: ControlOpt = DEFAULT_CONTROL,
+    key: KeyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a price for MODEL on an account of your subtree (never below the parent's)."""
+    price = call(
+        control,
+        need_key(key),
+        as_json,
+        lambda c: c.create_price(
+            model=model,
+            input_micros=input_micros,
+            output_micros=output_micros,
+            parent=account,
+            request_id=request_id,
+        ),
+    )
+    emit_message("price", price, as_json)
+
+
+@app.command("get")
+def get(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+    """Show one price."""
+    emit_message("price", call(control, need_key(key), as_json, lambda c: c.get_price(name)), as_json)
+
+
+@app.command("list")
+def list_(
+    account: Annotated[str, typer.Option(help="Whose prices (accounts/N); default: yours.")] = "",
+    control: ControlOpt = DEFAULT_CONTROL,
+    key: KeyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """List the prices set on an account, by model."""
+    rows = call(control, need_key(key), as_json, lambda c: [to_dict(p) for p in c.iter_prices(parent=account)])
+    if as_json:
+        emit_json({"prices": rows})
+    else:
+        columns = ["name", "model", "input_micros_per_million", "output_micros_per_million", "update_time"]
+        emit_rows("prices", columns, rows)
+
+
+@app.command("update")
+def update(
+    name: NameArg,
+    input_micros: Annotated[int | None, typer.Option("--input", help="New input price.", min=0)] = None,
+    output_micros: Annotated[int | None, typer.Option("--output", help="New output price.", min=0)] = None,
+    control: ControlOpt = DEFAULT_CONTROL,
+    key: KeyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Change the input and/or output amount of a price."""
+    if input_micros is None and output_micros is None:
+        raise typer.BadParameter("give --input and/or --output")
+    price = call(
+        control,
+        need_key(key),
+        as_json,
+        lambda c: c.update_price(name, input_micros=input_micros, output_micros=output_micros),
+    )
+    emit_message("price", price, as_json)
+
+
+@app.command("delete")
+def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+    """Remove a price; the account falls back to its ancestors' prices."""
+    call(control, need_key(key), as_json, lambda c: c.delete_price(name))
+    if as_json:
+        emit_json({"deleted": name})
+    else:
+        typer.echo(f"deleted {name}")
+
+
+@app.command("resolve")
+def resolve(
+    model: Annotated[str, typer.Option(help="The model.")],
+    account: Annotated[str, typer.Option(help="The account (accounts/N); default: yours.")] = "",
+    control: ControlOpt = DEFAULT_CONTROL,
+    key: KeyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """The price in force for MODEL on an account (what its requests cost)."""
+    reply = call(control, need_key(key), as_json, lambda c: c.resolve_price(model=model, account=account))
+    if as_json:
+        emit_json({**to_dict(reply), "sources": [to_dict(p) for p in reply.sources]})
+        return
+    emit_record(
+        f"price in force for {model}",
+        {
+            "priced": reply.priced,
+            "input_micros_per_million": reply.input_micros_per_million,
+            "output_micros_per_million": reply.output_micros_per_million,
+            "from": [p.name for p in reply.sources],
+        },
+    )
