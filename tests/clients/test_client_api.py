@@ -64,3 +64,19 @@ def test_times_and_durations_are_converted_exactly() -> None:
     assert not request.HasField("end_time")
     rotate = build.rotate_api_key("apiKeys/1", timedelta(seconds=90))
     assert rotate.grace_period.seconds == 90
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: build.list_accounts("", 0, "", "Reseller", None),
+        lambda: build.list_accounts("", 0, "", None, "Suspended"),
+        lambda: build.create_account("a@b.co", "superuser", "", "", ""),
+        lambda: build.create_api_key("", "", ["everything"], [], None, ""),
+        lambda: build.summarize_usage(datetime.now(UTC), None, ["models"], None, "", "", ""),
+        lambda: build.summarize_usage(datetime.now(UTC), None, [], "days", "", "", ""),
+    ],
+)
+def test_unknown_enum_names_are_refused_not_widened(call: object) -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        call()  # type: ignore[operator]

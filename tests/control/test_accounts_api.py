@@ -310,8 +310,11 @@ async def test_update_account_validates_mask_and_values(world: World) -> None:
     await expect(world.update(md, user.name, ("role",), role=0), *invalid, ["account.role"])
     await expect(world.update(md, user.name, ("role",), role=77), *invalid, ["account.role"])
     await expect(world.update(md, user.name, ("role",), role=accounts_pb2.ROLE_ADMIN), *invalid, ["account.role"])
-    # An empty mask means every field, so a missing role is an error too.
-    await expect(world.update(md, user.name, email="ok@example.com"), *invalid, ["account.role"])
+    # Without a mask only the populated fields change (AIP-134): the role stays.
+    changed = await world.update(md, user.name, email=f"ok-{secrets.token_hex(3)}@example.com")
+    assert changed.role == ROLE_USER
+    # "*" replaces every field, so a missing role is an error.
+    await expect(world.update(md, user.name, ("*",), email="ok2@example.com"), *invalid, ["account.role"])
     await expect(world.update(md, "", ("display_name",)), *invalid, ["account.name"])
     await expect(world.update(md, "accounts/987654", ("display_name",)), *NOT_FOUND)
     assert (await world.get(md, user.name)).display_name == ""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from claudeopus.v1 import accounts_pb2, api_keys_pb2, prices_pb2, usage_pb2
+
+T = TypeVar("T")
 
 ROLES = {"reseller": accounts_pb2.ROLE_RESELLER, "user": accounts_pb2.ROLE_USER, "admin": accounts_pb2.ROLE_ADMIN}
 STATES = {"active": accounts_pb2.ACCOUNT_STATE_ACTIVE, "suspended": accounts_pb2.ACCOUNT_STATE_SUSPENDED}
@@ -36,8 +39,16 @@ def duration(value: timedelta) -> duration_pb2.Duration:
     return result
 
 
+def named(table: Mapping[str, T], what: str, name: str) -> T:
+    """The enum value called ``name``; an unknown name is a ValueError, never "unspecified"."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; expected one of: {', '.join(table)}") from None
+
+
 def role(name: str) -> accounts_pb2.Role.ValueType:
-    return ROLES.get(name, accounts_pb2.ROLE_UNSPECIFIED)
+    return named(ROLES, "role", name)
 
 
 def bootstrap_admin(email: str, display_name: str) -> accounts_pb2.BootstrapAdminRequest:
@@ -59,9 +70,7 @@ def list_accounts(
         page_size=page_size,
         page_token=page_token,
         role=role(role_name) if role_name else accounts_pb2.ROLE_UNSPECIFIED,
-        state=STATES.get(state, accounts_pb2.ACCOUNT_STATE_UNSPECIFIED)
-        if state
-        else accounts_pb2.ACCOUNT_STATE_UNSPECIFIED,
+        state=named(STATES, "state", state) if state else accounts_pb2.ACCOUNT_STATE_UNSPECIFIED,
     )
 
 
@@ -91,7 +100,7 @@ def create_api_key(
 ) -> api_keys_pb2.CreateApiKeyRequest:
     key = api_keys_pb2.ApiKey(
         display_name=display_name,
-        scopes=[SCOPES.get(s, api_keys_pb2.SCOPE_UNSPECIFIED) for s in scopes],
+        scopes=[named(SCOPES, "scope", s) for s in scopes],
         allowed_models=list(allowed_models),
     )
     if expire_time is not None:
@@ -112,7 +121,7 @@ def update_api_key(
     if display_name is not None:
         key.display_name, paths = display_name, [*paths, "display_name"]
     if scopes is not None:
-        key.scopes.extend(SCOPES.get(s, api_keys_pb2.SCOPE_UNSPECIFIED) for s in scopes)
+        key.scopes.extend(named(SCOPES, "scope", s) for s in scopes)
         paths.append("scopes")
     if allowed_models is not None:
         key.allowed_models.extend(allowed_models)
@@ -165,10 +174,8 @@ def summarize_usage(
 ) -> usage_pb2.SummarizeUsageRequest:
     request = usage_pb2.SummarizeUsageRequest(
         parent=parent,
-        group_by=[GROUPS.get(g, usage_pb2.USAGE_GROUP_UNSPECIFIED) for g in group_by],
-        interval=INTERVALS.get(interval, usage_pb2.USAGE_INTERVAL_UNSPECIFIED)
-        if interval
-        else usage_pb2.USAGE_INTERVAL_UNSPECIFIED,
+        group_by=[named(GROUPS, "group", g) for g in group_by],
+        interval=named(INTERVALS, "interval", interval) if interval else usage_pb2.USAGE_INTERVAL_UNSPECIFIED,
         api_key=api_key,
         model=model,
     )

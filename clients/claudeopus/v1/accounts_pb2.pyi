@@ -316,7 +316,9 @@ class UpdateAccountRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: display_name, email, role. Empty means all three."""
+        """Fields to change: display_name, email, role. Without a mask, the fields
+        populated in `account` (AIP-134); `*` replaces all three.
+        """
 
     def __init__(
         self,

@@ -308,7 +308,7 @@ class UpdateApiKeyRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: display_name, scopes, allowed_models, expire_time.
-        Empty means all four.
+        Without a mask, the fields populated in `api_key` (AIP-134); `*` replaces all four.
         """
 
     def __init__(

@@ -109,8 +109,9 @@ class ApiKeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateApiKey(self, request, context):
-        """Gives the key a new secret. The old secret keeps working for grace_period
-        (0 = not at all), then dies; the key keeps its name, usage and settings.
+        """Gives the key a new secret. The old secret keeps serving inference (never
+        management) for grace_period (0 = not at all), then dies; the key keeps its
+        name, usage and settings. Rotating during a grace period ends the older secret.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

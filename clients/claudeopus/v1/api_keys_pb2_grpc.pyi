@@ -46,8 +46,9 @@ class ApiKeyServiceStub:
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.ApiKey]
     """Revokes a key; it is refused from the next request on."""
     RotateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RotateApiKeyRequest, _api_keys_pb2.RotateApiKeyResponse]
-    """Gives the key a new secret. The old secret keeps working for grace_period
-    (0 = not at all), then dies; the key keeps its name, usage and settings.
+    """Gives the key a new secret. The old secret keeps serving inference (never
+    management) for grace_period (0 = not at all), then dies; the key keeps its
+    name, usage and settings. Rotating during a grace period ends the older secret.
     """
 
 @_typing.type_check_only
@@ -68,8 +69,9 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
     """Revokes a key; it is refused from the next request on."""
     RotateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RotateApiKeyRequest, _api_keys_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
-    """Gives the key a new secret. The old secret keeps working for grace_period
-    (0 = not at all), then dies; the key keeps its name, usage and settings.
+    """Gives the key a new secret. The old secret keeps serving inference (never
+    management) for grace_period (0 = not at all), then dies; the key keeps its
+    name, usage and settings. Rotating during a grace period ends the older secret.
     """
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -123,8 +125,9 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_keys_pb2.RotateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_keys_pb2.RotateApiKeyResponse, _abc.Awaitable[_api_keys_pb2.RotateApiKeyResponse]]:
-        """Gives the key a new secret. The old secret keeps working for grace_period
-        (0 = not at all), then dies; the key keeps its name, usage and settings.
+        """Gives the key a new secret. The old secret keeps serving inference (never
+        management) for grace_period (0 = not at all), then dies; the key keeps its
+        name, usage and settings. Rotating during a grace period ends the older secret.
         """
 
 def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -196,7 +196,9 @@ class UpdatePriceRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: input_micros_per_million, output_micros_per_million. Empty means both."""
+        """Fields to change: input_micros_per_million, output_micros_per_million.
+        Without a mask, the fields populated in `price` (AIP-134); `*` replaces both.
+        """
 
     def __init__(
         self,

@@ -141,7 +141,9 @@ def revoke(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "
 @app.command("rotate")
 def rotate(
     name: NameArg,
-    grace: Annotated[int, typer.Option(help="Seconds the old secret keeps working (max 30 days).", min=0)] = 0,
+    grace: Annotated[
+        int, typer.Option(help="Seconds the old secret keeps working (max 30 days).", min=0, max=30 * 86400)
+    ] = 0,
     control: ControlOpt = DEFAULT_CONTROL,
     key: KeyOpt = "",
     as_json: JsonOpt = False,

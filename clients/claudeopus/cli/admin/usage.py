@@ -68,7 +68,7 @@ def summary(
     interval: Annotated[str | None, typer.Option(help="Bucket by hour, day or month (UTC).")] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    days: Annotated[int, typer.Option(help="Without --since: the last N days.", min=1)] = 30,
+    days: Annotated[int, typer.Option(help="Without --since: the last N days.", min=1, max=36500)] = 30,
     parent: Annotated[str, typer.Option("--parent", help="Subtree root (accounts/N); default: yours.")] = "",
     api_key: Annotated[str, typer.Option("--api-key", help="Only this key (apiKeys/N).")] = "",
     model: Annotated[str, typer.Option(help="Only this model.")] = "",

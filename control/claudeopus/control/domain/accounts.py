@@ -216,8 +216,8 @@ async def list_accounts(
 
 
 def _update_paths(paths: Sequence[str]) -> set[str]:
-    """The fields an update mask names; empty (or ``*``) means all of them."""
-    if not paths or list(paths) == ["*"]:
+    """The fields an update mask names; ``*`` means all of them, empty means none."""
+    if list(paths) == ["*"]:
         return set(UPDATABLE_FIELDS)
     if not set(paths) <= set(UPDATABLE_FIELDS):
         raise InvalidArgument.field("update_mask", f"may name only {', '.join(UPDATABLE_FIELDS)} (or be empty for all)")

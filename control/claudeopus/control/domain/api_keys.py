@@ -204,8 +204,8 @@ class KeyUpdate:
 
 
 def update_paths(paths: Sequence[str]) -> frozenset[str]:
-    """The fields an update mask names; empty (or ``*``, AIP-134) means every updatable field."""
-    if not paths or list(paths) == ["*"]:
+    """The fields an update mask names; ``*`` (AIP-134) means every updatable field, empty means none."""
+    if list(paths) == ["*"]:
         return frozenset(UPDATABLE_FIELDS)
     unknown = sorted({p for p in paths if p not in UPDATABLE_FIELDS})
     if unknown:

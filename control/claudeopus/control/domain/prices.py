@@ -222,8 +222,8 @@ async def list_prices(
 
 
 def update_paths(paths: Sequence[str]) -> tuple[str, ...]:
-    """The amounts an update mask names; empty (or ``*``) means both."""
-    if not paths or list(paths) == ["*"]:
+    """The amounts an update mask names; ``*`` means both, empty means none."""
+    if list(paths) == ["*"]:
         return UPDATABLE_FIELDS
     unknown = sorted({p for p in paths if p not in UPDATABLE_FIELDS})
     if unknown:

@@ -47,7 +47,11 @@ async def usable_key(key_hash_hex: str, scope: Scope, now: datetime) -> ApiKey:
         raise Unauthenticated(Reason.KEY_INVALID, "Incorrect API key provided.")
     if key.revoked_at is not None:
         raise Unauthenticated(Reason.KEY_REVOKED, "This API key has been revoked.")
-    if key.key_hash != key_hash_hex and (key.previous_expires_at is None or key.previous_expires_at <= now):
+    if key.key_hash != key_hash_hex and (
+        key.previous_expires_at is None or key.previous_expires_at <= now or scope is Scope.MANAGEMENT
+    ):
+        # A replaced secret only keeps serving inference during its grace period: it can never
+        # manage anything, so rotating a leaked management key really takes it away.
         raise Unauthenticated(Reason.KEY_ROTATED, "This API key secret was replaced by a rotation.")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")

@@ -13,6 +13,7 @@ from claudeopus.control.models import Role
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import management_principal, peer_is_local
 from claudeopus.control.services.errors import rpc
+from claudeopus.control.services.masks import update_paths
 from claudeopus.v1 import accounts_pb2, accounts_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext
@@ -89,7 +90,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         row = await accounts.update_account(
             principal,
             parse_id("account.name", ACCOUNTS, request.account.name),
-            paths=list(request.update_mask.paths),
+            paths=update_paths(request.update_mask, request.account, accounts.UPDATABLE_FIELDS),
             display_name=request.account.display_name,
             email=request.account.email,
             role=request.account.role,

@@ -11,6 +11,7 @@ from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import management_principal
 from claudeopus.control.services.errors import rpc
+from claudeopus.control.services.masks import update_paths
 from claudeopus.v1 import api_keys_pb2, api_keys_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext
@@ -87,7 +88,7 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
         key = await api_keys.update_api_key(
             principal,
             parse_id("api_key.name", API_KEYS, spec.name),
-            paths=list(request.update_mask.paths),
+            paths=update_paths(request.update_mask, request.api_key, api_keys.UPDATABLE_FIELDS),
             update=api_keys.KeyUpdate(
                 display_name=spec.display_name,
                 scopes=list(spec.scopes),

@@ -12,6 +12,7 @@ from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import management_principal
 from claudeopus.control.services.errors import rpc
+from claudeopus.control.services.masks import update_paths
 from claudeopus.v1 import prices_pb2, prices_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext
@@ -67,7 +68,7 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
         row = await prices.update_price(
             principal,
             parse_id("price.name", PRICES, request.price.name),
-            paths=list(request.update_mask.paths),
+            paths=update_paths(request.update_mask, request.price, prices.UPDATABLE_FIELDS),
             input_micros=request.price.input_micros_per_million,
             output_micros=request.price.output_micros_per_million,
             now=now,
