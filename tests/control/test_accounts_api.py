@@ -715,3 +715,24 @@ def test_a_tombstone_is_never_a_valid_email() -> None:
     assert len(tombstone) == 320 and tombstone.startswith("deleted-123456 ")
     with pytest.raises(InvalidArgument):
         validation.email("e", tombstone)
+
+
+async def test_a_suspension_can_only_be_lifted_from_where_it_was_imposed_or_above(world: World) -> None:
+    md = world.admin_md
+    reseller, reseller_md = await world.manager(md)
+    customer = await world.create(reseller_md, ROLE_USER, reseller.name)
+    held_above = (grpc.StatusCode.FAILED_PRECONDITION, "SUSPENSION_HELD_ABOVE")
+
+    # The admin suspends the reseller's customer: the reseller cannot undo it, the admin can.
+    await world.suspend(md, customer.name)
+    await expect(world.resume(reseller_md, customer.name), *held_above)
+    # A weaker suspension on top changes nothing, and does not take the hold over.
+    assert (await world.suspend(reseller_md, customer.name)).state == SUSPENDED
+    await expect(world.resume(reseller_md, customer.name), *held_above)
+    assert (await world.resume(md, customer.name)).state == ACTIVE
+
+    # The reseller's own suspension is its own to lift, and the admin's too.
+    await world.suspend(reseller_md, customer.name)
+    assert (await world.resume(reseller_md, customer.name)).state == ACTIVE
+    await world.suspend(reseller_md, customer.name)
+    assert (await world.resume(md, customer.name)).state == ACTIVE

@@ -146,6 +146,7 @@ EXPECTED_COLUMNS: dict[type[Model], set[str]] = {
         "created_at",
         "updated_at",
         "deleted_at",
+        "suspended_by",
     },
     models.Price: {
         "id",

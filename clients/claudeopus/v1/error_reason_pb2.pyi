@@ -76,6 +76,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The secret was replaced by a rotation and its grace period is over."""
     PRICE_BELOW_PARENT: _ErrorReason.ValueType  # 25
     """A price may not be lower than the price in force on the parent account."""
+    SUSPENSION_HELD_ABOVE: _ErrorReason.ValueType  # 26
+    """The suspension was imposed above the caller, so only that account (or one above it) may lift it."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -137,4 +139,6 @@ KEY_ROTATED: ErrorReason.ValueType  # 24
 """The secret was replaced by a rotation and its grace period is over."""
 PRICE_BELOW_PARENT: ErrorReason.ValueType  # 25
 """A price may not be lower than the price in force on the parent account."""
+SUSPENSION_HELD_ABOVE: ErrorReason.ValueType  # 26
+"""The suspension was imposed above the caller, so only that account (or one above it) may lift it."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -78,6 +78,8 @@ class Account(Model):
     updated_at = fields.DatetimeField(auto_now=True)
     # Set when deleted: the row stays for the usage history, invisible to every call.
     deleted_at = fields.DatetimeField(null=True)
+    # Who suspended the account: only that account or one above it may lift the suspension.
+    suspended_by = fields.BigIntField(null=True)
 
     class Meta:
         table = "account"

@@ -331,12 +331,32 @@ async def delete_account(principal: Principal, account_id: int, now: datetime) -
 
 async def _set_state(principal: Principal, account_id: int, state: AccountState, action: str, now: datetime) -> Account:
     target = await _strictly_below(principal, account_id, action)
-    if target.state != state:
-        updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(state=state, updated_at=now)
-        if not updated:
-            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
-        target.state = state
+    suspender = principal.account_id if state is AccountState.SUSPENDED else None
+    if state is AccountState.SUSPENDED and target.state is AccountState.SUSPENDED:
+        if not await _is_at_or_above(principal, target.suspended_by):
+            return target  # already suspended from above: keep the stronger hold
+    elif state is AccountState.ACTIVE and target.state is AccountState.SUSPENDED:
+        if not await _is_at_or_above(principal, target.suspended_by):
+            raise FailedPrecondition(
+                Reason.SUSPENSION_HELD_ABOVE, "name: this account was suspended above you; only they can resume it."
+            )
+    elif target.state == state:
+        return target
+    updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
+        state=state, suspended_by=suspender, updated_at=now
+    )
+    if not updated:
+        raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
+    target.state, target.suspended_by = state, suspender
     return target
+
+
+async def _is_at_or_above(principal: Principal, account_id: int | None) -> bool:
+    """Whether the caller is ``account_id`` or one of its ancestors (true when nobody is recorded)."""
+    if account_id is None or account_id == principal.account_id:
+        return True
+    holder = await Account.get_or_none(id=account_id)
+    return holder is None or holder.path.startswith(principal.account_path)
 
 
 async def suspend_account(principal: Principal, account_id: int, now: datetime) -> Account:
@@ -345,7 +365,7 @@ async def suspend_account(principal: Principal, account_id: int, now: datetime) 
 
 
 async def resume_account(principal: Principal, account_id: int, now: datetime) -> Account:
-    """Lift a suspension (a suspended ancestor still blocks the subtree)."""
+    """Lift a suspension imposed by the caller or below it (a suspended ancestor still blocks the subtree)."""
     return await _set_state(principal, account_id, AccountState.ACTIVE, "resume", now)
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
 
 from claudeopus import keys
 from claudeopus.control.domain import validation
@@ -106,14 +107,18 @@ async def create_api_key(
         if earlier is not None:
             return _same_request(earlier, wanted)
     try:
-        return await issue_key(
-            account,
-            display_name=name,
-            scopes=mask,
-            allowed_models=models,
-            expires_at=expires_at,
-            request_id=rid,
-        )
+        async with in_transaction():
+            # Lock the owner so a concurrent DeleteAccount cannot leave a live key on a deleted account.
+            if not await Account.filter(id=account.id, deleted_at__isnull=True).select_for_update().exists():
+                raise NotFound(Reason.RESOURCE_NOT_FOUND, "parent: account not found.")
+            return await issue_key(
+                account,
+                display_name=name,
+                scopes=mask,
+                allowed_models=models,
+                expires_at=expires_at,
+                request_id=rid,
+            )
     except IntegrityError:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
         if rid is None or earlier is None:

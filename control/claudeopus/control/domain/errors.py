@@ -48,6 +48,7 @@ class Reason(StrEnum):
     KEY_NOT_LIVE = "KEY_NOT_LIVE"
     KEY_ROTATED = "KEY_ROTATED"
     PRICE_BELOW_PARENT = "PRICE_BELOW_PARENT"
+    SUSPENSION_HELD_ABOVE = "SUSPENSION_HELD_ABOVE"
 
 
 @dataclass(frozen=True, slots=True)
