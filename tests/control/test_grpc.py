@@ -354,3 +354,20 @@ async def test_bootstrap_is_accepted_over_ipv6_loopback(database_url: str) -> No
     async with ControlServer(settings) as server, ClaudeOpusClient(f"[::1]:{server.port}") as client:
         boot = await client.bootstrap_admin("root@example.com")
     assert boot.account.role == accounts_pb2.ROLE_ADMIN
+
+
+async def test_bytes_that_are_no_protobuf_message_are_invalid_argument(control: Control) -> None:
+    call = control.channel.unary_unary(
+        "/claudeopus.v1.AccountService/GetAccount",
+        request_serializer=lambda raw: raw,
+        response_deserializer=accounts_pb2.Account.FromString,
+    )
+    error = await rpc_error(call(b"\xff\xff\xff", metadata=bearer(control.admin_secret)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(error).reason == "FIELD_INVALID"
+    assert "not a valid protobuf message" in (error.details() or "")
+    # A well-formed call on the same channel still works.
+    good = await accounts_pb2_grpc.AccountServiceStub(control.channel).GetAccount(
+        accounts_pb2.GetAccountRequest(name=control.admin.name), metadata=bearer(control.admin_secret)
+    )
+    assert good.name == control.admin.name

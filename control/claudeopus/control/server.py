@@ -24,6 +24,7 @@ from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.services.accounts import AccountServicer
 from claudeopus.control.services.api_keys import ApiKeyServicer
 from claudeopus.control.services.gateway import GatewayServicer
+from claudeopus.control.services.malformed import MalformedRequestInterceptor
 from claudeopus.control.services.prices import PriceServicer
 from claudeopus.control.services.usage import UsageServicer
 from claudeopus.control.settings import ControlSettings
@@ -55,7 +56,7 @@ def build_server(
     settings: ControlSettings, codec: PageTokenCodec, clock: Clock = utc_now
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server with every ClaudeOpus service, health checking and reflection."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
     accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(codec, clock), server)
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(codec, clock), server)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(settings.service_token, clock), server)
