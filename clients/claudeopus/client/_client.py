@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TypeVar
@@ -113,19 +113,18 @@ class ClaudeOpusClient:
         request = build.list_accounts(parent, page_size, page_token, role, state)
         return await self._call(self.accounts.ListAccounts(request, timeout=self._timeout))
 
-    async def iter_accounts(
+    def iter_accounts(
         self, *, parent: str = "", role: str | None = None, state: str | None = None, page_size: int = 0
     ) -> AsyncIterator[accounts_pb2.Account]:
         """Every child account of ``parent``, oldest first, fetching pages as needed."""
-        token = ""
-        while True:
-            page = await self.list_accounts(
+
+        async def page(token: str) -> tuple[Iterable[accounts_pb2.Account], str]:
+            reply = await self.list_accounts(
                 parent=parent, role=role, state=state, page_size=page_size, page_token=token
             )
-            for account in page.accounts:
-                yield account
-            if not (token := page.next_page_token):
-                return
+            return reply.accounts, reply.next_page_token
+
+        return _pages(page)
 
     async def update_account(
         self, name: str, *, display_name: str | None = None, email: str | None = None, role: str | None = None
@@ -178,19 +177,18 @@ class ClaudeOpusClient:
         )
         return await self._call(self.api_keys.ListApiKeys(request, timeout=self._timeout))
 
-    async def iter_api_keys(
+    def iter_api_keys(
         self, *, parent: str = "", show_revoked: bool = False, page_size: int = 0
     ) -> AsyncIterator[api_keys_pb2.ApiKey]:
         """Every key of ``parent``, newest first, fetching pages as needed."""
-        token = ""
-        while True:
-            page = await self.list_api_keys(
+
+        async def page(token: str) -> tuple[Iterable[api_keys_pb2.ApiKey], str]:
+            reply = await self.list_api_keys(
                 parent=parent, show_revoked=show_revoked, page_size=page_size, page_token=token
             )
-            for key in page.api_keys:
-                yield key
-            if not (token := page.next_page_token):
-                return
+            return reply.api_keys, reply.next_page_token
+
+        return _pages(page)
 
     async def update_api_key(
         self,
@@ -234,7 +232,7 @@ class ClaudeOpusClient:
         request = build.list_usage_records(parent, api_key, account, model, start_time, end_time, page_size, page_token)
         return await self._call(self.usage.ListUsageRecords(request, timeout=self._timeout))
 
-    async def iter_usage_records(
+    def iter_usage_records(
         self,
         *,
         parent: str = "",
@@ -246,22 +244,13 @@ class ClaudeOpusClient:
         page_size: int = 0,
     ) -> AsyncIterator[usage_pb2.UsageRecord]:
         """Every matching usage record of the subtree, newest first, fetching pages as needed."""
-        token = ""
-        while True:
-            page = await self.list_usage_records(
-                parent=parent,
-                api_key=api_key,
-                account=account,
-                model=model,
-                start_time=start_time,
-                end_time=end_time,
-                page_size=page_size,
-                page_token=token,
-            )
-            for record in page.usage_records:
-                yield record
-            if not (token := page.next_page_token):
-                return
+
+        async def page(token: str) -> tuple[Iterable[usage_pb2.UsageRecord], str]:
+            request = build.list_usage_records(parent, api_key, account, model, start_time, end_time, page_size, token)
+            reply = await self._call(self.usage.ListUsageRecords(request, timeout=self._timeout))
+            return reply.usage_records, reply.next_page_token
+
+        return _pages(page)
 
     async def summarize_usage(
         self,
@@ -297,15 +286,14 @@ class ClaudeOpusClient:
         request = prices_pb2.ListPricesRequest(parent=parent, page_size=page_size, page_token=page_token)
         return await self._call(self.prices.ListPrices(request, timeout=self._timeout))
 
-    async def iter_prices(self, *, parent: str = "", page_size: int = 0) -> AsyncIterator[prices_pb2.Price]:
+    def iter_prices(self, *, parent: str = "", page_size: int = 0) -> AsyncIterator[prices_pb2.Price]:
         """Every price set on ``parent``, by model, fetching pages as needed."""
-        token = ""
-        while True:
-            page = await self.list_prices(parent=parent, page_size=page_size, page_token=token)
-            for price in page.prices:
-                yield price
-            if not (token := page.next_page_token):
-                return
+
+        async def page(token: str) -> tuple[Iterable[prices_pb2.Price], str]:
+            reply = await self.list_prices(parent=parent, page_size=page_size, page_token=token)
+            return reply.prices, reply.next_page_token
+
+        return _pages(page)
 
     async def update_price(
         self, name: str, *, input_micros: int | None = None, output_micros: int | None = None
@@ -321,6 +309,16 @@ class ClaudeOpusClient:
         """The price in force for ``model`` on ``account`` (default: yours)."""
         request = prices_pb2.ResolvePriceRequest(account=account, model=model)
         return await self._call(self.prices.ResolvePrice(request, timeout=self._timeout))
+
+
+async def _pages(fetch: Callable[[str], Awaitable[tuple[Iterable[T], str]]]) -> AsyncIterator[T]:
+    token = ""
+    while True:
+        items, token = await fetch(token)
+        for item in items:
+            yield item
+        if not token:
+            return
 
 
 AsyncClient = ClaudeOpusClient

@@ -30,7 +30,7 @@ from claudeopus.control.domain.errors import (
     Unauthenticated,
 )
 from claudeopus.control.domain.instance import ADMIN_BOOTSTRAPPED
-from claudeopus.control.domain.paging import PageTokenCodec, page_size
+from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal, ensure_not_suspended
 from claudeopus.control.models import Account, AccountState, ApiKey, InstanceValue, Role, Scope, Session
 
@@ -202,14 +202,8 @@ async def list_accounts(
         query = query.filter(role=role_filter)
     if state_filter is not None:
         query = query.filter(state=state_filter)
-    if token:
-        after = codec.decode(scope, token).get("after_id")
-        if type(after) is not int:
-            raise InvalidArgument.field("page_token", "is malformed", Reason.PAGE_TOKEN_INVALID)
-        query = query.filter(id__gt=after)
-    rows = await query.order_by("id").limit(limit + 1)
-    next_token = codec.encode(scope, {"after_id": rows[limit - 1].id}) if len(rows) > limit else ""
-    return AccountPage(accounts=rows[:limit], next_page_token=next_token)
+    rows, next_token = await keyset_page(query, codec, scope, token, limit, key="id")
+    return AccountPage(accounts=rows, next_page_token=next_token)
 
 
 # -- update --------------------------------------------------------------------

@@ -24,7 +24,7 @@ from claudeopus.control.domain.errors import (
     NotFound,
     Reason,
 )
-from claudeopus.control.domain.paging import PageTokenCodec, page_size
+from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope
 
@@ -181,14 +181,8 @@ async def list_api_keys(
     query = ApiKey.filter(account_id=account.id)
     if not show_revoked:
         query = query.filter(revoked_at__isnull=True)
-    if token:
-        before = codec.decode(scope, token).get("before_id")
-        if not isinstance(before, int) or isinstance(before, bool):
-            raise InvalidArgument.field("page_token", "is malformed", Reason.PAGE_TOKEN_INVALID)
-        query = query.filter(id__lt=before)
-    rows = await query.order_by("-id").limit(limit + 1)
-    next_token = codec.encode(scope, {"before_id": rows[limit - 1].id}) if len(rows) > limit else ""
-    return KeyPage(keys=rows[:limit], next_page_token=next_token)
+    rows, next_token = await keyset_page(query, codec, scope, token, limit, key="id", descending=True)
+    return KeyPage(keys=rows, next_page_token=next_token)
 
 
 # -- update --------------------------------------------------------------------

@@ -18,9 +18,14 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Any, TypeVar
+
+from tortoise.models import Model
+from tortoise.queryset import QuerySet
 
 from claudeopus.control.domain.errors import InvalidArgument, Reason
+
+Row = TypeVar("Row", bound=Model)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -71,3 +76,28 @@ class PageTokenCodec:
         if not isinstance(cursor, dict):
             raise invalid
         return cursor
+
+
+async def keyset_page(
+    query: QuerySet[Row],
+    codec: PageTokenCodec,
+    scope: str,
+    token: str,
+    limit: int,
+    *,
+    key: str,
+    descending: bool = False,
+) -> tuple[list[Row], str]:
+    """One page of ``query`` ordered by the unique column ``key``, and the token for the next.
+
+    The token carries only the last ``key`` seen, signed for ``scope``; ``limit``
+    comes from :func:`page_size`.
+    """
+    if token:
+        after = codec.decode(scope, token).get("after")
+        if type(after) not in (int, str):
+            raise InvalidArgument.field("page_token", "is malformed", Reason.PAGE_TOKEN_INVALID)
+        query = query.filter(**{f"{key}__{'lt' if descending else 'gt'}": after})
+    rows = await query.order_by(f"-{key}" if descending else key).limit(limit + 1)
+    next_token = codec.encode(scope, {"after": getattr(rows[limit - 1], key)}) if len(rows) > limit else ""
+    return rows[:limit], next_token

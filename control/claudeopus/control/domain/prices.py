@@ -39,7 +39,7 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.paging import PageTokenCodec, page_size
+from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, Price, Role
 
@@ -208,14 +208,8 @@ async def list_prices(
     limit = page_size(size)
     scope = f"prices|caller={principal.credential}|parent={account.id}"
     query = Price.filter(account_id=account.id)
-    if token:
-        after = codec.decode(scope, token).get("after_model")
-        if not isinstance(after, str):
-            raise InvalidArgument.field("page_token", "is malformed", Reason.PAGE_TOKEN_INVALID)
-        query = query.filter(model__gt=after)
-    rows = await query.order_by("model").limit(limit + 1)
-    next_token = codec.encode(scope, {"after_model": rows[limit - 1].model}) if len(rows) > limit else ""
-    return PricePage(prices=rows[:limit], next_page_token=next_token)
+    rows, next_token = await keyset_page(query, codec, scope, token, limit, key="model")
+    return PricePage(prices=rows, next_page_token=next_token)
 
 
 # -- update and delete -----------------------------------------------------------

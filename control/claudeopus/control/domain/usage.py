@@ -37,7 +37,7 @@ from typing import Any
 
 from claudeopus.control.domain import validation
 from claudeopus.control.domain.errors import FieldViolation, InvalidArgument, NotFound, Reason
-from claudeopus.control.domain.paging import PageTokenCodec, page_size
+from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, UsageRecord, UsageStatus
 
@@ -133,14 +133,8 @@ async def list_usage_records(
         query = query.filter(created_at__gte=start_time)
     if end_time is not None:
         query = query.filter(created_at__lt=end_time)
-    if token:
-        before = codec.decode(scope, token).get("before_id")
-        if not isinstance(before, int):
-            raise InvalidArgument.field("page_token", "is malformed")
-        query = query.filter(id__lt=before)
-    rows = await query.order_by("-id").limit(limit + 1)
-    next_token = codec.encode(scope, {"before_id": rows[limit - 1].id}) if len(rows) > limit else ""
-    return UsagePage(records=rows[:limit], next_page_token=next_token)
+    rows, next_token = await keyset_page(query, codec, scope, token, limit, key="id", descending=True)
+    return UsagePage(records=rows, next_page_token=next_token)
 
 
 # -- summaries -------------------------------------------------------------------
