@@ -241,6 +241,7 @@ async def test_reflection_lists_the_services(control: Control) -> None:
     assert {name for name in names if name.startswith("claudeopus.")} == {
         "claudeopus.v1.AccountService",
         "claudeopus.v1.ApiKeyService",
+        "claudeopus.v1.BudgetService",
         "claudeopus.v1.GatewayService",
         "claudeopus.v1.PriceService",
         "claudeopus.v1.UsageService",

@@ -25,13 +25,20 @@ from grpc_status import rpc_status
 
 class ClaudeOpusError(Exception):
     def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str = "", field_violations: dict[str, str] | None = None
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        field_violations: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {reason + ': ' if reason else ''}{message}")
         self.code = code
         self.message = message
         self.reason = reason
         self.field_violations = field_violations or {}
+        # ErrorInfo.metadata, e.g. which budget ran out for BUDGET_EXHAUSTED.
+        self.metadata = metadata or {}
 
 
 class InvalidArgumentError(ClaudeOpusError):
@@ -82,6 +89,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClaudeOpusError]] = {
 def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
     """Turn a failed call into the matching typed error, reading ErrorInfo and BadRequest."""
     reason = ""
+    metadata: dict[str, str] = {}
     violations: dict[str, str] = {}
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     for detail in status.details if status is not None else ():
@@ -89,8 +97,9 @@ def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(info):
             reason = info.reason
+            metadata = dict(info.metadata)
         elif detail.Unpack(bad):
             violations.update({v.field: v.description for v in bad.field_violations})
     code = error.code()
     cls = _BY_CODE.get(code, ClaudeOpusError)
-    return cls(code, error.details() or "", reason, violations)
+    return cls(code, error.details() or "", reason, violations, metadata)

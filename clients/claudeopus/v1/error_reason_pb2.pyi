@@ -78,6 +78,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A price may not be lower than the price in force on the parent account."""
     SUSPENSION_HELD_ABOVE: _ErrorReason.ValueType  # 26
     """The suspension was imposed above the caller, so only that account (or one above it) may lift it."""
+    BUDGET_ABOVE_PARENT: _ErrorReason.ValueType  # 27
+    """A budget may not be larger than a budget of the same metric and period above it."""
+    BUDGET_HELD_ABOVE: _ErrorReason.ValueType  # 28
+    """The budget was set above the caller, so only that account (or one above it) may change it."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -141,4 +145,8 @@ PRICE_BELOW_PARENT: ErrorReason.ValueType  # 25
 """A price may not be lower than the price in force on the parent account."""
 SUSPENSION_HELD_ABOVE: ErrorReason.ValueType  # 26
 """The suspension was imposed above the caller, so only that account (or one above it) may lift it."""
+BUDGET_ABOVE_PARENT: ErrorReason.ValueType  # 27
+"""A budget may not be larger than a budget of the same metric and period above it."""
+BUDGET_HELD_ABOVE: ErrorReason.ValueType  # 28
+"""The budget was set above the caller, so only that account (or one above it) may change it."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -94,7 +94,10 @@ class AuthorizeRequest(_message.Message):
     model: _builtins.str
     """The model the client asked for."""
     estimated_input_tokens: _builtins.int
-    """The edge's estimate of input tokens (from the request size)."""
+    """Input tokens to reserve: an upper bound the edge derives from the request
+    size (the body length in bytes, since no tokenizer encodes a token in
+    less than a byte), also what is billed when no usage ever arrives.
+    """
     max_output_tokens: _builtins.int
     """max_tokens / max_completion_tokens from the request; 0 when absent."""
     stream: _builtins.bool
@@ -126,10 +129,17 @@ class AuthorizeResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     RESERVE_TIME_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """Resource name of the key, `apiKeys/{id}`."""
     account: _builtins.str
     """Resource name of the key's account, `accounts/{id}`."""
+    max_output_tokens: _builtins.int
+    """Output tokens reserved. When the request named no max_tokens /
+    max_completion_tokens and a budget applies, this is the per-model default
+    and the edge sends it upstream as max_completion_tokens, so the reservation
+    bounds what can be spent. 0 when no budget applies.
+    """
     @_builtins.property
     def reserve_time(self) -> _timestamp_pb2.Timestamp:
         """When the reservation was opened."""
@@ -140,10 +150,11 @@ class AuthorizeResponse(_message.Message):
         api_key: _builtins.str = ...,
         account: _builtins.str = ...,
         reserve_time: _timestamp_pb2.Timestamp | None = ...,
+        max_output_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reserve_time", b"reserve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "reserve_time", b"reserve_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "max_output_tokens", b"max_output_tokens", "reserve_time", b"reserve_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

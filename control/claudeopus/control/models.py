@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from tortoise import fields
-from tortoise.indexes import Index
+from tortoise.indexes import Index, PartialIndex
 from tortoise.models import Model
 
 
@@ -54,6 +54,23 @@ class UsageSource(IntEnum):
     REPORTED = 1
     ESTIMATED = 2
     RESERVED = 3
+
+
+class BudgetMetric(IntEnum):
+    """Mirrors ``claudeopus.v1.BudgetMetric``."""
+
+    INPUT_TOKENS = 1
+    OUTPUT_TOKENS = 2
+    TOTAL_TOKENS = 3
+    COST_MICROS = 4
+
+
+class BudgetPeriod(IntEnum):
+    """Mirrors ``claudeopus.v1.BudgetPeriod``."""
+
+    TOTAL = 1
+    DAILY = 2
+    MONTHLY = 3
 
 
 class Account(Model):
@@ -145,6 +162,10 @@ class UsageRecord(Model):
     # Micro-units at the price in force when settled (0 for an unpriced model); the database default
     # fills the rows that existed before the column.
     cost_micros = fields.BigIntField(default=0, db_default=0)
+    # The reservation: its worst-case cost and the budget counters it holds amounts in
+    # (comma-separated ids), so settling releases exactly what authorizing reserved.
+    reserved_cost_micros = fields.BigIntField(default=0, db_default=0)
+    reserved_counters = fields.CharField(max_length=1000, default="", db_default="")
 
     class Meta:
         table = "usage_record"
@@ -157,6 +178,8 @@ class UsageRecord(Model):
             Index(fields=("created_at", "id")),
             Index(fields=("account_id", "id")),
             Index(fields=("api_key_id", "id")),
+            # The sweeper's scan of open reservations stays as small as the number open.
+            PartialIndex(fields=("created_at",), name="usage_record_open_idx", condition={"status": 1}),
         )
 
 
@@ -181,6 +204,58 @@ class Price(Model):
     class Meta:
         table = "price"
         unique_together = (("account_id", "model"), ("account_id", "create_request_id"))
+
+
+class Budget(Model):
+    """A limit on one metric over one period, on an account or (``api_key`` set) on one of its keys.
+
+    ``account`` is always set, for a key budget to the key's account, so the
+    budgets that apply to a request are one indexed lookup over the key's chain.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="budgets", on_delete=fields.RESTRICT
+    )
+    api_key: fields.ForeignKeyNullableRelation[ApiKey] = fields.ForeignKeyField(
+        "control.ApiKey", related_name="budgets", null=True, on_delete=fields.RESTRICT
+    )
+    # ``accounts/7`` or ``apiKeys/9``: one budget per owner, metric and period.
+    owner = fields.CharField(max_length=64)
+    metric = fields.IntEnumField(BudgetMetric)
+    period = fields.IntEnumField(BudgetPeriod)
+    limit_amount = fields.BigIntField()
+    set_by = fields.BigIntField()
+    create_request_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "budget"
+        unique_together = (("owner", "metric", "period"), ("owner", "create_request_id"))
+        indexes = (Index(fields=("account_id", "api_key_id")),)
+
+
+class BudgetCounter(Model):
+    """What one budget has spent and holds reserved in one period.
+
+    ``period_index`` is 0 for TOTAL, days since 1970-01-01 for DAILY and
+    ``year * 12 + month - 1`` for MONTHLY, all UTC. ``metric`` is copied from the
+    budget so a settle can move every counter of a request in one statement.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    budget: fields.ForeignKeyRelation[Budget] = fields.ForeignKeyField(
+        "control.Budget", related_name="counters", on_delete=fields.CASCADE
+    )
+    period_index = fields.BigIntField()
+    metric = fields.IntEnumField(BudgetMetric)
+    spent = fields.BigIntField(default=0)
+    reserved = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "budget_counter"
+        unique_together = (("budget_id", "period_index"),)
 
 
 class Session(Model):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from types import TracebackType
 
 import grpc
@@ -19,20 +20,25 @@ from grpc_reflection.v1alpha import reflection
 
 from claudeopus.control.db import open_database
 from claudeopus.control.domain.clock import Clock, utc_now
+from claudeopus.control.domain.gateway import OutputPolicy
 from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_secret
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.services.accounts import AccountServicer
 from claudeopus.control.services.api_keys import ApiKeyServicer
+from claudeopus.control.services.budgets import BudgetServicer
 from claudeopus.control.services.gateway import GatewayServicer
 from claudeopus.control.services.malformed import MalformedRequestInterceptor
 from claudeopus.control.services.prices import PriceServicer
 from claudeopus.control.services.usage import UsageServicer
 from claudeopus.control.settings import ControlSettings
+from claudeopus.control.sweeper import ReservationSweeper
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    budgets_pb2,
+    budgets_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     prices_pb2,
@@ -45,6 +51,7 @@ _log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    budgets_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     prices_pb2.DESCRIPTOR.services_by_name["PriceService"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
@@ -59,7 +66,11 @@ def build_server(
     server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
     accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(codec, clock), server)
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(codec, clock), server)
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(settings.service_token, clock), server)
+    policy = OutputPolicy(settings.default_max_output_tokens, settings.model_max_output_tokens)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
+        GatewayServicer(settings.service_token, clock, policy), server
+    )
+    budgets_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(codec, clock), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(codec, clock), server)
     prices_pb2_grpc.add_PriceServiceServicer_to_server(PriceServicer(codec, clock), server)
     health_servicer = health.aio.HealthServicer()
@@ -83,6 +94,13 @@ class ControlServer:
         try:
             await self._stack.enter_async_context(open_database(self._settings.database_url))
             codec = PageTokenCodec(await load_or_create_secret(PAGE_TOKEN_KEY))
+            await self._stack.enter_async_context(
+                ReservationSweeper(
+                    timeout=timedelta(seconds=self._settings.reservation_timeout),
+                    interval=self._settings.sweep_interval,
+                    clock=self._clock,
+                )
+            )
             server, health_servicer = build_server(self._settings, codec, self._clock)
             try:
                 self.port = server.add_insecure_port(self._settings.grpc_address)

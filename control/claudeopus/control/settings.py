@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
+MAX_OUTPUT_TOKENS = 100_000_000
 
 
 class SettingsError(ValueError):
@@ -27,6 +28,13 @@ class ControlSettings:
     database_url: str = DEFAULT_DATABASE_URL
     # Shared secret the edge presents to the internal gateway service.
     service_token: str = field(default="", repr=False)
+    # Output tokens reserved for a request that names no max_tokens: per model, else the default.
+    default_max_output_tokens: int = 4096
+    model_max_output_tokens: tuple[tuple[str, int], ...] = ()
+    # A reservation no edge settled within this many seconds is closed as EXPIRED by the sweeper,
+    # which looks every sweep_interval seconds.
+    reservation_timeout: float = 900.0
+    sweep_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if len(self.service_token) < 32:
@@ -47,4 +55,43 @@ class ControlSettings:
             "service_token": env.get("CLAUDEOPUS_SERVICE_TOKEN", ""),
         }
         values.update({k: v for k, v in overrides.items() if v})
-        return cls(**values)
+        return cls(
+            **values,
+            default_max_output_tokens=_tokens(
+                "CLAUDEOPUS_DEFAULT_MAX_OUTPUT_TOKENS", env.get("CLAUDEOPUS_DEFAULT_MAX_OUTPUT_TOKENS", "4096")
+            ),
+            model_max_output_tokens=_model_tokens(env.get("CLAUDEOPUS_MODEL_MAX_OUTPUT_TOKENS", "")),
+            reservation_timeout=_seconds(
+                "CLAUDEOPUS_RESERVATION_TIMEOUT", env.get("CLAUDEOPUS_RESERVATION_TIMEOUT", "900")
+            ),
+            sweep_interval=_seconds("CLAUDEOPUS_SWEEP_INTERVAL", env.get("CLAUDEOPUS_SWEEP_INTERVAL", "30")),
+        )
+
+
+def _tokens(name: str, raw: str) -> int:
+    value = raw.strip()
+    if not (value.isascii() and value.isdecimal()) or not 1 <= int(value) <= MAX_OUTPUT_TOKENS:
+        raise SettingsError(f"{name} must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {raw!r}")
+    return int(value)
+
+
+def _model_tokens(raw: str) -> tuple[tuple[str, int], ...]:
+    """``model=tokens,model=tokens`` (models may not contain ``,`` or ``=``)."""
+    name = "CLAUDEOPUS_MODEL_MAX_OUTPUT_TOKENS"
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        model, sep, tokens = item.rpartition("=")
+        if not sep or not model.strip():
+            raise SettingsError(f"{name} must look like 'model-a=8192,model-b=16384', got {raw!r}")
+        pairs.append((model.strip(), _tokens(name, tokens)))
+    return tuple(pairs)
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 10**7:
+        raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value

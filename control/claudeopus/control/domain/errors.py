@@ -49,6 +49,8 @@ class Reason(StrEnum):
     KEY_ROTATED = "KEY_ROTATED"
     PRICE_BELOW_PARENT = "PRICE_BELOW_PARENT"
     SUSPENSION_HELD_ABOVE = "SUSPENSION_HELD_ABOVE"
+    BUDGET_ABOVE_PARENT = "BUDGET_ABOVE_PARENT"
+    BUDGET_HELD_ABOVE = "BUDGET_HELD_ABOVE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +64,12 @@ class FieldViolation:
 class DomainError(Exception):
     """Base of every error the domain raises on purpose."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        # Sent as ``ErrorInfo.metadata``: machine-readable details, never a secret or content.
+        self.metadata = metadata or {}
 
 
 class InvalidArgument(DomainError):

@@ -1,18 +1,22 @@
-"""The edge's hot path: verify a key, authorize (open a reservation), settle.
+"""The edge's hot path: verify a key, authorize (open a reservation), settle, expire.
 
 Every authorized request leaves exactly one usage row: Authorize writes it in
-state RESERVED, Settle closes it once (a repeated Settle changes nothing).
+state RESERVED (holding its worst case in every budget that applies), Settle
+closes it once with the real usage (a repeated Settle changes nothing), and a
+reservation whose edge never settles is closed by :func:`expire_stale`.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import prices, validation
+from claudeopus.control.domain import prices, reservations, validation
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -22,10 +26,11 @@ from claudeopus.control.domain.errors import (
     Reason,
 )
 from claudeopus.control.domain.principal import usable_key
-from claudeopus.control.models import ApiKey, Scope, UsageRecord, UsageSource, UsageStatus
+from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
 
 KEY_HASH_BYTES = 32
 MAX_STORED_COST = 2**63 - 1  # the largest BIGINT: an absurd token count saturates instead of failing the settle
+EXPIRE_BATCH = 500
 SETTLED_STATES = (UsageStatus.SUCCEEDED, UsageStatus.UPSTREAM_ERROR, UsageStatus.CLIENT_DISCONNECTED)
 
 
@@ -64,6 +69,27 @@ def _check_model(key: ApiKey, model: str) -> None:
         raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, f"This API key may not use the model '{model}'.")
 
 
+@dataclass(frozen=True, slots=True)
+class OutputPolicy:
+    """How many output tokens to reserve when a request names no max_tokens: per model, else ``default``."""
+
+    default: int = 4096
+    per_model: tuple[tuple[str, int], ...] = ()
+
+    def output_tokens(self, model: str, requested: int) -> int:
+        if requested:
+            return requested
+        return dict(self.per_model).get(model, self.default)
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    """The open usage ``record``; ``enforced_output_tokens`` > 0 when budgets hold it, for the edge to cap."""
+
+    record: UsageRecord
+    enforced_output_tokens: int
+
+
 async def authorize(
     *,
     request_id: str,
@@ -73,27 +99,58 @@ async def authorize(
     max_output_tokens: int,
     stream: bool,
     now: datetime,
-) -> UsageRecord:
-    """Check the key for ``model`` and open the request's usage record (state RESERVED)."""
+    policy: OutputPolicy,
+) -> Authorized:
+    """Check the key for ``model``, reserve the worst case in every budget, open the usage record.
+
+    Without budgets this is the key check plus one INSERT; with budgets, the
+    holds and the INSERT share one transaction, so a refusal leaves nothing.
+    """
     rid = validation.uuid_value("request_id", request_id)
     model = validation.model_name("model", model)
     validation.non_negative("estimated_input_tokens", estimated_input_tokens)
     validation.non_negative("max_output_tokens", max_output_tokens)
     key = await verify_key(key_hash, now)
     _check_model(key, model)
+    output_tokens = policy.output_tokens(model, max_output_tokens)
+    budgets = await reservations.applicable_budgets(key)
+    row = {
+        "request_id": rid,
+        "api_key_id": key.id,
+        "account_id": key.account.id,
+        "model": model,
+        "estimated_input_tokens": estimated_input_tokens,
+        "max_output_tokens": output_tokens,
+        "stream": stream,
+        "created_at": now,
+    }
     try:
-        return await UsageRecord.create(
-            request_id=rid,
-            api_key_id=key.id,
-            account_id=key.account.id,
-            model=model,
-            estimated_input_tokens=estimated_input_tokens,
-            max_output_tokens=max_output_tokens,
-            stream=stream,
-            created_at=now,
-        )
+        if not budgets:
+            return Authorized(await UsageRecord.create(**row), 0)
+        cost = 0
+        if any(budget.metric is BudgetMetric.COST_MICROS for budget in budgets):
+            price = prices.in_force(await prices.chain_prices(key.account.ancestor_ids(), model))
+            cost = _cost(estimated_input_tokens, output_tokens, price)
+        amounts = reservations.Amounts(estimated_input_tokens, output_tokens, cost)
+        async with in_transaction() as conn:
+            holds = await reservations.reserve(conn, key, budgets, amounts, now)
+            record = await UsageRecord.create(
+                **row,
+                reserved_cost_micros=cost,
+                reserved_counters=reservations.encode_holds(holds),
+                using_db=conn,
+            )
+        return Authorized(record, output_tokens)
     except IntegrityError:
-        return await _repeated_authorize(rid, key)
+        earlier = await _repeated_authorize(rid, key)
+        return Authorized(earlier, earlier.max_output_tokens if earlier.reserved_counters else 0)
+
+
+def _cost(input_tokens: int, output_tokens: int, price: prices.PriceInForce) -> int:
+    cost = prices.cost_micros(
+        input_tokens, output_tokens, price.input_micros_per_million, price.output_micros_per_million
+    )
+    return min(MAX_STORED_COST, cost)
 
 
 async def _repeated_authorize(rid: uuid.UUID, key: ApiKey) -> UsageRecord:
@@ -123,41 +180,102 @@ def _settle_fields(data: SettleInput) -> tuple[UsageStatus, UsageSource]:
     return status, source
 
 
+def _reserved(record: UsageRecord) -> reservations.Amounts:
+    return reservations.Amounts(record.estimated_input_tokens, record.max_output_tokens, record.reserved_cost_micros)
+
+
+def _charged(record: UsageRecord) -> reservations.Amounts:
+    return reservations.Amounts(record.input_tokens, record.output_tokens, record.cost_micros)
+
+
+async def _close(record: UsageRecord, settled: dict[str, Any], charge: reservations.Amounts) -> bool:
+    """Close ``record`` (still in the state it was read in) and move its holds; False if someone else did."""
+    holds = reservations.decode_holds(record.reserved_counters)
+    async with in_transaction() as conn:
+        changed = await UsageRecord.filter(id=record.id, status=record.status).using_db(conn).update(**settled)
+        if not changed:
+            return False
+        if record.status is UsageStatus.EXPIRED:
+            # The sweeper charged the reservation; a late settle replaces that charge by the real one.
+            expired = _charged(record)
+            delta = reservations.Amounts(
+                charge.input_tokens - expired.input_tokens,
+                charge.output_tokens - expired.output_tokens,
+                charge.cost_micros - expired.cost_micros,
+            )
+            await reservations.move(conn, holds, release=reservations.Amounts(0, 0, 0), charge=delta)
+        else:
+            await reservations.move(conn, holds, release=_reserved(record), charge=charge)
+    return True
+
+
 async def settle(data: SettleInput, now: datetime) -> Settlement:
     """Close the reservation with the real usage and its cost; idempotent by request id.
 
-    The cost is taken at the price in force for the record's account and model
-    (one query for that model's prices on the account's chain) and written by
-    the same conditional UPDATE that closes the row.
+    The cost is taken at the price in force for the record's account and model.
+    The row and every budget counter it held move in one transaction, so the
+    counters always equal the sum of the rows. A settle that arrives after the
+    sweeper expired the reservation replaces the expired charge by the real one,
+    once; any later settle changes nothing.
     """
     rid = validation.uuid_value("request_id", data.request_id)
     status, source = _settle_fields(data)
-    record = await UsageRecord.get_or_none(request_id=rid).select_related("account")
-    if record is None:
-        raise NotFound(Reason.RESERVATION_NOT_FOUND, "No authorized request has this request_id.")
-    if record.status != UsageStatus.RESERVED:
-        return Settlement(record=record, already_settled=True)
-    price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
-    settled = {
-        "input_tokens": data.input_tokens,
-        "output_tokens": data.output_tokens,
-        "latency_us": data.latency_us,
-        "status": status,
-        "source": source,
-        "http_status": data.http_status,
-        "settled_at": now,
-        "cost_micros": min(
-            MAX_STORED_COST,
-            prices.cost_micros(
-                data.input_tokens, data.output_tokens, price.input_micros_per_million, price.output_micros_per_million
-            ),
-        ),
-    }
-    # One conditional UPDATE: whichever settle comes first wins, the rest find it closed.
-    changed = await UsageRecord.filter(id=record.id, status=UsageStatus.RESERVED).update(**settled)
-    if not changed:
-        await record.refresh_from_db()
-        return Settlement(record=record, already_settled=True)
-    for field, value in settled.items():
-        setattr(record, field, value)
-    return Settlement(record=record, already_settled=False)
+    for _ in range(3):
+        record = await UsageRecord.get_or_none(request_id=rid).select_related("account")
+        if record is None:
+            raise NotFound(Reason.RESERVATION_NOT_FOUND, "No authorized request has this request_id.")
+        if record.status not in (UsageStatus.RESERVED, UsageStatus.EXPIRED):
+            return Settlement(record=record, already_settled=True)
+        price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
+        charge = reservations.Amounts(
+            data.input_tokens, data.output_tokens, _cost(data.input_tokens, data.output_tokens, price)
+        )
+        settled: dict[str, Any] = {
+            "input_tokens": charge.input_tokens,
+            "output_tokens": charge.output_tokens,
+            "latency_us": data.latency_us,
+            "status": status,
+            "source": source,
+            "http_status": data.http_status,
+            "settled_at": now,
+            "cost_micros": charge.cost_micros,
+        }
+        if await _close(record, settled, charge):
+            for field, value in settled.items():
+                setattr(record, field, value)
+            return Settlement(record=record, already_settled=False)
+    record = await UsageRecord.get(request_id=rid)
+    return Settlement(record=record, already_settled=True)
+
+
+async def expire_stale(now: datetime, max_age: timedelta, *, batch: int = EXPIRE_BATCH) -> int:
+    """Close reservations older than ``max_age`` as EXPIRED, charged their reserved amounts.
+
+    Charging the whole reservation is the conservative choice: the edge that
+    held it died without saying what the upstream produced, and the reserved
+    amounts are what the budgets already allowed. A settle that arrives later
+    replaces this charge with the real one. Returns how many were closed.
+    """
+    stale = (
+        await UsageRecord.filter(status=UsageStatus.RESERVED, created_at__lt=now - max_age)
+        .select_related("account")
+        .order_by("created_at")
+        .limit(batch)
+    )
+    closed = 0
+    for record in stale:
+        price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
+        reserved = _reserved(record)
+        charge = reservations.Amounts(
+            reserved.input_tokens, reserved.output_tokens, _cost(reserved.input_tokens, reserved.output_tokens, price)
+        )
+        settled: dict[str, Any] = {
+            "input_tokens": charge.input_tokens,
+            "output_tokens": charge.output_tokens,
+            "status": UsageStatus.EXPIRED,
+            "source": UsageSource.RESERVED,
+            "settled_at": now,
+            "cost_micros": charge.cost_micros,
+        }
+        closed += await _close(record, settled, charge)
+    return closed

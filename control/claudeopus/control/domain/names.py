@@ -8,6 +8,7 @@ ACCOUNTS = "accounts"
 API_KEYS = "apiKeys"
 USAGE_RECORDS = "usageRecords"
 PRICES = "prices"
+BUDGETS = "budgets"
 
 
 def format_name(collection: str, ident: object) -> str:

@@ -6,10 +6,11 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, PRICES, USAGE_RECORDS, format_name
+from claudeopus.control.domain.budgets import BudgetView
+from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, BUDGETS, PRICES, USAGE_RECORDS, format_name
 from claudeopus.control.domain.usage import UsageSummary
 from claudeopus.control.models import Account, ApiKey, Price, Scope, UsageRecord
-from claudeopus.v1 import accounts_pb2, api_keys_pb2, prices_pb2, usage_pb2
+from claudeopus.v1 import accounts_pb2, api_keys_pb2, budgets_pb2, prices_pb2, usage_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -108,6 +109,25 @@ def price(row: Price) -> prices_pb2.Price:
         model=row.model,
         input_micros_per_million=row.input_micros_per_million,
         output_micros_per_million=row.output_micros_per_million,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+    )
+
+
+def budget(view: BudgetView) -> budgets_pb2.Budget:
+    row = view.budget
+    return budgets_pb2.Budget(
+        name=format_name(BUDGETS, row.id),
+        owner=row.owner,
+        metric=int(row.metric),  # type: ignore[arg-type]
+        period=int(row.period),  # type: ignore[arg-type]
+        limit=row.limit_amount,
+        spent=view.spent,
+        reserved=view.reserved,
+        remaining=view.remaining,
+        period_start_time=timestamp(view.period_start),
+        period_end_time=timestamp(view.period_end),
+        set_by=format_name(ACCOUNTS, row.set_by),
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
     )

@@ -42,7 +42,9 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def to_status(error: errors.DomainError) -> grpc.Status:
-    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN))]
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata))
+    ]
     if isinstance(error, errors.InvalidArgument):
         violations = [
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)

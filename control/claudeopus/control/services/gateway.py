@@ -16,9 +16,10 @@ Ctx = grpc.aio.ServicerContext
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, service_token: str, clock: Clock) -> None:
+    def __init__(self, service_token: str, clock: Clock, policy: gateway.OutputPolicy) -> None:
         self._token = service_token
         self._clock = clock
+        self._policy = policy
 
     @rpc
     async def VerifyApiKey(
@@ -37,7 +38,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.AuthorizeRequest, context: Ctx[object, object]
     ) -> gateway_pb2.AuthorizeResponse:
         require_service(context, self._token)
-        record = await gateway.authorize(
+        authorized = await gateway.authorize(
             request_id=request.request_id,
             key_hash=request.key_hash,
             model=request.model,
@@ -45,11 +46,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             max_output_tokens=request.max_output_tokens,
             stream=request.stream,
             now=self._clock(),
+            policy=self._policy,
         )
+        record = authorized.record
         return gateway_pb2.AuthorizeResponse(
             api_key=format_name(API_KEYS, record.api_key_id),  # type: ignore[attr-defined]
             account=format_name(ACCOUNTS, record.account_id),  # type: ignore[attr-defined]
             reserve_time=convert.timestamp(record.created_at),
+            max_output_tokens=authorized.enforced_output_tokens,
         )
 
     @rpc

@@ -1,0 +1,182 @@
+"""Budget reservations: hold a request's worst case in every budget it touches, then settle it.
+
+Authorizing reserves the worst-case amounts (input bound, output cap, their
+cost) in the current period's counter of every budget on the key, its account
+and each ancestor account, inside the caller's transaction. Each hold is one
+conditional statement::
+
+    UPDATE budget_counter SET reserved = reserved + :x
+     WHERE budget_id = :b AND period_index = :p AND spent + reserved <= :limit - :x
+
+so two requests can never both take the last of a budget, on any number of
+control replicas. Counters are always locked in ascending ``budget_id`` order
+(and a request's holds are stored in that order, for settle and expiry too),
+so concurrent transactions cannot deadlock.
+
+Settling moves each hold from ``reserved`` to ``spent`` at the real amounts.
+Spending can pass a limit in one way only: the upstream reports more tokens
+than were reserved (it ignored max_tokens, or the prompt tokenized to more than
+the request's size in bytes, e.g. image inputs). It passes it by at most that
+excess, of the requests in flight at that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.expressions import Q
+
+from claudeopus.control.domain.errors import Reason, ResourceExhausted
+from claudeopus.control.domain.names import BUDGETS, format_name
+from claudeopus.control.domain.periods import period_index
+from claudeopus.control.models import ApiKey, Budget, BudgetMetric, BudgetPeriod
+
+_METRIC_WORDS = {
+    BudgetMetric.INPUT_TOKENS: "input-token",
+    BudgetMetric.OUTPUT_TOKENS: "output-token",
+    BudgetMetric.TOTAL_TOKENS: "token",
+    BudgetMetric.COST_MICROS: "cost",
+}
+_PERIOD_WORDS = {BudgetPeriod.TOTAL: "total", BudgetPeriod.DAILY: "daily", BudgetPeriod.MONTHLY: "monthly"}
+
+
+@dataclass(frozen=True, slots=True)
+class Amounts:
+    """Tokens and cost of one request (reserved or real)."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+
+    def of(self, metric: BudgetMetric) -> int:
+        if metric is BudgetMetric.INPUT_TOKENS:
+            return self.input_tokens
+        if metric is BudgetMetric.OUTPUT_TOKENS:
+            return self.output_tokens
+        if metric is BudgetMetric.TOTAL_TOKENS:
+            return self.input_tokens + self.output_tokens
+        return self.cost_micros
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One budget counter a request holds an amount in."""
+
+    budget_id: int
+    period_index: int
+    metric: BudgetMetric
+
+
+def encode_holds(holds: Sequence[Hold]) -> str:
+    return ",".join(f"{h.budget_id}:{h.period_index}:{int(h.metric)}" for h in holds)
+
+
+def decode_holds(text: str) -> list[Hold]:
+    holds = []
+    for part in filter(None, text.split(",")):
+        budget_id, index, metric = part.split(":")
+        holds.append(Hold(int(budget_id), int(index), BudgetMetric(int(metric))))
+    return holds
+
+
+async def applicable_budgets(key: ApiKey) -> list[Budget]:
+    """Budgets on ``key``, its account and every ancestor, in lock order (ascending id). One query."""
+    chain = key.account.ancestor_ids()
+    return (
+        await Budget.filter(Q(api_key_id__isnull=True) | Q(api_key_id=key.id), account_id__in=chain)
+        .order_by("id")
+        .all()
+    )
+
+
+class _Binder:
+    """Collects bound parameters with the placeholder style of the connection's dialect."""
+
+    def __init__(self, conn: BaseDBAsyncClient) -> None:
+        self._postgres = conn.capabilities.dialect == "postgres"
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}" if self._postgres else "?"
+
+
+async def _try_hold(conn: BaseDBAsyncClient, budget: Budget, index: int, amount: int) -> bool:
+    bind = _Binder(conn)
+    sql = (
+        f"UPDATE budget_counter SET reserved = reserved + {bind(amount)} "  # noqa: S608 - fixed text, bound values
+        f"WHERE budget_id = {bind(budget.id)} AND period_index = {bind(index)} "
+        f"AND spent + reserved <= {bind(budget.limit_amount - amount)}"
+    )
+    changed, _ = await conn.execute_query(sql, bind.values)
+    return changed > 0
+
+
+async def _ensure_counter(conn: BaseDBAsyncClient, budget: Budget, index: int) -> None:
+    bind = _Binder(conn)
+    sql = (
+        "INSERT INTO budget_counter (budget_id, period_index, metric, spent, reserved) "  # noqa: S608
+        f"VALUES ({bind(budget.id)}, {bind(index)}, {bind(int(budget.metric))}, 0, 0) "
+        "ON CONFLICT (budget_id, period_index) DO NOTHING"
+    )
+    await conn.execute_query(sql, bind.values)
+
+
+def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
+    if budget.api_key_id is not None:  # type: ignore[attr-defined]
+        scope, whose = "key", "this API key's"
+    elif budget.account_id == key.account.id:  # type: ignore[attr-defined]
+        scope, whose = "account", "your account's"
+    else:
+        scope, whose = "reseller", "your reseller's"
+    metadata = {
+        "budget_scope": scope,
+        "metric": budget.metric.name,
+        "period": budget.period.name,
+    }
+    if scope != "reseller":  # a reseller's own budget is not the sub-user's business
+        metadata["budget"] = format_name(BUDGETS, budget.id)
+    words = f"{_PERIOD_WORDS[budget.period]} {_METRIC_WORDS[budget.metric]} budget"
+    return ResourceExhausted(
+        Reason.BUDGET_EXHAUSTED,
+        f"You exceeded {whose} {words} ({scope} budget): this request was not sent upstream.",
+        metadata,
+    )
+
+
+async def reserve(
+    conn: BaseDBAsyncClient, key: ApiKey, budgets: Sequence[Budget], amounts: Amounts, now: datetime
+) -> list[Hold]:
+    """Hold ``amounts`` in the current period of every budget, or raise BUDGET_EXHAUSTED.
+
+    Must run inside a transaction on ``conn``: a refusal leaves holds already
+    taken for the caller's rollback to undo.
+    """
+    holds = []
+    for budget in budgets:  # ascending id: the one lock order
+        amount = amounts.of(budget.metric)
+        index = period_index(budget.period, now)
+        if amount > budget.limit_amount:
+            raise _exhausted(budget, key)
+        if not await _try_hold(conn, budget, index, amount):
+            await _ensure_counter(conn, budget, index)
+            if not await _try_hold(conn, budget, index, amount):
+                raise _exhausted(budget, key)
+        holds.append(Hold(budget.id, index, budget.metric))
+    return holds
+
+
+async def move(conn: BaseDBAsyncClient, holds: Sequence[Hold], *, release: Amounts, charge: Amounts) -> None:
+    """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in lock order."""
+    for hold in holds:
+        bind = _Binder(conn)
+        sql = (
+            f"UPDATE budget_counter SET reserved = reserved - {bind(release.of(hold.metric))}, "  # noqa: S608
+            f"spent = spent + {bind(charge.of(hold.metric))} "
+            f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}"
+        )
+        await conn.execute_query(sql, bind.values)
