@@ -118,10 +118,10 @@ async def new_key(
     )
 
 
-def authorize(
+async def authorize(
     secret: str, *, model: str = "m-1", now: datetime = NOW, request_id: str | None = None
-) -> Awaitable[UsageRecord]:
-    return gateway.authorize(
+) -> UsageRecord:
+    authorized = await gateway.authorize(
         request_id=request_id or str(uuid.uuid4()),
         key_hash=keys.hash_secret_bytes(secret),
         model=model,
@@ -129,7 +129,9 @@ def authorize(
         max_output_tokens=22,
         stream=True,
         now=now,
+        policy=gateway.OutputPolicy(),
     )
+    return authorized.record
 
 
 def settle_input(
@@ -383,6 +385,7 @@ async def test_authorize_refuses_unknown_expired_and_management_keys(root: Root)
             max_output_tokens=0,
             stream=False,
             now=NOW,
+            policy=gateway.OutputPolicy(),
         ),
     )
     assert violated_fields(error) == ["key_hash"]
