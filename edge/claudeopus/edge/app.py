@@ -49,7 +49,11 @@ def build_app(settings: EdgeSettings, *, upstream_transport: httpx.AsyncBaseTran
             control = ControlClient(channel, settings.service_token, settings.control_timeout)
             settler = Settler(control)
             forwarder = Forwarder(
-                http=http, control=control, settler=settler, upstream_api_key=settings.upstream_api_key
+                http=http,
+                control=control,
+                settler=settler,
+                upstream_api_key=settings.upstream_api_key,
+                output_cap_field=settings.upstream_max_tokens_field,
             )
             app.services.register(Forwarder, instance=forwarder)
             try:

@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -35,7 +35,12 @@ class CompletionRequest:
     # The client asked for the final usage chunk itself.
     include_usage: bool
     max_output_tokens: int
+    # Rough input tokens (bytes / 4): billed only when the upstream reports no usage.
     estimated_input_tokens: int
+    # Input tokens reserved against budgets: the body length in bytes, an upper bound for text
+    # (no tokenizer spends less than a byte per token, and the JSON framing of each message is
+    # longer than the chat template's per-message tokens).
+    input_token_bound: int
     # What goes to the upstream (for streams: with include_usage forced on).
     upstream_body: bytes
 
@@ -130,7 +135,8 @@ def parse_completion(raw: bytes) -> CompletionRequest:
     stream = _bool(body, "stream")
     max_output = _max_tokens(body)
     include_usage, options = _stream_options(body, stream)
-    if raw.count(b'"model"') > 1:
+    if any(raw.count(name) > 1 for name in _CHECKED_KEYS):
+        # Parsers disagree on which duplicate wins: the reserved output cap must be the upstream's.
         _reject_duplicate_top_level_keys(raw)
     upstream_body = raw
     if stream and not include_usage:
@@ -143,10 +149,24 @@ def parse_completion(raw: bytes) -> CompletionRequest:
         include_usage=include_usage,
         max_output_tokens=max_output,
         estimated_input_tokens=len(raw) // BYTES_PER_TOKEN + 1,
+        input_token_bound=len(raw),
         upstream_body=upstream_body,
     )
 
 
+def with_output_cap(completion: CompletionRequest, tokens: int, field: str) -> CompletionRequest:
+    """The request with ``field`` (max_completion_tokens or max_tokens) set to the reserved ``tokens``.
+
+    Used when the client named no limit but a budget holds a default one: the
+    upstream must not produce more than was reserved. The key is spliced in
+    before the closing brace, so everything the client wrote stays as it was.
+    """
+    body = completion.upstream_body.rstrip()
+    capped = body[:-1].rstrip() + b',"' + field.encode() + b'":' + str(tokens).encode() + b"}"
+    return replace(completion, upstream_body=capped, max_output_tokens=tokens)
+
+
+_CHECKED_KEYS = (b'"model"', b'"max_tokens"', b'"max_completion_tokens"')
 _USAGE_OPTION = b'"stream_options":{"include_usage":true}'
 
 

@@ -94,19 +94,21 @@ class ControlClient:
             raise _openai_error(from_rpc_error(error)) from None
         return KeyInfo(allowed_models=tuple(reply.allowed_models))
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> None:
+    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+        """Reserve the request; returns the output cap the upstream must get (0: none needed)."""
         request = gateway_pb2.AuthorizeRequest(
             request_id=request_id,
             key_hash=_key_hash(secret),
             model=completion.model,
-            estimated_input_tokens=completion.estimated_input_tokens,
+            estimated_input_tokens=completion.input_token_bound,
             max_output_tokens=completion.max_output_tokens,
             stream=completion.stream,
         )
         try:
-            await self._stub.Authorize(request, timeout=self._timeout, metadata=self._metadata)
+            reply = await self._stub.Authorize(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise _openai_error(from_rpc_error(error)) from None
+        return reply.max_output_tokens
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""

@@ -17,7 +17,7 @@ import httpx
 import orjson
 
 from claudeopus.edge import errors
-from claudeopus.edge.completions import CompletionRequest, parse_completion
+from claudeopus.edge.completions import CompletionRequest, parse_completion, with_output_cap
 from claudeopus.edge.control import ControlClient, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.relay import StreamRelay
@@ -43,18 +43,27 @@ class Forwarder:
     """
 
     def __init__(
-        self, *, http: httpx.AsyncClient, control: ControlClient, settler: Settler, upstream_api_key: str
+        self,
+        *,
+        http: httpx.AsyncClient,
+        control: ControlClient,
+        settler: Settler,
+        upstream_api_key: str,
+        output_cap_field: str = "max_completion_tokens",
     ) -> None:
         self._http = http
         self._control = control
         self._settler = settler
         self._upstream_key = upstream_api_key.encode()
+        self._cap_field = output_cap_field
 
     async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
         started = time.perf_counter()
         completion = parse_completion(raw)
         request_id = str(uuid.uuid4())
-        await self._control.authorize(request_id, secret, completion)
+        cap = await self._control.authorize(request_id, secret, completion)
+        if cap and not completion.max_output_tokens:
+            completion = with_output_cap(completion, cap, self._cap_field)
         try:
             return await self._forward(completion, request_id, started, receive)
         except errors.OpenAIError as error:

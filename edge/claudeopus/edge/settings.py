@@ -44,8 +44,13 @@ class EdgeSettings:
     # How long authorize may take before the edge fails closed with 503.
     control_timeout: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # The request field that carries a budget's default output cap to the upstream, when the
+    # client named none: max_completion_tokens (OpenAI) or max_tokens (older compatible servers).
+    upstream_max_tokens_field: str = "max_completion_tokens"
 
     def __post_init__(self) -> None:
+        if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
+            raise SettingsError("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD must be max_completion_tokens or max_tokens")
         if not self.upstream_url.startswith(("http://", "https://")):
             raise SettingsError("CLAUDEOPUS_UPSTREAM_URL must start with http:// or https://")
         if len(self.service_token) < 32:
@@ -85,6 +90,7 @@ class EdgeSettings:
             upstream_read_timeout=_number(env, "CLAUDEOPUS_UPSTREAM_READ_TIMEOUT", 300.0),
             control_timeout=_number(env, "CLAUDEOPUS_CONTROL_TIMEOUT", 5.0),
             max_body_bytes=int(_number(env, "CLAUDEOPUS_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            upstream_max_tokens_field=env.get("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD", "max_completion_tokens"),
         )
 
 
