@@ -65,3 +65,31 @@ def test_errors_never_quote_message_content() -> None:
     with pytest.raises(BadRequest) as caught:
         parse_completion(raw)
     assert "secret prompt text" not in caught.value.json().decode()
+
+
+def test_the_input_bound_is_the_body_length_and_the_estimate_a_quarter_of_it() -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * 400 + b'"}]}'
+    request = parse_completion(raw)
+    assert request.input_token_bound == len(raw)
+    assert request.estimated_input_tokens == len(raw) // 4 + 1
+
+
+def test_output_cap_is_spliced_in_keeping_the_clients_bytes() -> None:
+    from claudeopus.edge.completions import with_output_cap
+
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.10}  '
+    capped = with_output_cap(parse_completion(raw), 4096, "max_completion_tokens")
+    assert capped.upstream_body == raw.rstrip()[:-1] + b',"max_completion_tokens":4096}'
+    assert orjson.loads(capped.upstream_body)["max_completion_tokens"] == 4096
+    assert capped.max_output_tokens == 4096
+    streamed = parse_completion(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}')
+    both = orjson.loads(with_output_cap(streamed, 9, "max_tokens").upstream_body)
+    assert both["max_tokens"] == 9 and both["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+def test_a_repeated_output_limit_is_refused(name: str) -> None:
+    raw = f'{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "{name}": 100000, "{name}": 5}}'
+    with pytest.raises(BadRequest) as caught:
+        parse_completion(raw.encode())
+    assert caught.value.param == name

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from claudeopus.edge.sse import EventBuffer, Usage, is_done, parse_usage, usage_event
@@ -62,3 +63,19 @@ def test_done_detection() -> None:
     assert is_done(b"data: [DONE]\n\n")
     assert is_done(b"data:[DONE]\r\n\r\n")
     assert not is_done(b'data: {"text": "[DONE]"}\n\n')
+
+
+def test_generated_text_length_counts_content_reasoning_refusal_and_tool_arguments() -> None:
+    from claudeopus.edge.sse import generated_text_length
+
+    delta = {
+        "content": "héllo",
+        "reasoning_content": "abc",
+        "refusal": None,
+        "tool_calls": [{"function": {"arguments": '{"a":1}'}}, {"function": {}}, "junk"],
+    }
+    event = b"data: " + orjson.dumps({"choices": [{"delta": delta}, {"delta": {"content": "xy"}}]}) + b"\n\n"
+    assert generated_text_length(event) == 5 + 3 + 7 + 2
+    assert generated_text_length(b"data: not json\n\n") == 0
+    assert generated_text_length(b'data: {"choices": "nope"}\n\n') == 0
+    assert generated_text_length(b'data: {"choices": [{"delta": {"content": 5}}]}\n\n') == 0

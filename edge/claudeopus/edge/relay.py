@@ -19,12 +19,15 @@ from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.control import Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.settler import Settler
-from claudeopus.edge.sse import EventBuffer, Usage, is_done, usage_event
+from claudeopus.edge.sse import EventBuffer, Usage, generated_text_length, is_done, usage_event
 from claudeopus.v1 import usage_pb2
 
 
 class ClientGone(Exception):
     """The HTTP client disconnected before the stream ended."""
+
+
+CHARS_PER_TOKEN = 4
 
 
 class StreamRelay:
@@ -48,6 +51,7 @@ class StreamRelay:
         self._watcher = watcher
         self._usage: Usage | None = None
         self._relayed_events = 0
+        self._relayed_chars = 0
         self._status: usage_pb2.UsageStatus.ValueType = usage_pb2.USAGE_STATUS_SUCCEEDED
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -91,6 +95,7 @@ class StreamRelay:
             return not found.usage_only or self._completion.include_usage
         if not (b"[DONE]" in event and is_done(event)):
             self._relayed_events += 1
+            self._relayed_chars += generated_text_length(event)
         return True
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
@@ -130,12 +135,15 @@ class StreamRelay:
                 source=usage_pb2.USAGE_SOURCE_REPORTED,
                 http_status=200,
             )
-        # No usage arrived (client left, upstream broke): estimate from what was
-        # relayed, one token per content event, never zero for produced output.
+        # No usage arrived (client left, upstream broke): estimate from the text relayed,
+        # about four characters per token, never less than one token per chunk that
+        # carried text, never zero for produced output, never above the request's cap.
         produced = self._relayed_events > 0
+        estimate = max(-(-self._relayed_chars // CHARS_PER_TOKEN), self._relayed_events if produced else 0)
+        cap = self._completion.max_output_tokens
         return Outcome(
             input_tokens=self._completion.estimated_input_tokens if produced else 0,
-            output_tokens=self._relayed_events,
+            output_tokens=min(estimate, cap) if cap else estimate,
             status=self._status,
             source=usage_pb2.USAGE_SOURCE_ESTIMATED,
             http_status=200,

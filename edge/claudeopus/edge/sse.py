@@ -92,6 +92,33 @@ def usage_event(event: bytes) -> UsageEvent | None:
     return UsageEvent(usage=parsed, usage_only=not payload.get("choices"))
 
 
+def generated_text_length(event: bytes) -> int:
+    """Characters of generated text in one chunk: content, reasoning and tool-call arguments.
+
+    Used only to estimate output tokens when the upstream never reports usage;
+    the text itself is measured and dropped, never kept.
+    """
+    try:
+        payload = orjson.loads(event_data(event))
+    except orjson.JSONDecodeError:
+        return 0
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    total = 0
+    for choice in choices if isinstance(choices, list) else ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        for name in ("content", "reasoning_content", "refusal"):
+            value = delta.get(name)
+            total += len(value) if isinstance(value, str) else 0
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            total += len(arguments) if isinstance(arguments, str) else 0
+    return total
+
+
 def parse_usage(usage: object) -> Usage | None:
     """OpenAI's ``usage`` object to token counts; None when absent or malformed."""
     if not isinstance(usage, dict):
