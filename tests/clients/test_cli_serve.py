@@ -350,6 +350,17 @@ def test_serve_with_a_malformed_http_address_is_a_clean_error(tmp_path: Path) ->
     assert "Traceback" not in result.stderr, result.describe()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("CLAUDEOPUS_RESERVATION_TIMEOUT", "soon"), ("CLAUDEOPUS_MODEL_MAX_OUTPUT_TOKENS", "m=x")]
+)
+def test_serve_with_a_bad_reservation_setting_is_a_clean_error(tmp_path: Path, name: str, value: str) -> None:
+    result = run_cli(["serve", "--grpc", f"127.0.0.1:{free_port()}"], env={name: value}, cwd=tmp_path)
+    assert result.returncode == 2, result.describe()
+    assert name in result.stderr
+    assert "Traceback" not in result.stderr, result.describe()
+    assert list(tmp_path.iterdir()) == [], "nothing (no database) is created before the settings are valid"
+
+
 def test_serve_with_a_busy_http_port_is_a_clean_error(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

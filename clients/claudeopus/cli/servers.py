@@ -62,16 +62,20 @@ class ServeOptions:
             raise ValueError("--database-url must start with sqlite://, postgres:// or postgresql://")
         if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
             raise ValueError("--upstream-url must start with http:// or https://")
-        # Check the environment's edge settings now, before anything starts.
+        # Check the environment's edge and control settings now, before anything starts.
         self.edge_settings("http://127.0.0.1:1/v1", "x" * 32, "127.0.0.1:1")
+        self.control_settings("x" * 32)
+
+    def control_settings(self, service_token: str) -> ControlSettings:
+        return ControlSettings.from_env(
+            grpc_address=self.grpc_address, database_url=self.database_url, service_token=service_token
+        )
 
 
 async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
     """Control and edge in one process; a demo upstream when none is configured."""
     token = secrets.token_urlsafe(32)  # in-process only: never leaves this process
-    control_settings = ControlSettings(
-        grpc_address=options.grpc_address, database_url=options.database_url, service_token=token
-    )
+    control_settings = options.control_settings(token)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(ControlServer(control_settings))
         upstream_url = options.upstream_url
