@@ -132,14 +132,17 @@ async def authorize(
             price = prices.in_force(await prices.chain_prices(key.account.ancestor_ids(), model))
             cost = _cost(estimated_input_tokens, output_tokens, price)
         amounts = reservations.Amounts(estimated_input_tokens, output_tokens, cost)
+        planned = reservations.plan(key, budgets, now)
         async with in_transaction() as conn:
-            holds = await reservations.reserve(conn, key, budgets, amounts, now)
+            # The row first: it contends with nothing, so the counters are locked only for
+            # the holds themselves and the commit.
             record = await UsageRecord.create(
                 **row,
                 reserved_cost_micros=cost,
-                reserved_counters=reservations.encode_holds(holds),
+                reserved_counters=reservations.encode_holds([hold for _, hold in planned]),
                 using_db=conn,
             )
+            await reservations.take(conn, key, planned, amounts)
         return Authorized(record, output_tokens)
     except IntegrityError:
         earlier = await _repeated_authorize(rid, key)

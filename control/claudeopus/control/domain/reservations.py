@@ -9,9 +9,9 @@ conditional statement::
      WHERE budget_id = :b AND period_index = :p AND spent + reserved <= :limit - :x
 
 so two requests can never both take the last of a budget, on any number of
-control replicas. Counters are always locked in ascending ``budget_id`` order
-(and a request's holds are stored in that order, for settle and expiry too),
-so concurrent transactions cannot deadlock.
+control replicas. Counters are always locked in one global order (see
+:func:`plan`; a request's holds are stored in that order, for settle and expiry
+too), so concurrent transactions cannot deadlock.
 
 Settling moves each hold from ``reserved`` to ``spent`` at the real amounts.
 Spending can pass a limit in one way only: the upstream reports more tokens
@@ -84,7 +84,7 @@ def decode_holds(text: str) -> list[Hold]:
 
 
 async def applicable_budgets(key: ApiKey) -> list[Budget]:
-    """Budgets on ``key``, its account and every ancestor, in lock order (ascending id). One query."""
+    """Budgets on ``key``, its account and every ancestor. One query."""
     chain = key.account.ancestor_ids()
     return (
         await Budget.filter(Q(api_key_id__isnull=True) | Q(api_key_id=key.id), account_id__in=chain)
@@ -148,30 +148,54 @@ def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
     )
 
 
-async def reserve(
-    conn: BaseDBAsyncClient, key: ApiKey, budgets: Sequence[Budget], amounts: Amounts, now: datetime
-) -> list[Hold]:
-    """Hold ``amounts`` in the current period of every budget, or raise BUDGET_EXHAUSTED.
+def plan(key: ApiKey, budgets: Sequence[Budget], now: datetime) -> list[tuple[Budget, Hold]]:
+    """The holds a request authorized at ``now`` takes, in the one global lock order.
+
+    The order is: deepest owner first (a key's budgets before its account's,
+    the account's before its reseller's, up to the root), then budget id. An
+    account's depth never changes, so every transaction takes any two counters
+    in the same order (no deadlock), and the hot counters near the top of a
+    busy tree are locked last, held only until the commit right after.
+    """
+    chain = key.account.ancestor_ids()
+
+    def order(budget: Budget) -> tuple[int, int, int]:
+        depth = chain.index(budget.account_id)  # type: ignore[attr-defined]
+        return (-depth, 0 if budget.api_key_id is not None else 1, budget.id)  # type: ignore[attr-defined]
+
+    return [
+        (budget, Hold(budget.id, period_index(budget.period, now), budget.metric))
+        for budget in sorted(budgets, key=order)
+    ]
+
+
+async def take(conn: BaseDBAsyncClient, key: ApiKey, planned: Sequence[tuple[Budget, Hold]], amounts: Amounts) -> None:
+    """Hold ``amounts`` in every planned counter, or raise BUDGET_EXHAUSTED.
 
     Must run inside a transaction on ``conn``: a refusal leaves holds already
     taken for the caller's rollback to undo.
     """
-    holds = []
-    for budget in budgets:  # ascending id: the one lock order
+    for budget, hold in planned:
         amount = amounts.of(budget.metric)
-        index = period_index(budget.period, now)
         if amount > budget.limit_amount:
             raise _exhausted(budget, key)
-        if not await _try_hold(conn, budget, index, amount):
-            await _ensure_counter(conn, budget, index)
-            if not await _try_hold(conn, budget, index, amount):
+        if not await _try_hold(conn, budget, hold.period_index, amount):
+            await _ensure_counter(conn, budget, hold.period_index)
+            if not await _try_hold(conn, budget, hold.period_index, amount):
                 raise _exhausted(budget, key)
-        holds.append(Hold(budget.id, index, budget.metric))
-    return holds
+
+
+async def reserve(
+    conn: BaseDBAsyncClient, key: ApiKey, budgets: Sequence[Budget], amounts: Amounts, now: datetime
+) -> list[Hold]:
+    """:func:`plan` and :func:`take` in one call; returns the holds in lock order."""
+    planned = plan(key, budgets, now)
+    await take(conn, key, planned, amounts)
+    return [hold for _, hold in planned]
 
 
 async def move(conn: BaseDBAsyncClient, holds: Sequence[Hold], *, release: Amounts, charge: Amounts) -> None:
-    """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in lock order."""
+    """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in stored order."""
     for hold in holds:
         bind = _Binder(conn)
         sql = (
