@@ -24,6 +24,7 @@ PRINCIPALS = ("admin", "reseller_a", "reseller_b", "sub_a", "user")
 START = datetime.now(UTC) - timedelta(days=1)
 MISSING_ACCOUNT = "accounts/999999999"
 MISSING_KEY = "apiKeys/999999999"
+MISSING_BUDGET = "budgets/999999999"
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Member:
     role: str
     management_secret: str
     key: str  # an inference key owned by the member: the target of key operations
+    budget: str  # a budget the admin set on that key: the target of budget operations
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def tree(gateway: Gateway) -> dict[str, Member]:
                 account = admin.create_account(email=email, role=role, parent=parent).name
                 secret = admin.create_api_key(parent=account, scopes=["management"]).secret
             key = admin.create_api_key(parent=account, display_name="target").api_key.name
-            members[name] = Member(name, account, parent, role, secret, key)
+            budget = admin.create_budget(key, metric="total_tokens", period="monthly", limit=10**9).name
+            members[name] = Member(name, account, parent, role, secret, key, budget)
 
         member("admin", "admin", None)
         member("reseller_a", "reseller", root)
@@ -70,28 +73,42 @@ SUBTREE = {
 }
 
 
-Operation = Callable[[Client, str, str], Any]  # (client, target account, target key)
+@dataclass(frozen=True)
+class Target:
+    account: str
+    key: str
+    budget: str
+
+
+Operation = Callable[[Client, Target], Any]
 
 READS_AND_SAFE_WRITES: dict[str, Operation] = {
-    "get_account": lambda c, a, k: c.get_account(a),
-    "list_accounts": lambda c, a, k: c.list_accounts(parent=a),
-    "update_account": lambda c, a, k: c.update_account(a, display_name="same"),
-    "list_api_keys": lambda c, a, k: c.list_api_keys(parent=a),
-    "get_api_key": lambda c, a, k: c.get_api_key(k),
-    "update_api_key": lambda c, a, k: c.update_api_key(k, display_name="target"),
-    "create_api_key": lambda c, a, k: c.create_api_key(parent=a, display_name="made by matrix"),
-    "list_usage_records": lambda c, a, k: c.list_usage_records(parent=a),
-    "list_usage_of_account": lambda c, a, k: c.list_usage_records(account=a),
-    "summarize_usage": lambda c, a, k: c.summarize_usage(parent=a, start_time=START, group_by=["model"]),
+    "get_account": lambda c, t: c.get_account(t.account),
+    "list_accounts": lambda c, t: c.list_accounts(parent=t.account),
+    "update_account": lambda c, t: c.update_account(t.account, display_name="same"),
+    "list_api_keys": lambda c, t: c.list_api_keys(parent=t.account),
+    "get_api_key": lambda c, t: c.get_api_key(t.key),
+    "update_api_key": lambda c, t: c.update_api_key(t.key, display_name="target"),
+    "create_api_key": lambda c, t: c.create_api_key(parent=t.account, display_name="made by matrix"),
+    "list_usage_records": lambda c, t: c.list_usage_records(parent=t.account),
+    "list_usage_of_account": lambda c, t: c.list_usage_records(account=t.account),
+    "summarize_usage": lambda c, t: c.summarize_usage(parent=t.account, start_time=START, group_by=["model"]),
+    "get_budget": lambda c, t: c.get_budget(t.budget),
+    "list_budgets_of_key": lambda c, t: c.list_budgets(parent=t.key),
+    "list_budgets_of_account": lambda c, t: c.list_budgets(parent=t.account),
 }
 DESTRUCTIVE: dict[str, Operation] = {
-    "suspend_account": lambda c, a, k: c.suspend_account(a),
-    "resume_account": lambda c, a, k: c.resume_account(a),
-    "delete_account": lambda c, a, k: c.delete_account(a),
-    "set_password": lambda c, a, k: c.set_password("a long enough password", name=a),
-    "revoke_api_key": lambda c, a, k: c.revoke_api_key(k),
-    "rotate_api_key": lambda c, a, k: c.rotate_api_key(k),
-    "create_account": lambda c, a, k: c.create_account(email=f"m-{secrets.token_hex(3)}@example.com", parent=a),
+    "suspend_account": lambda c, t: c.suspend_account(t.account),
+    "resume_account": lambda c, t: c.resume_account(t.account),
+    "delete_account": lambda c, t: c.delete_account(t.account),
+    "set_password": lambda c, t: c.set_password("a long enough password", name=t.account),
+    "revoke_api_key": lambda c, t: c.revoke_api_key(t.key),
+    "rotate_api_key": lambda c, t: c.rotate_api_key(t.key),
+    "create_account": lambda c, t: c.create_account(email=f"m-{secrets.token_hex(3)}@example.com", parent=t.account),
+    "create_key_budget": lambda c, t: c.create_budget(t.key, metric="input_tokens", period="daily", limit=5),
+    "create_account_budget": lambda c, t: c.create_budget(t.account, metric="cost_micros", period="total", limit=5),
+    "update_budget": lambda c, t: c.update_budget(t.budget, limit=7),
+    "delete_budget": lambda c, t: c.delete_budget(t.budget),
 }
 
 
@@ -122,12 +139,12 @@ def test_isolation(gateway: Gateway, tree: dict[str, Member], caller: str, targe
     do = {**READS_AND_SAFE_WRITES, **DESTRUCTIVE}[operation]
     with Client(gateway.control_target, key=me.management_secret) as client:
         if target not in SUBTREE[caller]:
-            seen = _outcome(lambda: do(client, them.account, them.key))
-            missing = _outcome(lambda: do(client, MISSING_ACCOUNT, MISSING_KEY))
+            seen = _outcome(lambda: do(client, Target(them.account, them.key, them.budget)))
+            missing = _outcome(lambda: do(client, Target(MISSING_ACCOUNT, MISSING_KEY, MISSING_BUDGET)))
             assert seen == missing, "a resource outside the subtree must look exactly like a missing one"
             assert seen[0] in (grpc.StatusCode.NOT_FOUND.name, grpc.StatusCode.PERMISSION_DENIED.name)
             if seen[0] == grpc.StatusCode.PERMISSION_DENIED.name:
                 assert (me.role, seen[1]) == ("user", "ROLE_DENIED"), "only a user's own role may refuse first"
             return
-        outcome = _outcome(lambda: do(client, them.account, them.key))
+        outcome = _outcome(lambda: do(client, Target(them.account, them.key, them.budget)))
         assert outcome[0] == "OK", outcome

@@ -17,6 +17,8 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    budgets_pb2,
+    budgets_pb2_grpc,
     prices_pb2,
     prices_pb2_grpc,
     usage_pb2,
@@ -61,6 +63,7 @@ class ClaudeOpusClient:
         self.api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(self._channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self._channel)
         self.prices = prices_pb2_grpc.PriceServiceStub(self._channel)
+        self.budgets = budgets_pb2_grpc.BudgetServiceStub(self._channel)
 
     async def __aenter__(self) -> ClaudeOpusClient:
         return self
@@ -309,6 +312,68 @@ class ClaudeOpusClient:
         """The price in force for ``model`` on ``account`` (default: yours)."""
         request = prices_pb2.ResolvePriceRequest(account=account, model=model)
         return await self._call(self.prices.ResolvePrice(request, timeout=self._timeout))
+
+    # -- budgets --------------------------------------------------------------
+
+    async def create_budget(
+        self, parent: str, *, metric: str | int, period: str | int, limit: int, request_id: str = ""
+    ) -> budgets_pb2.Budget:
+        """Set a budget on ``parent``: an account below yours (``accounts/N``) or a key (``apiKeys/N``).
+
+        Keys of your whole subtree may have budgets, your own included. ``metric`` is
+        ``input_tokens``, ``output_tokens``, ``total_tokens`` or ``cost_micros``, ``period`` is
+        ``total``, ``daily`` or ``monthly`` (upper case and enum numbers work too).
+        A budget created mid-period starts with what was already spent in it.
+
+        Example::
+
+            budget = await client.create_budget("accounts/7", metric="cost_micros", period="monthly", limit=50_000_000)
+            print(budget.spent, budget.remaining, budget.period_end_time.ToJsonString())
+        """
+        request = build.create_budget(parent, metric, period, limit, request_id)
+        return await self._call(self.budgets.CreateBudget(request, timeout=self._timeout))
+
+    async def get_budget(self, name: str) -> budgets_pb2.Budget:
+        """A budget with what is spent and reserved in its current period."""
+        request = budgets_pb2.GetBudgetRequest(name=name)
+        return await self._call(self.budgets.GetBudget(request, timeout=self._timeout))
+
+    async def list_budgets(
+        self, parent: str = "", *, page_size: int = 0, page_token: str = ""
+    ) -> budgets_pb2.ListBudgetsResponse:
+        """One page of the budgets set on ``parent`` (an account or a key; default: your account)."""
+        request = budgets_pb2.ListBudgetsRequest(parent=parent, page_size=page_size, page_token=page_token)
+        return await self._call(self.budgets.ListBudgets(request, timeout=self._timeout))
+
+    def iter_budgets(self, parent: str = "", *, page_size: int = 0) -> AsyncIterator[budgets_pb2.Budget]:
+        """Every budget set on ``parent``, oldest first, fetching pages as needed.
+
+        Example::
+
+            async for budget in client.iter_budgets("apiKeys/9"):
+                print(budget.name, budget.limit, budget.remaining)
+        """
+
+        async def page(token: str) -> tuple[Iterable[budgets_pb2.Budget], str]:
+            reply = await self.list_budgets(parent, page_size=page_size, page_token=token)
+            return reply.budgets, reply.next_page_token
+
+        return _pages(page)
+
+    async def update_budget(self, name: str, *, limit: int) -> budgets_pb2.Budget:
+        """Change a budget's limit; 0 refuses every further request (the update mask always names ``limit``).
+
+        Example::
+
+            await client.update_budget("budgets/3", limit=0)
+        """
+        request = build.update_budget(name, limit)
+        return await self._call(self.budgets.UpdateBudget(request, timeout=self._timeout))
+
+    async def delete_budget(self, name: str) -> None:
+        """Remove a budget; requests already admitted settle normally."""
+        request = budgets_pb2.DeleteBudgetRequest(name=name)
+        await self._call(self.budgets.DeleteBudget(request, timeout=self._timeout))
 
 
 async def _pages(fetch: Callable[[str], Awaitable[tuple[Iterable[T], str]]]) -> AsyncIterator[T]:

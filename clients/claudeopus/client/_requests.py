@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
-from claudeopus.v1 import accounts_pb2, api_keys_pb2, prices_pb2, usage_pb2
+from claudeopus.v1 import accounts_pb2, api_keys_pb2, budgets_pb2, prices_pb2, usage_pb2
 
 T = TypeVar("T")
 
@@ -24,6 +24,17 @@ INTERVALS = {
     "hour": usage_pb2.USAGE_INTERVAL_HOUR,
     "day": usage_pb2.USAGE_INTERVAL_DAY,
     "month": usage_pb2.USAGE_INTERVAL_MONTH,
+}
+METRICS = {
+    "input_tokens": budgets_pb2.BUDGET_METRIC_INPUT_TOKENS,
+    "output_tokens": budgets_pb2.BUDGET_METRIC_OUTPUT_TOKENS,
+    "total_tokens": budgets_pb2.BUDGET_METRIC_TOTAL_TOKENS,
+    "cost_micros": budgets_pb2.BUDGET_METRIC_COST_MICROS,
+}
+PERIODS = {
+    "total": budgets_pb2.BUDGET_PERIOD_TOTAL,
+    "daily": budgets_pb2.BUDGET_PERIOD_DAILY,
+    "monthly": budgets_pb2.BUDGET_PERIOD_MONTHLY,
 }
 
 
@@ -206,3 +217,40 @@ def update_price(name: str, input_micros: int | None, output_micros: int | None)
     if not paths:
         raise ValueError("nothing to update: pass input_micros or output_micros")
     return prices_pb2.UpdatePriceRequest(price=price, update_mask=field_mask_pb2.FieldMask(paths=paths))
+
+
+def cased(table: Mapping[str, T], what: str, prefix: str, name: str) -> T:
+    """Like :func:`named`, also accepting the upper-case name, bare (``COST_MICROS``) or in full
+    (``BUDGET_METRIC_COST_MICROS``, as ``--json`` prints it); mixed case is still unknown."""
+    key = name.removeprefix(prefix).lower() if name.isupper() else name
+    if key not in table:
+        raise ValueError(f"unknown {what} {name!r}; expected one of: {', '.join(table)} (or upper case)")
+    return table[key]
+
+
+def metric(value: str | int) -> budgets_pb2.BudgetMetric.ValueType:
+    """A budget metric by name (``cost_micros``, ``COST_MICROS``) or by number, passed as is."""
+    if isinstance(value, int):
+        return budgets_pb2.BudgetMetric.ValueType(value)
+    return cased(METRICS, "metric", "BUDGET_METRIC_", value)
+
+
+def period(value: str | int) -> budgets_pb2.BudgetPeriod.ValueType:
+    """A budget period by name (``monthly``, ``MONTHLY``) or by number, passed as is."""
+    if isinstance(value, int):
+        return budgets_pb2.BudgetPeriod.ValueType(value)
+    return cased(PERIODS, "period", "BUDGET_PERIOD_", value)
+
+
+def create_budget(
+    parent: str, metric_value: str | int, period_value: str | int, limit: int, request_id: str
+) -> budgets_pb2.CreateBudgetRequest:
+    budget = budgets_pb2.Budget(metric=metric(metric_value), period=period(period_value), limit=limit)
+    return budgets_pb2.CreateBudgetRequest(parent=parent, budget=budget, request_id=request_id)
+
+
+def update_budget(name: str, limit: int) -> budgets_pb2.UpdateBudgetRequest:
+    """Always with the mask ``limit``: without it a limit of 0 (not populated on the wire) would change nothing."""
+    return budgets_pb2.UpdateBudgetRequest(
+        budget=budgets_pb2.Budget(name=name, limit=limit), update_mask=field_mask_pb2.FieldMask(paths=["limit"])
+    )

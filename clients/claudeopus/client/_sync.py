@@ -16,6 +16,8 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    budgets_pb2,
+    budgets_pb2_grpc,
     prices_pb2,
     prices_pb2_grpc,
     usage_pb2,
@@ -56,6 +58,7 @@ class Client:
         self.api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(self._channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self._channel)
         self.prices = prices_pb2_grpc.PriceServiceStub(self._channel)
+        self.budgets = budgets_pb2_grpc.BudgetServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -266,6 +269,50 @@ class Client:
 
     def resolve_price(self, *, model: str, account: str = "") -> prices_pb2.ResolvePriceResponse:
         return self._call(self.prices.ResolvePrice, prices_pb2.ResolvePriceRequest(account=account, model=model))
+
+    # -- budgets --------------------------------------------------------------
+
+    def create_budget(
+        self, parent: str, *, metric: str | int, period: str | int, limit: int, request_id: str = ""
+    ) -> budgets_pb2.Budget:
+        """Set a budget on an account below yours or a key of your subtree.
+
+        Example::
+
+            budget = client.create_budget("apiKeys/9", metric="total_tokens", period="daily", limit=100_000)
+        """
+        return self._call(self.budgets.CreateBudget, build.create_budget(parent, metric, period, limit, request_id))
+
+    def get_budget(self, name: str) -> budgets_pb2.Budget:
+        return self._call(self.budgets.GetBudget, budgets_pb2.GetBudgetRequest(name=name))
+
+    def list_budgets(
+        self, parent: str = "", *, page_size: int = 0, page_token: str = ""
+    ) -> budgets_pb2.ListBudgetsResponse:
+        request = budgets_pb2.ListBudgetsRequest(parent=parent, page_size=page_size, page_token=page_token)
+        return self._call(self.budgets.ListBudgets, request)
+
+    def iter_budgets(self, parent: str = "", *, page_size: int = 0) -> Iterator[budgets_pb2.Budget]:
+        """Every budget set on ``parent``, oldest first.
+
+        Example::
+
+            for budget in client.iter_budgets("accounts/7"):
+                print(budget.name, budget.spent, budget.remaining)
+        """
+
+        def page(token: str) -> tuple[Iterable[budgets_pb2.Budget], str]:
+            reply = self.list_budgets(parent, page_size=page_size, page_token=token)
+            return reply.budgets, reply.next_page_token
+
+        return _pages(page)
+
+    def update_budget(self, name: str, *, limit: int) -> budgets_pb2.Budget:
+        """Change a budget's limit; ``limit=0`` works (the update mask always names ``limit``)."""
+        return self._call(self.budgets.UpdateBudget, build.update_budget(name, limit))
+
+    def delete_budget(self, name: str) -> None:
+        self._call(self.budgets.DeleteBudget, budgets_pb2.DeleteBudgetRequest(name=name))
 
 
 def _pages(fetch: Callable[[str], tuple[Iterable[T], str]]) -> Iterator[T]:

@@ -227,8 +227,9 @@ class Budget(Model):
     limit_amount = fields.BigIntField()
     set_by = fields.BigIntField()
     create_request_id = fields.CharField(max_length=64, null=True)
-    created_at = fields.DatetimeField(auto_now_add=True)
-    updated_at = fields.DatetimeField(auto_now=True)
+    # Both from the control plane's clock (never the database's), equal until the first update.
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
 
     class Meta:
         table = "budget"

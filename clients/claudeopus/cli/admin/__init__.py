@@ -11,15 +11,16 @@ from typing import Annotated
 
 import typer
 
-from claudeopus.cli.admin import accounts, keys, prices, usage
+from claudeopus.cli.admin import accounts, budgets, keys, prices, usage
 from claudeopus.cli.admin._common import DEFAULT_CONTROL, ControlOpt, JsonOpt, call, emit_message
 from claudeopus.cli.output import emit_json, emit_record, to_dict
 
-app = typer.Typer(help="Manage accounts, keys and usage over gRPC.", no_args_is_help=True)
+app = typer.Typer(help="Manage accounts, keys, usage, prices and budgets over gRPC.", no_args_is_help=True)
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(usage.app, name="usage")
 app.add_typer(prices.app, name="prices")
+app.add_typer(budgets.app, name="budgets")
 
 
 @app.command()

@@ -19,6 +19,8 @@ Rules:
   (``BUDGET_HELD_ABOVE``): a user cannot lift a cap its reseller put on its key.
 - A budget created mid-period starts with what its owner already spent in that
   period (settled usage rows), so "1,000 tokens this month" means this month.
+  Requests in flight at that moment (authorized, not yet settled) are not
+  counted in it, then or later: they never held an amount in the new budget.
 
 Example::
 
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Q
+from tortoise.expressions import Q, Subquery
 from tortoise.functions import Coalesce, Sum
 from tortoise.transactions import in_transaction
 
@@ -45,6 +47,7 @@ from claudeopus.control.domain.api_keys import key_in_subtree
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -150,20 +153,20 @@ def _limit(field: str, value: int) -> int:
     return value
 
 
-def _metric(value: int) -> BudgetMetric:
-    try:
-        return BudgetMetric(value)
-    except ValueError:
-        raise InvalidArgument.field(
-            "budget.metric", "must be INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS or COST_MICROS"
-        ) from None
-
-
-def _period(value: int) -> BudgetPeriod:
-    try:
-        return BudgetPeriod(value)
-    except ValueError:
-        raise InvalidArgument.field("budget.period", "must be TOTAL, DAILY or MONTHLY") from None
+def _new_budget_fields(metric: int, period: int, limit: int) -> tuple[BudgetMetric, BudgetPeriod, int]:
+    """Metric, period and limit of a new budget; every bad one is reported at once."""
+    violations = []
+    if metric not in BudgetMetric.__members__.values():
+        violations.append(
+            FieldViolation("budget.metric", "must be INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS or COST_MICROS")
+        )
+    if period not in BudgetPeriod.__members__.values():
+        violations.append(FieldViolation("budget.period", "must be TOTAL, DAILY or MONTHLY"))
+    if not 0 <= limit <= MAX_LIMIT:
+        violations.append(FieldViolation("budget.limit", f"must be between 0 and {MAX_LIMIT}"))
+    if violations:
+        raise InvalidArgument(violations)
+    return BudgetMetric(metric), BudgetPeriod(period), limit
 
 
 def _may_write(principal: Principal, owner: Owner) -> None:
@@ -222,7 +225,9 @@ async def _spent_so_far(owner: Owner, metric: BudgetMetric, period: BudgetPeriod
     if owner.api_key_id is not None:
         query = query.filter(api_key_id=owner.api_key_id)
     else:
-        query = query.filter(account__path__startswith=owner.account.path)
+        # A subquery, not a join: with a join Tortoise groups the sums by every usage column.
+        subtree = Account.filter(path__startswith=owner.account.path).values("id")
+        query = query.filter(account_id__in=Subquery(subtree))
     row = (
         await query.annotate(
             i=Coalesce(Sum("input_tokens"), 0), o=Coalesce(Sum("output_tokens"), 0), c=Coalesce(Sum("cost_micros"), 0)
@@ -248,8 +253,7 @@ async def create_budget(
     now: datetime,
 ) -> BudgetView:
     """Set a budget on ``owner``; its counter for the current period starts at what was already spent."""
-    wanted_metric, wanted_period = _metric(metric), _period(period)
-    limit = _limit("budget.limit", limit)
+    wanted_metric, wanted_period, limit = _new_budget_fields(metric, period, limit)
     rid = validation.request_id("request_id", request_id)
     _may_write(principal, owner)
     if rid is not None:
@@ -269,6 +273,8 @@ async def create_budget(
                 limit_amount=limit,
                 set_by=principal.account_id,
                 create_request_id=rid,
+                created_at=now,
+                updated_at=now,
                 using_db=conn,
             )
             await BudgetCounter.create(
@@ -292,7 +298,9 @@ async def create_budget(
 
 
 def _same_request(earlier: Budget, metric: BudgetMetric, period: BudgetPeriod, limit: int) -> Budget:
-    if (earlier.metric, earlier.period, earlier.limit_amount) != (metric, period, limit):
+    # Once the limit was updated, a retry of the create gets the budget as it is now.
+    never_updated = earlier.updated_at == earlier.created_at
+    if (earlier.metric, earlier.period) != (metric, period) or (never_updated and earlier.limit_amount != limit):
         raise AlreadyExists(Reason.REQUEST_ID_CONFLICT, "request_id was already used for a different budget.")
     return earlier
 
