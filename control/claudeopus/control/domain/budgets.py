@@ -57,6 +57,7 @@ from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.periods import period_bounds, period_index
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.domain.reservations import COUNTER_CAP
 from claudeopus.control.models import (
     Account,
     Budget,
@@ -67,7 +68,7 @@ from claudeopus.control.models import (
     UsageStatus,
 )
 
-MAX_LIMIT = 2**62
+MAX_LIMIT = COUNTER_CAP
 UPDATABLE_FIELDS = ("limit",)
 
 

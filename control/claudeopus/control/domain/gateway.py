@@ -254,7 +254,8 @@ async def settle(data: SettleInput, now: datetime) -> Settlement:
 async def expire_stale(now: datetime, max_age: timedelta, *, batch: int = EXPIRE_BATCH) -> int:
     """Close reservations older than ``max_age`` as EXPIRED, charged their reserved amounts.
 
-    Charging the whole reservation is the conservative choice: the edge that
+    Charging the whole reservation (its reserved cost when a cost budget held
+    it, else its tokens at today's price) is the conservative choice: the edge that
     held it died without saying what the upstream produced, and the reserved
     amounts are what the budgets already allowed. A settle that arrives later
     replaces this charge with the real one. Returns how many were closed.
@@ -267,11 +268,15 @@ async def expire_stale(now: datetime, max_age: timedelta, *, batch: int = EXPIRE
     )
     closed = 0
     for record in stale:
-        price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
         reserved = _reserved(record)
-        charge = reservations.Amounts(
-            reserved.input_tokens, reserved.output_tokens, _cost(reserved.input_tokens, reserved.output_tokens, price)
-        )
+        holds = reservations.decode_holds(record.reserved_counters)
+        if any(hold.metric is BudgetMetric.COST_MICROS for hold in holds):
+            # Exactly what the cost budgets admitted, even if a price changed since.
+            charge = reserved
+        else:
+            price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
+            cost = _cost(reserved.input_tokens, reserved.output_tokens, price)
+            charge = reservations.Amounts(reserved.input_tokens, reserved.output_tokens, cost)
         settled: dict[str, Any] = {
             "input_tokens": charge.input_tokens,
             "output_tokens": charge.output_tokens,

@@ -6,7 +6,7 @@ and each ancestor account, inside the caller's transaction. Each hold is one
 conditional statement::
 
     UPDATE budget_counter SET reserved = reserved + :x
-     WHERE budget_id = :b AND period_index = :p AND spent + reserved <= :limit - :x
+     WHERE budget_id = :b AND period_index = :p AND reserved <= :limit - :x - spent
 
 so two requests can never both take the last of a budget, on any number of
 control replicas. Counters are always locked in one global order (see
@@ -41,6 +41,11 @@ _METRIC_WORDS = {
     BudgetMetric.TOTAL_TOKENS: "token",
     BudgetMetric.COST_MICROS: "cost",
 }
+# Every amount moved in one statement is within ±AMOUNT_CAP and ``spent`` saturates at
+# COUNTER_CAP, so no counter arithmetic can leave BIGINT, however absurd a usage report;
+# budget limits are at most COUNTER_CAP.
+AMOUNT_CAP = 2**61
+COUNTER_CAP = 2**62
 _PERIOD_WORDS = {BudgetPeriod.TOTAL: "total", BudgetPeriod.DAILY: "daily", BudgetPeriod.MONTHLY: "monthly"}
 
 
@@ -53,13 +58,16 @@ class Amounts:
     cost_micros: int
 
     def of(self, metric: BudgetMetric) -> int:
+        """The amount counted by ``metric``, saturated to ±AMOUNT_CAP (absurd reports cannot overflow)."""
         if metric is BudgetMetric.INPUT_TOKENS:
-            return self.input_tokens
-        if metric is BudgetMetric.OUTPUT_TOKENS:
-            return self.output_tokens
-        if metric is BudgetMetric.TOTAL_TOKENS:
-            return self.input_tokens + self.output_tokens
-        return self.cost_micros
+            value = self.input_tokens
+        elif metric is BudgetMetric.OUTPUT_TOKENS:
+            value = self.output_tokens
+        elif metric is BudgetMetric.TOTAL_TOKENS:
+            value = self.input_tokens + self.output_tokens
+        else:
+            value = self.cost_micros
+        return max(-AMOUNT_CAP, min(AMOUNT_CAP, value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +118,7 @@ async def _try_hold(conn: BaseDBAsyncClient, budget: Budget, index: int, amount:
     sql = (
         f"UPDATE budget_counter SET reserved = reserved + {bind(amount)} "  # noqa: S608 - fixed text, bound values
         f"WHERE budget_id = {bind(budget.id)} AND period_index = {bind(index)} "
-        f"AND spent + reserved <= {bind(budget.limit_amount - amount)}"
+        f"AND reserved <= {bind(budget.limit_amount - amount)} - spent"
     )
     changed, _ = await conn.execute_query(sql, bind.values)
     return changed > 0
@@ -198,9 +206,11 @@ async def move(conn: BaseDBAsyncClient, holds: Sequence[Hold], *, release: Amoun
     """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in stored order."""
     for hold in holds:
         bind = _Binder(conn)
+        amount = charge.of(hold.metric)
         sql = (
             f"UPDATE budget_counter SET reserved = reserved - {bind(release.of(hold.metric))}, "  # noqa: S608
-            f"spent = spent + {bind(charge.of(hold.metric))} "
+            f"spent = CASE WHEN spent >= {bind(COUNTER_CAP - amount)} THEN {bind(COUNTER_CAP)} "
+            f"ELSE spent + {bind(amount)} END "
             f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}"
         )
         await conn.execute_query(sql, bind.values)
