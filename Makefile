@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BUF_VERSION := 1.75.0
 POSTGRES ?= postgres://postgres@127.0.0.1:5432
 
-.PHONY: install run test lint pytest pytest-sqlite pytest-postgres protos buf-lint format clean
+.PHONY: install run test lint pytest pytest-sqlite pytest-postgres protos buf-lint format clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ test: lint pytest
 lint: install buf-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy edge control clients
+	$(BIN)/mypy edge control clients bench
 	$(BIN)/python scripts/generate_protos.py --check
 
 buf-lint:
@@ -49,3 +49,8 @@ format: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## The benchmark (not part of `make test`): direct vs bare relay vs full path, in one run. Installs nginx and
+## wrk from apt when missing (as root); writes bench/results/latest.md and latest.json. Options: BENCH_ARGS=--help.
+bench: install
+	$(BIN)/python -m bench --postgres $(POSTGRES) $(BENCH_ARGS)

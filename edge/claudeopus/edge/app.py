@@ -9,7 +9,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -37,8 +37,26 @@ class EdgeApplication(Application):
         _log.debug("answered %s on %s %s", type(exc).__name__, request.method, request.path)
 
 
-def build_app(settings: EdgeSettings, *, upstream_transport: httpx.AsyncBaseTransport | None = None) -> Application:
-    """Assemble routes, error handlers, and the lifespan owning the upstream client and control channel."""
+ControlFactory = Callable[[grpc.aio.Channel, EdgeSettings], ControlClient]
+
+
+def control_client(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:
+    """The real control client: what every edge uses."""
+    return ControlClient(channel, settings.service_token, settings.control_timeout)
+
+
+def build_app(
+    settings: EdgeSettings,
+    *,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    control_factory: ControlFactory = control_client,
+) -> Application:
+    """Assemble routes, error handlers, and the lifespan owning the upstream client and control channel.
+
+    ``control_factory`` builds the control client from the channel and the settings. Only the
+    benchmark passes another one (``bench/bare_edge.py``: a no-op stub, to measure the bare relay);
+    no setting or flag switches authorization or usage off.
+    """
     app = EdgeApplication(show_error_details=False)
 
     async def resources(app: Application) -> AsyncIterator[None]:
@@ -46,7 +64,7 @@ def build_app(settings: EdgeSettings, *, upstream_transport: httpx.AsyncBaseTran
             create_upstream_client(settings, upstream_transport) as http,
             grpc.aio.insecure_channel(settings.control_target) as channel,
         ):
-            control = ControlClient(channel, settings.service_token, settings.control_timeout)
+            control = control_factory(channel, settings)
             settler = Settler(control)
             forwarder = Forwarder(
                 http=http,

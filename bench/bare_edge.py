@@ -1,0 +1,82 @@
+"""The bare relay: the real edge app with a control client that authorizes everything and settles nothing.
+
+Benchmark-only, never part of the product: it measures what the relay itself costs
+(BlackSheep, body parsing, the upstream client, the SSE relay, the settle tasks)
+with key checks, budget reservations and usage records taken out. It is served
+exactly as ``claudeopus edge`` serves the real app (uvloop, uvicorn with httptools).
+
+Run as ``python -m bench.bare_edge --http 127.0.0.1:8081 --upstream-url http://127.0.0.1:9000/json/v1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import grpc
+
+from claudeopus.cli.runtime import configure_logging, run
+from claudeopus.edge.app import build_app
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.control import ControlClient, KeyInfo, Outcome
+from claudeopus.edge.server import HttpServer
+from claudeopus.edge.settings import EdgeSettings
+
+_log = logging.getLogger("bench.bare_edge")
+# Never used to reach anything: the stub does not call control.
+_UNUSED_TOKEN = "bench-bare-relay-" + "x" * 32
+_UNUSED_CONTROL = "127.0.0.1:1"
+
+
+class NoopControl(ControlClient):
+    """Every key is valid for every model, nothing is reserved, every settle is dropped.
+
+    Example::
+
+        app = build_app(settings, control_factory=lambda channel, settings: NoopControl())
+    """
+
+    def __init__(self) -> None:  # no channel, no stub: control is never called
+        pass
+
+    async def verify(self, secret: str) -> KeyInfo:
+        return KeyInfo(allowed_models=())
+
+    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+        return 0
+
+    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+        return None
+
+
+def _noop_control(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:
+    return NoopControl()
+
+
+async def _serve(settings: EdgeSettings, stop: asyncio.Event) -> None:
+    app = build_app(settings, control_factory=_noop_control)
+    async with HttpServer(app, settings.http_host, settings.http_port):
+        _log.info("bare relay ready on http://%s", settings.http_address)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_edge", description=__doc__)
+    parser.add_argument("--http", required=True, help="HOST:PORT to listen on")
+    parser.add_argument("--upstream-url", required=True, help="OpenAI-compatible base URL")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    # The same CLAUDEOPUS_* settings as the real edges of the run; only control is replaced.
+    settings = EdgeSettings.from_env(
+        upstream_url=args.upstream_url,
+        service_token=_UNUSED_TOKEN,
+        http_address=args.http,
+        control_target=_UNUSED_CONTROL,
+    )
+    run(lambda stop: _serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

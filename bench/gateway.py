@@ -1,0 +1,196 @@
+"""The gateway under test: a fresh database, ``claudeopus control``, edges, and the accounts, keys and budgets.
+
+The full path is the product as shipped: ``claudeopus control`` on its own database and
+``claudeopus edge`` processes, a bootstrapped admin, a reseller with a user below it whose
+key carries a budget, under the reseller's own budget (so every request reserves in
+both and settles in both), and a second user whose key has no budget anywhere above it.
+
+Example::
+
+    with fresh_database("postgres://postgres@127.0.0.1:5432", workdir) as url:
+        control = start_control(url, token, workdir)
+        wait_for_grpc(control.process, control.address)
+        keys = provision(control.address)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+import grpc
+
+from bench.procs import Process, free_port
+from claudeopus.client import ClaudeOpusClient
+from claudeopus.v1 import budgets_pb2, budgets_pb2_grpc
+
+# Far more than any run can spend (about 190 tokens reserved and 21 settled per request);
+# the key's budget stays below the reseller's, as the rules require.
+RESELLER_LIMIT = 10**15
+KEY_LIMIT = 10**14
+SETTLE_DRAIN_SECONDS = 30.0
+
+
+def claudeopus_argv() -> list[str]:
+    """The ``claudeopus`` command of this interpreter's environment."""
+    script = Path(sys.executable).parent / "claudeopus"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "claudeopus.cli.main"]
+
+
+@contextmanager
+def fresh_database(postgres: str, workdir: Path) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server ``postgres`` (dropped afterwards);
+    ``sqlite`` gives a file in ``workdir`` instead (for smoke runs only)."""
+    if postgres == "sqlite":
+        yield f"sqlite://{workdir / 'bench.db'}"
+        return
+    server = postgres.rstrip("/")
+    name = f"claudeopus_bench_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin_statement(server, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        asyncio.run(_admin_statement(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin_statement(server: str, statement: str) -> None:
+    connection = await asyncpg.connect(server + "/postgres")
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def server_version(postgres: str) -> str:
+    if postgres == "sqlite":
+        return "sqlite"
+
+    async def ask() -> str:
+        connection = await asyncpg.connect(postgres.rstrip("/") + "/postgres")
+        try:
+            return str(await connection.fetchval("SHOW server_version"))
+        finally:
+            await connection.close()
+
+    return "PostgreSQL " + asyncio.run(ask())
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A started gateway process and where it listens (``host:port`` for control, a base URL for edges)."""
+
+    process: Process
+    address: str
+
+    @property
+    def completions_url(self) -> str:
+        return f"{self.address}/chat/completions"
+
+
+def start_control(database_url: str, token: str, log_dir: Path) -> Server:
+    """``claudeopus control`` on ``database_url`` (migrations run at start); not waited for."""
+    target = f"127.0.0.1:{free_port()}"
+    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url}
+    argv = [*claudeopus_argv(), "control", "--grpc", target, "--log-level", "warning"]
+    return Server(Process("control", argv, env, log_dir), target)
+
+
+def start_edge(name: str, control_target: str, upstream_url: str, token: str, log_dir: Path) -> Server:
+    """``claudeopus edge``, the product's own command; not waited for."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        *claudeopus_argv(),
+        "edge",
+        "--control",
+        control_target,
+        "--http",
+        address,
+        "--upstream-url",
+        upstream_url,
+        "--log-level",
+        "warning",
+    ]
+    env = {"CLAUDEOPUS_SERVICE_TOKEN": token}
+    return Server(Process(name, argv, env, log_dir), f"http://{address}/v1")
+
+
+def start_bare_edge(name: str, upstream_url: str, log_dir: Path) -> Server:
+    """The edge app with control stubbed out (:mod:`bench.bare_edge`); not waited for."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "bench.bare_edge", "--http", address, "--upstream-url", upstream_url]
+    # The child starts in the log directory: put the repository (bench's parent) on its path.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))
+    return Server(Process(name, argv, {"PYTHONPATH": path}, log_dir), f"http://{address}/v1")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    admin_key: str = field(repr=False)
+    # A user's key with a budget, under a reseller with a budget.
+    budgeted: str = field(repr=False)
+    # A user's key with no budget on it or anywhere above it.
+    unbudgeted: str = field(repr=False)
+    budgets: tuple[str, ...]
+
+
+def provision(control_target: str) -> Keys:
+    """Bootstrap the admin, then the accounts, keys and budgets of the full path."""
+    return asyncio.run(_provision(control_target))
+
+
+async def _provision(target: str) -> Keys:
+    async with ClaudeOpusClient(target) as anonymous:
+        admin = await anonymous.bootstrap_admin("admin@bench.invalid", "Benchmark admin")
+    async with ClaudeOpusClient(target, key=admin.secret) as client:
+        reseller = await client.create_account(email="reseller@bench.invalid", role="reseller")
+        user = await client.create_account(email="user@bench.invalid", role="user", parent=reseller.name)
+        budgeted = await client.create_api_key(parent=user.name, display_name="bench, budgets")
+        loner = await client.create_account(email="no-budget@bench.invalid", role="user")
+        unbudgeted = await client.create_api_key(parent=loner.name, display_name="bench, no budget")
+    names = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = budgets_pb2_grpc.BudgetServiceStub(channel)
+        for owner, limit in ((reseller.name, RESELLER_LIMIT), (budgeted.api_key.name, KEY_LIMIT)):
+            budget = budgets_pb2.Budget(
+                metric=budgets_pb2.BUDGET_METRIC_TOTAL_TOKENS, period=budgets_pb2.BUDGET_PERIOD_MONTHLY, limit=limit
+            )
+            request = budgets_pb2.CreateBudgetRequest(parent=owner, budget=budget)
+            created = await stub.CreateBudget(request, metadata=_bearer(admin.secret), timeout=10)
+            names.append(created.name)
+    return Keys(admin_key=admin.secret, budgeted=budgeted.secret, unbudgeted=unbudgeted.secret, budgets=tuple(names))
+
+
+def budget_state(control_target: str, keys: Keys) -> list[dict[str, object]]:
+    """Each budget's owner, spent and reserved, once the settles in flight have landed (reserved 0)."""
+    return asyncio.run(_budget_state(control_target, keys))
+
+
+def _bearer(key: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def _budget_state(target: str, keys: Keys) -> list[dict[str, object]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = budgets_pb2_grpc.BudgetServiceStub(channel)
+        deadline = asyncio.get_running_loop().time() + SETTLE_DRAIN_SECONDS
+        while True:
+            budgets = [
+                await stub.GetBudget(
+                    budgets_pb2.GetBudgetRequest(name=name), metadata=_bearer(keys.admin_key), timeout=10
+                )
+                for name in keys.budgets
+            ]
+            if all(b.reserved == 0 for b in budgets) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    return [
+        {"owner": b.owner, "limit": b.limit, "spent": b.spent, "reserved": b.reserved, "remaining": b.remaining}
+        for b in budgets
+    ]

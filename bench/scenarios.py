@@ -1,0 +1,80 @@
+"""What is measured: the scenarios, the requests they send, and the options of a run.
+
+Example::
+
+    for scenario in SCENARIOS:
+        print(scenario.name, scenario.label, scenario.stream)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.upstream import MODEL
+from bench.wrk import Request
+from claudeopus.keys import new_secret
+
+PathKind = Literal["direct", "bare", "full"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    label: str
+    path: PathKind
+    stream: bool
+    budget: bool = False
+
+
+SCENARIOS = (
+    Scenario("direct", "(a) nginx directly", "direct", stream=False),
+    Scenario("bare", "(b) bare relay: edge, control stubbed out", "bare", stream=False),
+    Scenario("full", "(c) full path: key auth, budget reservation, usage settle", "full", stream=False, budget=True),
+    Scenario("full-no-budget", "(c') full path, no budget on the key or above it", "full", stream=False),
+    Scenario("direct-stream", "(a) nginx directly, streaming", "direct", stream=True),
+    Scenario("bare-stream", "(b) bare relay, streaming", "bare", stream=True),
+    Scenario("full-stream", "(d) full path, streaming", "full", stream=True, budget=True),
+)
+BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+
+# What an SDK sends for a short chat turn: a model, one message, an output limit.
+_BODY: dict[str, object] = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Say hello to the benchmark, briefly."}],
+    "max_tokens": 64,
+}
+
+
+def body(*, stream: bool) -> bytes:
+    return json.dumps({**_BODY, "stream": True} if stream else _BODY, separators=(",", ":")).encode()
+
+
+def request_for(scenario: Scenario, *, budgeted_key: str, unbudgeted_key: str) -> Request:
+    """The scenario's request; the direct and bare paths get a well-formed key nobody checks."""
+    if scenario.path != "full":
+        return Request(body=body(stream=scenario.stream), api_key=new_secret())
+    return Request(body=body(stream=scenario.stream), api_key=budgeted_key if scenario.budget else unbudgeted_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The knobs of one run (see ``python -m bench --help``)."""
+
+    duration: int = 10
+    connections: tuple[int, ...] = (1, 16, 64)
+    workers: tuple[int, ...] = (1, 2)
+    ttfb_connections: tuple[int, ...] = (1, 16)
+    ttfb_seconds: float = 10.0
+    requests_for_rss: int = 100_000
+    rss_connections: int = 64
+    warmup: int = 2
+    # wrk threads per cell (spread over the wrk processes); one leaves the cores to what is measured.
+    wrk_threads: int = 1
+    # Stop a cell after this many requests (0: run for the whole duration).
+    cell_requests: int = 0
+    scenarios: tuple[str, ...] = tuple(s.name for s in SCENARIOS)
+    postgres: str = "postgres://postgres@127.0.0.1:5432"
+    install: bool = True
+    quick: bool = False
