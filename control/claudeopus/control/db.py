@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 from tortoise.migrations.api import migrate
 
@@ -16,13 +17,29 @@ MODELS_MODULE = "claudeopus.control.models"
 MIGRATIONS_MODULE = "claudeopus.control.migrations"
 
 
+async def _keep_session(connection: object) -> None:
+    """asyncpg's pool reset, replaced: nothing to undo.
+
+    By default asyncpg runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release, one more round trip and parse per query. The
+    control plane never takes advisory locks, opens cursors, listens or SETs
+    anything, and a failed transaction is rolled back before release, so a
+    released connection is already clean.
+    """
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     """The Tortoise configuration for ``database_url`` (``postgres://`` maps to asyncpg)."""
     url = database_url
     if url.startswith("postgresql://"):
         url = "postgres://" + url.removeprefix("postgresql://")
+    connection: str | dict[str, Any] = url
+    if url.startswith(("postgres://", "asyncpg://")):
+        expanded = expand_db_url(url)
+        expanded["credentials"]["reset"] = _keep_session
+        connection = expanded
     return {
-        "connections": {"default": url},
+        "connections": {"default": connection},
         "apps": {
             APP_LABEL: {
                 "models": [MODELS_MODULE],
