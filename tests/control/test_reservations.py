@@ -311,7 +311,7 @@ async def test_authorize_holds_in_every_budget_and_settle_moves_the_real_usage(w
     assert (record.status, record.estimated_input_tokens, record.max_output_tokens) == (UsageStatus.RESERVED, 11, 22)
     assert record.reserved_cost_micros == 0
     day = period_index(DAILY, NOW)
-    assert record.reserved_counters == f"{on_key.id}:0:3,{on_user.id}:0:1,{on_reseller.id}:{day}:2"
+    assert held(record.reserved_counters) == f"{on_key.id}:0:3,{on_user.id}:0:1,{on_reseller.id}:{day}:2"
     assert await counter(on_key) == (0, 33)
     assert await counter(on_user) == (0, 11)
     assert await counter(on_reseller) == (0, 22)
@@ -418,7 +418,7 @@ async def test_holds_are_taken_deepest_owner_first_then_by_budget_id(world: Worl
     key_input = await set_budget(world, world.user, 1000, key=world.key, metric=INPUT_TOKENS)
     authorized = await authorize(world.key)
     day, month = period_index(DAILY, NOW), period_index(MONTHLY, NOW)
-    assert authorized.record.reserved_counters == (
+    assert held(authorized.record.reserved_counters) == (
         f"{key_total.id}:0:3,{key_input.id}:0:1,{user_daily.id}:{day}:3,{user_monthly.id}:{month}:2,{on_reseller.id}:0:3"
     )
     await settle(authorized)
@@ -793,7 +793,7 @@ async def test_a_new_period_admits_again_and_late_settles_stay_in_their_period(
     assert await counter(budget, last) == (12, 0)
     assert await counter(budget, first) == (0, 33)
     stored = await UsageRecord.get(id=before_midnight.record.id)
-    assert stored.reserved_counters == f"{budget.id}:{period_index(period, last)}:3"
+    assert held(stored.reserved_counters) == f"{budget.id}:{period_index(period, last)}:3"
 
     view = await budgets.get_budget(world.admin, budget.id, first)
     assert (view.spent, view.reserved, view.remaining) == (0, 33, 0)
@@ -971,6 +971,11 @@ async def test_expire_stale_without_budgets_closes_the_row_at_its_reservation(wo
     )
 
 
+def held(encoded: str) -> str:
+    """Budget id, period index and metric of each stored hold, in stored (lock) order."""
+    return ",".join(":".join(part.split(":")[:3]) for part in encoded.split(",") if part)
+
+
 class FakeClock:
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -1061,7 +1066,7 @@ async def spend_before_any_budget(world: World) -> None:
     await closed_row(world.direct_key, NOW - timedelta(hours=1), 70000, 80000)  # outside the reseller
     await authorize(world.key, now=NOW - timedelta(minutes=30))
     assert await gateway.expire_stale(NOW - timedelta(minutes=1), MAX_AGE) == 1  # charged 11 + 22
-    await authorize(world.key, now=NOW - timedelta(minutes=1))  # in flight: not counted (see the last test)
+    await authorize(world.key, now=NOW - timedelta(minutes=1))  # in flight: joins new budgets as reserved 11 + 22
 
 
 async def test_a_key_budget_created_mid_period_starts_at_what_the_key_already_spent(world: World) -> None:
@@ -1072,18 +1077,18 @@ async def test_a_key_budget_created_mid_period_starts_at_what_the_key_already_sp
     key_cost = await set_budget(world, world.user, 10**6, key=world.key, metric=COST, period=MONTHLY)
     other_key_total = await set_budget(world, world.user, 10**6, key=world.other_key)
 
-    assert await counter(key_total) == (200 + 7 + 4 + 22, 0)  # every period: last month's too
-    assert await counter(key_monthly) == ((5 + 7) + (3 + 4) + (11 + 22), 0)
-    assert await counter(key_daily) == (3 + 11, 0)
-    assert await counter(key_cost) == ((5 + 21) + (3 + 12) + (11 + 66), 0)
+    assert await counter(key_total) == (200 + 7 + 4 + 22, 22)  # every period: last month's too
+    assert await counter(key_monthly) == ((5 + 7) + (3 + 4) + (11 + 22), 33)
+    assert await counter(key_daily) == (3 + 11, 11)
+    assert await counter(key_cost) == ((5 + 21) + (3 + 12) + (11 + 66), 0)  # it reserved no cost
     assert await counter(other_key_total) == (20 + 30, 0)
     view = await budgets.get_budget(world.admin, key_monthly.id, NOW)
-    assert (view.spent, view.reserved, view.remaining) == (52, 0, 10**6 - 52)
+    assert (view.spent, view.reserved, view.remaining) == (52, 33, 10**6 - 52 - 33)
 
     # Requests from now on hold and settle on top of that.
     await settle(await authorize(world.key), input_tokens=1, output_tokens=1)
-    assert await counter(key_total) == (233 + 1, 0)
-    assert await counter(key_monthly) == (52 + 2, 0)
+    assert await counter(key_total) == (233 + 1, 22)
+    assert await counter(key_monthly) == (52 + 2, 33)
     assert await counter(key_cost) == (118 + 4, 0)
 
 
@@ -1096,23 +1101,31 @@ async def test_an_account_budget_created_mid_period_starts_at_what_its_subtree_a
     user_total = await set_budget(world, world.user, 10**6, metric=OUTPUT_TOKENS)
 
     this_month_user = (5 + 7) + (3 + 4) + (20 + 30) + (11 + 22)
-    assert await counter(user_monthly) == (this_month_user, 0)  # the sum of the subtree, not one row's
-    assert await counter(reseller_monthly) == (this_month_user + 3000, 0)
-    assert await counter(user_daily) == (3 + 20 + 11, 0)
+    assert await counter(user_monthly) == (this_month_user, 33)  # the sum of the subtree, not one row's
+    assert await counter(reseller_monthly) == (this_month_user + 3000, 33)
+    assert await counter(user_daily) == (3 + 20 + 11, 11)
     assert await counter(user_cost) == ((5 + 21) + (3 + 12) + (20 + 90) + (11 + 66), 0)
-    assert await counter(user_total) == (200 + 7 + 4 + 30 + 22, 0)
+    assert await counter(user_total) == (200 + 7 + 4 + 30 + 22, 22)
     view = await budgets.get_budget(world.admin, user_monthly.id, NOW)
-    assert (view.spent, view.reserved, view.remaining) == (this_month_user, 0, 10**6 - this_month_user)
+    assert (view.spent, view.reserved, view.remaining) == (this_month_user, 33, 10**6 - this_month_user - 33)
 
 
-async def test_a_request_in_flight_when_a_budget_is_created_is_never_counted_in_it(world: World) -> None:
-    """Documented in budgets.py: it never held an amount in the new budget, so neither creation nor settle counts it."""
+async def test_a_request_in_flight_when_a_budget_is_created_joins_it(world: World) -> None:
+    """It holds its reservation in the new budget, and its settle moves it like any other hold."""
     in_flight = await authorize(world.key, now=NOW - timedelta(minutes=1))
+    last_month = await authorize(world.key, now=at(2029, 12, 31, 23))
     on_key = await set_budget(world, world.user, 1000, key=world.key, period=MONTHLY)
     on_user = await set_budget(world, world.user, 1000, period=MONTHLY)
-    assert (await counter(on_key), await counter(on_user)) == ((0, 0), (0, 0))
+    assert (await counter(on_key), await counter(on_user)) == ((0, 33), (0, 33))  # not last month's
+    stored = await UsageRecord.get(id=in_flight.record.id)
+    assert (
+        held(stored.reserved_counters)
+        == f"{on_key.id}:{period_index(MONTHLY, NOW)}:3,{on_user.id}:{period_index(MONTHLY, NOW)}:3"
+    )
     await settle(in_flight, input_tokens=5, output_tokens=7)
-    assert (await counter(on_key), await counter(on_user)) == ((0, 0), (0, 0))
+    assert (await counter(on_key), await counter(on_user)) == ((12, 0), (12, 0))
+    await settle(last_month, input_tokens=5, output_tokens=7)
+    assert (await counter(on_key), await counter(on_user)) == ((12, 0), (12, 0))
     # The next request counts as usual.
     await settle(await authorize(world.key), input_tokens=5, output_tokens=7)
-    assert (await counter(on_key), await counter(on_user)) == ((12, 0), (12, 0))
+    assert (await counter(on_key), await counter(on_user)) == ((24, 0), (24, 0))

@@ -93,3 +93,15 @@ def test_a_repeated_output_limit_is_refused(name: str) -> None:
     with pytest.raises(BadRequest) as caught:
         parse_completion(raw.encode())
     assert caught.value.param == name
+
+
+@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
+def test_an_output_cap_replaces_null_limits_instead_of_repeating_them(field: str) -> None:
+    from claudeopus.edge.completions import with_output_cap
+
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": null, '
+    raw += b'"max_completion_tokens": null, "stream": true}'
+    capped = with_output_cap(parse_completion(raw), 7, field).upstream_body
+    assert capped.count(b'"max_') == 1
+    assert orjson.loads(capped)[field] == 7
+    assert orjson.loads(capped)["stream_options"] == {"include_usage": True}

@@ -6,6 +6,10 @@ counted itself, and records what it received so tests can check headers.
 The model ``fake-slow`` streams one chunk every 50 ms (for disconnect tests);
 ``fake-status-NNN`` answers HTTP NNN with an error that quotes the credential
 it was sent, as some providers do (for redaction tests).
+``fake-greedy`` ignores max_tokens and always writes ``GREEDY_WORDS`` words
+(for budget overrun tests). ``fake-pause-first``, ``fake-pause-usage`` and
+``fake-pause-done`` stream, but wait ``PAUSE_SECONDS`` before the first chunk,
+before the final usage chunk, or between the usage chunk and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import orjson
 from claudeopus.edge.server import HttpServer
 
 SLOW_CHUNK_SECONDS = 0.05
+GREEDY_WORDS = 12
+PAUSE_SECONDS = 3.0
 
 
 @dataclass
@@ -27,14 +33,28 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+    # The body exactly as sent (``body`` is it parsed, where a repeated key keeps only its last value).
+    raw: bytes = b""
+
+
+@dataclass
+class Reported:
+    """One completion the fake answered: the request body and the usage it counted for it."""
+
+    body: dict[str, Any]
+    usage: dict[str, int]
 
 
 @dataclass
 class FakeUpstream:
-    """An ASGI app; ``received`` lists every request; ``usage_log`` every usage it reported."""
+    """An ASGI app; ``received`` lists every request; ``usage_log`` every usage it reported.
+
+    ``reported`` pairs each of those usages with the request body it answered.
+    """
 
     received: list[Received] = field(default_factory=list)
     usage_log: list[dict[str, int]] = field(default_factory=list)
+    reported: list[Reported] = field(default_factory=list)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -53,7 +73,7 @@ class FakeUpstream:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         body = orjson.loads(raw) if raw else None
-        self.received.append(Received(scope["path"], headers, body))
+        self.received.append(Received(scope["path"], headers, body, raw))
         if scope["path"] == "/v1/models":
             await _json(send, 200, {"object": "list", "data": [{"id": "fake-1", "object": "model"}]})
         elif scope["path"] == "/v1/chat/completions" and isinstance(body, dict):
@@ -76,11 +96,14 @@ class FakeUpstream:
     async def _complete(self, body: dict[str, Any], send: Any) -> None:
         last = str(body["messages"][-1].get("content", ""))
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 8
+        if body["model"] == "fake-greedy":
+            limit = GREEDY_WORDS
         words = [f"echo:{last}"] + [f"w{i}" for i in range(limit - 1)]
         words = words[:limit]
         usage = {"prompt_tokens": 7 + len(body["messages"]), "completion_tokens": len(words)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         self.usage_log.append(usage)
+        self.reported.append(Reported(body, usage))
         base = {"id": "chatcmpl-fake", "created": 1, "model": body["model"]}
         if not body.get("stream"):
             message = {"role": "assistant", "content": " ".join(words)}
@@ -92,14 +115,21 @@ class FakeUpstream:
         chunk = {**base, "object": "chat.completion.chunk"}
         extra = {"usage": None} if include else {}
         delay = SLOW_CHUNK_SECONDS if body["model"] == "fake-slow" else 0.0
+        pause = str(body["model"]).removeprefix("fake-pause-") if body["model"].startswith("fake-pause-") else ""
+        if pause == "first":
+            await asyncio.sleep(PAUSE_SECONDS)
         for word in words:
             if delay:
                 await asyncio.sleep(delay)
             choices = [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]
             await _event(send, {**chunk, "choices": choices, **extra})
         await _event(send, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra})
+        if pause == "usage":
+            await asyncio.sleep(PAUSE_SECONDS)
         if include:
             await _event(send, {**chunk, "choices": [], "usage": usage})
+        if pause == "done":
+            await asyncio.sleep(PAUSE_SECONDS)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 

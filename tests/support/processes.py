@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -87,19 +88,30 @@ def wait_for_http(process: Process, port: int) -> None:
     raise process.fail("not serving HTTP in time")
 
 
-def start_control(database_url: str, token: str, log_dir: Path, name: str = "control") -> tuple[Process, int]:
+def start_control(
+    database_url: str, token: str, log_dir: Path, name: str = "control", *, env: Mapping[str, str] | None = None
+) -> tuple[Process, int]:
+    """Start ``claudeopus control``; ``env`` adds (or overrides) environment variables."""
     port = free_port()
-    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url}
-    process = Process(name, ["control", "--grpc", f"127.0.0.1:{port}", "--log-level", "debug"], env, log_dir)
+    variables = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url, **(env or {})}
+    process = Process(name, ["control", "--grpc", f"127.0.0.1:{port}", "--log-level", "debug"], variables, log_dir)
     wait_for_grpc(process, port)
     return process, port
 
 
 def start_edge(
-    control_port: int, upstream_url: str, token: str, log_dir: Path, *, upstream_key: str = "", name: str = "edge"
+    control_port: int,
+    upstream_url: str,
+    token: str,
+    log_dir: Path,
+    *,
+    upstream_key: str = "",
+    name: str = "edge",
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Process, int]:
+    """Start ``claudeopus edge``; ``env`` adds (or overrides) environment variables."""
     port = free_port()
-    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_UPSTREAM_API_KEY": upstream_key}
+    variables = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_UPSTREAM_API_KEY": upstream_key, **(env or {})}
     args = [
         "edge",
         "--control",
@@ -111,6 +123,6 @@ def start_edge(
         "--log-level",
         "debug",
     ]
-    process = Process(name, args, env, log_dir)
+    process = Process(name, args, variables, log_dir)
     wait_for_http(process, port)
     return process, port

@@ -162,10 +162,17 @@ def with_output_cap(completion: CompletionRequest, tokens: int, field: str) -> C
     before the closing brace, so everything the client wrote stays as it was.
     """
     body = completion.upstream_body.rstrip()
+    if b'"max_tokens"' in body or b'"max_completion_tokens"' in body:
+        # The client sent a limit key as null: set it in place (and drop null ones), so the
+        # upstream sees exactly one limit whatever its parser does with repeated keys.
+        parsed = {k: v for k, v in orjson.loads(body).items() if k not in _LIMIT_KEYS or v is not None}
+        parsed[field] = tokens
+        return replace(completion, upstream_body=orjson.dumps(parsed), max_output_tokens=tokens)
     capped = body[:-1].rstrip() + b',"' + field.encode() + b'":' + str(tokens).encode() + b"}"
     return replace(completion, upstream_body=capped, max_output_tokens=tokens)
 
 
+_LIMIT_KEYS = ("max_tokens", "max_completion_tokens")
 _CHECKED_KEYS = (b'"model"', b'"max_tokens"', b'"max_completion_tokens"')
 _USAGE_OPTION = b'"stream_options":{"include_usage":true}'
 

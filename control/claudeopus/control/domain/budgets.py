@@ -19,8 +19,8 @@ Rules:
   (``BUDGET_HELD_ABOVE``): a user cannot lift a cap its reseller put on its key.
 - A budget created mid-period starts with what its owner already spent in that
   period (settled usage rows), so "1,000 tokens this month" means this month.
-  Requests in flight at that moment (authorized, not yet settled) are not
-  counted in it, then or later: they never held an amount in the new budget.
+  Requests in flight at that moment join it: their reserved amounts are held in
+  it and their settle moves them like any other hold.
 
 Example::
 
@@ -36,12 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q, Subquery
 from tortoise.functions import Coalesce, Sum
+from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import validation
+from claudeopus.control.domain import reservations, validation
 from claudeopus.control.domain.accounts import account_in_subtree
 from claudeopus.control.domain.api_keys import key_in_subtree
 from claudeopus.control.domain.errors import (
@@ -217,18 +219,44 @@ async def budget_in_subtree(principal: Principal, budget_id: int, field: str = "
 # -- create ----------------------------------------------------------------------
 
 
-async def _spent_so_far(owner: Owner, metric: BudgetMetric, period: BudgetPeriod, now: datetime) -> int:
+def _owner_rows(query: QuerySet[UsageRecord], owner: Owner) -> QuerySet[UsageRecord]:
+    if owner.api_key_id is not None:
+        return query.filter(api_key_id=owner.api_key_id)
+    # A subquery, not a join: with a join Tortoise groups the sums by every usage column.
+    subtree = Account.filter(path__startswith=owner.account.path).values("id")
+    return query.filter(account_id__in=Subquery(subtree))
+
+
+async def _join_open_reservations(
+    conn: BaseDBAsyncClient, owner: Owner, budget: Budget, index: int, now: datetime
+) -> int:
+    """Add the new budget's hold to the owner's reservations open in this period; their total amount.
+
+    Their settle (or expiry) then moves it like any other hold, so a request in
+    flight when the budget is created is counted in it too.
+    """
+    start, _ = period_bounds(budget.period, index)
+    query = _owner_rows(UsageRecord.filter(status=UsageStatus.RESERVED), owner).using_db(conn)
+    if start is not None:
+        query = query.filter(created_at__gte=start)
+    total = 0
+    depth = len(owner.account.ancestor_ids()) - 1
+    for row in await query.select_for_update():
+        holds = [*reservations.decode_holds(row.reserved_counters), reservations.hold_for(budget, depth, now)]
+        await UsageRecord.filter(id=row.id).using_db(conn).update(reserved_counters=reservations.encode_holds(holds))
+        amounts = reservations.Amounts(row.estimated_input_tokens, row.max_output_tokens, row.reserved_cost_micros)
+        total += amounts.of(budget.metric)
+    return total
+
+
+async def _spent_so_far(
+    conn: BaseDBAsyncClient, owner: Owner, metric: BudgetMetric, period: BudgetPeriod, now: datetime
+) -> int:
     """What the owner's settled usage rows already count in the current period."""
-    query = UsageRecord.filter(~Q(status=UsageStatus.RESERVED))
+    query = _owner_rows(UsageRecord.filter(~Q(status=UsageStatus.RESERVED)), owner).using_db(conn)
     start, _ = period_bounds(period, period_index(period, now))
     if start is not None:
         query = query.filter(created_at__gte=start)
-    if owner.api_key_id is not None:
-        query = query.filter(api_key_id=owner.api_key_id)
-    else:
-        # A subquery, not a join: with a join Tortoise groups the sums by every usage column.
-        subtree = Account.filter(path__startswith=owner.account.path).values("id")
-        query = query.filter(account_id__in=Subquery(subtree))
     row = (
         await query.annotate(
             i=Coalesce(Sum("input_tokens"), 0), o=Coalesce(Sum("output_tokens"), 0), c=Coalesce(Sum("cost_micros"), 0)
@@ -262,7 +290,7 @@ async def create_budget(
         if earlier is not None:
             return (await _views([_same_request(earlier, wanted_metric, wanted_period, limit)], now))[0]
     await _check_not_above_parent(principal, owner, wanted_metric, wanted_period, limit)
-    spent = await _spent_so_far(owner, wanted_metric, wanted_period, now)
+    index = period_index(wanted_period, now)
     try:
         async with in_transaction() as conn:
             budget = await Budget.create(
@@ -278,11 +306,16 @@ async def create_budget(
                 updated_at=now,
                 using_db=conn,
             )
+            # Requests in flight join the new budget first (their rows locked, so none settles
+            # between the two steps), then the settled ones are summed: each is counted once.
+            reserved = await _join_open_reservations(conn, owner, budget, index, now)
+            spent = await _spent_so_far(conn, owner, wanted_metric, wanted_period, now)
             await BudgetCounter.create(
                 budget_id=budget.id,
-                period_index=period_index(wanted_period, now),
+                period_index=index,
                 metric=wanted_metric,
                 spent=spent,
+                reserved=reserved,
                 using_db=conn,
             )
     except IntegrityError:

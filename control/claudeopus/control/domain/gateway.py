@@ -195,7 +195,13 @@ async def _close(record: UsageRecord, settled: dict[str, Any], charge: reservati
     """Close ``record`` (still in the state it was read in) and move its holds; False if someone else did."""
     holds = reservations.decode_holds(record.reserved_counters)
     async with in_transaction() as conn:
-        changed = await UsageRecord.filter(id=record.id, status=record.status).using_db(conn).update(**settled)
+        # Also unchanged holds: a budget created meanwhile may have joined the reservation
+        # (budgets.create_budget); then this misses, and the caller reads the row again.
+        changed = (
+            await UsageRecord.filter(id=record.id, status=record.status, reserved_counters=record.reserved_counters)
+            .using_db(conn)
+            .update(**settled)
+        )
         if not changed:
             return False
         if record.status is UsageStatus.EXPIRED:

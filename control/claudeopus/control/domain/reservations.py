@@ -72,22 +72,46 @@ class Amounts:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """One budget counter a request holds an amount in."""
+    """One budget counter a request holds an amount in, with the budget's place in the lock order.
+
+    ``depth`` is the budget owner's account depth (root 0) and ``on_key`` whether it is set on
+    a key: together with the id they give :func:`lock_order`, the same in every transaction.
+    """
 
     budget_id: int
     period_index: int
     metric: BudgetMetric
+    depth: int
+    on_key: bool
+
+
+def lock_order(hold: Hold) -> tuple[int, int, int, int]:
+    """Deepest owner first, a key's budgets before its account's, then budget id and period."""
+    return (-hold.depth, 0 if hold.on_key else 1, hold.budget_id, hold.period_index)
+
+
+def hold_for(budget: Budget, depth: int, moment: datetime) -> Hold:
+    return Hold(
+        budget.id,
+        period_index(budget.period, moment),
+        budget.metric,
+        depth,
+        budget.api_key_id is not None,  # type: ignore[attr-defined]
+    )
 
 
 def encode_holds(holds: Sequence[Hold]) -> str:
-    return ",".join(f"{h.budget_id}:{h.period_index}:{int(h.metric)}" for h in holds)
+    return ",".join(
+        f"{h.budget_id}:{h.period_index}:{int(h.metric)}:{h.depth}:{int(h.on_key)}"
+        for h in sorted(holds, key=lock_order)
+    )
 
 
 def decode_holds(text: str) -> list[Hold]:
     holds = []
     for part in filter(None, text.split(",")):
-        budget_id, index, metric = part.split(":")
-        holds.append(Hold(int(budget_id), int(index), BudgetMetric(int(metric))))
+        budget_id, index, metric, depth, on_key = part.split(":")
+        holds.append(Hold(int(budget_id), int(index), BudgetMetric(int(metric)), int(depth), on_key == "1"))
     return holds
 
 
@@ -166,15 +190,8 @@ def plan(key: ApiKey, budgets: Sequence[Budget], now: datetime) -> list[tuple[Bu
     busy tree are locked last, held only until the commit right after.
     """
     chain = key.account.ancestor_ids()
-
-    def order(budget: Budget) -> tuple[int, int, int]:
-        depth = chain.index(budget.account_id)  # type: ignore[attr-defined]
-        return (-depth, 0 if budget.api_key_id is not None else 1, budget.id)  # type: ignore[attr-defined]
-
-    return [
-        (budget, Hold(budget.id, period_index(budget.period, now), budget.metric))
-        for budget in sorted(budgets, key=order)
-    ]
+    planned = [(budget, hold_for(budget, chain.index(budget.account_id), now)) for budget in budgets]  # type: ignore[attr-defined]
+    return sorted(planned, key=lambda pair: lock_order(pair[1]))
 
 
 async def take(conn: BaseDBAsyncClient, key: ApiKey, planned: Sequence[tuple[Budget, Hold]], amounts: Amounts) -> None:
