@@ -117,7 +117,8 @@ def start_edge(name: str, control_target: str, upstream_url: str, token: str, lo
         "--log-level",
         "warning",
     ]
-    env = {"CLAUDEOPUS_SERVICE_TOKEN": token}
+    # Each edge locks its own usage spool directory.
+    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_SPOOL_DIR": str(log_dir / f"{name}.spool")}
     return Server(Process(name, argv, env, log_dir), f"http://{address}/v1")
 
 
@@ -127,7 +128,8 @@ def start_bare_edge(name: str, upstream_url: str, log_dir: Path) -> Server:
     argv = [sys.executable, "-m", "bench.bare_edge", "--http", address, "--upstream-url", upstream_url]
     # The child starts in the log directory: put the repository (bench's parent) on its path.
     path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))
-    return Server(Process(name, argv, {"PYTHONPATH": path}, log_dir), f"http://{address}/v1")
+    env = {"PYTHONPATH": path, "CLAUDEOPUS_SPOOL_DIR": str(log_dir / f"{name}.spool")}
+    return Server(Process(name, argv, env, log_dir), f"http://{address}/v1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ it was sent, as some providers do (for redaction tests).
 (for budget overrun tests). ``fake-pause-first``, ``fake-pause-usage`` and
 ``fake-pause-done`` stream, but wait ``PAUSE_SECONDS`` before the first chunk,
 before the final usage chunk, or between the usage chunk and ``[DONE]``.
+``fake-hold`` waits until the test sets ``FakeUpstream.release``: a stream after its first chunk,
+an answer before it is sent (to keep requests in flight while a test stops control).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class FakeUpstream:
     received: list[Received] = field(default_factory=list)
     usage_log: list[dict[str, int]] = field(default_factory=list)
     reported: list[Reported] = field(default_factory=list)
+    # What ``fake-hold`` requests wait for.
+    release: threading.Event = field(default_factory=threading.Event)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -105,7 +109,10 @@ class FakeUpstream:
         self.usage_log.append(usage)
         self.reported.append(Reported(body, usage))
         base = {"id": "chatcmpl-fake", "created": 1, "model": body["model"]}
+        hold = body["model"] == "fake-hold"
         if not body.get("stream"):
+            if hold:
+                await self._held()
             message = {"role": "assistant", "content": " ".join(words)}
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
             await _json(send, 200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
@@ -118,9 +125,11 @@ class FakeUpstream:
         pause = str(body["model"]).removeprefix("fake-pause-") if body["model"].startswith("fake-pause-") else ""
         if pause == "first":
             await asyncio.sleep(PAUSE_SECONDS)
-        for word in words:
+        for index, word in enumerate(words):
             if delay:
                 await asyncio.sleep(delay)
+            if hold and index == 1:
+                await self._held()
             choices = [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]
             await _event(send, {**chunk, "choices": choices, **extra})
         await _event(send, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra})
@@ -131,6 +140,10 @@ class FakeUpstream:
         if pause == "done":
             await asyncio.sleep(PAUSE_SECONDS)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async def _held(self) -> None:
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
 
 
 async def _json(send: Any, status: int, payload: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -58,9 +59,16 @@ class Process:
         return AssertionError(f"{self.name}: {why}\n--- output ---\n{self.output()}")
 
 
-def wait_for_grpc(process: Process, port: int) -> None:
+def _grpc_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, credentials)
+
+
+def wait_for_grpc(process: Process, port: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Poll health until SERVING; ``credentials`` for a control plane serving TLS."""
     deadline = time.monotonic() + START_TIMEOUT
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with _grpc_channel(f"127.0.0.1:{port}", credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not process.alive():
@@ -75,13 +83,15 @@ def wait_for_grpc(process: Process, port: int) -> None:
     raise process.fail("not serving gRPC in time")
 
 
-def wait_for_http(process: Process, port: int) -> None:
+def wait_for_http(process: Process, port: int, tls_ca: str | None = None) -> None:
+    """Poll until the edge answers; ``tls_ca`` (a PEM file) for an edge serving HTTPS."""
     deadline = time.monotonic() + START_TIMEOUT
+    scheme, verify = ("https", ssl.create_default_context(cafile=tls_ca)) if tls_ca else ("http", True)
     while time.monotonic() < deadline:
         if not process.alive():
             raise process.fail("exited during start-up")
         try:
-            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            httpx.get(f"{scheme}://127.0.0.1:{port}/v1/models", timeout=1, verify=verify)
             return
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -89,13 +99,23 @@ def wait_for_http(process: Process, port: int) -> None:
 
 
 def start_control(
-    database_url: str, token: str, log_dir: Path, name: str = "control", *, env: Mapping[str, str] | None = None
+    database_url: str,
+    token: str,
+    log_dir: Path,
+    name: str = "control",
+    *,
+    env: Mapping[str, str] | None = None,
+    grpc_credentials: grpc.ChannelCredentials | None = None,
+    port: int | None = None,
 ) -> tuple[Process, int]:
-    """Start ``claudeopus control``; ``env`` adds (or overrides) environment variables."""
-    port = free_port()
+    """Start ``claudeopus control``; ``env`` adds (or overrides) environment variables.
+
+    ``grpc_credentials`` are what the start-up health check presents, for a control serving TLS.
+    """
+    port = port or free_port()  # a given port: to restart a control where its edges look for it
     variables = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url, **(env or {})}
     process = Process(name, ["control", "--grpc", f"127.0.0.1:{port}", "--log-level", "debug"], variables, log_dir)
-    wait_for_grpc(process, port)
+    wait_for_grpc(process, port, grpc_credentials)
     return process, port
 
 
@@ -108,10 +128,22 @@ def start_edge(
     upstream_key: str = "",
     name: str = "edge",
     env: Mapping[str, str] | None = None,
+    tls_ca: str | None = None,
+    spool_dir: Path | None = None,
 ) -> tuple[Process, int]:
-    """Start ``claudeopus edge``; ``env`` adds (or overrides) environment variables."""
+    """Start ``claudeopus edge``; ``env`` adds (or overrides) environment variables.
+
+    ``tls_ca`` (a PEM file) is what the start-up check trusts, for an edge serving HTTPS.
+    """
     port = free_port()
-    variables = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_UPSTREAM_API_KEY": upstream_key, **(env or {})}
+    # Each edge locks its usage spool directory: by default one per name (given again, a restart replays it).
+    spool = str(spool_dir or log_dir / f"{name}.spool")
+    variables = {
+        "CLAUDEOPUS_SERVICE_TOKEN": token,
+        "CLAUDEOPUS_UPSTREAM_API_KEY": upstream_key,
+        "CLAUDEOPUS_SPOOL_DIR": spool,
+        **(env or {}),
+    }
     args = [
         "edge",
         "--control",
@@ -124,5 +156,5 @@ def start_edge(
         "debug",
     ]
     process = Process(name, args, variables, log_dir)
-    wait_for_http(process, port)
+    wait_for_http(process, port, tls_ca)
     return process, port

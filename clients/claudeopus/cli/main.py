@@ -16,6 +16,15 @@ app.add_typer(admin.app, name="admin")
 
 S = TypeVar("S")
 LogLevel = Annotated[str, typer.Option("--log-level", envvar="CLAUDEOPUS_LOG_LEVEL", help="debug, info, warning.")]
+AccessLogStdout = Annotated[
+    bool, typer.Option("--access-log-stdout", help="Access log to stdout too (env CLAUDEOPUS_ACCESS_LOG_STDOUT=1).")
+]
+TlsCert = Annotated[
+    str, typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (env CLAUDEOPUS_TLS_CERT).", show_default=False)
+]
+TlsKey = Annotated[
+    str, typer.Option("--tls-key", help="PEM private key of --tls-cert (env CLAUDEOPUS_TLS_KEY).", show_default=False)
+]
 
 
 def _launch(log_level: str, settings: Callable[[], S], main: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
@@ -44,6 +53,9 @@ def serve(
         str, typer.Option(envvar="CLAUDEOPUS_UPSTREAM_URL", help="OpenAI-compatible base URL; none = demo upstream.")
     ] = "",
     log_level: LogLevel = "info",
+    tls_cert: TlsCert = "",
+    tls_key: TlsKey = "",
+    access_log_stdout: AccessLogStdout = False,
 ) -> None:
     """Run control and edge together in one process (embedded SQLite by default)."""
     from claudeopus.cli.servers import ServeOptions, run_serve
@@ -54,6 +66,9 @@ def serve(
             grpc_address=grpc,
             database_url=database_url,
             upstream_url=upstream_url,
+            access_log_stdout=access_log_stdout,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
 
     _launch(log_level, settings, run_serve)
@@ -66,12 +81,31 @@ def control(
         str, typer.Option(help="sqlite://PATH or postgres://... (env CLAUDEOPUS_DATABASE_URL).", show_default=False)
     ] = "",
     log_level: LogLevel = "info",
+    tls_cert: Annotated[
+        str, typer.Option(help="PEM certificate: gRPC over TLS (env CLAUDEOPUS_CONTROL_TLS_CERT).", show_default=False)
+    ] = "",
+    tls_key: Annotated[
+        str, typer.Option(help="PEM private key of --tls-cert (env CLAUDEOPUS_CONTROL_TLS_KEY).", show_default=False)
+    ] = "",
+    client_ca: Annotated[
+        str,
+        typer.Option(
+            help="PEM CA bundle: require client certificates it signed (env CLAUDEOPUS_CONTROL_CLIENT_CA).",
+            show_default=False,
+        ),
+    ] = "",
 ) -> None:
     """Run the control plane alone (needs CLAUDEOPUS_SERVICE_TOKEN, shared with the edge)."""
     from claudeopus.cli.servers import run_control
     from claudeopus.control.settings import ControlSettings
 
-    _launch(log_level, lambda: ControlSettings.from_env(grpc_address=grpc, database_url=database_url), run_control)
+    _launch(
+        log_level,
+        lambda: ControlSettings.from_env(
+            grpc_address=grpc, database_url=database_url, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=client_ca
+        ),
+        run_control,
+    )
 
 
 @app.command()
@@ -82,6 +116,9 @@ def edge(
         str, typer.Option(help="OpenAI-compatible base URL (env CLAUDEOPUS_UPSTREAM_URL).", show_default=False)
     ] = "",
     log_level: LogLevel = "info",
+    tls_cert: TlsCert = "",
+    tls_key: TlsKey = "",
+    access_log_stdout: AccessLogStdout = False,
 ) -> None:
     """Run the edge alone (needs CLAUDEOPUS_SERVICE_TOKEN and an upstream URL)."""
     from claudeopus.cli.servers import run_edge
@@ -89,7 +126,14 @@ def edge(
 
     _launch(
         log_level,
-        lambda: EdgeSettings.from_env(control_target=control, http_address=http, upstream_url=upstream_url),
+        lambda: EdgeSettings.from_env(
+            control_target=control,
+            http_address=http,
+            upstream_url=upstream_url,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            access_log_stdout="1" if access_log_stdout else "",
+        ),
         run_edge,
     )
 

@@ -9,10 +9,12 @@ import sys
 import urllib.parse
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from claudeopus.client import AlreadyExistsError, ClaudeOpusClient
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
+from claudeopus.edge import https
 from claudeopus.edge.app import build_app
 from claudeopus.edge.demo import MODELS, DemoUpstream
 from claudeopus.edge.server import HttpServer
@@ -24,15 +26,23 @@ DEMO_EMAIL = "demo@claudeopus.local"
 
 
 async def run_control(settings: ControlSettings, stop: asyncio.Event) -> None:
-    async with ControlServer(settings):
-        _log.info("control plane ready on %s (database %s)", settings.grpc_address, _db_label(settings))
+    async with ControlServer(settings) as server:
+        _log.info(
+            "control plane ready on %s (%s, database %s)", settings.grpc_address, server.security, _db_label(settings)
+        )
         await stop.wait()
     _log.info("control plane stopped")
 
 
 async def run_edge(settings: EdgeSettings, stop: asyncio.Event) -> None:
-    async with HttpServer(build_app(settings), settings.http_host, settings.http_port):
-        _log.info("edge ready on http://%s (control %s)", settings.http_address, settings.control_target)
+    async with HttpServer(build_app(settings), settings.http_host, settings.http_port, **_https(settings)):
+        _log.info(
+            "edge ready on %s://%s (control %s, %s)",
+            _scheme(settings),
+            settings.http_address,
+            settings.control_target,
+            _control_link(settings),
+        )
         await stop.wait()
     _log.info("edge stopped")
 
@@ -45,6 +55,10 @@ class ServeOptions:
     grpc_address: str
     database_url: str
     upstream_url: str
+    access_log_stdout: bool = False  # --access-log-stdout; the other access log settings come from the environment
+    # HTTPS for the edge (PEM files); the rest of TLS (control's port) comes from CLAUDEOPUS_* variables.
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def edge_settings(self, upstream_url: str, service_token: str, control_target: str) -> EdgeSettings:
         """The edge's settings: the rest (timeouts, limits, upstream key) from CLAUDEOPUS_* variables."""
@@ -53,6 +67,9 @@ class ServeOptions:
             service_token=service_token,
             http_address=self.http_address,
             control_target=control_target,
+            access_log_stdout="1" if self.access_log_stdout else "",
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
         )
 
     def __post_init__(self) -> None:
@@ -63,8 +80,18 @@ class ServeOptions:
         if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
             raise ValueError("--upstream-url must start with http:// or https://")
         # Check the environment's edge and control settings now, before anything starts.
-        self.edge_settings("http://127.0.0.1:1/v1", "x" * 32, "127.0.0.1:1")
-        self.control_settings("x" * 32)
+        edge = self.edge_settings("http://127.0.0.1:1/v1", "x" * 32, "127.0.0.1:1")
+        control = self.control_settings("x" * 32)
+        # The built-in edge talks to the built-in control: over TLS it must trust (and satisfy) it.
+        if control.tls_cert and not edge.control_ca:
+            raise ValueError(
+                "CLAUDEOPUS_CONTROL_TLS_CERT needs CLAUDEOPUS_CONTROL_CA in serve (the built-in edge verifies control)"
+            )
+        if control.tls_client_ca and not edge.control_client_cert:
+            raise ValueError(
+                "CLAUDEOPUS_CONTROL_CLIENT_CA needs CLAUDEOPUS_CONTROL_CLIENT_CERT and _KEY in serve "
+                "(the built-in edge presents them to control)"
+            )
 
     def control_settings(self, service_token: str) -> ControlSettings:
         return ControlSettings.from_env(
@@ -86,12 +113,34 @@ async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
         control_target = _local_target(options.grpc_address)
         edge_settings = options.edge_settings(upstream_url, token, control_target)
         await stack.enter_async_context(
-            HttpServer(build_app(edge_settings), edge_settings.http_host, edge_settings.http_port)
+            HttpServer(
+                build_app(edge_settings), edge_settings.http_host, edge_settings.http_port, **_https(edge_settings)
+            )
         )
-        await _first_start(control_target, edge_settings.http_address, demo_model=not options.upstream_url)
-        _log.info("ClaudeOpus ready: edge http://%s, control %s", options.http_address, options.grpc_address)
+        await _first_start(control_target, edge_settings, demo_model=not options.upstream_url)
+        _log.info(
+            "ClaudeOpus ready: edge %s://%s, control %s",
+            _scheme(edge_settings),
+            options.http_address,
+            options.grpc_address,
+        )
         await stop.wait()
     _log.info("ClaudeOpus stopped")
+
+
+def _https(settings: EdgeSettings) -> dict[str, Any]:
+    """uvicorn's TLS options for the edge's port: none for plain HTTP."""
+    return https.uvicorn_options(settings.tls_cert, settings.tls_key)
+
+
+def _scheme(settings: EdgeSettings) -> str:
+    return "https" if settings.tls_cert else "http"
+
+
+def _control_link(settings: EdgeSettings) -> str:
+    if settings.control_client_cert:
+        return "mutual TLS"
+    return "TLS" if settings.control_ca else "plain text"
 
 
 def _local_target(address: str) -> str:
@@ -120,19 +169,29 @@ def _banner_demo(url: str) -> None:
     )
 
 
-async def _first_start(control_target: str, http_address: str, *, demo_model: bool) -> None:
+async def _first_start(control_target: str, edge: EdgeSettings, *, demo_model: bool) -> None:
     """On the very first start: bootstrap the admin, a demo user and its key, and show how to call."""
-    async with ClaudeOpusClient(control_target) as anonymous:
+
+    def client(key: str | None = None) -> ClaudeOpusClient:
+        return ClaudeOpusClient(
+            control_target,
+            key=key,
+            tls_ca=edge.control_ca,
+            tls_cert=edge.control_client_cert,
+            tls_key=edge.control_client_key,
+        )
+
+    async with client() as anonymous:
         try:
             admin = await anonymous.bootstrap_admin(ADMIN_EMAIL, "Administrator")
         except AlreadyExistsError:
             _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
             return
-    async with ClaudeOpusClient(control_target, key=admin.secret) as client:
-        user = await client.create_account(email=DEMO_EMAIL, role="user", display_name="Demo user")
-        created = await client.create_api_key(parent=user.name, display_name="demo")
+    async with client(admin.secret) as management:
+        user = await management.create_account(email=DEMO_EMAIL, role="user", display_name="Demo user")
+        created = await management.create_api_key(parent=user.name, display_name="demo")
     model = MODELS[0] if demo_model else "gpt-4o-mini"
-    base = f"http://{http_address}/v1"
+    base = f"{_scheme(edge)}://{edge.http_address}/v1"
     print(
         "\nFirst start: bootstrapped the admin and a demo user. These secrets are shown ONCE.\n"
         f"  admin management key : {admin.secret}\n"

@@ -15,6 +15,9 @@ asyncio; both have the same methods. Example::
                 print(record.model, record.input_tokens, record.output_tokens)
 
     asyncio.run(main())
+
+Over TLS pass ``tls_ca="ca.pem"`` (plus ``tls_cert=`` / ``tls_key=`` when control requires
+client certificates); a missing or unusable file raises :class:`TLSConfigError` at once.
 """
 
 from claudeopus.client._client import AsyncClient, ClaudeOpusClient
@@ -31,6 +34,7 @@ from claudeopus.client._errors import (
     from_rpc_error,
 )
 from claudeopus.client._sync import Client
+from claudeopus.tls import TLSConfigError
 
 __all__ = [
     "AlreadyExistsError",
@@ -43,6 +47,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+    "TLSConfigError",
     "UnauthenticatedError",
     "UnavailableError",
     "from_rpc_error",

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import grpc
 
+from claudeopus import tls
 from claudeopus.client import _requests as build
 from claudeopus.client._auth import BearerAuthInterceptor
 from claudeopus.client._errors import from_rpc_error
@@ -34,8 +35,11 @@ class ClaudeOpusClient:
 
     ``target`` is ``host:port`` of the control plane; ``key`` a management key or a
     session token from :meth:`login` (not needed for :meth:`bootstrap_admin` and
-    :meth:`login`); ``credentials`` makes the channel TLS. Every failed call raises a
-    :class:`claudeopus.client.ClaudeOpusError` subclass carrying the ErrorInfo reason.
+    :meth:`login`). ``tls_ca`` (the PEM bundle that signed control's certificate) makes
+    the channel TLS; ``tls_cert`` / ``tls_key`` add a client certificate for a control plane
+    that requires one (mutual TLS); ``credentials`` takes ready-made gRPC credentials instead.
+    Every failed call raises a :class:`claudeopus.client.ClaudeOpusError` subclass carrying
+    the ErrorInfo reason.
 
     Example::
 
@@ -43,6 +47,11 @@ class ClaudeOpusClient:
             shop = await client.create_account(email="shop@example.com", role="reseller")
             async for key in client.iter_api_keys(parent=shop.name):
                 print(key.name, key.prefix)
+
+        # over TLS, with a client certificate
+        async with AsyncClient("control.internal:50051", key="sk-co-...", tls_ca="ca.pem",
+                               tls_cert="admin.pem", tls_key="admin.key") as client:
+            print(await client.get_account("accounts/1"))
     """
 
     def __init__(
@@ -52,7 +61,14 @@ class ClaudeOpusClient:
         key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        tls_ca: tls.PathLike | None = None,
+        tls_cert: tls.PathLike | None = None,
+        tls_key: tls.PathLike | None = None,
     ) -> None:
+        if tls_ca or tls_cert or tls_key:
+            if credentials is not None:
+                raise ValueError("pass either credentials or tls_ca / tls_cert / tls_key, not both")
+            credentials = tls.channel_credentials(tls_ca, tls_cert, tls_key)
         interceptors = [BearerAuthInterceptor(key)] if key else []
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, interceptors=interceptors)

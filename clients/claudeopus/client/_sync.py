@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from claudeopus import tls
 from claudeopus.client import _requests as build
 from claudeopus.client._errors import from_rpc_error
 from claudeopus.v1 import (
@@ -38,6 +39,11 @@ class Client:
             print(client.create_api_key(parent=user.name).secret)  # shown once
             for record in client.iter_usage_records(account=user.name):
                 print(record.model, record.output_tokens)
+
+        # over TLS: the CA that signed control's certificate, and a client certificate if required
+        with Client("control.internal:50051", key="sk-co-...", tls_ca="ca.pem",
+                    tls_cert="admin.pem", tls_key="admin.key") as client:
+            print(client.get_account("accounts/1").email)
     """
 
     def __init__(
@@ -47,7 +53,14 @@ class Client:
         key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        tls_ca: tls.PathLike | None = None,
+        tls_cert: tls.PathLike | None = None,
+        tls_key: tls.PathLike | None = None,
     ) -> None:
+        if tls_ca or tls_cert or tls_key:
+            if credentials is not None:
+                raise ValueError("pass either credentials or tls_ca / tls_cert / tls_key, not both")
+            credentials = tls.channel_credentials(tls_ca, tls_cert, tls_key)
         if credentials is None:
             self._channel = grpc.insecure_channel(target)
         else:

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from claudeopus import tls
 from claudeopus.control.db import open_database
 from claudeopus.control.domain.clock import Clock, utc_now
 from claudeopus.control.domain.gateway import OutputPolicy
@@ -80,7 +81,11 @@ def build_server(
 
 
 class ControlServer:
-    """The control plane: database open, migrations applied, gRPC serving on ``settings.grpc_address``."""
+    """The control plane: database open, migrations applied, gRPC serving on ``settings.grpc_address``.
+
+    The port is plain text unless ``settings.tls_cert`` / ``tls_key`` are set; with
+    ``settings.tls_client_ca`` as well, clients must present a certificate it signed (mutual TLS).
+    """
 
     def __init__(self, settings: ControlSettings, clock: Clock = utc_now) -> None:
         self._settings = settings
@@ -103,7 +108,7 @@ class ControlServer:
             )
             server, health_servicer = build_server(self._settings, codec, self._clock)
             try:
-                self.port = server.add_insecure_port(self._settings.grpc_address)
+                self.port = self._add_port(server)
             except RuntimeError:
                 self.port = 0
             if self.port == 0:
@@ -117,8 +122,22 @@ class ControlServer:
         except BaseException:
             await self._stack.aclose()
             raise
-        _log.info("control plane listening on port %d (%s)", self.port, self._settings.grpc_address)
+        _log.info("control plane listening on port %d (%s, %s)", self.port, self._settings.grpc_address, self.security)
         return self
+
+    @property
+    def security(self) -> str:
+        """``plain text``, ``TLS`` or ``mutual TLS``: how the gRPC port is served."""
+        if not self._settings.tls_cert:
+            return "plain text"
+        return "mutual TLS" if self._settings.tls_client_ca else "TLS"
+
+    def _add_port(self, server: grpc.aio.Server) -> int:
+        settings = self._settings
+        if not settings.tls_cert:
+            return server.add_insecure_port(settings.grpc_address)
+        credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca or None)
+        return server.add_secure_port(settings.grpc_address, credentials)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

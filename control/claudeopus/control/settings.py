@@ -6,9 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from claudeopus import tls
+
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 MAX_OUTPUT_TOKENS = 100_000_000
+TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_TLS_CERT", "CLAUDEOPUS_CONTROL_TLS_KEY", "CLAUDEOPUS_CONTROL_CLIENT_CA")
 
 
 class SettingsError(ValueError):
@@ -35,6 +38,11 @@ class ControlSettings:
     # which looks every sweep_interval seconds.
     reservation_timeout: float = 900.0
     sweep_interval: float = 30.0
+    # gRPC over TLS when a certificate and key (PEM files) are set; with tls_client_ca, every client
+    # must present a certificate signed by it (mutual TLS). Plain text when unset.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     def __post_init__(self) -> None:
         if len(self.service_token) < 32:
@@ -45,6 +53,7 @@ class ControlSettings:
             )
         if not self.database_url.startswith(("sqlite://", "postgres://", "postgresql://", "asyncpg://")):
             raise SettingsError("CLAUDEOPUS_DATABASE_URL must start with sqlite://, postgres:// or postgresql://")
+        tls.check_server(self.tls_cert, self.tls_key, self.tls_client_ca, names=TLS_SETTINGS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> ControlSettings:
@@ -53,6 +62,9 @@ class ControlSettings:
             "grpc_address": env.get("CLAUDEOPUS_GRPC", DEFAULT_GRPC_ADDRESS),
             "database_url": env.get("CLAUDEOPUS_DATABASE_URL", DEFAULT_DATABASE_URL),
             "service_token": env.get("CLAUDEOPUS_SERVICE_TOKEN", ""),
+            "tls_cert": env.get(TLS_SETTINGS[0], ""),
+            "tls_key": env.get(TLS_SETTINGS[1], ""),
+            "tls_client_ca": env.get(TLS_SETTINGS[2], ""),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(

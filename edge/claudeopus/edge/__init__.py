@@ -11,7 +11,10 @@ Layout:
 - ``upstream``: the one place the upstream HTTP client is built.
 - ``control``: the gRPC client of control's internal gateway service.
 - ``settler``: owned background settles, drained on shutdown.
+- ``spool``: the durable local spool of settles that could not reach control.
+- ``replay``: the owned task that replays the spool to control, oldest first.
 - ``errors``: OpenAI-shaped errors.
+- ``access_log``: one line per request (ASGI middleware) to a rotating file and/or stdout.
 """
 
 from claudeopus.edge.app import build_app

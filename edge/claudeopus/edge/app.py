@@ -16,7 +16,9 @@ import grpc
 import httpx
 from blacksheep import Application, Request, Response
 
+from claudeopus import tls
 from claudeopus.edge import errors
+from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
 from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.routes import error_response, register_routes
@@ -29,6 +31,14 @@ _log = logging.getLogger(__name__)
 
 class EdgeApplication(Application):
     """BlackSheep's Application with logging that never quotes a URL query, a header or an exception text."""
+
+    def __init__(self, *, access_log: AccessLog | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        inner = super().__call__
+        self._asgi = AccessLogMiddleware(inner, access_log) if access_log and access_log.enabled else inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
 
     async def log_unhandled_exc(self, request: Request, exc: BaseException) -> None:
         _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
@@ -45,6 +55,14 @@ def control_client(channel: grpc.aio.Channel, settings: EdgeSettings) -> Control
     return ControlClient(channel, settings.service_token, settings.control_timeout)
 
 
+def control_channel(settings: EdgeSettings) -> grpc.aio.Channel:
+    """The channel to control: TLS (mutual when the edge has a client certificate) or plain text."""
+    credentials = tls.channel_credentials(
+        settings.control_ca, settings.control_client_cert, settings.control_client_key
+    )
+    return tls.aio_channel(settings.control_target, credentials)
+
+
 def build_app(
     settings: EdgeSettings,
     *,
@@ -57,15 +75,17 @@ def build_app(
     benchmark passes another one (``bench/bare_edge.py``: a no-op stub, to measure the bare relay);
     no setting or flag switches authorization or usage off.
     """
-    app = EdgeApplication(show_error_details=False)
+    access_log = AccessLog.from_settings(settings)
+    app = EdgeApplication(show_error_details=False, access_log=access_log)
+    app.lifespan(access_log.lifespan)  # type: ignore[no-untyped-call]
 
     async def resources(app: Application) -> AsyncIterator[None]:
         async with (
             create_upstream_client(settings, upstream_transport) as http,
-            grpc.aio.insecure_channel(settings.control_target) as channel,
+            control_channel(settings) as channel,
         ):
             control = control_factory(channel, settings)
-            settler = Settler(control)
+            settler = await Settler.start(control, settings.spool_dir, settings.spool_max_bytes)
             forwarder = Forwarder(
                 http=http,
                 control=control,

@@ -21,6 +21,16 @@ from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
 _log = logging.getLogger(__name__)
 
 
+_UNAVAILABLE_MESSAGE = "The gateway could not check your API key right now; nothing was forwarded. Please retry."
+
+# How a request that was never forwarded is settled: nothing used.
+NOT_FORWARDED_STATUS = 503
+
+
+class AuthorizeTimedOut(errors.ControlUnavailable):
+    """Authorize passed its deadline: control may still have reserved, so the edge releases it."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     allowed_models: tuple[str, ...]
@@ -60,10 +70,7 @@ def _openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
         _log.error("control refused the edge's service token; check CLAUDEOPUS_SERVICE_TOKEN on both")
     elif not isinstance(error, UnavailableError):
         _log.error("authorization failed with %s (%s)", error.code.name, reason or "no reason")
-    return errors.ControlUnavailable(
-        "The gateway could not check your API key right now; nothing was forwarded. Please retry.",
-        code="control_unavailable",
-    )
+    return errors.ControlUnavailable(_UNAVAILABLE_MESSAGE, code="control_unavailable")
 
 
 def _key_hash(secret: str) -> bytes:
@@ -107,6 +114,8 @@ class ControlClient:
         try:
             reply = await self._stub.Authorize(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise AuthorizeTimedOut(_UNAVAILABLE_MESSAGE, code="control_unavailable") from None
             raise _openai_error(from_rpc_error(error)) from None
         return reply.max_output_tokens
 

@@ -11,7 +11,8 @@ Hierarchy::
     ├── QuotaExceeded        429   insufficient_quota (a budget ran out)
     ├── UpstreamRateLimited  429   rate_limit_error (the upstream is throttling)
     ├── UpstreamFailed       502   the upstream failed or answered nonsense
-    ├── ControlUnavailable   503   authorization could not be checked (fail closed), upstream out of credit
+    ├── ControlUnavailable   503   authorization could not be checked (fail closed), upstream out of credit,
+    │                              the usage spool is full
     └── UpstreamTimeout      504   the upstream did not answer in time
 
 Messages never quote the request body, a key, or the upstream's answer.
@@ -114,3 +115,10 @@ def upstream_unreachable() -> UpstreamFailed:
 
 def upstream_broken(detail: str) -> UpstreamFailed:
     return UpstreamFailed(f"The upstream provider {detail}.", code="upstream_error")
+
+
+def usage_spool_full() -> ControlUnavailable:
+    return ControlUnavailable(
+        "The gateway cannot record usage right now; nothing was forwarded. Please retry later.",
+        code="usage_spool_full",
+    )

@@ -18,13 +18,22 @@ import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest, parse_completion, with_output_cap
-from claudeopus.edge.control import ControlClient, Outcome
+from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
 from claudeopus.v1 import usage_pb2
+
+# The settle of a request that was authorized (perhaps) but never forwarded.
+NOTHING_USED = Outcome(
+    input_tokens=0,
+    output_tokens=0,
+    status=usage_pb2.USAGE_STATUS_UPSTREAM_ERROR,
+    source=usage_pb2.USAGE_SOURCE_ESTIMATED,
+    http_status=503,
+)
 
 REDACTED = "[redacted]"
 # Upstream statuses that are the client's own business: the error passes, redacted.
@@ -60,8 +69,16 @@ class Forwarder:
     async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
         started = time.perf_counter()
         completion = parse_completion(raw)
+        if self._settler.spool_full:
+            raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
-        cap = await self._control.authorize(request_id, secret, completion)
+        try:
+            cap = await self._control.authorize(request_id, secret, completion)
+        except AuthorizeTimedOut:
+            # The answer never came, but the reservation may exist: release it at once (a
+            # settle of nothing), instead of leaving it for the sweeper to charge in full.
+            self._settler.submit(request_id, NOTHING_USED, started, missing_ok=True)
+            raise
         if cap and not completion.max_output_tokens:
             completion = with_output_cap(completion, cap, self._cap_field)
         try:

@@ -7,8 +7,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from claudeopus import tls
+
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
+DEFAULT_SPOOL_DIR = "spool"
+DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
+CONTROL_TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
 
 
 class SettingsError(ValueError):
@@ -47,6 +53,26 @@ class EdgeSettings:
     # The request field that carries a budget's default output cap to the upstream, when the
     # client named none: max_completion_tokens (OpenAI) or max_tokens (older compatible servers).
     upstream_max_tokens_field: str = "max_completion_tokens"
+    # The durable spool of settles that could not reach control (see spool.py): its directory
+    # (relative paths are taken from the edge's working directory; one edge per directory) and
+    # the size at which new completions are refused with 503 until replay has made room.
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    # Access log (see access_log.py): a file rotated every access_log_rotate_seconds at aligned UTC
+    # boundaries, keeping access_log_keep rotated files besides the current one; None = no file.
+    # Built here None; from the environment, logs/access.log unless CLAUDEOPUS_ACCESS_LOG=off.
+    access_log_path: str | None = None
+    access_log_rotate_seconds: int = 3600
+    access_log_keep: int = 24
+    access_log_stdout: bool = False
+    # HTTPS on the edge's port with this certificate and key (PEM files); plain HTTP when unset.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # gRPC to control over TLS when any is set: the CA bundle that signed control's certificate, and
+    # the edge's client certificate and key for a control plane that requires one (mutual TLS).
+    control_ca: str = ""
+    control_client_cert: str = ""
+    control_client_key: str = ""
 
     def __post_init__(self) -> None:
         if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
@@ -59,6 +85,18 @@ class EdgeSettings:
             )
         split_address(self.http_address, "CLAUDEOPUS_HTTP")
         split_address(self.control_target, "CLAUDEOPUS_CONTROL")
+        if not self.spool_dir.strip():
+            raise SettingsError("CLAUDEOPUS_SPOOL_DIR must be a directory path")
+        if self.spool_max_bytes < 1:
+            raise SettingsError("CLAUDEOPUS_SPOOL_MAX_BYTES must be a positive number of bytes")
+        if self.access_log_path is not None:
+            _check_log_file(self.access_log_path, "CLAUDEOPUS_ACCESS_LOG")
+        if self.access_log_rotate_seconds < 1:
+            raise SettingsError("CLAUDEOPUS_ACCESS_LOG_ROTATE must be at least 1s")
+        if self.access_log_keep < 1:
+            raise SettingsError("CLAUDEOPUS_ACCESS_LOG_KEEP must be at least 1")
+        tls.check_server(self.tls_cert, self.tls_key, names=(*TLS_SETTINGS, ""))
+        tls.check_client(self.control_ca, self.control_client_cert, self.control_client_key, names=CONTROL_TLS_SETTINGS)
 
     @property
     def http_host(self) -> str:
@@ -78,6 +116,9 @@ class EdgeSettings:
             "upstream_api_key": "CLAUDEOPUS_UPSTREAM_API_KEY",
             "http_address": "CLAUDEOPUS_HTTP",
             "control_target": "CLAUDEOPUS_CONTROL",
+            "access_log_stdout": "CLAUDEOPUS_ACCESS_LOG_STDOUT",
+            "tls_cert": TLS_SETTINGS[0],
+            "tls_key": TLS_SETTINGS[1],
         }
         env.update({names[k]: v for k, v in overrides.items() if v})
         return cls(
@@ -91,6 +132,17 @@ class EdgeSettings:
             control_timeout=_number(env, "CLAUDEOPUS_CONTROL_TIMEOUT", 5.0),
             max_body_bytes=int(_number(env, "CLAUDEOPUS_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             upstream_max_tokens_field=env.get("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD", "max_completion_tokens"),
+            spool_dir=env.get("CLAUDEOPUS_SPOOL_DIR", "") or DEFAULT_SPOOL_DIR,
+            spool_max_bytes=int(_number(env, "CLAUDEOPUS_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
+            access_log_path=_access_log_path(env.get("CLAUDEOPUS_ACCESS_LOG", "")),
+            access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
+            access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),
+            access_log_stdout=_flag(env, "CLAUDEOPUS_ACCESS_LOG_STDOUT"),
+            tls_cert=env.get(TLS_SETTINGS[0], ""),
+            tls_key=env.get(TLS_SETTINGS[1], ""),
+            control_ca=env.get(CONTROL_TLS_SETTINGS[0], ""),
+            control_client_cert=env.get(CONTROL_TLS_SETTINGS[1], ""),
+            control_client_key=env.get(CONTROL_TLS_SETTINGS[2], ""),
         )
 
 
@@ -105,3 +157,63 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+DEFAULT_ACCESS_LOG = "logs/access.log"
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_ACCESS_LOG_WINDOW = 366 * 86400
+
+
+def _check_log_file(path: str, name: str) -> None:
+    """Refuse, before anything starts, a log file that cannot be created or appended to."""
+    if not path.strip():
+        raise SettingsError(f"{name} must be a file path or off")
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise SettingsError(f"{name} is a directory, not a file: {path!r}")
+    if os.path.exists(target):
+        if not os.access(target, os.W_OK):
+            raise SettingsError(f"{name} is not writable: {path!r} (use another path, or off)")
+        return
+    parent = os.path.dirname(target)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SettingsError(f"{name} cannot be created: {parent!r} is no writable directory (use another path, or off)")
+
+
+def _access_log_path(raw: str) -> str | None:
+    """``CLAUDEOPUS_ACCESS_LOG``: a path, ``off`` for no file; unset means logs/access.log."""
+    if raw.strip().lower() == "off":
+        return None
+    return raw or DEFAULT_ACCESS_LOG
+
+
+def _window(env: Mapping[str, str], name: str, default: int) -> int:
+    """A rotation window such as ``30s``, ``10m``, ``1h`` or ``1d``, in seconds."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    digits, unit = raw[:-1], raw[-1:]
+    valid = unit in _WINDOW_UNITS and digits.isascii() and digits.isdigit() and len(digits) <= 8
+    if not valid or not 1 <= int(digits) * _WINDOW_UNITS[unit] <= MAX_ACCESS_LOG_WINDOW:
+        raise SettingsError(f"{name} must be a window from 1s to 366d like 30s, 10m, 1h or 1d, got {raw!r}")
+    return int(digits) * _WINDOW_UNITS[unit]
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or int(raw) < 1:
+        raise SettingsError(f"{name} must be a whole number from 1 to 999999, got {raw!r}")
+    return int(raw)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")

@@ -2,7 +2,9 @@
 
 Human-readable tables by default, ``--json`` everywhere. The control plane and
 the credential come from ``--control`` / ``--key`` or ``CLAUDEOPUS_CONTROL`` /
-``CLAUDEOPUS_ADMIN_KEY`` (a management key or a session token from ``login``).
+``CLAUDEOPUS_ADMIN_KEY`` (a management key or a session token from ``login``). TLS to
+control: ``CLAUDEOPUS_CONTROL_CA`` (plus ``CLAUDEOPUS_CONTROL_CLIENT_CERT`` / ``_KEY`` when
+control requires client certificates), the same variables the edge reads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from claudeopus.cli.admin import accounts, budgets, keys, prices, usage
 from claudeopus.cli.admin._common import DEFAULT_CONTROL, ControlOpt, JsonOpt, call, emit_message
 from claudeopus.cli.output import emit_json, emit_record, to_dict
 
-app = typer.Typer(help="Manage accounts, keys, usage, prices and budgets over gRPC.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage accounts, keys, usage, prices and budgets over gRPC. TLS to control: set CLAUDEOPUS_CONTROL_CA "
+    "(and CLAUDEOPUS_CONTROL_CLIENT_CERT / CLAUDEOPUS_CONTROL_CLIENT_KEY for mutual TLS).",
+    no_args_is_help=True,
+)
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(usage.app, name="usage")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from claudeopus import tls
 from claudeopus.cli.output import emit_error, emit_json, emit_record, to_dict
 from claudeopus.client import ClaudeOpusError, Client
 
@@ -21,12 +24,42 @@ KeyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlTLS:
+    """TLS to control for every admin command; all empty means plain text.
+
+    Example::
+
+        options = ControlTLS.from_env({"CLAUDEOPUS_CONTROL_CA": "ca.pem"})  # checks the files
+    """
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ControlTLS:
+        env = os.environ if environ is None else environ
+        found = cls(*(env.get(name, "") for name in TLS_SETTINGS))
+        tls.check_client(found.ca, found.cert, found.key, names=TLS_SETTINGS)
+        return found
 
 
 def call(control: str, key: str | None, as_json: bool, work: Callable[[Client], T]) -> T:
-    """Run ``work`` with a client; a failed call prints the error (JSON with --json) and exits 1."""
+    """Run ``work`` with a client; a failed call prints the error (JSON with --json) and exits 1.
+
+    Unusable TLS files (CLAUDEOPUS_CONTROL_CA and the client pair) print one line and exit 2.
+    """
     try:
-        with Client(control, key=key) as client:
+        options = ControlTLS.from_env()
+    except tls.TLSConfigError as error:
+        typer.echo(f"claudeopus: {error}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        with Client(control, key=key, tls_ca=options.ca, tls_cert=options.cert, tls_key=options.key) as client:
             return work(client)
     except ClaudeOpusError as error:
         emit_error(error, as_json)

@@ -1,0 +1,296 @@
+"""The access log: one line per HTTP request, and nothing from inside the request.
+
+A line has exactly six space-separated fields::
+
+    127.0.0.1 2025-01-02T03:04:05.123Z 200 /v1/chat/completions 12.345 6f1c2d3e-...-9a8b
+
+client IP, the time the request arrived (UTC, ISO-8601, milliseconds), the status sent (``-`` if
+none was: the client left first; ``500`` if the app failed before answering), the path without
+its query string (bytes outside printable ASCII percent-encoded, so a line is always one line),
+the latency in milliseconds until the last byte of the response (streams included), and the
+``x-request-id`` the edge answered with (``-`` when the request was refused before authorize).
+No query string, header, body, key or model name is ever written.
+
+Lines go to a file rotated on a short window with the standard library's
+:class:`~logging.handlers.TimedRotatingFileHandler` (UTC, boundaries aligned to the window, the
+newest ``keep`` rotated files kept besides the current one) and/or to stdout, through a logger of
+their own that never propagates to the application's loggers.
+
+Example::
+
+    access_log = AccessLog("logs/access.log", rotate_seconds=3600, keep=24)
+    app = AccessLogMiddleware(asgi_app, access_log)
+    with access_log.opened():  # in the app's lifespan
+        ...  # serve
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from claudeopus.edge.settings import EdgeSettings
+
+__all__ = ["AccessLog", "AccessLogMiddleware", "AccessLogSink", "access_line"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Clock = Callable[[], float]
+
+_log = logging.getLogger(__name__)
+MAX_PATH_BYTES = 2048
+_PRINTABLE = re.compile(rb"[\x21-\x7e]*")
+_REQUEST_ID = re.compile(r"[0-9A-Za-z._:-]{1,128}")
+
+
+class AccessLogSink(Protocol):
+    """Anything that takes finished access lines (:class:`AccessLog`, or a list in tests)."""
+
+    def write(self, line: str) -> None: ...
+
+
+def access_line(
+    *, client: str | None, started_at: float, status: int | None, path: bytes, latency: float, request_id: str | None
+) -> str:
+    """One access line; ``started_at`` is a POSIX time, ``latency`` in seconds."""
+    millis = round(started_at * 1000)
+    moment = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    return " ".join(
+        (
+            _token(client),
+            moment,
+            "-" if status is None else str(status),
+            _path(path),
+            f"{max(latency, 0.0) * 1000:.3f}",
+            request_id if request_id and _REQUEST_ID.fullmatch(request_id) else "-",
+        )
+    )
+
+
+def _path(raw: bytes) -> str:
+    raw = raw[:MAX_PATH_BYTES] or b"/"
+    if _PRINTABLE.fullmatch(raw):
+        return raw.decode("ascii")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in raw)
+
+
+def _token(value: str | None) -> str:
+    return _path(value.encode("utf-8", "replace")[:64]) if value else "-"
+
+
+class _Exchange:
+    """What the middleware saw of one response."""
+
+    __slots__ = ("finished", "request_id", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.request_id: str | None = None
+        self.finished: float | None = None
+
+
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name.lower() == b"x-request-id":
+            return value.decode("latin-1")
+    return None
+
+
+class AccessLogMiddleware:
+    """ASGI middleware: one line to ``sink`` per HTTP request, once its response is complete.
+
+    Other scopes (lifespan, websocket) pass through untouched. Logging never breaks a request:
+    any error while building or writing the line is swallowed.
+
+    Example::
+
+        app = AccessLogMiddleware(app, AccessLog(None, stdout=True))
+    """
+
+    def __init__(
+        self, app: ASGIApp, sink: AccessLogSink, *, wall: Clock = time.time, monotonic: Clock = time.perf_counter
+    ) -> None:
+        self._app = app
+        self._sink = sink
+        self._wall = wall
+        self._monotonic = monotonic
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started_at, started = self._wall(), self._monotonic()
+        seen = _Exchange()
+
+        async def noting_send(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                with contextlib.suppress(Exception):
+                    seen.status = int(message["status"])
+                    seen.request_id = _request_id(message.get("headers", ()))
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False) and seen.finished is None:
+                seen.finished = self._monotonic()
+
+        failed = False
+        try:
+            await self._app(scope, receive, noting_send)
+        except Exception:
+            failed = True  # the server answers 500 if nothing was sent yet
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                finished = seen.finished if seen.finished is not None else self._monotonic()
+                status = seen.status if seen.status is not None else (500 if failed else None)
+                client = scope.get("client")
+                raw_path = scope.get("raw_path") or str(scope.get("path", "")).encode("utf-8", "replace")
+                self._sink.write(
+                    access_line(
+                        client=str(client[0]) if client else None,
+                        started_at=started_at,
+                        status=status,
+                        path=bytes(raw_path),
+                        latency=finished - started,
+                        request_id=seen.request_id,
+                    )
+                )
+
+
+class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
+    """The stdlib's timed rotation, on an injectable clock, at UTC boundaries aligned to the window.
+
+    Aligned windows (every hour on the hour, every 10 minutes at :00, :10, ...) make each rotated
+    file's suffix name exactly the window it covers. A file left by an earlier run is rotated
+    under its own window's name on the first line after a restart.
+    """
+
+    def __init__(self, path: Path, *, seconds: int, keep: int, clock: Clock) -> None:
+        when, count = _unit(seconds)
+        super().__init__(path, when=when, interval=count, backupCount=keep, encoding="utf-8", utc=True)
+        self._clock = clock
+        stat = os.stat(self.baseFilename)
+        start = stat.st_mtime if stat.st_size else clock()
+        self.rolloverAt = self.computeRollover(int(start))
+
+    def computeRollover(self, currentTime: int) -> int:
+        return (currentTime // self.interval + 1) * self.interval
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        now = int(self._clock())
+        if now < self.rolloverAt:
+            return False
+        if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
+            self.rolloverAt = self.computeRollover(now)  # /dev/stdout and friends: never renamed
+            return False
+        return True
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self.rolloverAt = self.computeRollover(int(self._clock()))
+
+
+def _unit(seconds: int) -> tuple[str, int]:
+    """The stdlib's ``when`` and ``interval`` for a window: the largest unit that divides it."""
+    for when, size in (("D", 86400), ("H", 3600), ("M", 60)):
+        if seconds % size == 0:
+            return when, seconds // size
+    return "S", seconds
+
+
+class AccessLog:
+    """Where access lines go: a rotating file, stdout, both, or nowhere.
+
+    Holds no handler until :meth:`opened` (the app's lifespan) and none after it; lines written
+    outside it are dropped. ``clock`` decides rotation (tests inject one).
+
+    Example::
+
+        access_log = AccessLog("logs/access.log", rotate_seconds=600, keep=6, stdout=True)
+        with access_log.opened():
+            access_log.write("127.0.0.1 2025-01-02T03:04:05.123Z 200 /v1/models 1.250 -")
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        rotate_seconds: int = 3600,
+        keep: int = 24,
+        stdout: bool = False,
+        clock: Clock = time.time,
+        stream: TextIO | None = None,
+    ) -> None:
+        self._path = None if path is None else Path(path)
+        self._rotate_seconds = rotate_seconds
+        self._keep = keep
+        self._stdout = stdout
+        self._clock = clock
+        self._stream = stream
+        self._logger: logging.Logger | None = None
+
+    @classmethod
+    def from_settings(cls, settings: EdgeSettings) -> AccessLog:
+        return cls(
+            settings.access_log_path,
+            rotate_seconds=settings.access_log_rotate_seconds,
+            keep=settings.access_log_keep,
+            stdout=settings.access_log_stdout,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._path is not None or self._stdout
+
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """For ``Application.lifespan``: the handlers exist while the app serves."""
+        with self.opened():
+            yield
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[AccessLog]:
+        """Create the handlers (and the file's directory); close them on the way out."""
+        # Not from logging.getLogger: a logger of this object's own, outside the hierarchy, so it
+        # reaches no other handler and no two apps in one process share one.
+        logger = logging.Logger("claudeopus.access", logging.INFO)
+        logger.propagate = False
+        try:
+            if self._path is not None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                rotating = _UtcWindowHandler(
+                    self._path, seconds=self._rotate_seconds, keep=self._keep, clock=self._clock
+                )
+                logger.addHandler(rotating)
+                _log.info(
+                    "access log: %s, rotated every %ss (UTC), %s rotated files kept",
+                    rotating.baseFilename,
+                    self._rotate_seconds,
+                    self._keep,
+                )
+            if self._stdout:
+                logger.addHandler(logging.StreamHandler(self._stream or sys.stdout))
+            for handler in logger.handlers:
+                handler.setFormatter(logging.Formatter("%(message)s"))
+            self._logger = logger if logger.handlers else None
+            yield self
+        finally:
+            self._logger = None
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                handler.close()
+
+    def write(self, line: str) -> None:
+        logger = self._logger
+        if logger is not None:
+            logger.info(line)  # no arguments, so no %-formatting of the line

@@ -1,0 +1,304 @@
+"""Settler and Replayer against a fake control: direct settles, the spool while control is away, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import orjson
+import pytest
+
+from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
+from claudeopus.edge import errors
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.control import ControlClient, Outcome
+from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.replay import Replayer
+from claudeopus.edge.settler import Settler
+from claudeopus.edge.spool import Spool, read_spool
+from claudeopus.v1 import usage_pb2
+
+SUCCEEDED = usage_pb2.USAGE_STATUS_SUCCEEDED
+REPORTED = usage_pb2.USAGE_SOURCE_REPORTED
+
+
+def outcome(tokens: int) -> Outcome:
+    return Outcome(input_tokens=tokens, output_tokens=2 * tokens, status=SUCCEEDED, source=REPORTED, http_status=200)
+
+
+def rid(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+class FakeControl(ControlClient):
+    """Settle succeeds while ``up``; ``refuse`` maps request ids to the error control answers for them."""
+
+    def __init__(self) -> None:  # no channel: nothing real is called
+        self.up = True
+        self.settled: list[tuple[str, int]] = []
+        self.attempts = 0
+        self.refuse: dict[str, ClaudeOpusError] = {}
+        self.authorized: list[str] = []
+
+    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+        self.attempts += 1
+        if not self.up:
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        if request_id in self.refuse:
+            raise self.refuse[request_id]
+        self.settled.append((request_id, outcome.input_tokens))
+
+    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+        self.authorized.append(request_id)
+        return 0
+
+
+async def until(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def control() -> FakeControl:
+    return FakeControl()
+
+
+@pytest.fixture
+async def settler(control: FakeControl, tmp_path: Path) -> AsyncIterator[Settler]:
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
+    replayer = Replayer(control, spool, min_delay=0.01, max_delay=0.05)
+    replayer.start()
+    settler = Settler(control, spool, replayer)
+    yield settler
+    await settler.aclose()
+
+
+async def test_with_control_up_settles_go_straight_there(
+    settler: Settler, control: FakeControl, tmp_path: Path
+) -> None:
+    for n in range(1, 4):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+    await until(lambda: len(control.settled) == 3)
+    assert sorted(control.settled) == [(rid(n), n) for n in range(1, 4)]
+    assert list(tmp_path.glob("settles-*")) == [], "nothing touched the disk"
+
+
+async def test_while_control_is_down_settles_are_spooled_then_replayed_in_order(
+    settler: Settler, control: FakeControl, tmp_path: Path
+) -> None:
+    control.up = False
+    for n in range(1, 21):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+        await asyncio.sleep(0)
+    await until(lambda: settler.pending == 0)
+    assert [r.input_tokens for r in read_spool(tmp_path)] == list(range(1, 21))
+    assert control.settled == []
+    control.up = True
+    await until(lambda: len(control.settled) == 20)
+    assert control.settled == [(rid(n), n) for n in range(1, 21)], "replayed oldest first"
+    await until(lambda: list(tmp_path.glob("settles-*")) == [])
+
+
+async def test_behind_a_backlog_new_settles_queue_up_instead_of_overtaking(
+    control: FakeControl, tmp_path: Path
+) -> None:
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
+    settler = Settler(control, spool)  # no replayer yet: the backlog stays
+    control.up = False
+    settler.submit(rid(1), outcome(1), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    control.up = True
+    settler.submit(rid(2), outcome(2), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    assert control.attempts == 1, "the second settle went behind the first, not to control"
+    replayer = Replayer(control, spool, min_delay=0.01)
+    replayer.start()
+    await until(lambda: len(control.settled) == 2)
+    assert control.settled == [(rid(1), 1), (rid(2), 2)]
+    await replayer.aclose()
+    await settler.aclose()
+
+
+async def test_records_control_can_never_take_are_dropped_and_logged(
+    settler: Settler, control: FakeControl, caplog: pytest.LogCaptureFixture
+) -> None:
+    control.up = False
+    for n in range(1, 5):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+        await asyncio.sleep(0)
+    await until(lambda: settler.pending == 0)
+    control.refuse[rid(2)] = NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
+    control.refuse[rid(3)] = InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "FIELD_INVALID")
+    with caplog.at_level(logging.WARNING, logger="claudeopus.edge.replay"):
+        control.up = True
+        await until(lambda: len(control.settled) == 2)
+        await asyncio.sleep(0.05)
+    assert control.settled == [(rid(1), 1), (rid(4), 4)]
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped == [
+        f"spooled settle of request {rid(2)} dropped: control answered NOT_FOUND RESERVATION_NOT_FOUND",
+        f"spooled settle of request {rid(3)} dropped: control answered INVALID_ARGUMENT FIELD_INVALID",
+    ]
+    assert control.attempts < 20, "not retried"
+
+
+async def test_other_refusals_are_retried_until_control_takes_the_record(
+    settler: Settler, control: FakeControl
+) -> None:
+    control.up = False
+    settler.submit(rid(1), outcome(1), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    control.refuse[rid(1)] = ClaudeOpusError(grpc.StatusCode.INTERNAL, "database restarting")
+    control.up = True
+    await until(lambda: control.attempts >= 4)
+    assert control.settled == []
+    del control.refuse[rid(1)]
+    await until(lambda: control.settled == [(rid(1), 1)])
+
+
+async def test_a_permanent_refusal_of_a_direct_settle_is_logged_not_spooled(
+    settler: Settler, control: FakeControl, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    control.refuse[rid(1)] = NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
+    settler.submit(rid(1), outcome(1), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    assert read_spool(tmp_path) == []
+    assert any("refused: NOT_FOUND RESERVATION_NOT_FOUND" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_new_process_replays_what_the_last_one_spooled(tmp_path: Path) -> None:
+    down = FakeControl()
+    down.up = False
+    first = await Settler.start(down, tmp_path, 1 << 20)
+    for n in range(1, 6):
+        first.submit(rid(n), outcome(n), time.perf_counter())
+    await first.aclose()  # control never came back: the records stay
+    assert len(read_spool(tmp_path)) == 5
+
+    up = FakeControl()
+    second = await Settler.start(up, tmp_path, 1 << 20)
+    try:
+        await until(lambda: len(up.settled) == 5)
+        assert up.settled == [(rid(n), n) for n in range(1, 6)]
+        await until(lambda: read_spool(tmp_path) == [])
+    finally:
+        await second.aclose()
+
+
+# -- the real gRPC client: refused connections and a control that never answers ---------------
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections and then never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("which", ["silent", "refused"])
+async def test_a_settle_control_does_not_answer_in_time_is_spooled(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    port = request.getfixturevalue(f"{which}_port")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        control = ControlClient(channel, "t" * 32, timeout=0.3)
+        spool = await Spool.open(tmp_path, max_bytes=1 << 20)
+        settler = Settler(control, spool)
+        started = time.monotonic()
+        settler.submit(rid(1), outcome(1), time.perf_counter())
+        await until(lambda: settler.pending == 0)
+        assert time.monotonic() - started < 2
+        await settler.aclose()
+    [record] = read_spool(tmp_path)
+    assert (record.request_id, record.input_tokens, record.output_tokens) == (rid(1), 1, 2)
+
+
+# -- a full spool refuses new completions -----------------------------------------------------
+
+
+async def test_a_full_spool_refuses_completions_before_authorize(control: FakeControl, tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path, max_bytes=100)
+    settler = Settler(control, spool)
+    control.up = False
+    for n in (1, 2):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    assert settler.spool_full
+    upstream_calls: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        upstream_calls.append(request)
+        return httpx.Response(200, json={})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://up/v1/") as http:
+        forwarder = Forwarder(http=http, control=control, settler=settler, upstream_api_key="")
+        raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        with pytest.raises(errors.ControlUnavailable) as caught:
+            await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
+    assert (caught.value.status, caught.value.code) == (503, "usage_spool_full")
+    assert control.authorized == [] and upstream_calls == [], "nothing reserved, nothing forwarded"
+    await settler.aclose()
+
+
+class TimingOutControl(FakeControl):
+    """Authorize passes its deadline (control may have reserved); settles of unknown ids are NOT_FOUND."""
+
+    def __init__(self, reserved: bool) -> None:
+        super().__init__()
+        self.reserved = reserved
+        self.outcomes: list[Outcome] = []
+
+    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+        from claudeopus.edge.control import AuthorizeTimedOut
+
+        self.authorized.append(request_id)
+        raise AuthorizeTimedOut("timed out", code="control_unavailable")
+
+    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+        self.attempts += 1
+        self.outcomes.append(outcome)
+        if not self.reserved:
+            raise NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
+        self.settled.append((request_id, outcome.input_tokens))
+
+
+@pytest.mark.parametrize("reserved", [True, False], ids=["reserved", "never-reserved"])
+async def test_an_authorize_past_its_deadline_releases_what_control_may_have_reserved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reserved: bool
+) -> None:
+    control = TimingOutControl(reserved)
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
+    settler = Settler(control, spool)
+    upstream_calls: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: upstream_calls.append(request) or httpx.Response(200, json={}))
+    async with httpx.AsyncClient(transport=transport, base_url="http://up/v1/") as http:
+        forwarder = Forwarder(http=http, control=control, settler=settler, upstream_api_key="")
+        raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
+            await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
+        await until(lambda: settler.pending == 0)
+    assert caught.value.status == 503 and upstream_calls == [], "nothing forwarded"
+    [released] = control.outcomes
+    assert (released.input_tokens, released.output_tokens, released.http_status) == (0, 0, 503)
+    assert control.settled == ([(control.authorized[0], 0)] if reserved else [])
+    assert read_spool(tmp_path) == [], "a release control never needed is not spooled either"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an expected miss is no alarm"
+    await settler.aclose()
