@@ -105,3 +105,18 @@ def test_an_output_cap_replaces_null_limits_instead_of_repeating_them(field: str
     assert capped.count(b'"max_') == 1
     assert orjson.loads(capped)[field] == 7
     assert orjson.loads(capped)["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("limit", [b'"max_tokens": null', b'"messages2": [{"max_completion_tokens": 1}]'])
+def test_a_body_an_output_cap_would_have_to_rewrite_but_cannot_is_refused_before_authorize(limit: bytes) -> None:
+    """orjson reads 1024 levels but writes 254: such a body would fail after authorize, with its reservation held."""
+    from claudeopus.edge.completions import with_output_cap
+
+    deep = b"[" * 300 + b"]" * 300
+    with pytest.raises(BadRequest) as caught:
+        parse_completion(b'{"model": "m", "messages": [{"content": %s}], %s}' % (deep, limit))
+    assert caught.value.code == "invalid_json"
+    spliced = parse_completion(b'{"model": "m", "messages": [{"content": %s}]}' % deep)
+    assert with_output_cap(spliced, 5, "max_tokens").upstream_body.endswith(b',"max_tokens":5}')
+    shallow = parse_completion(b'{"model": "m", "messages": [{"content": [[1]]}], %s}' % limit)
+    assert orjson.loads(with_output_cap(shallow, 5, "max_tokens").upstream_body)["max_tokens"] == 5

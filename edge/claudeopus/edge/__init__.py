@@ -4,7 +4,9 @@ Layout:
 
 - ``settings``: the typed settings object, read once.
 - ``app``: ``build_app(settings)`` assembles routes, lifespan and error handlers.
-- ``routes``: thin handlers for ``/v1/chat/completions`` and ``/v1/models``.
+- ``routes``: thin handlers for ``/v1/chat/completions``, ``/v1/models`` and ``/openapi.json``.
+- ``openapi``: the edge's own OpenAPI 3.1 document (what it checks, every status it answers).
+- ``protocol``: uvicorn's HTTP protocol, refusing unparseable requests with OpenAI's error JSON.
 - ``completions``: parsing and checking a completion request (no framework).
 - ``sse``: splitting an SSE byte stream into events and reading ``usage`` (no framework).
 - ``relay``: relaying an upstream stream chunk by chunk, settling at the end.

@@ -138,6 +138,10 @@ def parse_completion(raw: bytes) -> CompletionRequest:
     if any(raw.count(name) > 1 for name in _CHECKED_KEYS):
         # Parsers disagree on which duplicate wins: the reserved output cap must be the upstream's.
         _reject_duplicate_top_level_keys(raw)
+    if not max_output and any(name in raw for name in _LIMIT_NAMES):
+        # with_output_cap would have to rewrite this body after authorize (a null or nested limit
+        # key): refuse now, before anything is reserved, a body too deep to be written again.
+        _check_rewritable(body)
     upstream_body = raw
     if stream and not include_usage:
         # Always ask the upstream for usage: billing needs it; the extra chunk is
@@ -162,7 +166,7 @@ def with_output_cap(completion: CompletionRequest, tokens: int, field: str) -> C
     before the closing brace, so everything the client wrote stays as it was.
     """
     body = completion.upstream_body.rstrip()
-    if b'"max_tokens"' in body or b'"max_completion_tokens"' in body:
+    if any(name in body for name in _LIMIT_NAMES):
         # The client sent a limit key as null: set it in place (and drop null ones), so the
         # upstream sees exactly one limit whatever its parser does with repeated keys.
         parsed = {k: v for k, v in orjson.loads(body).items() if k not in _LIMIT_KEYS or v is not None}
@@ -173,6 +177,7 @@ def with_output_cap(completion: CompletionRequest, tokens: int, field: str) -> C
 
 
 _LIMIT_KEYS = ("max_tokens", "max_completion_tokens")
+_LIMIT_NAMES = (b'"max_tokens"', b'"max_completion_tokens"')
 _CHECKED_KEYS = (b'"model"', b'"max_tokens"', b'"max_completion_tokens"')
 _USAGE_OPTION = b'"stream_options":{"include_usage":true}'
 
@@ -187,6 +192,14 @@ def _with_usage_requested(raw: bytes, body: dict[str, Any], options: dict[str, A
     body["stream_options"] = {**options, "include_usage": True}
     try:
         return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+
+
+def _check_rewritable(body: dict[str, Any]) -> None:
+    """Refuse a body orjson can read but not write: it nests deeper than orjson writes (254 levels)."""
+    try:
+        orjson.dumps(body)
     except orjson.JSONEncodeError:
         raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
 

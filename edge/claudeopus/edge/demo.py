@@ -33,7 +33,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def reply_words(limit: int) -> list[str]:
-    return [REPLY[i % len(REPLY)] for i in range(limit)]
+    """The fixed reply, cut at ``limit`` words (never longer: a huge max_tokens costs nothing)."""
+    return list(REPLY[:limit])
 
 
 def prompt_tokens(messages: object) -> int:

@@ -7,7 +7,9 @@ Hierarchy::
     ├── AuthenticationFailed 401   invalid_request_error / invalid_api_key, api_key_revoked, api_key_expired
     ├── PermissionDenied     403   model_not_allowed, account_suspended, key_scope_denied
     ├── RouteNotFound        404   unknown path
+    ├── MethodNotAllowed     405   another method on a known path (with an Allow header)
     ├── PayloadTooLarge      413   body over the configured limit
+    ├── UnsupportedMediaType 415   a body sent with a Content-Type other than JSON
     ├── QuotaExceeded        429   insufficient_quota (a budget ran out)
     ├── UpstreamRateLimited  429   rate_limit_error (the upstream is throttling)
     ├── UpstreamFailed       502   the upstream failed or answered nonsense
@@ -71,6 +73,11 @@ class MethodNotAllowed(OpenAIError):
 
 class PayloadTooLarge(OpenAIError):
     status = 413
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaType(OpenAIError):
+    status = 415
     type = "invalid_request_error"
 
 

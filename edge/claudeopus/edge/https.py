@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from claudeopus.edge.protocol import EdgeHttpProtocol
 
 
-class HttpsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, aborting idle connections on shutdown instead of closing them."""
+class HttpsProtocol(EdgeHttpProtocol):
+    """The edge's protocol (OpenAI-shaped 400s), aborting idle connections on shutdown instead of closing them."""
 
     def shutdown(self) -> None:
         if self.cycle is None or self.cycle.response_complete:
@@ -31,9 +31,12 @@ class HttpsProtocol(HttpToolsProtocol):
 
 
 def uvicorn_options(cert: str, key: str) -> dict[str, Any]:
-    """Options for :class:`claudeopus.edge.server.HttpServer`: HTTPS with ``cert``/``key``, none for plain HTTP."""
+    """Options for :class:`claudeopus.edge.server.HttpServer`: HTTPS with ``cert``/``key``, or plain HTTP.
+
+    Both use the edge's protocol (:mod:`claudeopus.edge.protocol`).
+    """
     if not cert:
-        return {}
+        return {"http": EdgeHttpProtocol}
     return {"ssl_certfile": cert, "ssl_keyfile": key, "http": HttpsProtocol}
 
 

@@ -10,6 +10,7 @@ from claudeopus import keys
 from claudeopus.edge import errors
 from claudeopus.edge.disconnect import Receive
 from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.openapi import OPENAPI_PATH, openapi_json
 from claudeopus.edge.replies import BodyReply, Reply
 
 _BEARER = b"bearer "
@@ -31,6 +32,19 @@ def bearer_secret(request: Request) -> str:
     if not keys.looks_like_secret(secret):
         raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
     return secret
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body sent as anything but JSON (415); a missing Content-Type is read as JSON."""
+    value = request.get_first_header(b"content-type")
+    if not value:
+        return
+    media_type = value.split(b";", 1)[0].strip().lower()
+    if media_type != b"application/json" and not media_type.endswith(b"+json"):
+        raise errors.UnsupportedMediaType(
+            "The request body must be JSON, sent with 'Content-Type: application/json'.",
+            code="unsupported_media_type",
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -79,6 +93,7 @@ def error_response(error: errors.OpenAIError) -> Response:
 def register_routes(app: Application, max_body_bytes: int) -> None:
     async def chat_completions(request: Request, forwarder: Forwarder) -> Response:
         secret = bearer_secret(request)
+        require_json(request)
         receive = _receive(request)
         raw = await read_body(request, max_body_bytes)
         return to_response(await forwarder.chat_completions(secret, raw, receive))
@@ -86,7 +101,12 @@ def register_routes(app: Application, max_body_bytes: int) -> None:
     async def list_models(request: Request, forwarder: Forwarder) -> Response:
         return to_response(await forwarder.models(bearer_secret(request)))
 
-    routes = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
+    document = openapi_json(max_body_bytes)
+
+    async def openapi_document(request: Request) -> Response:
+        return Response(200, None, Content(b"application/json", document))
+
+    routes = {"/v1/chat/completions": "POST", "/v1/models": "GET", OPENAPI_PATH: "GET"}
 
     async def not_found(request: Request) -> Response:
         allowed = routes.get(request.path.rstrip("/"))
@@ -101,4 +121,5 @@ def register_routes(app: Application, max_body_bytes: int) -> None:
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get(OPENAPI_PATH, openapi_document)
     app.router.fallback = not_found
