@@ -377,7 +377,7 @@ def update_paths(paths: Sequence[str]) -> tuple[str, ...]:
     return tuple(f for f in UPDATABLE_FIELDS if f in paths)
 
 
-async def _owner_of(budget: Budget) -> Owner:
+def _owner_of(budget: Budget) -> Owner:
     return Owner(budget.account, budget.api_key_id)  # type: ignore[attr-defined]
 
 
@@ -387,7 +387,7 @@ async def update_budget(
     """Change a budget's limit. Lowering it below what is spent refuses every further request."""
     fields = update_paths(paths)
     budget = await budget_in_subtree(principal, budget_id, "budget.name")
-    owner = await _owner_of(budget)
+    owner = _owner_of(budget)
     _may_write(principal, owner)
     await _may_change(principal, budget)
     if "limit" in fields:
@@ -402,7 +402,7 @@ async def update_budget(
 async def delete_budget(principal: Principal, budget_id: int) -> None:
     """Remove a budget and its counters; requests holding amounts in it settle without touching it."""
     budget = await budget_in_subtree(principal, budget_id)
-    _may_write(principal, await _owner_of(budget))
+    _may_write(principal, _owner_of(budget))
     await _may_change(principal, budget)
     if not await Budget.filter(id=budget.id).delete():
         raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: budget not found.")

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import Q
@@ -33,6 +32,7 @@ from tortoise.expressions import Q
 from claudeopus.control.domain.errors import Reason, ResourceExhausted
 from claudeopus.control.domain.names import BUDGETS, format_name
 from claudeopus.control.domain.periods import period_index
+from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.models import ApiKey, Budget, BudgetMetric, BudgetPeriod
 
 _METRIC_WORDS = {
@@ -125,20 +125,8 @@ async def applicable_budgets(key: ApiKey) -> list[Budget]:
     )
 
 
-class _Binder:
-    """Collects bound parameters with the placeholder style of the connection's dialect."""
-
-    def __init__(self, conn: BaseDBAsyncClient) -> None:
-        self._postgres = conn.capabilities.dialect == "postgres"
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}" if self._postgres else "?"
-
-
 async def _try_hold(conn: BaseDBAsyncClient, budget: Budget, index: int, amount: int) -> bool:
-    bind = _Binder(conn)
+    bind = Binder(conn.capabilities.dialect)
     sql = (
         f"UPDATE budget_counter SET reserved = reserved + {bind(amount)} "  # noqa: S608 - fixed text, bound values
         f"WHERE budget_id = {bind(budget.id)} AND period_index = {bind(index)} "
@@ -149,7 +137,7 @@ async def _try_hold(conn: BaseDBAsyncClient, budget: Budget, index: int, amount:
 
 
 async def _ensure_counter(conn: BaseDBAsyncClient, budget: Budget, index: int) -> None:
-    bind = _Binder(conn)
+    bind = Binder(conn.capabilities.dialect)
     sql = (
         "INSERT INTO budget_counter (budget_id, period_index, metric, spent, reserved) "  # noqa: S608
         f"VALUES ({bind(budget.id)}, {bind(index)}, {bind(int(budget.metric))}, 0, 0) "
@@ -222,7 +210,7 @@ async def reserve(
 async def move(conn: BaseDBAsyncClient, holds: Sequence[Hold], *, release: Amounts, charge: Amounts) -> None:
     """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in stored order."""
     for hold in holds:
-        bind = _Binder(conn)
+        bind = Binder(conn.capabilities.dialect)
         amount = charge.of(hold.metric)
         sql = (
             f"UPDATE budget_counter SET reserved = reserved - {bind(release.of(hold.metric))}, "  # noqa: S608

@@ -39,6 +39,7 @@ from claudeopus.control.domain import validation
 from claudeopus.control.domain.errors import FieldViolation, InvalidArgument, NotFound, Reason
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.models import Account, UsageRecord, UsageStatus
 
 MAX_SUMMARY_ROWS = 10_000
@@ -297,11 +298,7 @@ def summary_sql(dialect: str, query: SummaryQuery, *, limit: int) -> tuple[str, 
     if dialect not in ("postgres", "sqlite"):
         raise ValueError(f"usage summaries support PostgreSQL and SQLite, not {dialect!r}")
     postgres = dialect == "postgres"
-    params: list[Any] = []
-
-    def bind(value: Any) -> str:
-        params.append(value)
-        return f"${len(params)}" if postgres else "?"
+    bind = Binder(dialect)
 
     keys: list[tuple[str, str]] = []
     if query.interval is not UsageInterval.NONE:
@@ -335,7 +332,7 @@ def summary_sql(dialect: str, query: SummaryQuery, *, limit: int) -> tuple[str, 
     if keys:
         sql += " GROUP BY " + ", ".join(expression for expression, _ in keys)
     sql += f" LIMIT {bind(limit)}"
-    return sql, params
+    return sql, bind.values
 
 
 def percentile_cont(ordered: Sequence[float], fraction: float) -> float:
