@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import grpc
 
 from claudeopus.cli.runtime import configure_logging, run
+from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.app import build_app
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient, KeyInfo, Outcome
+from claudeopus.edge.control import ControlClient, KeyInfo, Outcome, Settle
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 
@@ -48,6 +50,9 @@ class NoopControl(ControlClient):
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         return None
+
+    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+        return [None] * len(settles)
 
 
 def _noop_control(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:

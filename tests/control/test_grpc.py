@@ -29,6 +29,7 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    error_reason_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     usage_pb2,
@@ -372,3 +373,51 @@ async def test_bytes_that_are_no_protobuf_message_are_invalid_argument(control: 
         accounts_pb2.GetAccountRequest(name=control.admin.name), metadata=bearer(control.admin_secret)
     )
     assert good.name == control.admin.name
+
+
+async def test_batch_settle_answers_each_entry_and_wants_the_service_token(control: Control) -> None:
+    _, key_name, secret = await new_user_key(control)
+    gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
+    service = bearer(control.service_token)
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    for request_id in ids:
+        await gateway.Authorize(
+            gateway_pb2.AuthorizeRequest(request_id=request_id, key_hash=keys.hash_secret_bytes(secret), model="m-1"),
+            metadata=service,
+        )
+
+    def settle(request_id: str, tokens: int) -> gateway_pb2.SettleRequest:
+        return gateway_pb2.SettleRequest(
+            request_id=request_id,
+            input_tokens=tokens,
+            output_tokens=2 * tokens,
+            latency=duration_pb2.Duration(nanos=5_000_000),
+            status=usage_pb2.USAGE_STATUS_SUCCEEDED,
+            source=usage_pb2.USAGE_SOURCE_REPORTED,
+            http_status=200,
+        )
+
+    batch = gateway_pb2.BatchSettleRequest(
+        requests=[settle(ids[0], 3), settle(str(uuid.uuid4()), 1), settle(ids[1], 4)]
+    )
+    for metadata in ((), bearer(control.admin_secret), bearer(secret)):
+        error = await rpc_error(gateway.BatchSettle(batch, metadata=metadata))
+        assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
+
+    first, unknown, second = (await gateway.BatchSettle(batch, metadata=service)).results
+    assert (first.request_id, first.already_settled, first.error_code) == (ids[0], False, 0)
+    assert (second.request_id, second.already_settled, second.error_code) == (ids[1], False, 0)
+    assert unknown.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert unknown.error_reason == error_reason_pb2.RESERVATION_NOT_FOUND
+    assert unknown.error_message == "No authorized request has this request_id."
+    repeated = (await gateway.BatchSettle(batch, metadata=service)).results
+    assert [r.already_settled for r in repeated] == [True, False, True]
+
+    too_many = gateway_pb2.BatchSettleRequest(requests=[settle(str(uuid.uuid4()), 1)] * 1001)
+    error = await rpc_error(gateway.BatchSettle(too_many, metadata=service))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+
+    async with control.admin_client() as client:
+        page = await client.list_usage_records(api_key=key_name)
+    assert sorted((r.input_tokens, r.output_tokens) for r in page.usage_records) == [(3, 6), (4, 8)]
+    assert {r.latency.ToMicroseconds() for r in page.usage_records} == {5000}

@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ import httpx
 import orjson
 import pytest
 
+from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware, access_line
 from claudeopus.edge.app import build_app
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient, KeyInfo, Outcome
+from claudeopus.edge.control import ControlClient, KeyInfo, Outcome, Settle
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings, SettingsError
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
@@ -500,6 +501,9 @@ class AllowAll(ControlClient):
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         return None
+
+    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+        return [None] * len(settles)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,7 @@ import pytest
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient, Outcome
+from claudeopus.edge.control import ControlClient, Outcome, Settle
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.replay import Replayer
 from claudeopus.edge.settler import Settler
@@ -46,6 +46,7 @@ class FakeControl(ControlClient):
         self.attempts = 0
         self.refuse: dict[str, ClaudeOpusError] = {}
         self.authorized: list[str] = []
+        self.batches: list[int] = []
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         self.attempts += 1
@@ -54,6 +55,21 @@ class FakeControl(ControlClient):
         if request_id in self.refuse:
             raise self.refuse[request_id]
         self.settled.append((request_id, outcome.input_tokens))
+
+    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+        """Like control's BatchSettle: fails as a whole while down, else answers per settle."""
+        self.batches.append(len(settles))
+        if not self.up:
+            self.attempts += 1
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        answers: list[ClaudeOpusError | None] = []
+        for settle in settles:
+            try:
+                await self.settle(settle.request_id, settle.outcome, settle.latency_seconds)
+                answers.append(None)
+            except ClaudeOpusError as error:
+                answers.append(error)
+        return answers
 
     async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
         self.authorized.append(request_id)

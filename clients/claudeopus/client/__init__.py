@@ -31,6 +31,7 @@ from claudeopus.client._errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    error_of,
     from_rpc_error,
 )
 from claudeopus.client._sync import Client
@@ -50,5 +51,6 @@ __all__ = [
     "TLSConfigError",
     "UnauthenticatedError",
     "UnavailableError",
+    "error_of",
     "from_rpc_error",
 ]

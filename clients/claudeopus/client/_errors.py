@@ -100,6 +100,16 @@ def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
             metadata = dict(info.metadata)
         elif detail.Unpack(bad):
             violations.update({v.field: v.description for v in bad.field_violations})
-    code = error.code()
+    return error_of(error.code(), error.details() or "", reason, violations, metadata)
+
+
+def error_of(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str = "",
+    field_violations: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> ClaudeOpusError:
+    """The typed error for ``code`` (for errors reported inside a reply, such as a batch's results)."""
     cls = _BY_CODE.get(code, ClaudeOpusError)
-    return cls(code, error.details() or "", reason, violations, metadata)
+    return cls(code, message, reason, field_violations, metadata)

@@ -22,30 +22,37 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from claudeopus.v1 import error_reason_pb2 as claudeopus_dot_v1_dot_error__reason__pb2
 from claudeopus.v1 import usage_pb2 as claudeopus_dot_v1_dot_usage__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/gateway.proto\x12\rclaudeopus.v1\x1a\x19\x63laudeopus/v1/usage.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x13VerifyApiKeyRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\"P\n\x14VerifyApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\"\x92\x01\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08key_hash\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12\x0e\n\x06stream\x18\x06 \x01(\x08\"\x82\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x30\n\x0creserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\"\xe9\x01\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\x06 \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\"[\n\x0eSettleResponse\x12\x30\n\x0cusage_record\x18\x01 \x01(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x32\x80\x02\n\x0eGatewayService\x12W\n\x0cVerifyApiKey\x12\".claudeopus.v1.VerifyApiKeyRequest\x1a#.claudeopus.v1.VerifyApiKeyResponse\x12N\n\tAuthorize\x12\x1f.claudeopus.v1.AuthorizeRequest\x1a .claudeopus.v1.AuthorizeResponse\x12\x45\n\x06Settle\x12\x1c.claudeopus.v1.SettleRequest\x1a\x1d.claudeopus.v1.SettleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/gateway.proto\x12\rclaudeopus.v1\x1a claudeopus/v1/error_reason.proto\x1a\x19\x63laudeopus/v1/usage.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x13VerifyApiKeyRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\"P\n\x14VerifyApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\"\x92\x01\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08key_hash\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12\x0e\n\x06stream\x18\x06 \x01(\x08\"\x82\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x30\n\x0creserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\"\xe9\x01\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\x06 \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\"[\n\x0eSettleResponse\x12\x30\n\x0cusage_record\x18\x01 \x01(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\"D\n\x12\x42\x61tchSettleRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.claudeopus.v1.SettleRequest\"C\n\x13\x42\x61tchSettleResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.SettleResult\"\x98\x01\n\x0cSettleResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t2\xd6\x02\n\x0eGatewayService\x12W\n\x0cVerifyApiKey\x12\".claudeopus.v1.VerifyApiKeyRequest\x1a#.claudeopus.v1.VerifyApiKeyResponse\x12N\n\tAuthorize\x12\x1f.claudeopus.v1.AuthorizeRequest\x1a .claudeopus.v1.AuthorizeResponse\x12\x45\n\x06Settle\x12\x1c.claudeopus.v1.SettleRequest\x1a\x1d.claudeopus.v1.SettleResponse\x12T\n\x0b\x42\x61tchSettle\x12!.claudeopus.v1.BatchSettleRequest\x1a\".claudeopus.v1.BatchSettleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERIFYAPIKEYREQUEST']._serialized_start=138
-  _globals['_VERIFYAPIKEYREQUEST']._serialized_end=177
-  _globals['_VERIFYAPIKEYRESPONSE']._serialized_start=179
-  _globals['_VERIFYAPIKEYRESPONSE']._serialized_end=259
-  _globals['_AUTHORIZEREQUEST']._serialized_start=262
-  _globals['_AUTHORIZEREQUEST']._serialized_end=408
-  _globals['_AUTHORIZERESPONSE']._serialized_start=411
-  _globals['_AUTHORIZERESPONSE']._serialized_end=541
-  _globals['_SETTLEREQUEST']._serialized_start=544
-  _globals['_SETTLEREQUEST']._serialized_end=777
-  _globals['_SETTLERESPONSE']._serialized_start=779
-  _globals['_SETTLERESPONSE']._serialized_end=870
-  _globals['_GATEWAYSERVICE']._serialized_start=873
-  _globals['_GATEWAYSERVICE']._serialized_end=1129
+  _globals['_VERIFYAPIKEYREQUEST']._serialized_start=172
+  _globals['_VERIFYAPIKEYREQUEST']._serialized_end=211
+  _globals['_VERIFYAPIKEYRESPONSE']._serialized_start=213
+  _globals['_VERIFYAPIKEYRESPONSE']._serialized_end=293
+  _globals['_AUTHORIZEREQUEST']._serialized_start=296
+  _globals['_AUTHORIZEREQUEST']._serialized_end=442
+  _globals['_AUTHORIZERESPONSE']._serialized_start=445
+  _globals['_AUTHORIZERESPONSE']._serialized_end=575
+  _globals['_SETTLEREQUEST']._serialized_start=578
+  _globals['_SETTLEREQUEST']._serialized_end=811
+  _globals['_SETTLERESPONSE']._serialized_start=813
+  _globals['_SETTLERESPONSE']._serialized_end=904
+  _globals['_BATCHSETTLEREQUEST']._serialized_start=906
+  _globals['_BATCHSETTLEREQUEST']._serialized_end=974
+  _globals['_BATCHSETTLERESPONSE']._serialized_start=976
+  _globals['_BATCHSETTLERESPONSE']._serialized_end=1043
+  _globals['_SETTLERESULT']._serialized_start=1046
+  _globals['_SETTLERESULT']._serialized_end=1198
+  _globals['_GATEWAYSERVICE']._serialized_start=1201
+  _globals['_GATEWAYSERVICE']._serialized_end=1543
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from claudeopus.v1 import error_reason_pb2 as _error_reason_pb2
 from claudeopus.v1 import usage_pb2 as _usage_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -235,3 +236,89 @@ class SettleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
+
+@_typing.final
+class BatchSettleRequest(_message.Message):
+    """The request of GatewayService.BatchSettle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettleRequest]:
+        """The settles, at most 1,000; a request_id may appear once."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___SettleRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSettleRequest: _TypeAlias = BatchSettleRequest  # noqa: Y015
+
+@_typing.final
+class BatchSettleResponse(_message.Message):
+    """The response of GatewayService.BatchSettle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettleResult]:
+        """One result per entry of BatchSettleRequest.requests, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SettleResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSettleResponse: _TypeAlias = BatchSettleResponse  # noqa: Y015
+
+@_typing.final
+class SettleResult(_message.Message):
+    """What became of one settle in a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ALREADY_SETTLED_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request id of the entry."""
+    already_settled: _builtins.bool
+    """True when the record was already settled and nothing changed."""
+    error_code: _builtins.int
+    """The google.rpc.Code the entry would have failed with as a Settle call; 0 (OK) when it was applied."""
+    error_reason: _error_reason_pb2.ErrorReason.ValueType
+    """The reason, when error_code is not 0."""
+    error_message: _builtins.str
+    """The error in the gateway's words (never any content), when error_code is not 0."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        already_settled: _builtins.bool = ...,
+        error_code: _builtins.int = ...,
+        error_reason: _error_reason_pb2.ErrorReason.ValueType = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_settled", b"already_settled", "error_code", b"error_code", "error_message", b"error_message", "error_reason", b"error_reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleResult: _TypeAlias = SettleResult  # noqa: Y015

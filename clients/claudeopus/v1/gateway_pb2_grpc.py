@@ -56,6 +56,11 @@ class GatewayServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_gateway__pb2.SettleRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.BatchSettle = channel.unary_unary(
+                '/claudeopus.v1.GatewayService/BatchSettle',
+                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -93,6 +98,19 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchSettle(self, request, context):
+        """Closes many reservations in one call, each exactly as Settle would (and as
+        idempotent by request_id). The edge's settler sends what finished while the
+        previous batch was on its way; control writes a batch in one transaction.
+        The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
+        SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
+        refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
+        result and does not hold the others back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +128,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.SettleRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_gateway__pb2.SettleResponse.SerializeToString,
+            ),
+            'BatchSettle': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSettle,
+                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -200,6 +223,33 @@ class GatewayService:
             '/claudeopus.v1.GatewayService/Settle',
             claudeopus_dot_v1_dot_gateway__pb2.SettleRequest.SerializeToString,
             claudeopus_dot_v1_dot_gateway__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSettle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.GatewayService/BatchSettle',
+            claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.SerializeToString,
+            claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.FromString,
             options,
             channel_credentials,
             insecure,

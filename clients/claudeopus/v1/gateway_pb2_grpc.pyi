@@ -52,6 +52,15 @@ class GatewayServiceStub:
     """Closes a reservation with the real usage. Idempotent by request_id: a
     repeated Settle returns the record as first settled.
     """
+    BatchSettle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.BatchSettleRequest, _gateway_pb2.BatchSettleResponse]
+    """Closes many reservations in one call, each exactly as Settle would (and as
+    idempotent by request_id). The edge's settler sends what finished while the
+    previous batch was on its way; control writes a batch in one transaction.
+    The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
+    SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
+    refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
+    result and does not hold the others back.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -76,6 +85,15 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     Settle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SettleRequest, _gateway_pb2.SettleResponse]  # type: ignore[assignment]
     """Closes a reservation with the real usage. Idempotent by request_id: a
     repeated Settle returns the record as first settled.
+    """
+    BatchSettle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.BatchSettleRequest, _gateway_pb2.BatchSettleResponse]  # type: ignore[assignment]
+    """Closes many reservations in one call, each exactly as Settle would (and as
+    idempotent by request_id). The edge's settler sends what finished while the
+    previous batch was on its way; control writes a batch in one transaction.
+    The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
+    SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
+    refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
+    result and does not hold the others back.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +134,21 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.SettleResponse, _abc.Awaitable[_gateway_pb2.SettleResponse]]:
         """Closes a reservation with the real usage. Idempotent by request_id: a
         repeated Settle returns the record as first settled.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSettle(
+        self,
+        request: _gateway_pb2.BatchSettleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.BatchSettleResponse, _abc.Awaitable[_gateway_pb2.BatchSettleResponse]]:
+        """Closes many reservations in one call, each exactly as Settle would (and as
+        idempotent by request_id). The edge's settler sends what finished while the
+        previous batch was on its way; control writes a batch in one transaction.
+        The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
+        SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
+        refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
+        result and does not hold the others back.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,16 +7,17 @@ reached in time the edge fails closed with 503 and forwards nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf import duration_pb2
 
 from claudeopus import keys
-from claudeopus.client import ClaudeOpusError, UnavailableError, from_rpc_error
+from claudeopus.client import ClaudeOpusError, UnavailableError, error_of, from_rpc_error
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
+from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc, usage_pb2
 
 _log = logging.getLogger(__name__)
 
@@ -121,18 +122,60 @@ class ControlClient:
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
-        latency = duration_pb2.Duration()
-        latency.FromNanoseconds(int(latency_seconds * 1e9))
-        request = gateway_pb2.SettleRequest(
-            request_id=request_id,
-            input_tokens=outcome.input_tokens,
-            output_tokens=outcome.output_tokens,
-            latency=latency,
-            status=outcome.status,
-            source=outcome.source,
-            http_status=outcome.http_status,
-        )
+        request = _settle_request(Settle(request_id, outcome, latency_seconds))
         try:
             await self._stub.Settle(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+
+    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+        """Settle many in one call: per settle, None when control took it, else why it refused it.
+
+        Raises :class:`ClaudeOpusError` when the call as a whole failed (nothing was applied
+        that a repeat could not apply again: settles are idempotent by request id).
+        """
+        request = gateway_pb2.BatchSettleRequest(requests=[_settle_request(settle) for settle in settles])
+        try:
+            reply = await self._stub.BatchSettle(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        if len(reply.results) != len(settles):
+            raise ClaudeOpusError(grpc.StatusCode.INTERNAL, "BatchSettle answered for a different number of settles")
+        return [_result_error(result) for result in reply.results]
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """One settle to send: how the request ended and how long it took."""
+
+    request_id: str
+    outcome: Outcome
+    latency_seconds: float
+    # Control may never have opened this reservation (its authorize timed out): not finding it is fine.
+    missing_ok: bool = False
+
+
+def _settle_request(settle: Settle) -> gateway_pb2.SettleRequest:
+    latency = duration_pb2.Duration()
+    latency.FromNanoseconds(int(settle.latency_seconds * 1e9))
+    outcome = settle.outcome
+    return gateway_pb2.SettleRequest(
+        request_id=settle.request_id,
+        input_tokens=outcome.input_tokens,
+        output_tokens=outcome.output_tokens,
+        latency=latency,
+        status=outcome.status,
+        source=outcome.source,
+        http_status=outcome.http_status,
+    )
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _result_error(result: gateway_pb2.SettleResult) -> ClaudeOpusError | None:
+    if not result.error_code:
+        return None
+    code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
+    reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
+    return error_of(code, result.error_message, reason)

@@ -1,32 +1,39 @@
-"""Settling usage after the response: owned tasks, spooled to disk while control is unreachable.
+"""Settling usage after the response: batched, owned, spooled to disk while control is unreachable.
 
-Settles run after the client already has its answer, so they add no latency. Each is sent to
-control once; if control cannot be reached (or does not answer within
-``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an error that may pass, the settle goes to
-the durable spool (:mod:`claudeopus.edge.spool`) and the replayer (:mod:`claudeopus.edge.replay`)
-sends it when control is back. While the spool holds records, new settles join it behind
-them, so settles reach control in the order they were made. Every task is tracked and
-awaited on shutdown; none is fire-and-forget.
+Settles run after the client already has its answer, so they add no latency. They queue
+up and one owned task sends them to control's BatchSettle: whatever finished while the
+previous batch was on its way travels in the next one (so a quiet edge settles each
+request at once, a busy one in batches of up to ``max_batch``). If control cannot be
+reached (or does not answer within ``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an
+error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.spool`)
+and the replayer (:mod:`claudeopus.edge.replay`) sends them when control is back. While
+the spool holds records, new settles join it behind them, so settles reach control in
+the order they were made. Nothing is fire-and-forget: the sending task is awaited on
+shutdown, and what it could not send by then is spooled for the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
-from claudeopus.edge.control import ControlClient, Outcome
+from claudeopus.edge.control import ControlClient, Outcome, Settle
 from claudeopus.edge.replay import Replayer, is_permanent
 from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
 
 _log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 15.0
+MAX_BATCH = 256
 
 
 class Settler:
-    """Queue settles as owned tasks; :meth:`aclose` waits for them, then stops replay and closes the spool.
+    """Queue settles for one owned sending task; :meth:`aclose` drains it, then stops replay and the spool.
 
     Example::
 
@@ -35,11 +42,18 @@ class Settler:
         await settler.aclose()
     """
 
-    def __init__(self, control: ControlClient, spool: Spool, replayer: Replayer | None = None) -> None:
+    def __init__(
+        self, control: ControlClient, spool: Spool, replayer: Replayer | None = None, *, max_batch: int = MAX_BATCH
+    ) -> None:
         self._control = control
         self._spool = spool
         self._replayer = replayer
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._max_batch = max_batch
+        self._queue: collections.deque[Settle] = collections.deque()
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
 
     @classmethod
     async def start(cls, control: ControlClient, spool_dir: str | os.PathLike[str], spool_max_bytes: int) -> Settler:
@@ -51,7 +65,8 @@ class Settler:
 
     @property
     def pending(self) -> int:
-        return len(self._tasks)
+        """Settles submitted and not yet taken by control or the spool."""
+        return len(self._queue) + self._in_flight
 
     @property
     def spool_full(self) -> bool:
@@ -61,58 +76,105 @@ class Settler:
     def submit(self, request_id: str, outcome: Outcome, started_at: float, *, missing_ok: bool = False) -> None:
         """Settle in the background; ``missing_ok``: control may never have opened this reservation."""
         latency = time.perf_counter() - started_at
-        task = asyncio.get_running_loop().create_task(self._settle(request_id, outcome, latency, missing_ok))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._queue.append(Settle(request_id, outcome, latency, missing_ok))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_forever())
+        self._wake.set()
 
-    async def _settle(self, request_id: str, outcome: Outcome, latency: float, missing_ok: bool = False) -> None:
-        if self._spool.empty:
-            try:
-                await self._control.settle(request_id, outcome, latency)
+    async def _send_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                count = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(count)]
+                self._in_flight = count
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    # Shutdown ran out of patience: keep them on disk for the next start.
+                    await asyncio.shield(self._spool_all(batch))
+                    raise
+                finally:
+                    self._in_flight = 0
+            if self._closing:
                 return
-            except ClaudeOpusError as error:
-                if missing_ok and error.reason == "RESERVATION_NOT_FOUND":
-                    _log.debug("request %s was never reserved: nothing to release", request_id)
-                    return
-                if is_permanent(error):
-                    _log.error("settle of request %s refused: %s %s", request_id, error.code.name, error.reason)
-                    return
-                if not isinstance(error, UnavailableError):
-                    _log.warning(
-                        "settle of request %s not taken (%s %s); spooling it", request_id, error.code.name, error.reason
-                    )
-            except Exception as error:  # a settle must never vanish without a trace: spool it
-                _log.error("settle of request %s failed: %s; spooling it", request_id, type(error).__name__)
-        await self._spool_settle(request_id, outcome, latency)
 
-    async def _spool_settle(self, request_id: str, outcome: Outcome, latency: float) -> None:
+    async def _send(self, batch: Sequence[Settle]) -> None:
+        if not self._spool.empty:
+            await self._spool_all(batch)
+            return
+        try:
+            answers = await self._control.settle_batch(batch)
+        except ClaudeOpusError as error:
+            if not isinstance(error, UnavailableError):
+                _log.warning(
+                    "batch of %d settles not taken (%s %s); spooling it", len(batch), error.code.name, error.reason
+                )
+            await self._spool_all(batch)
+            return
+        except Exception as error:  # a settle must never vanish without a trace: spool it
+            _log.error("batch of %d settles failed: %s; spooling it", len(batch), type(error).__name__)
+            await self._spool_all(batch)
+            return
+        retry = [settle for settle, error in zip(batch, answers, strict=True) if error and self._keep(settle, error)]
+        if retry:
+            await self._spool_all(retry)
+
+    def _keep(self, settle: Settle, error: ClaudeOpusError) -> bool:
+        """Whether a settle control refused on its own should be spooled and tried again."""
+        if settle.missing_ok and error.reason == "RESERVATION_NOT_FOUND":
+            _log.debug("request %s was never reserved: nothing to release", settle.request_id)
+            return False
+        if is_permanent(error):
+            _log.error("settle of request %s refused: %s %s", settle.request_id, error.code.name, error.reason)
+            return False
+        _log.warning(
+            "settle of request %s not taken (%s %s); spooling it", settle.request_id, error.code.name, error.reason
+        )
+        return True
+
+    async def _spool_all(self, batch: Sequence[Settle]) -> None:
+        """Spool ``batch`` in order; its records share the spool's group commits (one fsync for many)."""
+        if self._spool.empty:
+            _log.warning("control unreachable for settles: spooling them to %s for replay", self._spool.directory)
+        await asyncio.gather(*(self._spool_one(settle) for settle in batch))
+
+    async def _spool_one(self, settle: Settle) -> None:
+        outcome = settle.outcome
         record = SpooledSettle(
-            request_id=request_id,
+            request_id=settle.request_id,
             input_tokens=outcome.input_tokens,
             output_tokens=outcome.output_tokens,
             status=outcome.status,
             source=outcome.source,
             http_status=outcome.http_status,
-            latency_ns=int(latency * 1e9),
+            latency_ns=int(settle.latency_seconds * 1e9),
         )
-        if self._spool.empty:
-            _log.warning("control unreachable for settles: spooling them to %s for replay", self._spool.directory)
         try:
             await self._spool.append(record)
         except SpoolError as error:
             # Nothing else can keep it: control's sweeper will close the reservation (charged as reserved).
-            _log.error("settle of request %s lost: %s", request_id, error)
+            _log.error("settle of request %s lost: %s", settle.request_id, error)
             return
-        _log.debug("settle of request %s spooled for replay", request_id)
+        _log.debug("settle of request %s spooled for replay", settle.request_id)
 
     async def aclose(self) -> None:
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                _log.error("%d settles still pending at shutdown were abandoned", len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+        """Send what is queued (up to a grace period; the rest is spooled), then stop replay and the spool."""
+        self._closing = True
+        if self._sender is not None:
+            self._wake.set()
+            done, _ = await asyncio.wait({self._sender}, timeout=SHUTDOWN_GRACE_SECONDS)
+            if not done:
+                self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        if self._queue:
+            left = list(self._queue)
+            self._queue.clear()
+            _log.warning("%d settles still queued at shutdown: spooling them for the next start", len(left))
+            await self._spool_all(left)
         if self._replayer is not None:
             await self._replayer.aclose()
         await self._spool.aclose()

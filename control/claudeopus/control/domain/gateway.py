@@ -130,7 +130,7 @@ async def authorize(
         cost = 0
         if any(budget.metric is BudgetMetric.COST_MICROS for budget in budgets):
             price = prices.in_force(await prices.chain_prices(key.account.ancestor_ids(), model))
-            cost = _cost(estimated_input_tokens, output_tokens, price)
+            cost = capped_cost(estimated_input_tokens, output_tokens, price)
         amounts = reservations.Amounts(estimated_input_tokens, output_tokens, cost)
         planned = reservations.plan(key, budgets, now)
         async with in_transaction() as conn:
@@ -149,7 +149,7 @@ async def authorize(
         return Authorized(earlier, earlier.max_output_tokens if earlier.reserved_counters else 0)
 
 
-def _cost(input_tokens: int, output_tokens: int, price: prices.PriceInForce) -> int:
+def capped_cost(input_tokens: int, output_tokens: int, price: prices.PriceInForce) -> int:
     cost = prices.cost_micros(
         input_tokens, output_tokens, price.input_micros_per_million, price.output_micros_per_million
     )
@@ -165,7 +165,7 @@ async def _repeated_authorize(rid: uuid.UUID, key: ApiKey) -> UsageRecord:
     return earlier
 
 
-def _settle_fields(data: SettleInput) -> tuple[UsageStatus, UsageSource]:
+def settle_fields(data: SettleInput) -> tuple[UsageStatus, UsageSource]:
     for field in ("input_tokens", "output_tokens", "latency_us", "http_status"):
         validation.non_negative(field, getattr(data, field))
     try:
@@ -183,11 +183,11 @@ def _settle_fields(data: SettleInput) -> tuple[UsageStatus, UsageSource]:
     return status, source
 
 
-def _reserved(record: UsageRecord) -> reservations.Amounts:
+def reserved_amounts(record: UsageRecord) -> reservations.Amounts:
     return reservations.Amounts(record.estimated_input_tokens, record.max_output_tokens, record.reserved_cost_micros)
 
 
-def _charged(record: UsageRecord) -> reservations.Amounts:
+def charged_amounts(record: UsageRecord) -> reservations.Amounts:
     return reservations.Amounts(record.input_tokens, record.output_tokens, record.cost_micros)
 
 
@@ -206,7 +206,7 @@ async def _close(record: UsageRecord, settled: dict[str, Any], charge: reservati
             return False
         if record.status is UsageStatus.EXPIRED:
             # The sweeper charged the reservation; a late settle replaces that charge by the real one.
-            expired = _charged(record)
+            expired = charged_amounts(record)
             delta = reservations.Amounts(
                 charge.input_tokens - expired.input_tokens,
                 charge.output_tokens - expired.output_tokens,
@@ -214,7 +214,7 @@ async def _close(record: UsageRecord, settled: dict[str, Any], charge: reservati
             )
             await reservations.move(conn, holds, release=reservations.Amounts(0, 0, 0), charge=delta)
         else:
-            await reservations.move(conn, holds, release=_reserved(record), charge=charge)
+            await reservations.move(conn, holds, release=reserved_amounts(record), charge=charge)
     return True
 
 
@@ -228,7 +228,7 @@ async def settle(data: SettleInput, now: datetime) -> Settlement:
     once; any later settle changes nothing.
     """
     rid = validation.uuid_value("request_id", data.request_id)
-    status, source = _settle_fields(data)
+    status, source = settle_fields(data)
     for _ in range(3):
         record = await UsageRecord.get_or_none(request_id=rid).select_related("account")
         if record is None:
@@ -237,7 +237,7 @@ async def settle(data: SettleInput, now: datetime) -> Settlement:
             return Settlement(record=record, already_settled=True)
         price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
         charge = reservations.Amounts(
-            data.input_tokens, data.output_tokens, _cost(data.input_tokens, data.output_tokens, price)
+            data.input_tokens, data.output_tokens, capped_cost(data.input_tokens, data.output_tokens, price)
         )
         settled: dict[str, Any] = {
             "input_tokens": charge.input_tokens,
@@ -274,14 +274,14 @@ async def expire_stale(now: datetime, max_age: timedelta, *, batch: int = EXPIRE
     )
     closed = 0
     for record in stale:
-        reserved = _reserved(record)
+        reserved = reserved_amounts(record)
         holds = reservations.decode_holds(record.reserved_counters)
         if any(hold.metric is BudgetMetric.COST_MICROS for hold in holds):
             # Exactly what the cost budgets admitted, even if a price changed since.
             charge = reserved
         else:
             price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
-            cost = _cost(reserved.input_tokens, reserved.output_tokens, price)
+            cost = capped_cost(reserved.input_tokens, reserved.output_tokens, price)
             charge = reservations.Amounts(reserved.input_tokens, reserved.output_tokens, cost)
         settled: dict[str, Any] = {
             "input_tokens": charge.input_tokens,

@@ -210,12 +210,49 @@ async def reserve(
 async def move(conn: BaseDBAsyncClient, holds: Sequence[Hold], *, release: Amounts, charge: Amounts) -> None:
     """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in stored order."""
     for hold in holds:
-        bind = Binder(conn.capabilities.dialect)
-        amount = charge.of(hold.metric)
-        sql = (
-            f"UPDATE budget_counter SET reserved = reserved - {bind(release.of(hold.metric))}, "  # noqa: S608
-            f"spent = CASE WHEN spent >= {bind(COUNTER_CAP - amount)} THEN {bind(COUNTER_CAP)} "
-            f"ELSE spent + {bind(amount)} END "
-            f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}"
-        )
-        await conn.execute_query(sql, bind.values)
+        await _move_counter(conn, hold, release.of(hold.metric), charge.of(hold.metric))
+
+
+class Moves:
+    """The counter moves of many settles, summed per counter, applied in the one lock order.
+
+    Example::
+
+        moves = Moves()
+        moves.add(holds, release=reserved, charge=real)   # once per settled request
+        await moves.apply(conn)                           # one UPDATE per counter
+    """
+
+    def __init__(self) -> None:
+        self._totals: dict[Hold, list[int]] = {}
+
+    def add(self, holds: Sequence[Hold], *, release: Amounts, charge: Amounts) -> None:
+        for hold in holds:
+            total = self._totals.setdefault(hold, [0, 0])
+            total[0] += release.of(hold.metric)
+            total[1] += charge.of(hold.metric)
+
+    async def apply(self, conn: BaseDBAsyncClient) -> None:
+        for hold in sorted(self._totals, key=lock_order):
+            release, charge = self._totals[hold]
+            # Each statement moves at most AMOUNT_CAP, as a single settle would; sums of absurd
+            # reports take a few statements (``spent`` saturates at COUNTER_CAP on the way).
+            while True:
+                step_release = max(-AMOUNT_CAP, min(AMOUNT_CAP, release))
+                step_charge = max(-AMOUNT_CAP, min(AMOUNT_CAP, charge))
+                await _move_counter(conn, hold, step_release, step_charge)
+                release -= step_release
+                charge -= step_charge
+                if not release and not charge:
+                    break
+
+
+async def _move_counter(conn: BaseDBAsyncClient, hold: Hold, release: int, charge: int) -> None:
+    bind = Binder(conn.capabilities.dialect)
+    sql = (
+        f"UPDATE budget_counter SET reserved = reserved - {bind(release)}, "  # noqa: S608
+        f"spent = CASE WHEN spent >= {bind(COUNTER_CAP - charge)} THEN {bind(COUNTER_CAP)} "
+        f"ELSE spent + {bind(charge)} END "
+        f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}"
+    )
+    await conn.execute_query(sql, bind.values)

@@ -41,6 +41,11 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def status_code(error: errors.DomainError) -> int:
+    """The ``google.rpc.Code`` of ``error``."""
+    return _CODES.get(type(error), code_pb2.FAILED_PRECONDITION)
+
+
 def to_status(error: errors.DomainError) -> grpc.Status:
     details = [
         _pack(error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata))
@@ -51,8 +56,7 @@ def to_status(error: errors.DomainError) -> grpc.Status:
             for v in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    code = _CODES.get(type(error), code_pb2.FAILED_PRECONDITION)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
+    return rpc_status.to_status(status_pb2.Status(code=status_code(error), message=error.message, details=details))
 
 
 S = TypeVar("S")

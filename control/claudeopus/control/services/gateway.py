@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 
-from claudeopus.control.domain import gateway
+from claudeopus.control.domain import batch_settle, gateway
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import require_service
-from claudeopus.control.services.errors import rpc
-from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc
+from claudeopus.control.services.errors import rpc, status_code
+from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext
 
@@ -61,19 +61,38 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SettleRequest, context: Ctx[object, object]
     ) -> gateway_pb2.SettleResponse:
         require_service(context, self._token)
-        latency_us = request.latency.seconds * 1_000_000 + request.latency.nanos // 1000
-        settlement = await gateway.settle(
-            gateway.SettleInput(
-                request_id=request.request_id,
-                input_tokens=request.input_tokens,
-                output_tokens=request.output_tokens,
-                latency_us=latency_us,
-                status=request.status,
-                source=request.source,
-                http_status=request.http_status,
-            ),
-            self._clock(),
-        )
+        settlement = await gateway.settle(_settle_input(request), self._clock())
         return gateway_pb2.SettleResponse(
             usage_record=convert.usage_record(settlement.record), already_settled=settlement.already_settled
         )
+
+    @rpc
+    async def BatchSettle(
+        self, request: gateway_pb2.BatchSettleRequest, context: Ctx[object, object]
+    ) -> gateway_pb2.BatchSettleResponse:
+        require_service(context, self._token)
+        results = await batch_settle.settle_batch([_settle_input(item) for item in request.requests], self._clock())
+        return gateway_pb2.BatchSettleResponse(results=[_settle_result(result) for result in results])
+
+
+def _settle_input(request: gateway_pb2.SettleRequest) -> gateway.SettleInput:
+    return gateway.SettleInput(
+        request_id=request.request_id,
+        input_tokens=request.input_tokens,
+        output_tokens=request.output_tokens,
+        latency_us=request.latency.seconds * 1_000_000 + request.latency.nanos // 1000,
+        status=request.status,
+        source=request.source,
+        http_status=request.http_status,
+    )
+
+
+def _settle_result(result: batch_settle.SettleResult) -> gateway_pb2.SettleResult:
+    if result.error is None:
+        return gateway_pb2.SettleResult(request_id=result.request_id, already_settled=result.already_settled)
+    return gateway_pb2.SettleResult(
+        request_id=result.request_id,
+        error_code=status_code(result.error),
+        error_reason=error_reason_pb2.ErrorReason.Value(result.error.reason.value),
+        error_message=result.error.message,
+    )

@@ -1,0 +1,194 @@
+"""Settling many reservations at once: what the edge's settler sends in one BatchSettle.
+
+Each entry ends exactly as :func:`claudeopus.control.domain.gateway.settle` would end it
+(same validation, cost, counters and idempotency by request id); the batch only shares the
+work. It costs one query for the rows, one for the prices, and one transaction in which
+every row is closed by one statement and every budget counter the batch touches moves
+once, by the sum of its requests (:class:`~claudeopus.control.domain.reservations.Moves`).
+Rows are closed in id order and counters in the one global lock order, so batches cannot
+deadlock each other. An entry whose row changed under it (a budget created meanwhile
+joined its reservation, the sweeper expired it) is settled again on its own afterwards.
+
+Example::
+
+    results = await settle_batch([SettleInput(...), SettleInput(...)], now)
+    for result in results:
+        print(result.error.reason if result.error else result.already_settled)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import OperationalError, TransactionManagementError
+from tortoise.transactions import in_transaction
+
+from claudeopus.control.domain import gateway, prices, reservations, validation
+from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason
+from claudeopus.control.domain.sqlbind import Binder
+from claudeopus.control.models import Price, UsageRecord, UsageStatus
+
+MAX_BATCH = 1000
+_OPEN = (UsageStatus.RESERVED, UsageStatus.EXPIRED)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """One entry's end: settled now, found ``already_settled``, or refused with ``error``."""
+
+    request_id: str
+    already_settled: bool = False
+    error: DomainError | None = None
+
+
+@dataclass(slots=True)
+class _Closing:
+    """An entry whose open row this batch closes."""
+
+    index: int
+    data: gateway.SettleInput
+    record: UsageRecord
+    fields: dict[str, Any]
+    charge: reservations.Amounts
+
+
+async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> list[SettleResult]:
+    """Settle every entry of ``batch``; one result per entry, in order. Idempotent by request id."""
+    if len(batch) > MAX_BATCH:
+        raise InvalidArgument.field("requests", f"at most {MAX_BATCH} settles per batch")
+    results: list[SettleResult | None] = [None] * len(batch)
+    wanted: dict[uuid.UUID, int] = {}
+    for index, data in enumerate(batch):
+        try:
+            rid = validation.uuid_value(f"requests[{index}].request_id", data.request_id)
+            gateway.settle_fields(data)
+        except DomainError as error:
+            results[index] = SettleResult(data.request_id, error=error)
+            continue
+        if rid in wanted:
+            results[index] = SettleResult(
+                data.request_id,
+                error=InvalidArgument.field(f"requests[{index}].request_id", "appears twice in this batch"),
+            )
+            continue
+        wanted[rid] = index
+    records = await UsageRecord.filter(request_id__in=list(wanted)).select_related("account") if wanted else []
+    found = {record.request_id: record for record in records}
+    open_records: list[tuple[int, UsageRecord]] = []
+    for rid, index in wanted.items():
+        record = found.get(rid)
+        if record is None:
+            missing = NotFound(Reason.RESERVATION_NOT_FOUND, "No authorized request has this request_id.")
+            results[index] = SettleResult(batch[index].request_id, error=missing)
+        elif record.status not in _OPEN:
+            results[index] = SettleResult(batch[index].request_id, already_settled=True)
+        else:
+            open_records.append((index, record))
+    if open_records:
+        price_of = await _prices([record for _, record in open_records])
+        closing = [_closing(index, batch[index], record, now, price_of) for index, record in open_records]
+        for entry in await _close_all(closing):
+            # Its row changed since it was read: the single settle reads it again and retries.
+            try:
+                settlement = await gateway.settle(entry.data, now)
+                results[entry.index] = SettleResult(entry.data.request_id, settlement.already_settled)
+            except DomainError as error:
+                results[entry.index] = SettleResult(entry.data.request_id, error=error)
+    return [result or SettleResult(batch[index].request_id) for index, result in enumerate(results)]
+
+
+_PriceKey = tuple[tuple[int, ...], str]
+
+
+async def _prices(records: Sequence[UsageRecord]) -> dict[_PriceKey, prices.PriceInForce]:
+    """The price in force for each (account chain, model) of ``records``: one query for the batch."""
+    accounts = {account_id for record in records for account_id in record.account.ancestor_ids()}
+    models = {record.model for record in records}
+    rows = await Price.filter(account_id__in=sorted(accounts), model__in=sorted(models))
+    by_place: dict[tuple[int, str], list[Price]] = {}
+    for row in rows:
+        by_place.setdefault((row.account_id, row.model), []).append(row)  # type: ignore[attr-defined]
+    price_of: dict[_PriceKey, prices.PriceInForce] = {}
+    for record in records:
+        chain = tuple(record.account.ancestor_ids())
+        key = (chain, record.model)
+        if key not in price_of:
+            sources = [row for account_id in chain for row in by_place.get((account_id, record.model), [])]
+            price_of[key] = prices.in_force(sources)
+    return price_of
+
+
+def _closing(
+    index: int,
+    data: gateway.SettleInput,
+    record: UsageRecord,
+    now: datetime,
+    price_of: dict[_PriceKey, prices.PriceInForce],
+) -> _Closing:
+    status, source = gateway.settle_fields(data)
+    price = price_of[(tuple(record.account.ancestor_ids()), record.model)]
+    charge = reservations.Amounts(
+        data.input_tokens, data.output_tokens, gateway.capped_cost(data.input_tokens, data.output_tokens, price)
+    )
+    fields: dict[str, Any] = {
+        "input_tokens": charge.input_tokens,
+        "output_tokens": charge.output_tokens,
+        "latency_us": data.latency_us,
+        "status": int(status),
+        "source": int(source),
+        "http_status": data.http_status,
+        "settled_at": now,
+        "cost_micros": charge.cost_micros,
+    }
+    return _Closing(index, data, record, fields, charge)
+
+
+async def _close_all(closing: list[_Closing]) -> list[_Closing]:
+    """Close the rows and move their counters in one transaction; the entries that must be retried alone."""
+    closing.sort(key=lambda entry: entry.record.id)
+    try:
+        async with in_transaction() as conn:
+            missed: list[_Closing] = []
+            moves = reservations.Moves()
+            for entry in closing:
+                if not await _close_row(conn, entry):
+                    missed.append(entry)
+                    continue
+                record = entry.record
+                holds = reservations.decode_holds(record.reserved_counters)
+                if record.status is UsageStatus.EXPIRED:
+                    # The sweeper charged the reservation; a late settle replaces that charge by the real one.
+                    expired = gateway.charged_amounts(record)
+                    delta = reservations.Amounts(
+                        entry.charge.input_tokens - expired.input_tokens,
+                        entry.charge.output_tokens - expired.output_tokens,
+                        entry.charge.cost_micros - expired.cost_micros,
+                    )
+                    moves.add(holds, release=reservations.Amounts(0, 0, 0), charge=delta)
+                else:
+                    moves.add(holds, release=gateway.reserved_amounts(record), charge=entry.charge)
+            await moves.apply(conn)
+    except (OperationalError, TransactionManagementError):
+        # A lock conflict (PostgreSQL chose this batch as a deadlock victim, SQLite was busy):
+        # nothing of the transaction stayed; every entry is settled on its own instead.
+        return closing
+    return missed
+
+
+async def _close_row(conn: BaseDBAsyncClient, entry: _Closing) -> bool:
+    """Close the row if it is still as read (same state, same holds); False if someone else changed it."""
+    bind = Binder(conn.capabilities.dialect)
+    assignments = ", ".join(f"{column} = {bind(value)}" for column, value in entry.fields.items())
+    record = entry.record
+    sql = (
+        f"UPDATE usage_record SET {assignments} "  # noqa: S608 - fixed column names, bound values
+        f"WHERE id = {bind(record.id)} AND status = {bind(int(record.status))} "
+        f"AND reserved_counters = {bind(record.reserved_counters)}"
+    )
+    changed, _ = await conn.execute_query(sql, bind.values)
+    return changed > 0
