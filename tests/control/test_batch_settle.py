@@ -4,8 +4,6 @@ The world, the budgets and the helpers are those of ``test_reservations.py``: ev
 reserves 11 input and 22 output tokens unless it says otherwise.
 """
 
-# ruff: noqa: F811 - the fixtures imported from test_reservations are parameters below
-
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +17,8 @@ from claudeopus.control.domain import gateway, prices
 from claudeopus.control.domain.batch_settle import MAX_BATCH, SettleResult, settle_batch
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
 from claudeopus.control.models import BudgetCounter, UsageRecord, UsageSource, UsageStatus
-from tests.control.test_reservations import (  # noqa: F401 - fixtures
+from tests.control import test_reservations
+from tests.control.test_reservations import (
     COST,
     DAILY,
     INPUT_TOKENS,
@@ -31,12 +30,12 @@ from tests.control.test_reservations import (  # noqa: F401 - fixtures
     assert_counters_match_rows,
     authorize,
     counter,
-    db,
-    root,
     set_budget,
     settle_input,
-    world,
 )
+
+# The fixtures of test_reservations, used here too.
+db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 
 
 def ok(result: SettleResult, already_settled: bool = False) -> None:

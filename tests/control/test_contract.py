@@ -176,6 +176,7 @@ EXPECTED_COLUMNS: dict[type[Model], set[str]] = {
     },
     models.Session: {"id", "token_hash", "account_id", "created_at", "expires_at"},
     models.InstanceValue: {"name", "value"},
+    models.AuthEpoch: {"id", "value"},
 }
 
 

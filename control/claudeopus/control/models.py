@@ -282,3 +282,19 @@ class InstanceValue(Model):
 
     class Meta:
         table = "instance_value"
+
+
+class AuthEpoch(Model):
+    """One row whose ``value`` grows with every committed change to what Authorize reads.
+
+    Database triggers on ``account``, ``api_key``, ``budget`` and ``price`` bump it in the
+    changing transaction itself (at commit, on PostgreSQL), whichever control replica (or
+    administrator's SQL) made the change. A control process caches what it read about a key
+    under the epoch it saw first; a different epoch empties its cache.
+    """
+
+    id = fields.IntField(primary_key=True)
+    value = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "auth_epoch"

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from claudeopus import tls
 from claudeopus.control.db import open_database
+from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock, utc_now
 from claudeopus.control.domain.gateway import OutputPolicy
 from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_secret
@@ -69,7 +70,7 @@ def build_server(
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(codec, clock), server)
     policy = OutputPolicy(settings.default_max_output_tokens, settings.model_max_output_tokens)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(settings.service_token, clock, policy), server
+        GatewayServicer(settings.service_token, clock, policy, AuthCache(settings.auth_cache_keys)), server
     )
     budgets_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(codec, clock), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(codec, clock), server)

@@ -11,6 +11,7 @@ from claudeopus import tls
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 MAX_OUTPUT_TOKENS = 100_000_000
+MAX_CACHED_KEYS = 10_000_000
 TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_TLS_CERT", "CLAUDEOPUS_CONTROL_TLS_KEY", "CLAUDEOPUS_CONTROL_CLIENT_CA")
 
 
@@ -43,6 +44,9 @@ class ControlSettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Keys whose authorization context (key, account, suspension, budgets, prices) each control
+    # process keeps between requests; any change to those rows empties it (see auth_cache). 0: none.
+    auth_cache_keys: int = 10_000
 
     def __post_init__(self) -> None:
         if len(self.service_token) < 32:
@@ -77,7 +81,15 @@ class ControlSettings:
                 "CLAUDEOPUS_RESERVATION_TIMEOUT", env.get("CLAUDEOPUS_RESERVATION_TIMEOUT", "900")
             ),
             sweep_interval=_seconds("CLAUDEOPUS_SWEEP_INTERVAL", env.get("CLAUDEOPUS_SWEEP_INTERVAL", "30")),
+            auth_cache_keys=_count("CLAUDEOPUS_AUTH_CACHE_KEYS", env.get("CLAUDEOPUS_AUTH_CACHE_KEYS", "10000")),
         )
+
+
+def _count(name: str, raw: str) -> int:
+    value = raw.strip()
+    if not (value.isascii() and value.isdecimal()) or int(value) > MAX_CACHED_KEYS:
+        raise SettingsError(f"{name} must be a whole number from 0 to {MAX_CACHED_KEYS:,}, got {raw!r}")
+    return int(value)
 
 
 def _tokens(name: str, raw: str) -> int:

@@ -17,6 +17,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import prices, reservations, validation
+from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, load_context
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -25,7 +26,7 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.principal import usable_key
+from claudeopus.control.domain.principal import check_key
 from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
 
 KEY_HASH_BYTES = 32
@@ -59,8 +60,19 @@ def _key_hash(value: bytes) -> str:
     return value.hex()
 
 
-async def verify_key(key_hash: bytes, now: datetime) -> ApiKey:
-    return await usable_key(_key_hash(key_hash), Scope.INFERENCE, now)
+async def key_context(key_hash: bytes, now: datetime, cache: AuthCache | None = None) -> KeyContext:
+    """The context of a key that may serve inference at ``now``, or the denial (cached when ``cache`` is given)."""
+    hex_hash = _key_hash(key_hash)
+    context = await (cache.context(hex_hash) if cache is not None else load_context(hex_hash))
+    check_key(None if context is None else context.key, hex_hash, Scope.INFERENCE, now)
+    assert context is not None  # check_key refused a missing key
+    if context.suspended:
+        raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
+    return context
+
+
+async def verify_key(key_hash: bytes, now: datetime, cache: AuthCache | None = None) -> ApiKey:
+    return (await key_context(key_hash, now, cache)).key
 
 
 def _check_model(key: ApiKey, model: str) -> None:
@@ -100,6 +112,7 @@ async def authorize(
     stream: bool,
     now: datetime,
     policy: OutputPolicy,
+    cache: AuthCache | None = None,
 ) -> Authorized:
     """Check the key for ``model``, reserve the worst case in every budget, open the usage record.
 
@@ -110,10 +123,11 @@ async def authorize(
     model = validation.model_name("model", model)
     validation.non_negative("estimated_input_tokens", estimated_input_tokens)
     validation.non_negative("max_output_tokens", max_output_tokens)
-    key = await verify_key(key_hash, now)
+    context = await key_context(key_hash, now, cache)
+    key = context.key
     _check_model(key, model)
     output_tokens = policy.output_tokens(model, max_output_tokens)
-    budgets = await reservations.applicable_budgets(key)
+    budgets = context.budgets
     row = {
         "request_id": rid,
         "api_key_id": key.id,
@@ -129,8 +143,7 @@ async def authorize(
             return Authorized(await UsageRecord.create(**row), 0)
         cost = 0
         if any(budget.metric is BudgetMetric.COST_MICROS for budget in budgets):
-            price = prices.in_force(await prices.chain_prices(key.account.ancestor_ids(), model))
-            cost = capped_cost(estimated_input_tokens, output_tokens, price)
+            cost = capped_cost(estimated_input_tokens, output_tokens, await context.price(model))
         amounts = reservations.Amounts(estimated_input_tokens, output_tokens, cost)
         planned = reservations.plan(key, budgets, now)
         async with in_transaction() as conn:

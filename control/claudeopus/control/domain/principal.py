@@ -32,17 +32,26 @@ class Principal:
 
 async def ensure_not_suspended(account: Account) -> None:
     """Refuse when the account or any ancestor is suspended."""
-    if await Account.filter(id__in=account.ancestor_ids(), state=AccountState.SUSPENDED).exists():
+    if await any_suspended(account):
         raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
 
 
-async def usable_key(key_hash_hex: str, scope: Scope, now: datetime) -> ApiKey:
-    """The live key with this hash (current secret, or a rotated one in its grace period), or a denial."""
-    key = (
+async def any_suspended(account: Account) -> bool:
+    """Whether the account or any ancestor is suspended."""
+    return await Account.filter(id__in=account.ancestor_ids(), state=AccountState.SUSPENDED).exists()
+
+
+async def find_key(key_hash_hex: str) -> ApiKey | None:
+    """The key whose current or replaced secret has this hash, with its account; None if there is none."""
+    return (
         await ApiKey.filter(Q(key_hash=key_hash_hex) | Q(previous_key_hash=key_hash_hex))
         .select_related("account")
         .first()
     )
+
+
+def check_key(key: ApiKey | None, key_hash_hex: str, scope: Scope, now: datetime) -> ApiKey:
+    """``key`` if it is live for ``scope`` at ``now`` when presented with this hash (suspension aside)."""
     if key is None or key.account.deleted_at is not None:
         raise Unauthenticated(Reason.KEY_INVALID, "Incorrect API key provided.")
     if key.revoked_at is not None:
@@ -57,6 +66,12 @@ async def usable_key(key_hash_hex: str, scope: Scope, now: datetime) -> ApiKey:
         raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")
     if not key.has_scope(scope):
         raise PermissionDenied(Reason.KEY_SCOPE_DENIED, f"This API key does not have the {scope.name.lower()} scope.")
+    return key
+
+
+async def usable_key(key_hash_hex: str, scope: Scope, now: datetime) -> ApiKey:
+    """The live key with this hash (current secret, or a rotated one in its grace period), or a denial."""
+    key = check_key(await find_key(key_hash_hex), key_hash_hex, scope, now)
     await ensure_not_suspended(key.account)
     return key
 

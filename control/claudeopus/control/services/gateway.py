@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from claudeopus.control.domain import batch_settle, gateway
+from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.services import convert
@@ -16,17 +17,20 @@ Ctx = grpc.aio.ServicerContext
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, service_token: str, clock: Clock, policy: gateway.OutputPolicy) -> None:
+    def __init__(
+        self, service_token: str, clock: Clock, policy: gateway.OutputPolicy, cache: AuthCache | None = None
+    ) -> None:
         self._token = service_token
         self._clock = clock
         self._policy = policy
+        self._cache = cache if cache is not None else AuthCache()
 
     @rpc
     async def VerifyApiKey(
         self, request: gateway_pb2.VerifyApiKeyRequest, context: Ctx[object, object]
     ) -> gateway_pb2.VerifyApiKeyResponse:
         require_service(context, self._token)
-        key = await gateway.verify_key(request.key_hash, self._clock())
+        key = await gateway.verify_key(request.key_hash, self._clock(), self._cache)
         return gateway_pb2.VerifyApiKeyResponse(
             api_key=format_name(API_KEYS, key.id),
             account=format_name(ACCOUNTS, key.account.id),
@@ -47,6 +51,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             stream=request.stream,
             now=self._clock(),
             policy=self._policy,
+            cache=self._cache,
         )
         record = authorized.record
         return gateway_pb2.AuthorizeResponse(
