@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
@@ -27,6 +28,10 @@ class ClientGone(Exception):
     """The HTTP client disconnected before the stream ended."""
 
 
+class Overtime(Exception):
+    """The stream outlasted the longest upstream exchange the edge allows (however busy it was)."""
+
+
 CHARS_PER_TOKEN = 4
 
 
@@ -42,13 +47,16 @@ class StreamRelay:
         started_at: float,
         settler: Settler,
         watcher: DisconnectWatcher,
+        deadline: float = float("inf"),
     ) -> None:
+        """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended."""
         self._response = response
         self._completion = completion
         self._request_id = request_id
         self._started_at = started_at
         self._settler = settler
         self._watcher = watcher
+        self._deadline = deadline
         self._usage: Usage | None = None
         self._relayed_events = 0
         self._relayed_chars = 0
@@ -68,11 +76,13 @@ class StreamRelay:
                 yield tail + b"\n\n"
         except ClientGone:
             self._status = usage_pb2.USAGE_STATUS_CLIENT_DISCONNECTED
-        except httpx.ConnectTimeout:
-            # Mid-stream there is nothing to connect: the transport reports a
-            # dropped upstream connection this way.
+        except Overtime:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
-            yield _error_event(errors.upstream_broken("dropped the connection mid-stream"))
+            yield _error_event(
+                errors.UpstreamTimeout(
+                    "The upstream provider's answer took longer than the gateway allows.", code="upstream_timeout"
+                )
+            )
         except httpx.TimeoutException:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
             yield _error_event(
@@ -105,15 +115,20 @@ class StreamRelay:
         while True:
             if gone.done():
                 raise ClientGone
+            left = self._deadline - time.perf_counter()
+            if left <= 0:
+                raise Overtime
             next_chunk = asyncio.ensure_future(iterator.__anext__())
             try:
-                await asyncio.wait((next_chunk, gone), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((next_chunk, gone), timeout=left, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 await _discard(next_chunk)
                 raise
             if not next_chunk.done():
                 await _discard(next_chunk)
-                raise ClientGone
+                if gone.done():
+                    raise ClientGone
+                raise Overtime
             try:
                 chunk = next_chunk.result()
             except StopAsyncIteration:
