@@ -139,7 +139,11 @@ class Forwarder:
             error_reply = self._upstream_error(response.status_code, body)
             self._settle_failure(request_id, started, error_reply.status)
             return BodyReply(status=error_reply.status, body=error_reply.body, headers=headers)
-        self._settler.submit(request_id, _body_outcome(body, completion), started)
+        outcome = _body_outcome(body, completion)
+        if outcome is None:
+            self._settle_failure(request_id, started, 502)
+            raise errors.upstream_broken("sent an answer that is not a JSON object")
+        self._settler.submit(request_id, outcome, started)
         return BodyReply(status=200, body=body, headers=headers)
 
     async def models(self, secret: str) -> BodyReply:
@@ -265,11 +269,15 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
-def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome:
-    usage = None
-    with contextlib.suppress(orjson.JSONDecodeError):
+def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome | None:
+    """What a 200 answer used; None when it is no JSON object (nothing the client could read)."""
+    try:
         parsed = orjson.loads(body)
-        usage = parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    usage = parse_usage(parsed.get("usage"))
     if usage is None:
         return Outcome(
             input_tokens=completion.estimated_input_tokens,
