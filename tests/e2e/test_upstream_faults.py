@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import json
 import os
 import secrets
 import time
@@ -200,14 +202,15 @@ MID_STREAM = [
 @pytest.mark.parametrize(("fault", "chunks", "code"), MID_STREAM)
 def test_mid_stream_faults_end_the_stream_with_an_error_event(stack: Stack, fault: str, chunks: int, code: str) -> None:
     key_name, secret, budget = stack.key()
-    received = 0
+    received: list[object] = []
     started = time.monotonic()
+    stream = _create(stack.edge, secret, fault, stream=True)
     with pytest.raises(openai.APIError) as caught:
-        for _ in _create(stack.edge, secret, fault, stream=True):
-            received += 1
+        received.extend(stream)
+    received_count = len(received)
     assert not isinstance(caught.value, openai.APIStatusError)  # the status line said 200
     assert caught.value.code == code and caught.value.type == "server_error"
-    assert received >= chunks if fault == "fault-endless" else received == chunks
+    assert received_count >= chunks if fault == "fault-endless" else received_count == chunks
     assert time.monotonic() - started < 3.0  # bounded by the read timeout or the longest exchange
     record = _settled_once(stack, key_name, budget)
     # http_status is what the client got on the status line; the tokens are estimated from the text relayed.
@@ -219,7 +222,7 @@ def test_mid_stream_faults_end_the_stream_with_an_error_event(stack: Stack, faul
 def test_a_malformed_event_reaches_the_sdk_as_it_came(stack: Stack) -> None:
     """Events are relayed as they are (only usage events are decoded): the SDK fails decoding."""
     key_name, secret, budget = stack.key()
-    with pytest.raises(ValueError):  # json.JSONDecodeError from the SDK
+    with pytest.raises(json.JSONDecodeError):
         list(_create(stack.edge, secret, "fault-malformed", stream=True))
     record = _settled_once(stack, key_name, budget)
     # Settled as a success: one event was relayed, so one output token is estimated.
@@ -263,10 +266,8 @@ def _fds(pid: int) -> list[str]:
     fd_dir = Path(f"/proc/{pid}/fd")
     links = []
     for name in os.listdir(fd_dir):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # closed while we looked
             links.append(os.readlink(fd_dir / name))
-        except FileNotFoundError:
-            pass  # closed while we looked
     return links
 
 
@@ -334,9 +335,8 @@ def test_many_faults_leak_no_connection_or_reservation(stack: Stack) -> None:
         if (fds_after <= fds_before + 2 and sockets_after == 0) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    print(
-        f"\nleak check: {total} requests; fds {fds_before} -> {fds_after}; upstream sockets {sockets_before} -> {sockets_after}"
-    )
+    figures = f"fds {fds_before} -> {fds_after}; upstream sockets {sockets_before} -> {sockets_after}"
+    print(f"\nleak check: {total} requests; {figures}")
     assert sockets_after == 0
     assert fds_after <= fds_before + 2
     assert stack.upstream.open_connections == 0
