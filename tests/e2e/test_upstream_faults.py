@@ -340,3 +340,7 @@ def test_many_faults_leak_no_connection_or_reservation(stack: Stack) -> None:
     assert sockets_after == 0
     assert fds_after <= fds_before + 2
     assert stack.upstream.open_connections == 0
+    # No prompt in the edge's output, and no fault became an unhandled exception.
+    output = stack.edge.process.output()
+    assert "fault-prompt" not in output
+    assert "Traceback" not in output and "unhandled" not in output
