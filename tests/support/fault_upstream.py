@@ -9,6 +9,7 @@ Each request's ``model`` picks the fault (every answer says ``Connection: close`
     fault-stall       headers and a first part (2 SSE chunks, or half a JSON body), then silence
     fault-reset-mid   headers and a first part, then RST
     fault-truncated   Content-Length promises more than is sent, then FIN
+    fault-early       a stream of 2 chunks that ends properly, but without usage or [DONE]
     fault-endless     headers, then an SSE chunk (or body bytes) every 50 ms, forever
     fault-slow        a stream of 100 chunks, one every 20 ms (for client disconnects)
     fault-status-NNN  HTTP NNN with an OpenAI error body
@@ -169,6 +170,8 @@ class FaultUpstream:
                 await asyncio.sleep(SLOW_PAUSE)
         if fault == "stall":
             await reader.read()
+        elif fault == "early":
+            writer.write(b"0\r\n\r\n")
         elif fault == "reset-mid":
             await asyncio.sleep(0.1)  # let the edge relay what came first
             self._drop(writer, reset=True)
