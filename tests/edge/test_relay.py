@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,7 +49,9 @@ class Upstream(httpx.AsyncByteStream):
         self.closed = True
 
 
-async def relay(parts: list[bytes | BaseException], *, include_usage: bool = False, pause: float = 0.0):
+async def relay(
+    parts: list[bytes | BaseException], *, include_usage: bool = False, pause: float = 0.0, deadline: float = 0.0
+):
     upstream = Upstream(parts, pause)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=upstream))
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
@@ -64,6 +67,7 @@ async def relay(parts: list[bytes | BaseException], *, include_usage: bool = Fal
             started_at=0.0,
             settler=settler,  # type: ignore[arg-type]
             watcher=DisconnectWatcher(None),
+            deadline=deadline or float("inf"),
         )
         return relayed, settler, upstream
 
@@ -96,9 +100,9 @@ async def test_an_unterminated_final_event_goes_through_the_same_checks() -> Non
 
 
 async def test_events_split_across_reads_are_reassembled() -> None:
-    whole = chunk("hello") + chunk("world")
+    whole = chunk("hello") + chunk("world") + b"data: [DONE]\n\n"
     relayed, _, _ = await relay([whole[:7], whole[7:30], whole[30:]])
-    assert await collect(relayed) == [chunk("hello"), chunk("world")]
+    assert await collect(relayed) == [chunk("hello"), chunk("world"), b"data: [DONE]\n\n"]
 
 
 async def test_upstream_failure_mid_stream_ends_with_an_error_event_and_an_estimate() -> None:
@@ -124,4 +128,43 @@ async def test_a_cancelled_relay_still_settles_once() -> None:
     [outcome] = settler.settled
     assert outcome.status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
     assert 0 < outcome.output_tokens < 100
+    assert upstream.closed
+
+
+def error_code(event: bytes) -> str:
+    return str(orjson.loads(event.removeprefix(b"data: "))["error"]["code"])
+
+
+async def test_a_stream_ending_without_done_or_usage_ends_with_an_error_event() -> None:
+    relayed, settler, _ = await relay([chunk("a"), chunk("b")])
+    events = await collect(relayed)
+    assert events[:2] == [chunk("a"), chunk("b")] and error_code(events[2]) == "upstream_error"
+    [outcome] = settler.settled
+    assert (outcome.status, outcome.output_tokens) == (usage_pb2.USAGE_STATUS_UPSTREAM_ERROR, 2)
+
+
+async def test_an_event_that_is_not_json_is_not_relayed_and_ends_the_stream() -> None:
+    relayed, settler, upstream = await relay([chunk("a"), b"data: {broken\n\n", chunk("b"), b"data: [DONE]\n\n"])
+    events = await collect(relayed)
+    assert events[0] == chunk("a") and len(events) == 2 and b"broken" not in events[1]
+    assert error_code(events[1]) == "upstream_error"
+    assert settler.settled[0].status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+    assert upstream.closed
+
+
+async def test_keep_alive_comments_pass_but_count_as_no_output() -> None:
+    relayed, settler, _ = await relay([b": keep-alive\n\n"] * 5 + [chunk("a"), b"data: [DONE]\n\n"])
+    assert len(await collect(relayed)) == 7
+    [outcome] = settler.settled
+    assert (outcome.status, outcome.output_tokens) == (usage_pb2.USAGE_STATUS_SUCCEEDED, 1)
+
+
+async def test_a_stream_past_its_deadline_ends_with_a_timeout_event() -> None:
+    loop_start = time.perf_counter()
+    relayed, settler, upstream = await relay(
+        [chunk(str(i)) for i in range(1000)], pause=0.01, deadline=loop_start + 0.2
+    )
+    events = await collect(relayed)
+    assert 5 < len(events) < 100 and error_code(events[-1]) == "upstream_timeout"
+    assert settler.settled[0].status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
     assert upstream.closed

@@ -92,6 +92,8 @@ def build_app(
                 settler=settler,
                 upstream_api_key=settings.upstream_api_key,
                 output_cap_field=settings.upstream_max_tokens_field,
+                connect_retries=settings.upstream_connect_retries,
+                max_duration=settings.upstream_max_duration,
             )
             app.services.register(Forwarder, instance=forwarder)
             try:

@@ -6,7 +6,9 @@ but no web framework: it returns :mod:`claudeopus.edge.replies` objects.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -36,6 +38,9 @@ NOTHING_USED = Outcome(
 )
 
 REDACTED = "[redacted]"
+# The pause before another attempt at a connection that failed (refused, unreachable).
+CONNECT_RETRY_DELAY_SECONDS = 0.05
+_log = logging.getLogger(__name__)
 # Upstream statuses that are the client's own business: the error passes, redacted.
 CLIENT_ERRORS = frozenset({400, 404, 409, 413, 415, 422})
 # Key-like and account-like tokens in upstream messages (sk-..., sk-ab****yz, org-...).
@@ -59,12 +64,16 @@ class Forwarder:
         settler: Settler,
         upstream_api_key: str,
         output_cap_field: str = "max_completion_tokens",
+        connect_retries: int = 1,
+        max_duration: float = 600.0,
     ) -> None:
         self._http = http
         self._control = control
         self._settler = settler
         self._upstream_key = upstream_api_key.encode()
         self._cap_field = output_cap_field
+        self._connect_retries = connect_retries
+        self._max_duration = max_duration
 
     async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
         started = time.perf_counter()
@@ -92,8 +101,9 @@ class Forwarder:
     ) -> Reply:
         """Everything after a successful authorize; every way out of here settles exactly once."""
         headers = [(b"x-request-id", request_id.encode())]
+        deadline = time.perf_counter() + self._max_duration
         try:
-            response = await self._open(completion)
+            response = await self._open(completion, deadline)
         except errors.OpenAIError as error:
             self._settle_failure(request_id, started, error.status)
             raise
@@ -108,10 +118,15 @@ class Forwarder:
                 started_at=started,
                 settler=self._settler,
                 watcher=DisconnectWatcher(receive),
+                deadline=deadline,
             )
             return StreamReply(events=relay.events, headers=[*headers, (b"cache-control", b"no-cache")])
         try:
-            body = await response.aread()
+            async with asyncio.timeout(deadline - time.perf_counter()):
+                body = await response.aread()
+        except (httpx.TimeoutException, TimeoutError):
+            self._settle_failure(request_id, started, 504)
+            raise errors.upstream_timeout() from None
         except httpx.HTTPError:
             self._settle_failure(request_id, started, 502)
             raise errors.upstream_broken("cut its answer off") from None
@@ -124,7 +139,11 @@ class Forwarder:
             error_reply = self._upstream_error(response.status_code, body)
             self._settle_failure(request_id, started, error_reply.status)
             return BodyReply(status=error_reply.status, body=error_reply.body, headers=headers)
-        self._settler.submit(request_id, _body_outcome(body, completion), started)
+        outcome = _body_outcome(body, completion)
+        if outcome is None:
+            self._settle_failure(request_id, started, 502)
+            raise errors.upstream_broken("sent an answer that is not a JSON object")
+        self._settler.submit(request_id, outcome, started)
         return BodyReply(status=200, body=body, headers=headers)
 
     async def models(self, secret: str) -> BodyReply:
@@ -142,7 +161,8 @@ class Forwarder:
             models = [m for m in models if m.get("id") in info.allowed_models]
         return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": models}))
 
-    async def _open(self, completion: CompletionRequest) -> httpx.Response:
+    async def _open(self, completion: CompletionRequest, deadline: float) -> httpx.Response:
+        """The upstream's response head; a connection that failed before sending anything is tried again."""
         request = self._http.build_request(
             "POST",
             "chat/completions",
@@ -150,7 +170,16 @@ class Forwarder:
             headers={"content-type": "application/json"},
         )
         with _upstream_call():
-            return await self._http.send(request, stream=True)
+            async with asyncio.timeout(deadline - time.perf_counter()):
+                for retry in range(1, self._connect_retries + 1):
+                    try:
+                        return await self._http.send(request, stream=True)
+                    except httpx.ConnectError:
+                        # Only ConnectError: no byte of the request left (see upstream.py). After a
+                        # timeout, reset or close the upstream may have seen the request: no retry.
+                        _log.warning("upstream connection failed; retry %d of %d", retry, self._connect_retries)
+                    await asyncio.sleep(CONNECT_RETRY_DELAY_SECONDS)
+                return await self._http.send(request, stream=True)
 
     def _upstream_error(self, status: int, body: bytes) -> BodyReply:
         """The client's view of an upstream error.
@@ -211,10 +240,12 @@ def _upstream_call() -> Iterator[None]:
     """httpx failures of an upstream call become OpenAI-shaped 502/504 errors."""
     try:
         yield
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, TimeoutError):
         raise errors.upstream_timeout() from None
-    except httpx.HTTPError:
+    except httpx.ConnectError:
         raise errors.upstream_unreachable() from None
+    except httpx.HTTPError:
+        raise errors.upstream_broken("dropped the connection before answering") from None
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
@@ -238,11 +269,15 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
-def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome:
-    usage = None
-    with contextlib.suppress(orjson.JSONDecodeError):
+def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome | None:
+    """What a 200 answer used; None when it is no JSON object (nothing the client could read)."""
+    try:
         parsed = orjson.loads(body)
-        usage = parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    usage = parse_usage(parsed.get("usage"))
     if usage is None:
         return Outcome(
             input_tokens=completion.estimated_input_tokens,

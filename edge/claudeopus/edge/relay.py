@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
+import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.control import Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.settler import Settler
-from claudeopus.edge.sse import EventBuffer, Usage, generated_text_length, is_done, usage_event
+from claudeopus.edge.sse import EventBuffer, Usage, event_data, is_done, text_length, usage_event
 from claudeopus.v1 import usage_pb2
 
 
 class ClientGone(Exception):
     """The HTTP client disconnected before the stream ended."""
+
+
+class MalformedEvent(Exception):
+    """The upstream sent an event whose data is not JSON (nor ``[DONE]``)."""
+
+
+class Overtime(Exception):
+    """The stream outlasted the longest upstream exchange the edge allows (however busy it was)."""
 
 
 CHARS_PER_TOKEN = 4
@@ -42,16 +52,20 @@ class StreamRelay:
         started_at: float,
         settler: Settler,
         watcher: DisconnectWatcher,
+        deadline: float = float("inf"),
     ) -> None:
+        """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended."""
         self._response = response
         self._completion = completion
         self._request_id = request_id
         self._started_at = started_at
         self._settler = settler
         self._watcher = watcher
+        self._deadline = deadline
         self._usage: Usage | None = None
         self._relayed_events = 0
         self._relayed_chars = 0
+        self._done = False
         self._status: usage_pb2.UsageStatus.ValueType = usage_pb2.USAGE_STATUS_SUCCEEDED
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -66,13 +80,24 @@ class StreamRelay:
             tail = buffer.rest().rstrip(b"\r\n")
             if tail.strip() and self._keep(tail + b"\n\n"):
                 yield tail + b"\n\n"
+            if not self._done and self._usage is None:
+                # Neither [DONE] nor the usage chunk (always asked for, always last): the upstream
+                # ended the stream early, perhaps cleanly closing mid-answer. Say so; do not bill it as whole.
+                self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+                yield _error_event(errors.upstream_broken("ended the stream before it was complete"))
         except ClientGone:
             self._status = usage_pb2.USAGE_STATUS_CLIENT_DISCONNECTED
-        except httpx.ConnectTimeout:
-            # Mid-stream there is nothing to connect: the transport reports a
-            # dropped upstream connection this way.
+        except MalformedEvent:
+            # Not relayed: the SDK would fail on it without ever reaching the error event.
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
-            yield _error_event(errors.upstream_broken("dropped the connection mid-stream"))
+            yield _error_event(errors.upstream_broken("sent an event that is not JSON"))
+        except Overtime:
+            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            yield _error_event(
+                errors.UpstreamTimeout(
+                    "The upstream provider's answer took longer than the gateway allows.", code="upstream_timeout"
+                )
+            )
         except httpx.TimeoutException:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
             yield _error_event(
@@ -93,9 +118,18 @@ class StreamRelay:
         if found is not None:
             self._usage = found.usage
             return not found.usage_only or self._completion.include_usage
-        if not (b"[DONE]" in event and is_done(event)):
-            self._relayed_events += 1
-            self._relayed_chars += generated_text_length(event)
+        if b"[DONE]" in event and is_done(event):
+            self._done = True
+            return True
+        data = event_data(event)
+        if not data:
+            return True  # a comment (keep-alive) or an event without data: nothing generated
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MalformedEvent from None
+        self._relayed_events += 1
+        self._relayed_chars += text_length(payload)
         return True
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
@@ -105,15 +139,20 @@ class StreamRelay:
         while True:
             if gone.done():
                 raise ClientGone
+            left = self._deadline - time.perf_counter()
+            if left <= 0:
+                raise Overtime
             next_chunk = asyncio.ensure_future(iterator.__anext__())
             try:
-                await asyncio.wait((next_chunk, gone), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((next_chunk, gone), timeout=left, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 await _discard(next_chunk)
                 raise
             if not next_chunk.done():
                 await _discard(next_chunk)
-                raise ClientGone
+                if gone.done():
+                    raise ClientGone
+                raise Overtime
             try:
                 chunk = next_chunk.result()
             except StopAsyncIteration:

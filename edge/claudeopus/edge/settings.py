@@ -13,6 +13,7 @@ DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
 DEFAULT_SPOOL_DIR = "spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+MAX_CONNECT_RETRIES = 100
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
 CONTROL_TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
 
@@ -46,6 +47,12 @@ class EdgeSettings:
     # Upstream timeouts (seconds): connecting, and the longest silence while reading.
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
+    # The longest a whole upstream exchange may take (connect, headers, every chunk of a stream),
+    # however busy the upstream keeps it; keep it below control's reservation timeout (900 s).
+    upstream_max_duration: float = 600.0
+    # Extra attempts after a connection that failed before a byte of the request was sent
+    # (refused, unreachable); never after: a POST that may have reached the upstream is not repeated.
+    upstream_connect_retries: int = 1
     upstream_max_connections: int = 512
     # How long authorize may take before the edge fails closed with 503.
     control_timeout: float = 5.0
@@ -83,6 +90,8 @@ class EdgeSettings:
             raise SettingsError(
                 "CLAUDEOPUS_SERVICE_TOKEN must be set to the control plane's service token (32+ characters)"
             )
+        if not 0 <= self.upstream_connect_retries <= MAX_CONNECT_RETRIES:
+            raise SettingsError(f"CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES must be from 0 to {MAX_CONNECT_RETRIES}")
         split_address(self.http_address, "CLAUDEOPUS_HTTP")
         split_address(self.control_target, "CLAUDEOPUS_CONTROL")
         if not self.spool_dir.strip():
@@ -129,6 +138,8 @@ class EdgeSettings:
             control_target=env.get("CLAUDEOPUS_CONTROL", DEFAULT_CONTROL),
             upstream_connect_timeout=_number(env, "CLAUDEOPUS_UPSTREAM_CONNECT_TIMEOUT", 10.0),
             upstream_read_timeout=_number(env, "CLAUDEOPUS_UPSTREAM_READ_TIMEOUT", 300.0),
+            upstream_max_duration=_number(env, "CLAUDEOPUS_UPSTREAM_MAX_DURATION", 600.0),
+            upstream_connect_retries=_retries(env, "CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES", 1),
             control_timeout=_number(env, "CLAUDEOPUS_CONTROL_TIMEOUT", 5.0),
             max_body_bytes=int(_number(env, "CLAUDEOPUS_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             upstream_max_tokens_field=env.get("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD", "max_completion_tokens"),
@@ -207,6 +218,15 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
         return default
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or int(raw) < 1:
         raise SettingsError(f"{name} must be a whole number from 1 to 999999, got {raw!r}")
+    return int(raw)
+
+
+def _retries(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or int(raw) > MAX_CONNECT_RETRIES:
+        raise SettingsError(f"{name} must be a whole number from 0 to {MAX_CONNECT_RETRIES}, got {raw!r}")
     return int(raw)
 
 

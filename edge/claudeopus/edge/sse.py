@@ -102,6 +102,11 @@ def generated_text_length(event: bytes) -> int:
         payload = orjson.loads(event_data(event))
     except orjson.JSONDecodeError:
         return 0
+    return text_length(payload)
+
+
+def text_length(payload: object) -> int:
+    """:func:`generated_text_length` of an event's already decoded ``data``."""
     choices = payload.get("choices") if isinstance(payload, dict) else None
     total = 0
     for choice in choices if isinstance(choices, list) else ():

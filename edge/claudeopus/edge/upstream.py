@@ -7,10 +7,26 @@ benchmark machine (encode/httpx#3215). The ``httpx-aiohttp`` transport keeps the
 httpx API (requests, streaming, timeouts, exceptions) and lets aiohttp's
 connector do the I/O: 3,238 vs 664 requests/s client-side at 64 concurrent
 requests against nginx. Changing the choice is a change to this module only.
+
+The rest of the edge relies on httpx's exception classes meaning what they say:
+
+    httpx.ConnectError       no connection was made: nothing was sent, a retry is safe
+    httpx.ConnectTimeout     connecting took longer than the connect timeout: nothing was sent
+    httpx.ReadTimeout        connected, but the upstream fell silent for the read timeout
+    httpx.ReadError,         connected, then the connection was reset, closed or cut short:
+    httpx.RemoteProtocolError  the request may have reached the upstream
+
+httpx-aiohttp 0.1 maps every ``aiohttp.ClientConnectionError`` it does not know better to
+``httpx.ConnectTimeout`` (connection refused, a reset before the headers, a server closing
+the connection, even a reset mid-body), so :class:`_Transport` maps them again from the
+aiohttp exception it chains as ``__cause__``.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -40,8 +56,61 @@ def create_upstream_client(
         headers["authorization"] = f"Bearer {settings.upstream_api_key}"
     return httpx.AsyncClient(
         base_url=settings.upstream_url.rstrip("/") + "/",
-        transport=transport or AiohttpTransport(limits=limits),
+        transport=transport or _Transport(limits=limits),
         timeout=timeout,
         headers=headers,
         follow_redirects=False,
     )
+
+
+class _Transport(AiohttpTransport):
+    """``AiohttpTransport`` whose failures carry the httpx class that describes them."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except httpx.TransportError as error:
+            raise remapped(error) from error.__cause__
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Body(response.stream)
+        return response
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except httpx.TransportError as error:
+            raise remapped(error) from error.__cause__
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        except httpx.TransportError as error:
+            raise remapped(error) from error.__cause__
+
+
+def remapped(error: httpx.TransportError) -> httpx.TransportError:
+    """The httpx exception for the aiohttp failure behind ``error`` (``error`` itself if it is right)."""
+    cause = error.__cause__
+    kind: type[httpx.TransportError]
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        kind = httpx.ConnectTimeout
+    elif isinstance(cause, aiohttp.ServerTimeoutError):
+        kind = httpx.ReadTimeout
+    elif isinstance(cause, aiohttp.ClientConnectorError):
+        kind = httpx.ConnectError
+    elif isinstance(cause, aiohttp.ServerDisconnectedError):
+        kind = httpx.RemoteProtocolError
+    elif isinstance(cause, aiohttp.ClientConnectionError):
+        kind = httpx.ReadError
+    else:
+        return error
+    if type(error) is kind:
+        return error
+    # The aiohttp message names the host and the OS error, never a body; keep it for debugging.
+    return kind(str(error), request=error._request)

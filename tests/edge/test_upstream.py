@@ -1,0 +1,87 @@
+"""The upstream client: settings read once, and httpx-aiohttp failures carrying the right httpx class."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from claudeopus.edge.settings import EdgeSettings, SettingsError
+from claudeopus.edge.upstream import create_upstream_client
+from tests.support.fault_upstream import unanswered_port
+from tests.support.processes import free_port
+
+BASE = {"CLAUDEOPUS_UPSTREAM_URL": "http://127.0.0.1:9/v1", "CLAUDEOPUS_SERVICE_TOKEN": "t" * 32}
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def test_retries_and_the_longest_exchange_have_defaults_and_come_from_the_environment() -> None:
+    default = EdgeSettings.from_env(BASE)
+    assert (default.upstream_connect_retries, default.upstream_max_duration) == (1, 600.0)
+    chosen = EdgeSettings.from_env(
+        {**BASE, "CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES": "0", "CLAUDEOPUS_UPSTREAM_MAX_DURATION": "2.5"}
+    )
+    assert (chosen.upstream_connect_retries, chosen.upstream_max_duration) == (0, 2.5)
+
+
+@pytest.mark.parametrize("raw", ["-1", "101", "two", "1.5"])
+def test_a_bad_retry_count_is_refused_by_name(raw: str) -> None:
+    with pytest.raises(SettingsError, match="CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES"):
+        EdgeSettings.from_env({**BASE, "CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES": raw})
+
+
+async def _failure(url: str) -> type[httpx.HTTPError]:
+    env = {**BASE, "CLAUDEOPUS_UPSTREAM_URL": url, "CLAUDEOPUS_UPSTREAM_CONNECT_TIMEOUT": "0.3"}
+    async with create_upstream_client(EdgeSettings.from_env(env)) as client:
+        try:
+            async with client.stream("POST", "chat/completions", content=b"{}") as response:
+                await response.aread()
+        except httpx.HTTPError as error:
+            return type(error)
+    raise AssertionError("no failure")
+
+
+async def _served(handler: Handler) -> type[httpx.HTTPError]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async with server:
+        return await _failure(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+
+
+async def _reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+
+
+async def _cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
+    await writer.drain()
+    writer.close()
+
+
+def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
+    assert asyncio.run(_failure(f"http://127.0.0.1:{free_port()}/v1")) is httpx.ConnectError
+
+
+def test_a_connection_never_accepted_is_a_connect_timeout() -> None:
+    with unanswered_port() as port:
+        assert asyncio.run(_failure(f"http://127.0.0.1:{port}/v1")) is httpx.ConnectTimeout
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [(_reset, httpx.ReadError), (_close, httpx.RemoteProtocolError), (_cut, httpx.ReadError)],
+    ids=["reset-before-headers", "closed-before-headers", "body-cut-short"],
+)
+def test_failures_after_connecting_are_never_connect_errors(handler: Handler, expected: type) -> None:
+    assert asyncio.run(_served(handler)) is expected
