@@ -27,6 +27,7 @@ from claudeopus.control.domain.errors import (
     Reason,
 )
 from claudeopus.control.domain.principal import check_key
+from claudeopus.control.domain.usage_rows import open_record
 from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
 
 KEY_HASH_BYTES = 32
@@ -140,7 +141,7 @@ async def authorize(
     }
     try:
         if not budgets:
-            return Authorized(await UsageRecord.create(**row), 0)
+            return Authorized(await open_record(UsageRecord._meta.db, **row), 0)
         cost = 0
         if any(budget.metric is BudgetMetric.COST_MICROS for budget in budgets):
             cost = capped_cost(estimated_input_tokens, output_tokens, await context.price(model))
@@ -149,11 +150,11 @@ async def authorize(
         async with in_transaction() as conn:
             # The row first: it contends with nothing, so the counters are locked only for
             # the holds themselves and the commit.
-            record = await UsageRecord.create(
+            record = await open_record(
+                conn,
                 **row,
                 reserved_cost_micros=cost,
                 reserved_counters=reservations.encode_holds([hold for _, hold in planned]),
-                using_db=conn,
             )
             await reservations.take(conn, key, planned, amounts)
         return Authorized(record, output_tokens)
