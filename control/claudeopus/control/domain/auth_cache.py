@@ -7,9 +7,10 @@ control process keeps them per key hash, filed under the **auth epoch**: a count
 database triggers bump in every transaction that changes an account, a key, a budget or
 a price (:class:`~claudeopus.control.models.AuthEpoch`), whichever replica made it.
 
-Each authorize reads the epoch first (one tiny query). Same epoch: the cached context is
-exactly what a fresh read would give, because nothing it depends on has committed since.
-A different epoch: the whole cache is dropped and the key read again. A change therefore
+Each authorize checks the epoch (for a cached key, inside the INSERT of its usage row:
+no extra query). Same epoch: the cached context is exactly what a fresh read would give,
+because nothing it depends on has committed since. A different epoch: the whole cache is
+dropped and the key read again. A change therefore
 reaches every control replica with the first authorize after its commit, the same moment
 an uncached read would see it: a revoked key or a suspended account is refused at once,
 a new budget holds the next request. What depends on the time (expiry, a rotated secret's
@@ -82,6 +83,25 @@ class AuthCache:
 
     def __len__(self) -> int:
         return len(self._contexts)
+
+    def cached(self, key_hash_hex: str) -> tuple[KeyContext, int] | None:
+        """The context cached for this hash and the epoch it is filed under, without asking the database.
+
+        The caller must make sure the epoch is still current before it acts on the context
+        (the usage row's INSERT checks it, see :func:`~claudeopus.control.domain.usage_rows.open_record`),
+        and call :meth:`forget` when it is not.
+        """
+        context = self._contexts.get(key_hash_hex)
+        if context is None or self._epoch is None:
+            return None
+        self._contexts.move_to_end(key_hash_hex)
+        return context, self._epoch
+
+    def forget(self, epoch: int) -> None:
+        """The epoch moved on from ``epoch``: drop what was filed under it."""
+        if self._epoch == epoch:
+            self._contexts.clear()
+            self._epoch = None
 
     async def context(self, key_hash_hex: str) -> KeyContext | None:
         epoch = await current_epoch()

@@ -17,9 +17,10 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import prices, reservations, validation
-from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, load_context
+from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_epoch, load_context
 from claudeopus.control.domain.errors import (
     AlreadyExists,
+    DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -65,11 +66,19 @@ async def key_context(key_hash: bytes, now: datetime, cache: AuthCache | None = 
     """The context of a key that may serve inference at ``now``, or the denial (cached when ``cache`` is given)."""
     hex_hash = _key_hash(key_hash)
     context = await (cache.context(hex_hash) if cache is not None else load_context(hex_hash))
+    return _usable(context, hex_hash, now)
+
+
+def _usable(context: KeyContext | None, hex_hash: str, now: datetime) -> KeyContext:
     check_key(None if context is None else context.key, hex_hash, Scope.INFERENCE, now)
     assert context is not None  # check_key refused a missing key
     if context.suspended:
         raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
     return context
+
+
+class _EpochMoved(Exception):
+    """A cached context's epoch is no longer current: authorize again from the database."""
 
 
 async def verify_key(key_hash: bytes, now: datetime, cache: AuthCache | None = None) -> ApiKey:
@@ -119,33 +128,78 @@ async def authorize(
 
     Without budgets this is the key check plus one INSERT; with budgets, the
     holds and the INSERT share one transaction, so a refusal leaves nothing.
+    With a ``cache`` holding the key, the key check costs no query: the INSERT
+    itself confirms that nothing the check read has changed (else it starts over),
+    and a refusal is confirmed against the epoch before it is given.
     """
     rid = validation.uuid_value("request_id", request_id)
-    model = validation.model_name("model", model)
-    validation.non_negative("estimated_input_tokens", estimated_input_tokens)
-    validation.non_negative("max_output_tokens", max_output_tokens)
-    context = await key_context(key_hash, now, cache)
+    wanted = _Wanted(
+        validation.model_name("model", model),
+        validation.non_negative("estimated_input_tokens", estimated_input_tokens),
+        validation.non_negative("max_output_tokens", max_output_tokens),
+        stream,
+    )
+    hex_hash = _key_hash(key_hash)
+    hit = cache.cached(hex_hash) if cache is not None else None
+    if cache is not None and hit is not None:
+        cached, epoch = hit
+        try:
+            return await _authorize(rid, cached, hex_hash, wanted, now, policy, epoch)
+        except _EpochMoved:
+            cache.forget(epoch)
+        except DomainError:
+            if await current_epoch() == epoch:
+                raise  # refused on what is still the database's word
+            cache.forget(epoch)
+    context = await (cache.context(hex_hash) if cache is not None else load_context(hex_hash))
+    return await _authorize(rid, context, hex_hash, wanted, now, policy, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    model: str
+    estimated_input_tokens: int
+    max_output_tokens: int
+    stream: bool
+
+
+async def _authorize(
+    rid: uuid.UUID,
+    found: KeyContext | None,
+    hex_hash: str,
+    wanted: _Wanted,
+    now: datetime,
+    policy: OutputPolicy,
+    epoch: int | None,
+) -> Authorized:
+    """:func:`authorize` on one key context; with ``epoch``, raises _EpochMoved if that is no longer current."""
+    context = _usable(found, hex_hash, now)
     key = context.key
-    _check_model(key, model)
-    output_tokens = policy.output_tokens(model, max_output_tokens)
+    _check_model(key, wanted.model)
+    output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
     budgets = context.budgets
     row = {
         "request_id": rid,
         "api_key_id": key.id,
         "account_id": key.account.id,
-        "model": model,
-        "estimated_input_tokens": estimated_input_tokens,
+        "model": wanted.model,
+        "estimated_input_tokens": wanted.estimated_input_tokens,
         "max_output_tokens": output_tokens,
-        "stream": stream,
+        "stream": wanted.stream,
         "created_at": now,
+        "epoch": epoch,
     }
     try:
         if not budgets:
-            return Authorized(await open_record(UsageRecord._meta.db, **row), 0)
+            record = await open_record(UsageRecord._meta.db, **row)
+            if record is None:
+                raise _EpochMoved
+            return Authorized(record, 0)
         cost = 0
         if any(budget.metric is BudgetMetric.COST_MICROS for budget in budgets):
-            cost = capped_cost(estimated_input_tokens, output_tokens, await context.price(model))
-        amounts = reservations.Amounts(estimated_input_tokens, output_tokens, cost)
+            price = await context.price(wanted.model)
+            cost = capped_cost(wanted.estimated_input_tokens, output_tokens, price)
+        amounts = reservations.Amounts(wanted.estimated_input_tokens, output_tokens, cost)
         planned = reservations.plan(key, budgets, now)
         async with in_transaction() as conn:
             # The row first: it contends with nothing, so the counters are locked only for
@@ -156,6 +210,8 @@ async def authorize(
                 reserved_cost_micros=cost,
                 reserved_counters=reservations.encode_holds([hold for _, hold in planned]),
             )
+            if record is None:
+                raise _EpochMoved  # nothing was written: the transaction ends empty
             await reservations.take(conn, key, planned, amounts)
         return Authorized(record, output_tokens)
     except IntegrityError:

@@ -2,7 +2,9 @@
 
 ``UsageRecord.create`` builds its statement anew for every request (about a fifth of
 an authorize's CPU); the statement here is fixed text per dialect with bound values,
-and the returned :class:`UsageRecord` is the one the ORM would have given.
+and the returned :class:`UsageRecord` is the one the ORM would have given. Given the
+auth epoch a cached key context was read under, the same statement also checks that
+the epoch has not moved, so a cached authorize costs this one statement.
 
 Example::
 
@@ -34,8 +36,13 @@ async def open_record(
     created_at: datetime,
     reserved_cost_micros: int = 0,
     reserved_counters: str = "",
-) -> UsageRecord:
-    """Insert the row of a reservation (state RESERVED, nothing used yet); IntegrityError if the id is taken."""
+    epoch: int | None = None,
+) -> UsageRecord | None:
+    """Insert the row of a reservation (state RESERVED, nothing used yet); IntegrityError if the id is taken.
+
+    With ``epoch``, only while the auth epoch still has that value (see
+    :mod:`~claudeopus.control.domain.auth_cache`): None when it moved on, nothing inserted.
+    """
     fields = {
         "request_id": request_id,
         "api_key_id": api_key_id,
@@ -56,12 +63,47 @@ async def open_record(
         "reserved_counters": reserved_counters,
     }
     bind = Binder(conn.capabilities.dialect)
-    values = ", ".join(bind(_db_value(value)) for value in fields.values())
-    sql = f"INSERT INTO usage_record ({', '.join(fields)}) VALUES ({values}) RETURNING id"  # noqa: S608 - fixed names
+    if epoch is None:
+        values = ", ".join(bind(_db_value(value)) for value in fields.values())
+        sql = f"INSERT INTO usage_record ({', '.join(fields)}) VALUES ({values}) RETURNING id"  # noqa: S608
+    else:
+        postgres = conn.capabilities.dialect == "postgres"
+        values = ", ".join(
+            f"CAST({bind(_db_value(value))} AS {_PG_TYPES[name]})" if postgres else bind(_db_value(value))
+            for name, value in fields.items()
+        )
+        sql = (
+            f"INSERT INTO usage_record ({', '.join(fields)}) SELECT {values} "  # noqa: S608 - fixed names
+            f"WHERE EXISTS (SELECT 1 FROM auth_epoch WHERE id = 1 AND value = {bind(epoch)}) RETURNING id"
+        )
     rows = await conn.execute_query_dict(sql, bind.values)
+    if not rows:
+        return None
     record = UsageRecord(id=int(rows[0]["id"]), **fields)
     record._saved_in_db = True
     return record
+
+
+# Column types for the bound values of INSERT ... SELECT, which PostgreSQL cannot infer there.
+_PG_TYPES = {
+    "request_id": "UUID",
+    "api_key_id": "BIGINT",
+    "account_id": "BIGINT",
+    "model": "VARCHAR",
+    "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+    "estimated_input_tokens": "BIGINT",
+    "max_output_tokens": "BIGINT",
+    "latency_us": "BIGINT",
+    "status": "SMALLINT",
+    "source": "SMALLINT",
+    "http_status": "SMALLINT",
+    "stream": "BOOLEAN",
+    "created_at": "TIMESTAMPTZ",
+    "cost_micros": "BIGINT",
+    "reserved_cost_micros": "BIGINT",
+    "reserved_counters": "VARCHAR",
+}
 
 
 def _db_value(value: object) -> object:
