@@ -77,8 +77,7 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
             )
             continue
         wanted[rid] = index
-    records = await UsageRecord.filter(request_id__in=list(wanted)).select_related("account") if wanted else []
-    found = {record.request_id: record for record in records}
+    found, chains = await _read_records(list(wanted))
     open_records: list[tuple[int, UsageRecord]] = []
     for rid, index in wanted.items():
         record = found.get(rid)
@@ -90,8 +89,11 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
         else:
             open_records.append((index, record))
     if open_records:
-        price_of = await _prices([record for _, record in open_records])
-        closing = [_closing(index, batch[index], record, now, price_of) for index, record in open_records]
+        price_of = await _prices([record for _, record in open_records], chains)
+        closing = [
+            _closing(index, batch[index], record, now, price_of[(chains[record.id], record.model)])
+            for index, record in open_records
+        ]
         for entry in await _close_all(closing):
             # Its row changed since it was read: the single settle reads it again and retries.
             try:
@@ -105,33 +107,59 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
 _PriceKey = tuple[tuple[int, ...], str]
 
 
-async def _prices(records: Sequence[UsageRecord]) -> dict[_PriceKey, prices.PriceInForce]:
+async def _read_records(
+    request_ids: Sequence[uuid.UUID],
+) -> tuple[dict[uuid.UUID, UsageRecord], dict[int, tuple[int, ...]]]:
+    """The usage rows of ``request_ids`` and, per row id, its account's chain (root first): one query."""
+    if not request_ids:
+        return {}, {}
+    db = UsageRecord._meta.db
+    bind = Binder(db.capabilities.dialect)
+    wanted = ", ".join(bind(str(rid)) for rid in request_ids)
+    sql = (
+        "SELECT usage_record.*, account.path AS account_path FROM usage_record "  # noqa: S608 - bound values
+        f"JOIN account ON account.id = usage_record.account_id WHERE usage_record.request_id IN ({wanted})"
+    )
+    records: dict[uuid.UUID, UsageRecord] = {}
+    chains: dict[int, tuple[int, ...]] = {}
+    for row in await db.execute_query_dict(sql, bind.values):
+        path = row.pop("account_path")
+        record = UsageRecord._init_from_db(**row)
+        records[record.request_id] = record
+        chains[record.id] = tuple(int(part) for part in path.strip("/").split("/") if part)
+    return records, chains
+
+
+async def _prices(
+    records: Sequence[UsageRecord], chains: dict[int, tuple[int, ...]]
+) -> dict[_PriceKey, prices.PriceInForce]:
     """The price in force for each (account chain, model) of ``records``: one query for the batch."""
-    accounts = {account_id for record in records for account_id in record.account.ancestor_ids()}
-    models = {record.model for record in records}
-    rows = await Price.filter(account_id__in=sorted(accounts), model__in=sorted(models))
+    accounts = sorted({account_id for record in records for account_id in chains[record.id]})
+    models = sorted({record.model for record in records})
+    db = Price._meta.db
+    bind = Binder(db.capabilities.dialect)
+    sql = (
+        "SELECT account_id, model, input_micros_per_million, output_micros_per_million FROM price "  # noqa: S608
+        f"WHERE account_id IN ({', '.join(bind(a) for a in accounts)}) "
+        f"AND model IN ({', '.join(bind(m) for m in models)})"
+    )
     by_place: dict[tuple[int, str], list[Price]] = {}
-    for row in rows:
-        by_place.setdefault((row.account_id, row.model), []).append(row)  # type: ignore[attr-defined]
+    for row in await db.execute_query_dict(sql, bind.values):
+        price = Price(**row)
+        by_place.setdefault((int(row["account_id"]), row["model"]), []).append(price)
     price_of: dict[_PriceKey, prices.PriceInForce] = {}
     for record in records:
-        chain = tuple(record.account.ancestor_ids())
-        key = (chain, record.model)
+        key = (chains[record.id], record.model)
         if key not in price_of:
-            sources = [row for account_id in chain for row in by_place.get((account_id, record.model), [])]
+            sources = [row for account_id in key[0] for row in by_place.get((account_id, record.model), [])]
             price_of[key] = prices.in_force(sources)
     return price_of
 
 
 def _closing(
-    index: int,
-    data: gateway.SettleInput,
-    record: UsageRecord,
-    now: datetime,
-    price_of: dict[_PriceKey, prices.PriceInForce],
+    index: int, data: gateway.SettleInput, record: UsageRecord, now: datetime, price: prices.PriceInForce
 ) -> _Closing:
     status, source = gateway.settle_fields(data)
-    price = price_of[(tuple(record.account.ancestor_ids()), record.model)]
     charge = reservations.Amounts(
         data.input_tokens, data.output_tokens, gateway.capped_cost(data.input_tokens, data.output_tokens, price)
     )
