@@ -318,3 +318,47 @@ async def test_an_authorize_past_its_deadline_releases_what_control_may_have_res
     assert read_spool(tmp_path) == [], "a release control never needed is not spooled either"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an expected miss is no alarm"
     await settler.aclose()
+
+
+# -- batching ----------------------------------------------------------------------------------
+
+
+class SlowControl(FakeControl):
+    """Each batch waits until the test opens ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+        await self.gate.wait()
+        return await super().settle_batch(settles)
+
+
+async def test_settles_finished_while_a_batch_is_on_its_way_travel_together(tmp_path: Path) -> None:
+    control = SlowControl()
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), max_batch=4)
+    settler.submit(rid(1), outcome(1), time.perf_counter())
+    await asyncio.sleep(0.01)  # the first batch is on its way, alone
+    for n in range(2, 12):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+    assert settler.pending == 11
+    control.gate.set()
+    await until(lambda: settler.pending == 0)
+    assert control.batches == [1, 4, 4, 2], "one waiting, then the rest in batches of at most max_batch"
+    assert control.settled == [(rid(n), n) for n in range(1, 12)], "in the order they were made"
+    await settler.aclose()
+
+
+async def test_shutdown_spools_what_control_did_not_take_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("claudeopus.edge.settler.SHUTDOWN_GRACE_SECONDS", 0.2)
+    control = SlowControl()  # never answers
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), max_batch=2)
+    for n in range(1, 6):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+    await asyncio.sleep(0.01)
+    await settler.aclose()
+    assert sorted(r.input_tokens for r in read_spool(tmp_path)) == [1, 2, 3, 4, 5], "the batch in flight too"
+    assert control.settled == []
