@@ -104,7 +104,7 @@ class Account(Model):
 
     def ancestor_ids(self) -> list[int]:
         """Ids from the root down to and including this account."""
-        return [int(part) for part in self.path.strip("/").split("/") if part]
+        return ids_on_path(self.path)
 
 
 class ApiKey(Model):
@@ -298,3 +298,8 @@ class AuthEpoch(Model):
 
     class Meta:
         table = "auth_epoch"
+
+
+def ids_on_path(path: str) -> list[int]:
+    """The account ids of a materialized ``Account.path`` (``/1/4/9/``), root first."""
+    return [int(part) for part in path.strip("/").split("/") if part]

@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import OperationalError, TransactionManagementError
@@ -31,7 +30,8 @@ from tortoise.transactions import in_transaction
 from claudeopus.control.domain import gateway, prices, reservations, validation
 from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason
 from claudeopus.control.domain.sqlbind import Binder
-from claudeopus.control.models import Price, UsageRecord, UsageStatus
+from claudeopus.control.domain.usage_rows import db_value as _db_value
+from claudeopus.control.models import Price, UsageRecord, UsageSource, UsageStatus, ids_on_path
 
 MAX_BATCH = 1000
 _OPEN = (UsageStatus.RESERVED, UsageStatus.EXPIRED)
@@ -53,8 +53,7 @@ class _Closing:
     index: int
     data: gateway.SettleInput
     record: UsageRecord
-    fields: dict[str, Any]
-    charge: reservations.Amounts
+    closed: gateway.Closing
 
 
 async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> list[SettleResult]:
@@ -63,10 +62,11 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
         raise InvalidArgument.field("requests", f"at most {MAX_BATCH} settles per batch")
     results: list[SettleResult | None] = [None] * len(batch)
     wanted: dict[uuid.UUID, int] = {}
+    ends: dict[int, tuple[UsageStatus, UsageSource]] = {}
     for index, data in enumerate(batch):
         try:
             rid = validation.uuid_value(f"requests[{index}].request_id", data.request_id)
-            gateway.settle_fields(data)
+            ends[index] = gateway.settle_fields(data)
         except DomainError as error:
             results[index] = SettleResult(data.request_id, error=error)
             continue
@@ -91,7 +91,12 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
     if open_records:
         price_of = await _prices([record for _, record in open_records], chains)
         closing = [
-            _closing(index, batch[index], record, now, price_of[(chains[record.id], record.model)])
+            _Closing(
+                index,
+                batch[index],
+                record,
+                gateway.closing(batch[index], *ends[index], price_of[(chains[record.id], record.model)], now),
+            )
             for index, record in open_records
         ]
         for entry in await _close_all(closing):
@@ -126,7 +131,7 @@ async def _read_records(
         path = row.pop("account_path")
         record = UsageRecord._init_from_db(**row)
         records[record.request_id] = record
-        chains[record.id] = tuple(int(part) for part in path.strip("/").split("/") if part)
+        chains[record.id] = tuple(ids_on_path(path))
     return records, chains
 
 
@@ -156,26 +161,6 @@ async def _prices(
     return price_of
 
 
-def _closing(
-    index: int, data: gateway.SettleInput, record: UsageRecord, now: datetime, price: prices.PriceInForce
-) -> _Closing:
-    status, source = gateway.settle_fields(data)
-    charge = reservations.Amounts(
-        data.input_tokens, data.output_tokens, gateway.capped_cost(data.input_tokens, data.output_tokens, price)
-    )
-    fields: dict[str, Any] = {
-        "input_tokens": charge.input_tokens,
-        "output_tokens": charge.output_tokens,
-        "latency_us": data.latency_us,
-        "status": int(status),
-        "source": int(source),
-        "http_status": data.http_status,
-        "settled_at": now,
-        "cost_micros": charge.cost_micros,
-    }
-    return _Closing(index, data, record, fields, charge)
-
-
 async def _close_all(closing: list[_Closing]) -> list[_Closing]:
     """Close the rows and move their counters in one transaction; the entries that must be retried alone."""
     closing.sort(key=lambda entry: entry.record.id)
@@ -187,19 +172,8 @@ async def _close_all(closing: list[_Closing]) -> list[_Closing]:
                 if not await _close_row(conn, entry):
                     missed.append(entry)
                     continue
-                record = entry.record
-                holds = reservations.decode_holds(record.reserved_counters)
-                if record.status is UsageStatus.EXPIRED:
-                    # The sweeper charged the reservation; a late settle replaces that charge by the real one.
-                    expired = gateway.charged_amounts(record)
-                    delta = reservations.Amounts(
-                        entry.charge.input_tokens - expired.input_tokens,
-                        entry.charge.output_tokens - expired.output_tokens,
-                        entry.charge.cost_micros - expired.cost_micros,
-                    )
-                    moves.add(holds, release=reservations.Amounts(0, 0, 0), charge=delta)
-                else:
-                    moves.add(holds, release=gateway.reserved_amounts(record), charge=entry.charge)
+                release, charge = gateway.counter_moves(entry.record, entry.closed.charge)
+                moves.add(reservations.decode_holds(entry.record.reserved_counters), release=release, charge=charge)
             await moves.apply(conn)
     except (OperationalError, TransactionManagementError):
         # A lock conflict (PostgreSQL chose this batch as a deadlock victim, SQLite was busy):
@@ -211,7 +185,7 @@ async def _close_all(closing: list[_Closing]) -> list[_Closing]:
 async def _close_row(conn: BaseDBAsyncClient, entry: _Closing) -> bool:
     """Close the row if it is still as read (same state, same holds); False if someone else changed it."""
     bind = Binder(conn.capabilities.dialect)
-    assignments = ", ".join(f"{column} = {bind(value)}" for column, value in entry.fields.items())
+    assignments = ", ".join(f"{column} = {bind(_db_value(value))}" for column, value in entry.closed.fields.items())
     record = entry.record
     sql = (
         f"UPDATE usage_record SET {assignments} "  # noqa: S608 - fixed column names, bound values

@@ -27,7 +27,7 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.principal import check_key
+from claudeopus.control.domain.principal import check_key, suspended
 from claudeopus.control.domain.usage_rows import open_record
 from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
 
@@ -73,7 +73,7 @@ def _usable(context: KeyContext | None, hex_hash: str, now: datetime) -> KeyCont
     check_key(None if context is None else context.key, hex_hash, Scope.INFERENCE, now)
     assert context is not None  # check_key refused a missing key
     if context.suspended:
-        raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
+        raise suspended()
     return context
 
 
@@ -261,6 +261,49 @@ def charged_amounts(record: UsageRecord) -> reservations.Amounts:
     return reservations.Amounts(record.input_tokens, record.output_tokens, record.cost_micros)
 
 
+def counter_moves(
+    record: UsageRecord, charge: reservations.Amounts
+) -> tuple[reservations.Amounts, reservations.Amounts]:
+    """What closing ``record`` at ``charge`` moves in each counter it holds: (release, charge)."""
+    if record.status is UsageStatus.EXPIRED:
+        # The sweeper charged the reservation; a late settle replaces that charge by the real one.
+        expired = charged_amounts(record)
+        delta = reservations.Amounts(
+            charge.input_tokens - expired.input_tokens,
+            charge.output_tokens - expired.output_tokens,
+            charge.cost_micros - expired.cost_micros,
+        )
+        return reservations.Amounts(0, 0, 0), delta
+    return reserved_amounts(record), charge
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """How a settle closes its row: the ``fields`` written and the real amounts ``charge``d."""
+
+    fields: dict[str, Any]
+    charge: reservations.Amounts
+
+
+def closing(
+    data: SettleInput, status: UsageStatus, source: UsageSource, price: prices.PriceInForce, now: datetime
+) -> Closing:
+    charge = reservations.Amounts(
+        data.input_tokens, data.output_tokens, capped_cost(data.input_tokens, data.output_tokens, price)
+    )
+    fields: dict[str, Any] = {
+        "input_tokens": charge.input_tokens,
+        "output_tokens": charge.output_tokens,
+        "latency_us": data.latency_us,
+        "status": status,
+        "source": source,
+        "http_status": data.http_status,
+        "settled_at": now,
+        "cost_micros": charge.cost_micros,
+    }
+    return Closing(fields, charge)
+
+
 async def _close(record: UsageRecord, settled: dict[str, Any], charge: reservations.Amounts) -> bool:
     """Close ``record`` (still in the state it was read in) and move its holds; False if someone else did."""
     holds = reservations.decode_holds(record.reserved_counters)
@@ -274,17 +317,8 @@ async def _close(record: UsageRecord, settled: dict[str, Any], charge: reservati
         )
         if not changed:
             return False
-        if record.status is UsageStatus.EXPIRED:
-            # The sweeper charged the reservation; a late settle replaces that charge by the real one.
-            expired = charged_amounts(record)
-            delta = reservations.Amounts(
-                charge.input_tokens - expired.input_tokens,
-                charge.output_tokens - expired.output_tokens,
-                charge.cost_micros - expired.cost_micros,
-            )
-            await reservations.move(conn, holds, release=reservations.Amounts(0, 0, 0), charge=delta)
-        else:
-            await reservations.move(conn, holds, release=reserved_amounts(record), charge=charge)
+        release, moved = counter_moves(record, charge)
+        await reservations.move(conn, holds, release=release, charge=moved)
     return True
 
 
@@ -306,21 +340,9 @@ async def settle(data: SettleInput, now: datetime) -> Settlement:
         if record.status not in (UsageStatus.RESERVED, UsageStatus.EXPIRED):
             return Settlement(record=record, already_settled=True)
         price = prices.in_force(await prices.chain_prices(record.account.ancestor_ids(), record.model))
-        charge = reservations.Amounts(
-            data.input_tokens, data.output_tokens, capped_cost(data.input_tokens, data.output_tokens, price)
-        )
-        settled: dict[str, Any] = {
-            "input_tokens": charge.input_tokens,
-            "output_tokens": charge.output_tokens,
-            "latency_us": data.latency_us,
-            "status": status,
-            "source": source,
-            "http_status": data.http_status,
-            "settled_at": now,
-            "cost_micros": charge.cost_micros,
-        }
-        if await _close(record, settled, charge):
-            for field, value in settled.items():
+        closed = closing(data, status, source, price, now)
+        if await _close(record, closed.fields, closed.charge):
+            for field, value in closed.fields.items():
                 setattr(record, field, value)
             return Settlement(record=record, already_settled=False)
     record = await UsageRecord.get(request_id=rid)

@@ -33,7 +33,12 @@ class Principal:
 async def ensure_not_suspended(account: Account) -> None:
     """Refuse when the account or any ancestor is suspended."""
     if await any_suspended(account):
-        raise PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
+        raise suspended()
+
+
+def suspended() -> PermissionDenied:
+    """The refusal of a credential whose account, or an ancestor of it, is suspended."""
+    return PermissionDenied(Reason.ACCOUNT_SUSPENDED, "The account of this credential is suspended.")
 
 
 async def any_suspended(account: Account) -> bool:

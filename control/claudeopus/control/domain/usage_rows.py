@@ -64,12 +64,12 @@ async def open_record(
     }
     bind = Binder(conn.capabilities.dialect)
     if epoch is None:
-        values = ", ".join(bind(_db_value(value)) for value in fields.values())
+        values = ", ".join(bind(db_value(value)) for value in fields.values())
         sql = f"INSERT INTO usage_record ({', '.join(fields)}) VALUES ({values}) RETURNING id"  # noqa: S608
     else:
         postgres = conn.capabilities.dialect == "postgres"
         values = ", ".join(
-            f"CAST({bind(_db_value(value))} AS {_PG_TYPES[name]})" if postgres else bind(_db_value(value))
+            f"CAST({bind(db_value(value))} AS {_PG_TYPES[name]})" if postgres else bind(db_value(value))
             for name, value in fields.items()
         )
         sql = (
@@ -106,7 +106,8 @@ _PG_TYPES = {
 }
 
 
-def _db_value(value: object) -> object:
+def db_value(value: object) -> object:
+    """``value`` as bound in hand-written SQL: UUIDs as the ORM stores them, enums as their numbers."""
     if isinstance(value, uuid.UUID):
         return str(value)  # as the ORM stores a UUIDField, on PostgreSQL and SQLite alike
     if isinstance(value, UsageStatus | UsageSource):
