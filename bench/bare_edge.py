@@ -20,8 +20,7 @@ import grpc
 from claudeopus.cli.runtime import configure_logging, run
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.app import build_app
-from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient, KeyInfo, Outcome, Settle
+from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Outcome, Settle
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 
@@ -45,8 +44,8 @@ class NoopControl(ControlClient):
     async def verify(self, secret: str) -> KeyInfo:
         return KeyInfo(allowed_models=())
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
-        return 0
+    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
+        return [0] * len(calls)
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         return None

@@ -17,8 +17,8 @@ import pytest
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
 from claudeopus.edge import errors
-from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient, Outcome, Settle
+from claudeopus.edge.authorizer import Authorizer
+from claudeopus.edge.control import AuthorizeCall, ControlClient, Outcome, Settle
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.replay import Replayer
 from claudeopus.edge.settler import Settler
@@ -71,9 +71,9 @@ class FakeControl(ControlClient):
                 answers.append(error)
         return answers
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
-        self.authorized.append(request_id)
-        return 0
+    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
+        self.authorized.extend(call.request_id for call in calls)
+        return [0] * len(calls)
 
 
 async def until(condition: object, timeout: float = 5.0) -> None:
@@ -265,12 +265,14 @@ async def test_a_full_spool_refuses_completions_before_authorize(control: FakeCo
         return httpx.Response(200, json={})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://up/v1/") as http:
-        forwarder = Forwarder(http=http, control=control, settler=settler, upstream_api_key="")
+        authorizer = Authorizer(control, timeout=5.0)
+        forwarder = Forwarder(http=http, control=control, authorizer=authorizer, settler=settler, upstream_api_key="")
         raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         with pytest.raises(errors.ControlUnavailable) as caught:
             await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
     assert (caught.value.status, caught.value.code) == (503, "usage_spool_full")
     assert control.authorized == [] and upstream_calls == [], "nothing reserved, nothing forwarded"
+    await authorizer.aclose()
     await settler.aclose()
 
 
@@ -282,11 +284,9 @@ class TimingOutControl(FakeControl):
         self.reserved = reserved
         self.outcomes: list[Outcome] = []
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
-        from claudeopus.edge.control import AuthorizeTimedOut
-
-        self.authorized.append(request_id)
-        raise AuthorizeTimedOut("timed out", code="control_unavailable")
+    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
+        self.authorized.extend(call.request_id for call in calls)
+        raise ClaudeOpusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         self.attempts += 1
@@ -306,7 +306,8 @@ async def test_an_authorize_past_its_deadline_releases_what_control_may_have_res
     upstream_calls: list[httpx.Request] = []
     transport = httpx.MockTransport(lambda request: upstream_calls.append(request) or httpx.Response(200, json={}))
     async with httpx.AsyncClient(transport=transport, base_url="http://up/v1/") as http:
-        forwarder = Forwarder(http=http, control=control, settler=settler, upstream_api_key="")
+        authorizer = Authorizer(control, timeout=5.0)
+        forwarder = Forwarder(http=http, control=control, authorizer=authorizer, settler=settler, upstream_api_key="")
         raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
             await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
@@ -317,6 +318,7 @@ async def test_an_authorize_past_its_deadline_releases_what_control_may_have_res
     assert control.settled == ([(control.authorized[0], 0)] if reserved else [])
     assert read_spool(tmp_path) == [], "a release control never needed is not spooled either"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an expected miss is no alarm"
+    await authorizer.aclose()
     await settler.aclose()
 
 

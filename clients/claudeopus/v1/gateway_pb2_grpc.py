@@ -61,6 +61,11 @@ class GatewayServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.FromString,
                 _registered_method=True)
+        self.BatchAuthorize = channel.unary_unary(
+                '/claudeopus.v1.GatewayService/BatchAuthorize',
+                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -111,6 +116,21 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchAuthorize(self, request, context):
+        """Authorizes many requests in one call, each exactly as Authorize would (the
+        same checks, one usage row in state RESERVED, the same reservations), and
+        in the order given: when a budget runs out inside a batch, the earlier
+        requests get what is left. The edge sends the requests that arrived while
+        its previous batch was on its way; control takes a batch's reservations in
+        one transaction. The call fails as a whole only when nothing of it was
+        applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
+        requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
+        FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +153,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.BatchSettle,
                     request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.SerializeToString,
+            ),
+            'BatchAuthorize': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchAuthorize,
+                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -250,6 +275,33 @@ class GatewayService:
             '/claudeopus.v1.GatewayService/BatchSettle',
             claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.SerializeToString,
             claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchAuthorize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.GatewayService/BatchAuthorize',
+            claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
+            claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

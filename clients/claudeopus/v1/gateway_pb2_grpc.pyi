@@ -61,6 +61,17 @@ class GatewayServiceStub:
     refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
     result and does not hold the others back.
     """
+    BatchAuthorize: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.BatchAuthorizeRequest, _gateway_pb2.BatchAuthorizeResponse]
+    """Authorizes many requests in one call, each exactly as Authorize would (the
+    same checks, one usage row in state RESERVED, the same reservations), and
+    in the order given: when a budget runs out inside a batch, the earlier
+    requests get what is left. The edge sends the requests that arrived while
+    its previous batch was on its way; control takes a batch's reservations in
+    one transaction. The call fails as a whole only when nothing of it was
+    applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
+    requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
+    FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -94,6 +105,17 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
     refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
     result and does not hold the others back.
+    """
+    BatchAuthorize: _aio.UnaryUnaryMultiCallable[_gateway_pb2.BatchAuthorizeRequest, _gateway_pb2.BatchAuthorizeResponse]  # type: ignore[assignment]
+    """Authorizes many requests in one call, each exactly as Authorize would (the
+    same checks, one usage row in state RESERVED, the same reservations), and
+    in the order given: when a budget runs out inside a batch, the earlier
+    requests get what is left. The edge sends the requests that arrived while
+    its previous batch was on its way; control takes a batch's reservations in
+    one transaction. The call fails as a whole only when nothing of it was
+    applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
+    requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
+    FIELD_INVALID, ...) is reported in its result and does not hold the others back.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -149,6 +171,23 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
         refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
         result and does not hold the others back.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchAuthorize(
+        self,
+        request: _gateway_pb2.BatchAuthorizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.BatchAuthorizeResponse, _abc.Awaitable[_gateway_pb2.BatchAuthorizeResponse]]:
+        """Authorizes many requests in one call, each exactly as Authorize would (the
+        same checks, one usage row in state RESERVED, the same reservations), and
+        in the order given: when a budget runs out inside a batch, the earlier
+        requests get what is left. The edge sends the requests that arrived while
+        its previous batch was on its way; control takes a batch's reservations in
+        one transaction. The call fails as a whole only when nothing of it was
+        applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
+        requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
+        FIELD_INVALID, ...) is reported in its result and does not hold the others back.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ from blacksheep import Application, Request, Response
 from claudeopus import tls
 from claudeopus.edge import errors
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
+from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.routes import error_response, register_routes
@@ -86,9 +87,11 @@ def build_app(
         ):
             control = control_factory(channel, settings)
             settler = await Settler.start(control, settings.spool_dir, settings.spool_max_bytes)
+            authorizer = Authorizer(control, settings.control_timeout)
             forwarder = Forwarder(
                 http=http,
                 control=control,
+                authorizer=authorizer,
                 settler=settler,
                 upstream_api_key=settings.upstream_api_key,
                 output_cap_field=settings.upstream_max_tokens_field,
@@ -99,6 +102,7 @@ def build_app(
             try:
                 yield
             finally:
+                await authorizer.aclose()  # first: a request it refuses may still settle
                 await settler.aclose()
 
     app.lifespan(resources)  # type: ignore[no-untyped-call]

@@ -22,7 +22,7 @@ from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc, usage
 _log = logging.getLogger(__name__)
 
 
-_UNAVAILABLE_MESSAGE = "The gateway could not check your API key right now; nothing was forwarded. Please retry."
+UNAVAILABLE_MESSAGE = "The gateway could not check your API key right now; nothing was forwarded. Please retry."
 
 # How a request that was never forwarded is settled: nothing used.
 NOT_FORWARDED_STATUS = 503
@@ -48,7 +48,8 @@ class Outcome:
     http_status: int
 
 
-def _openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
+def openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
+    """Control's refusal of a key or a request, as the OpenAI error the client gets."""
     reason, message = error.reason, error.message
     if reason == "KEY_INVALID":
         return errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
@@ -71,10 +72,11 @@ def _openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
         _log.error("control refused the edge's service token; check CLAUDEOPUS_SERVICE_TOKEN on both")
     elif not isinstance(error, UnavailableError):
         _log.error("authorization failed with %s (%s)", error.code.name, reason or "no reason")
-    return errors.ControlUnavailable(_UNAVAILABLE_MESSAGE, code="control_unavailable")
+    return errors.ControlUnavailable(UNAVAILABLE_MESSAGE, code="control_unavailable")
 
 
-def _key_hash(secret: str) -> bytes:
+def key_hash(secret: str) -> bytes:
+    """The SHA-256 control knows a key by; a string that cannot be a key is refused here."""
     if not keys.looks_like_secret(secret):
         raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
     return keys.hash_secret_bytes(secret)
@@ -95,30 +97,42 @@ class ControlClient:
         self._timeout = timeout
 
     async def verify(self, secret: str) -> KeyInfo:
-        request = gateway_pb2.VerifyApiKeyRequest(key_hash=_key_hash(secret))
+        request = gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash(secret))
         try:
             reply = await self._stub.VerifyApiKey(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
-            raise _openai_error(from_rpc_error(error)) from None
+            raise openai_error(from_rpc_error(error)) from None
         return KeyInfo(allowed_models=tuple(reply.allowed_models))
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
-        """Reserve the request; returns the output cap the upstream must get (0: none needed)."""
-        request = gateway_pb2.AuthorizeRequest(
-            request_id=request_id,
-            key_hash=_key_hash(secret),
-            model=completion.model,
-            estimated_input_tokens=completion.input_token_bound,
-            max_output_tokens=completion.max_output_tokens,
-            stream=completion.stream,
+    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
+        """Reserve many requests in one call: per request, the output cap the upstream must get
+        (0: none needed), or why control refused it.
+
+        Raises :class:`ClaudeOpusError` when the call as a whole failed (DEADLINE_EXCEEDED: control
+        may have reserved some of them all the same).
+        """
+        request = gateway_pb2.BatchAuthorizeRequest(
+            requests=[
+                gateway_pb2.AuthorizeRequest(
+                    request_id=call.request_id,
+                    key_hash=call.key_hash,
+                    model=call.completion.model,
+                    estimated_input_tokens=call.completion.input_token_bound,
+                    max_output_tokens=call.completion.max_output_tokens,
+                    stream=call.completion.stream,
+                )
+                for call in calls
+            ]
         )
         try:
-            reply = await self._stub.Authorize(request, timeout=self._timeout, metadata=self._metadata)
+            reply = await self._stub.BatchAuthorize(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise AuthorizeTimedOut(_UNAVAILABLE_MESSAGE, code="control_unavailable") from None
-            raise _openai_error(from_rpc_error(error)) from None
-        return reply.max_output_tokens
+            raise from_rpc_error(error) from None
+        if len(reply.results) != len(calls):
+            raise ClaudeOpusError(
+                grpc.StatusCode.INTERNAL, "BatchAuthorize answered for a different number of requests"
+            )
+        return [_authorize_answer(result) for result in reply.results]
 
     async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
         """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
@@ -142,6 +156,15 @@ class ControlClient:
         if len(reply.results) != len(settles):
             raise ClaudeOpusError(grpc.StatusCode.INTERNAL, "BatchSettle answered for a different number of settles")
         return [_result_error(result) for result in reply.results]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeCall:
+    """One request to authorize: its id, its key's hash and what it asks for."""
+
+    request_id: str
+    key_hash: bytes
+    completion: CompletionRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +202,11 @@ def _result_error(result: gateway_pb2.SettleResult) -> ClaudeOpusError | None:
     code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
     reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
     return error_of(code, result.error_message, reason)
+
+
+def _authorize_answer(result: gateway_pb2.AuthorizeResult) -> int | ClaudeOpusError:
+    if not result.error_code:
+        return result.response.max_output_tokens
+    code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
+    reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
+    return error_of(code, result.error_message, reason, dict(result.field_violations), dict(result.error_metadata))

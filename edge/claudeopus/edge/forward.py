@@ -19,6 +19,7 @@ import httpx
 import orjson
 
 from claudeopus.edge import errors
+from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import CompletionRequest, parse_completion, with_output_cap
 from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
@@ -52,7 +53,9 @@ class Forwarder:
 
     Example::
 
-        forwarder = Forwarder(http=client, control=control, settler=settler, upstream_api_key="")
+        forwarder = Forwarder(
+            http=client, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
+        )
         reply = await forwarder.chat_completions(secret, raw_body, receive)
     """
 
@@ -61,6 +64,7 @@ class Forwarder:
         *,
         http: httpx.AsyncClient,
         control: ControlClient,
+        authorizer: Authorizer,
         settler: Settler,
         upstream_api_key: str,
         output_cap_field: str = "max_completion_tokens",
@@ -69,6 +73,7 @@ class Forwarder:
     ) -> None:
         self._http = http
         self._control = control
+        self._authorizer = authorizer
         self._settler = settler
         self._upstream_key = upstream_api_key.encode()
         self._cap_field = output_cap_field
@@ -82,7 +87,7 @@ class Forwarder:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
         try:
-            cap = await self._control.authorize(request_id, secret, completion)
+            cap = await self._authorizer.authorize(request_id, secret, completion)
         except AuthorizeTimedOut:
             # The answer never came, but the reservation may exist: release it at once (a
             # settle of nothing), instead of leaving it for the sweeper to charge in full.

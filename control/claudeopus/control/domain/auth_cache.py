@@ -104,7 +104,11 @@ class AuthCache:
             self._epoch = None
 
     async def context(self, key_hash_hex: str) -> KeyContext | None:
-        epoch = await current_epoch()
+        return await self.context_at(await current_epoch(), key_hash_hex)
+
+    async def context_at(self, epoch: int, key_hash_hex: str) -> KeyContext | None:
+        """:meth:`context` under ``epoch``, which the caller read with :func:`current_epoch` just before
+        (a batch reads it once for all its keys)."""
         if epoch != self._epoch:
             # Filed under the epoch read *before* the rows: a change committed in between makes
             # the cached rows newer than their epoch, never older, and the next read starts over.

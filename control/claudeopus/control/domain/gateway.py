@@ -56,7 +56,7 @@ class SettleInput:
     http_status: int
 
 
-def _key_hash(value: bytes) -> str:
+def key_hash_hex(value: bytes) -> str:
     if len(value) != KEY_HASH_BYTES:
         raise InvalidArgument.field("key_hash", "must be the 32-byte SHA-256 of the key")
     return value.hex()
@@ -64,12 +64,12 @@ def _key_hash(value: bytes) -> str:
 
 async def key_context(key_hash: bytes, now: datetime, cache: AuthCache | None = None) -> KeyContext:
     """The context of a key that may serve inference at ``now``, or the denial (cached when ``cache`` is given)."""
-    hex_hash = _key_hash(key_hash)
+    hex_hash = key_hash_hex(key_hash)
     context = await (cache.context(hex_hash) if cache is not None else load_context(hex_hash))
-    return _usable(context, hex_hash, now)
+    return usable(context, hex_hash, now)
 
 
-def _usable(context: KeyContext | None, hex_hash: str, now: datetime) -> KeyContext:
+def usable(context: KeyContext | None, hex_hash: str, now: datetime) -> KeyContext:
     check_key(None if context is None else context.key, hex_hash, Scope.INFERENCE, now)
     assert context is not None  # check_key refused a missing key
     if context.suspended:
@@ -85,7 +85,7 @@ async def verify_key(key_hash: bytes, now: datetime, cache: AuthCache | None = N
     return (await key_context(key_hash, now, cache)).key
 
 
-def _check_model(key: ApiKey, model: str) -> None:
+def check_model(key: ApiKey, model: str) -> None:
     allowed = key.allowed_models
     if allowed and model not in allowed:
         raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, f"This API key may not use the model '{model}'.")
@@ -112,6 +112,25 @@ class Authorized:
     enforced_output_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What a request asks to be authorized for, checked."""
+
+    model: str
+    estimated_input_tokens: int
+    max_output_tokens: int
+    stream: bool
+
+    @classmethod
+    def checked(cls, model: str, estimated_input_tokens: int, max_output_tokens: int, stream: bool) -> Wanted:
+        return cls(
+            validation.model_name("model", model),
+            validation.non_negative("estimated_input_tokens", estimated_input_tokens),
+            validation.non_negative("max_output_tokens", max_output_tokens),
+            stream,
+        )
+
+
 async def authorize(
     *,
     request_id: str,
@@ -133,13 +152,8 @@ async def authorize(
     and a refusal is confirmed against the epoch before it is given.
     """
     rid = validation.uuid_value("request_id", request_id)
-    wanted = _Wanted(
-        validation.model_name("model", model),
-        validation.non_negative("estimated_input_tokens", estimated_input_tokens),
-        validation.non_negative("max_output_tokens", max_output_tokens),
-        stream,
-    )
-    hex_hash = _key_hash(key_hash)
+    wanted = Wanted.checked(model, estimated_input_tokens, max_output_tokens, stream)
+    hex_hash = key_hash_hex(key_hash)
     hit = cache.cached(hex_hash) if cache is not None else None
     if cache is not None and hit is not None:
         cached, epoch = hit
@@ -155,60 +169,38 @@ async def authorize(
     return await _authorize(rid, context, hex_hash, wanted, now, policy, None)
 
 
-@dataclass(frozen=True, slots=True)
-class _Wanted:
-    model: str
-    estimated_input_tokens: int
-    max_output_tokens: int
-    stream: bool
-
-
 async def _authorize(
     rid: uuid.UUID,
     found: KeyContext | None,
     hex_hash: str,
-    wanted: _Wanted,
+    wanted: Wanted,
     now: datetime,
     policy: OutputPolicy,
     epoch: int | None,
 ) -> Authorized:
     """:func:`authorize` on one key context; with ``epoch``, raises _EpochMoved if that is no longer current."""
-    context = _usable(found, hex_hash, now)
+    context = usable(found, hex_hash, now)
     key = context.key
-    _check_model(key, wanted.model)
+    check_model(key, wanted.model)
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
-    budgets = context.budgets
-    row = {
-        "request_id": rid,
-        "api_key_id": key.id,
-        "account_id": key.account.id,
-        "model": wanted.model,
-        "estimated_input_tokens": wanted.estimated_input_tokens,
-        "max_output_tokens": output_tokens,
-        "stream": wanted.stream,
-        "created_at": now,
-        "epoch": epoch,
-    }
+    row = reservation_row(rid, key, wanted, output_tokens, now)
     try:
-        if not budgets:
-            record = await open_record(UsageRecord._meta.db, **row)
+        if not context.budgets:
+            record = await open_record(UsageRecord._meta.db, **row, epoch=epoch)
             if record is None:
                 raise _EpochMoved
             return Authorized(record, 0)
-        cost = 0
-        if any(budget.metric is BudgetMetric.COST_MICROS for budget in budgets):
-            price = await context.price(wanted.model)
-            cost = capped_cost(wanted.estimated_input_tokens, output_tokens, price)
-        amounts = reservations.Amounts(wanted.estimated_input_tokens, output_tokens, cost)
-        planned = reservations.plan(key, budgets, now)
+        amounts = await reserved_amounts_of(context, wanted, output_tokens)
+        planned = reservations.plan(key, context.budgets, now)
         async with in_transaction() as conn:
             # The row first: it contends with nothing, so the counters are locked only for
             # the holds themselves and the commit.
             record = await open_record(
                 conn,
                 **row,
-                reserved_cost_micros=cost,
+                reserved_cost_micros=amounts.cost_micros,
                 reserved_counters=reservations.encode_holds([hold for _, hold in planned]),
+                epoch=epoch,
             )
             if record is None:
                 raise _EpochMoved  # nothing was written: the transaction ends empty
@@ -217,6 +209,29 @@ async def _authorize(
     except IntegrityError:
         earlier = await _repeated_authorize(rid, key)
         return Authorized(earlier, earlier.max_output_tokens if earlier.reserved_counters else 0)
+
+
+def reservation_row(rid: uuid.UUID, key: ApiKey, wanted: Wanted, output_tokens: int, now: datetime) -> dict[str, Any]:
+    """The fields of a request's usage row as authorize opens it (before any budget holds)."""
+    return {
+        "request_id": rid,
+        "api_key_id": key.id,
+        "account_id": key.account.id,
+        "model": wanted.model,
+        "estimated_input_tokens": wanted.estimated_input_tokens,
+        "max_output_tokens": output_tokens,
+        "stream": wanted.stream,
+        "created_at": now,
+    }
+
+
+async def reserved_amounts_of(context: KeyContext, wanted: Wanted, output_tokens: int) -> reservations.Amounts:
+    """The worst case a request holds: its input bound, its output cap and (for cost budgets) their cost."""
+    cost = 0
+    if any(budget.metric is BudgetMetric.COST_MICROS for budget in context.budgets):
+        price = await context.price(wanted.model)
+        cost = capped_cost(wanted.estimated_input_tokens, output_tokens, price)
+    return reservations.Amounts(wanted.estimated_input_tokens, output_tokens, cost)
 
 
 def capped_cost(input_tokens: int, output_tokens: int, price: prices.PriceInForce) -> int:

@@ -198,6 +198,76 @@ async def take(conn: BaseDBAsyncClient, key: ApiKey, planned: Sequence[tuple[Bud
                 raise _exhausted(budget, key)
 
 
+class ReservationConflict(Exception):
+    """A counter a batch had locked moved under it (a store without row locks): nothing may be kept."""
+
+
+class BatchHolds:
+    """The reservations of many requests, decided in order against their counters read once under lock.
+
+    :meth:`lock` locks every counter the batch touches in the one global lock order (so
+    batches and single reservations cannot deadlock) and reads it; :meth:`take` then
+    decides each request exactly as :func:`take` would, against what is left after the
+    requests before it; :meth:`apply` moves each counter once, by the sum. Each of
+    those UPDATEs keeps the condition of a single hold, so a store without row locks
+    (SQLite) cannot pass a limit either: it raises :class:`ReservationConflict` instead.
+
+    Example::
+
+        holds = await BatchHolds.lock(conn, [pair for planned in plans for pair in planned])
+        for key, planned, amounts in requests:
+            holds.take(key, planned, amounts)   # raises BUDGET_EXHAUSTED, taking nothing
+        await holds.apply(conn)
+    """
+
+    def __init__(self, budgets: dict[Hold, Budget], counters: dict[Hold, tuple[int, int]]) -> None:
+        self._budgets = budgets
+        self._counters = counters  # (spent, reserved) as locked
+        self._taken: dict[Hold, int] = {}
+
+    @classmethod
+    async def lock(cls, conn: BaseDBAsyncClient, planned: Sequence[tuple[Budget, Hold]]) -> BatchHolds:
+        budgets = {hold: budget for budget, hold in planned}
+        counters: dict[Hold, tuple[int, int]] = {}
+        for hold in sorted(budgets, key=lock_order):
+            counter = await _locked_counter(conn, hold)
+            if counter is None:
+                await _ensure_counter(conn, budgets[hold], hold.period_index)
+                counter = await _locked_counter(conn, hold)
+            counters[hold] = counter or (0, 0)
+        return cls(budgets, counters)
+
+    def take(self, key: ApiKey, planned: Sequence[tuple[Budget, Hold]], amounts: Amounts) -> None:
+        """Hold ``amounts`` in every planned counter, or raise BUDGET_EXHAUSTED and hold nothing."""
+        for budget, hold in planned:
+            amount = amounts.of(budget.metric)
+            spent, reserved = self._counters[hold]
+            if (
+                amount > budget.limit_amount
+                or reserved + self._taken.get(hold, 0) > budget.limit_amount - amount - spent
+            ):
+                raise _exhausted(budget, key)
+        for budget, hold in planned:
+            self._taken[hold] = self._taken.get(hold, 0) + amounts.of(budget.metric)
+
+    async def apply(self, conn: BaseDBAsyncClient) -> None:
+        for hold in sorted(self._taken, key=lock_order):
+            amount = self._taken[hold]
+            if amount and not await _try_hold(conn, self._budgets[hold], hold.period_index, amount):
+                raise ReservationConflict
+
+
+async def _locked_counter(conn: BaseDBAsyncClient, hold: Hold) -> tuple[int, int] | None:
+    bind = Binder(conn.capabilities.dialect)
+    lock = " FOR UPDATE" if conn.capabilities.dialect == "postgres" else ""  # SQLite: one writer at a time
+    sql = (
+        "SELECT spent, reserved FROM budget_counter "  # noqa: S608 - fixed text, bound values
+        f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}{lock}"
+    )
+    rows = await conn.execute_query_dict(sql, bind.values)
+    return (int(rows[0]["spent"]), int(rows[0]["reserved"])) if rows else None
+
+
 async def reserve(
     conn: BaseDBAsyncClient, key: ApiKey, budgets: Sequence[Budget], amounts: Amounts, now: datetime
 ) -> list[Hold]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from claudeopus.control.domain import batch_settle, gateway
+from claudeopus.control.domain import batch_authorize, batch_settle, gateway
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
+from claudeopus.control.domain.errors import InvalidArgument
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import require_service
@@ -53,13 +54,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             policy=self._policy,
             cache=self._cache,
         )
-        record = authorized.record
-        return gateway_pb2.AuthorizeResponse(
-            api_key=format_name(API_KEYS, record.api_key_id),  # type: ignore[attr-defined]
-            account=format_name(ACCOUNTS, record.account_id),  # type: ignore[attr-defined]
-            reserve_time=convert.timestamp(record.created_at),
-            max_output_tokens=authorized.enforced_output_tokens,
-        )
+        return _authorize_response(authorized)
+
+    @rpc
+    async def BatchAuthorize(
+        self, request: gateway_pb2.BatchAuthorizeRequest, context: Ctx[object, object]
+    ) -> gateway_pb2.BatchAuthorizeResponse:
+        require_service(context, self._token)
+        batch = [
+            batch_authorize.AuthorizeInput(
+                request_id=item.request_id,
+                key_hash=item.key_hash,
+                model=item.model,
+                estimated_input_tokens=item.estimated_input_tokens,
+                max_output_tokens=item.max_output_tokens,
+                stream=item.stream,
+            )
+            for item in request.requests
+        ]
+        results = await batch_authorize.authorize_batch(batch, self._clock(), self._policy, self._cache)
+        return gateway_pb2.BatchAuthorizeResponse(results=[_authorize_result(result) for result in results])
 
     @rpc
     async def Settle(
@@ -100,4 +114,32 @@ def _settle_result(result: batch_settle.SettleResult) -> gateway_pb2.SettleResul
         error_code=status_code(result.error),
         error_reason=error_reason_pb2.ErrorReason.Value(result.error.reason.value),
         error_message=result.error.message,
+    )
+
+
+def _authorize_response(authorized: gateway.Authorized) -> gateway_pb2.AuthorizeResponse:
+    record = authorized.record
+    return gateway_pb2.AuthorizeResponse(
+        api_key=format_name(API_KEYS, record.api_key_id),  # type: ignore[attr-defined]
+        account=format_name(ACCOUNTS, record.account_id),  # type: ignore[attr-defined]
+        reserve_time=convert.timestamp(record.created_at),
+        max_output_tokens=authorized.enforced_output_tokens,
+    )
+
+
+def _authorize_result(result: batch_authorize.AuthorizeResult) -> gateway_pb2.AuthorizeResult:
+    if result.error is None:
+        assert result.authorized is not None
+        return gateway_pb2.AuthorizeResult(
+            request_id=result.request_id, response=_authorize_response(result.authorized)
+        )
+    error = result.error
+    violations = {v.field: v.description for v in error.violations} if isinstance(error, InvalidArgument) else {}
+    return gateway_pb2.AuthorizeResult(
+        request_id=result.request_id,
+        error_code=status_code(error),
+        error_reason=error_reason_pb2.ErrorReason.Value(error.reason.value),
+        error_message=error.message,
+        error_metadata=error.metadata,
+        field_violations=violations,
     )

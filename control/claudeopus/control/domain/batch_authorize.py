@@ -1,0 +1,228 @@
+"""Authorizing many requests at once: what the edge's authorizer sends in one BatchAuthorize.
+
+Each entry is decided exactly as :func:`claudeopus.control.domain.gateway.authorize`
+decides it (same validation, key and model checks, output cap, worst case held in every
+budget, one usage row in state RESERVED), in the order given: when a budget runs out
+inside a batch, the earlier entries get what is left. The batch only shares the work:
+one read of the auth epoch, key contexts from the cache, and one transaction in which
+every budget counter the batch touches is locked and read once (in the one global lock
+order, :class:`~claudeopus.control.domain.reservations.BatchHolds`), every row is
+written by one INSERT and every counter moves once, by the sum of its holds.
+
+If anything the batch read changed before it could write (the auth epoch moved, a
+request id is already taken, a lock conflict), nothing of its transaction stays and
+every entry is authorized on its own instead, with the single call's own retries.
+A batch of one is the single call.
+
+Example::
+
+    results = await authorize_batch([AuthorizeInput(...), AuthorizeInput(...)], now, policy, cache)
+    for result in results:
+        print(result.error.reason if result.error else result.authorized.enforced_output_tokens)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
+from tortoise.transactions import in_transaction
+
+from claudeopus.control.domain import gateway, reservations, validation
+from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_epoch, load_context
+from claudeopus.control.domain.errors import DomainError, InvalidArgument
+from claudeopus.control.domain.sqlbind import Binder
+from claudeopus.control.domain.usage_rows import db_value
+from claudeopus.control.models import ApiKey, Budget, UsageRecord, UsageSource, UsageStatus
+
+MAX_BATCH = 1000
+# Rows per INSERT statement: 17 bound values each stays far below every driver's limit.
+INSERT_ROWS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeInput:
+    request_id: str
+    key_hash: bytes
+    model: str
+    estimated_input_tokens: int
+    max_output_tokens: int
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeResult:
+    """One entry's end: ``authorized`` (its open row and output cap), or refused with ``error``."""
+
+    request_id: str
+    authorized: gateway.Authorized | None = None
+    error: DomainError | None = None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """An entry that passed every check but the budgets."""
+
+    index: int
+    data: AuthorizeInput
+    key: ApiKey
+    output_tokens: int
+    row: dict[str, Any]
+    planned: list[tuple[Budget, reservations.Hold]]
+    amounts: reservations.Amounts
+
+
+class _Retry(Exception):
+    """The batch's transaction cannot stand: every entry is authorized on its own."""
+
+
+async def authorize_batch(
+    batch: Sequence[AuthorizeInput], now: datetime, policy: gateway.OutputPolicy, cache: AuthCache | None = None
+) -> list[AuthorizeResult]:
+    """Authorize every entry of ``batch``; one result per entry, in order."""
+    if len(batch) > MAX_BATCH:
+        raise InvalidArgument.field("requests", f"at most {MAX_BATCH} requests per batch")
+    if len(batch) == 1:
+        return [await _alone(batch[0], now, policy, cache)]
+    results: list[AuthorizeResult | None] = [None] * len(batch)
+    epoch = await current_epoch()
+    candidates: list[_Candidate] = []
+    seen: set[uuid.UUID] = set()
+    for index, data in enumerate(batch):
+        try:
+            candidate = await _candidate(index, data, seen, now, policy, cache, epoch)
+        except DomainError as error:
+            results[index] = AuthorizeResult(data.request_id, error=error)
+            continue
+        seen.add(candidate.row["request_id"])
+        candidates.append(candidate)
+    try:
+        for index, result in (await _reserve_all(candidates, epoch)).items():
+            results[index] = result
+    except _Retry:
+        for candidate in candidates:
+            results[candidate.index] = await _alone(candidate.data, now, policy, cache)
+    return [result or AuthorizeResult(batch[index].request_id) for index, result in enumerate(results)]
+
+
+async def _alone(
+    data: AuthorizeInput, now: datetime, policy: gateway.OutputPolicy, cache: AuthCache | None
+) -> AuthorizeResult:
+    try:
+        authorized = await gateway.authorize(
+            request_id=data.request_id,
+            key_hash=data.key_hash,
+            model=data.model,
+            estimated_input_tokens=data.estimated_input_tokens,
+            max_output_tokens=data.max_output_tokens,
+            stream=data.stream,
+            now=now,
+            policy=policy,
+            cache=cache,
+        )
+    except DomainError as error:
+        return AuthorizeResult(data.request_id, error=error)
+    return AuthorizeResult(data.request_id, authorized=authorized)
+
+
+async def _candidate(
+    index: int,
+    data: AuthorizeInput,
+    seen: set[uuid.UUID],
+    now: datetime,
+    policy: gateway.OutputPolicy,
+    cache: AuthCache | None,
+    epoch: int,
+) -> _Candidate:
+    """Every check of a single authorize but the budgets; raises the entry's refusal."""
+    rid = validation.uuid_value("request_id", data.request_id)
+    if rid in seen:
+        raise InvalidArgument.field("request_id", "appears twice in this batch")
+    wanted = gateway.Wanted.checked(data.model, data.estimated_input_tokens, data.max_output_tokens, data.stream)
+    hex_hash = gateway.key_hash_hex(data.key_hash)
+    found = await (cache.context_at(epoch, hex_hash) if cache is not None else load_context(hex_hash))
+    context: KeyContext = gateway.usable(found, hex_hash, now)
+    key = context.key
+    gateway.check_model(key, wanted.model)
+    output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
+    row = gateway.reservation_row(rid, key, wanted, output_tokens, now)
+    if not context.budgets:
+        return _Candidate(index, data, key, output_tokens, row, [], reservations.Amounts(0, 0, 0))
+    amounts = await gateway.reserved_amounts_of(context, wanted, output_tokens)
+    return _Candidate(index, data, key, output_tokens, row, reservations.plan(key, context.budgets, now), amounts)
+
+
+async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, AuthorizeResult]:
+    """Hold every candidate's worst case that fits, in order, and open the rows: one transaction."""
+    results: dict[int, AuthorizeResult] = {}
+    if not candidates:
+        return results
+    try:
+        async with in_transaction() as conn:
+            holds = await reservations.BatchHolds.lock(
+                conn, [pair for candidate in candidates for pair in candidate.planned]
+            )
+            rows: list[dict[str, Any]] = []
+            for candidate in candidates:
+                try:
+                    holds.take(candidate.key, candidate.planned, candidate.amounts)
+                except DomainError as error:
+                    results[candidate.index] = AuthorizeResult(candidate.data.request_id, error=error)
+                    continue
+                row = _open_row(candidate)
+                rows.append(row)
+                record = UsageRecord(**row)
+                record._saved_in_db = True
+                enforced = candidate.output_tokens if candidate.planned else 0
+                results[candidate.index] = AuthorizeResult(
+                    candidate.data.request_id, authorized=gateway.Authorized(record, enforced)
+                )
+            if rows:
+                # What the checks read is still the database's word (as the single INSERT checks it).
+                if await _epoch_in(conn) != epoch:
+                    raise _Retry
+                await _insert(conn, rows)
+                await holds.apply(conn)
+    except (IntegrityError, OperationalError, TransactionManagementError, reservations.ReservationConflict):
+        # A request id already taken, a lock conflict (deadlock victim, SQLite busy), a counter
+        # that moved: nothing of the transaction stayed.
+        raise _Retry from None
+    return results
+
+
+def _open_row(candidate: _Candidate) -> dict[str, Any]:
+    holds = [hold for _, hold in candidate.planned]
+    return {
+        **candidate.row,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "latency_us": 0,
+        "status": UsageStatus.RESERVED,
+        "source": UsageSource.NONE,
+        "http_status": 0,
+        "cost_micros": 0,
+        "reserved_cost_micros": candidate.amounts.cost_micros,
+        "reserved_counters": reservations.encode_holds(holds) if holds else "",
+    }
+
+
+async def _epoch_in(conn: BaseDBAsyncClient) -> int:
+    rows = await conn.execute_query_dict("SELECT value FROM auth_epoch WHERE id = 1")
+    return int(rows[0]["value"]) if rows else -1
+
+
+async def _insert(conn: BaseDBAsyncClient, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    for start in range(0, len(rows), INSERT_ROWS):
+        bind = Binder(conn.capabilities.dialect)
+        values = ", ".join(
+            "(" + ", ".join(bind(db_value(row[column])) for column in columns) + ")"
+            for row in rows[start : start + INSERT_ROWS]
+        )
+        sql = f"INSERT INTO usage_record ({', '.join(columns)}) VALUES {values}"  # noqa: S608 - fixed names
+        await conn.execute_query(sql, bind.values)

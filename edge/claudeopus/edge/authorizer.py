@@ -1,0 +1,146 @@
+"""Authorizing completions with control in batches: one owned task, one BatchAuthorize at a time.
+
+A gRPC call costs far more CPU on both sides than the work control does for one request,
+so the edge does not make one per request: each request waits in a queue, and one owned
+task sends whatever is queued in one BatchAuthorize (up to ``max_batch``), then the next.
+A quiet edge therefore authorizes each request at once, alone; a busy one in batches as
+big as its concurrency, at one call's cost. Control decides every entry exactly as a
+single Authorize would, in queue order.
+
+Each request waits at most ``timeout`` (``CLAUDEOPUS_CONTROL_TIMEOUT``) in all. A request
+that gives up while still queued is never sent (503, nothing reserved); one that gives up
+while its batch is on its way raises :class:`~claudeopus.edge.control.AuthorizeTimedOut`,
+so that the forwarder releases what control may have reserved. The task is awaited on
+shutdown; requests still queued then get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from claudeopus.client import ClaudeOpusError
+from claudeopus.edge import errors
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.control import (
+    UNAVAILABLE_MESSAGE,
+    AuthorizeCall,
+    AuthorizeTimedOut,
+    ControlClient,
+    key_hash,
+    openai_error,
+)
+
+_log = logging.getLogger(__name__)
+MAX_BATCH = 256
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Waiting:
+    call: AuthorizeCall
+    answer: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    sent: bool = False
+
+
+class Authorizer:
+    """Queue authorizes for one owned sending task; :meth:`aclose` stops it.
+
+    Example::
+
+        authorizer = Authorizer(control, timeout=5.0)
+        cap = await authorizer.authorize(request_id, secret, completion)  # or an OpenAIError
+        await authorizer.aclose()
+    """
+
+    def __init__(self, control: ControlClient, timeout: float, *, max_batch: int = MAX_BATCH) -> None:
+        self._control = control
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+        """Reserve the request; returns the output cap the upstream must get (0: none needed)."""
+        waiting = _Waiting(AuthorizeCall(request_id, key_hash(secret), completion))
+        if self._closing:
+            raise _unavailable()
+        self._queue.append(waiting)
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_forever())
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await waiting.answer
+        except TimeoutError:
+            # Still queued: it is never sent. On its way: control may reserve it yet.
+            if waiting.sent:
+                raise AuthorizeTimedOut(UNAVAILABLE_MESSAGE, code="control_unavailable") from None
+            raise _unavailable() from None
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch: list[_Waiting] = []
+                while self._queue and len(batch) < self._max_batch:
+                    waiting = self._queue.popleft()
+                    if not waiting.answer.done():  # its caller gave up while it was queued
+                        waiting.sent = True
+                        batch.append(waiting)
+                if batch:
+                    await self._send(batch)
+            if self._closing:
+                return
+
+    async def _send(self, batch: Sequence[_Waiting]) -> None:
+        try:
+            answers = await self._control.authorize_batch([waiting.call for waiting in batch])
+        except ClaudeOpusError as error:
+            answers = [error] * len(batch)
+        except Exception as error:  # no caller may be left waiting for an answer that never comes
+            _log.error("batch of %d authorizes failed: %s", len(batch), type(error).__name__)
+            answers = [ClaudeOpusError(grpc.StatusCode.INTERNAL, "authorize failed")] * len(batch)
+        for waiting, answer in zip(batch, answers, strict=True):
+            if waiting.answer.done():
+                continue
+            if isinstance(answer, ClaudeOpusError):
+                waiting.answer.set_exception(_refusal(answer))
+            else:
+                waiting.answer.set_result(answer)
+
+    async def aclose(self) -> None:
+        """Let the batch on its way finish (up to a grace period); requests still queued get 503."""
+        self._closing = True
+        if self._sender is not None:
+            self._wake.set()
+            done, _ = await asyncio.wait({self._sender}, timeout=SHUTDOWN_GRACE_SECONDS)
+            if not done:
+                self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        while self._queue:
+            waiting = self._queue.popleft()
+            if not waiting.answer.done():
+                waiting.answer.set_exception(_unavailable())
+
+
+def _refusal(error: ClaudeOpusError) -> errors.OpenAIError:
+    """A fresh error per request (the forwarder adds its own headers to it)."""
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return AuthorizeTimedOut(UNAVAILABLE_MESSAGE, code="control_unavailable")
+    return openai_error(error)
+
+
+def _unavailable() -> errors.OpenAIError:
+    return errors.ControlUnavailable(UNAVAILABLE_MESSAGE, code="control_unavailable")
