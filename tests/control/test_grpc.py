@@ -21,9 +21,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from claudeopus import keys
-from claudeopus.client import ClaudeOpusClient, InvalidArgumentError, NotFoundError
+from claudeopus.client import ClaudeOpusClient, ClaudeOpusError, InvalidArgumentError, NotFoundError
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
+from claudeopus.edge.completions import parse_completion
+from claudeopus.edge.control import AuthorizeCall, ControlClient, openai_error
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -421,3 +423,50 @@ async def test_batch_settle_answers_each_entry_and_wants_the_service_token(contr
         page = await client.list_usage_records(api_key=key_name)
     assert sorted((r.input_tokens, r.output_tokens) for r in page.usage_records) == [(3, 6), (4, 8)]
     assert {r.latency.ToMicroseconds() for r in page.usage_records} == {5000}
+
+
+async def test_batch_authorize_answers_each_entry_and_the_edge_reads_each_answer(control: Control) -> None:
+    _, key_name, secret = await new_user_key(control, allowed_models=("m-1",))
+    gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
+    service = bearer(control.service_token)
+    key_hash = keys.hash_secret_bytes(secret)
+
+    def authorize(model: str, request_id: str | None = None) -> gateway_pb2.AuthorizeRequest:
+        return gateway_pb2.AuthorizeRequest(
+            request_id=request_id or str(uuid.uuid4()), key_hash=key_hash, model=model, estimated_input_tokens=40
+        )
+
+    batch = gateway_pb2.BatchAuthorizeRequest(requests=[authorize("m-1"), authorize("m-2"), authorize("m" * 201)])
+    for metadata in ((), bearer(control.admin_secret), bearer(secret)):
+        error = await rpc_error(gateway.BatchAuthorize(batch, metadata=metadata))
+        assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
+
+    ok, other_model, bad_model = (await gateway.BatchAuthorize(batch, metadata=service)).results
+    assert (ok.request_id, ok.error_code, ok.response.api_key) == (batch.requests[0].request_id, 0, key_name)
+    assert ok.response.max_output_tokens == 0, "no budget: no cap sent upstream"
+    assert other_model.error_code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert other_model.error_reason == error_reason_pb2.MODEL_NOT_ALLOWED
+    assert other_model.error_message == "This API key may not use the model 'm-2'."
+    assert bad_model.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert bad_model.error_reason == error_reason_pb2.FIELD_INVALID
+    assert list(bad_model.field_violations) == ["model"]
+
+    too_many = gateway_pb2.BatchAuthorizeRequest(requests=[authorize("m-1") for _ in range(1001)])
+    error = await rpc_error(gateway.BatchAuthorize(too_many, metadata=service))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+
+    # The edge's client reads the same answers as the typed errors a single call would raise.
+    edge = ControlClient(control.channel, control.service_token, timeout=10)
+    body = b'{"model": "m-2", "messages": [{"role": "user", "content": "hi"}]}'
+    completion = parse_completion(body)
+    calls = [AuthorizeCall(str(uuid.uuid4()), key_hash, completion), AuthorizeCall("bad-id", key_hash, completion)]
+    refused, invalid = await edge.authorize_batch(calls)
+    assert isinstance(refused, ClaudeOpusError) and isinstance(invalid, InvalidArgumentError)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
+    assert list(invalid.field_violations) == ["request_id"]
+    openai = openai_error(refused)
+    assert (openai.status, openai.code, openai.param) == (403, "model_not_allowed", "model")
+
+    async with control.admin_client() as client:
+        page = await client.list_usage_records(api_key=key_name)
+    assert [r.request_id for r in page.usage_records] == [batch.requests[0].request_id]

@@ -1,0 +1,173 @@
+"""The edge's authorizer: requests that arrive while a batch is on its way travel together in the next.
+
+A fake control stands in for the gRPC client: each BatchAuthorize waits at a gate the test
+opens, and answers per request what the test told it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+import grpc
+import pytest
+
+from claudeopus.client import ClaudeOpusError, UnavailableError, error_of
+from claudeopus.edge import errors
+from claudeopus.edge.authorizer import Authorizer
+from claudeopus.edge.completions import parse_completion
+from claudeopus.edge.control import AuthorizeCall, AuthorizeTimedOut, ControlClient
+
+SECRET = "sk-co-" + "A" * 43
+COMPLETION = parse_completion(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+
+
+class GatedControl(ControlClient):
+    """Answers each batch when ``gate`` is open: ``answers`` by request id (default: cap 0)."""
+
+    def __init__(self) -> None:  # no channel: nothing real is called
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.batches: list[list[str]] = []
+        self.answers: dict[str, int | ClaudeOpusError] = {}
+        self.failure: ClaudeOpusError | None = None
+
+    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
+        self.batches.append([call.request_id for call in calls])
+        await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return [self.answers.get(call.request_id, 0) for call in calls]
+
+
+def ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+async def test_a_quiet_edge_sends_each_request_alone_a_busy_one_sends_what_queued_meanwhile() -> None:
+    control = GatedControl()
+    authorizer = Authorizer(control, timeout=5)
+    first = ids(1)[0]
+    control.answers[first] = 64
+    assert await authorizer.authorize(first, SECRET, COMPLETION) == 64
+    assert control.batches == [[first]]
+
+    control.gate.clear()
+    leading, *queued = ids(6)
+    calls = [asyncio.create_task(authorizer.authorize(leading, SECRET, COMPLETION))]
+    while len(control.batches) < 2:
+        await asyncio.sleep(0)
+    calls += [asyncio.create_task(authorizer.authorize(rid, SECRET, COMPLETION)) for rid in queued]
+    await asyncio.sleep(0.01)
+    control.gate.set()
+    assert await asyncio.gather(*calls) == [0] * 6
+    assert control.batches[1:] == [[leading], queued], "the five that queued behind the first went in one call"
+    await authorizer.aclose()
+
+
+async def test_batches_are_cut_at_max_batch_in_arrival_order() -> None:
+    control = GatedControl()
+    control.gate.clear()
+    authorizer = Authorizer(control, timeout=5, max_batch=3)
+    wanted = ids(8)
+    calls = [asyncio.create_task(authorizer.authorize(rid, SECRET, COMPLETION)) for rid in wanted]
+    await asyncio.sleep(0.01)
+    control.gate.set()
+    await asyncio.gather(*calls)
+    assert control.batches == [wanted[0:3], wanted[3:6], wanted[6:8]]
+    await authorizer.aclose()
+
+
+async def test_each_request_gets_its_own_refusal_in_openai_shape() -> None:
+    control = GatedControl()
+    authorizer = Authorizer(control, timeout=5)
+    control.gate.clear()
+    quota, invalid, fine = ids(3)
+    control.answers[quota] = error_of(grpc.StatusCode.RESOURCE_EXHAUSTED, "You exceeded ...", "BUDGET_EXHAUSTED")
+    control.answers[invalid] = error_of(
+        grpc.StatusCode.INVALID_ARGUMENT, "model: bad", "FIELD_INVALID", {"model": "bad"}
+    )
+    control.answers[fine] = 7
+    calls = [authorizer.authorize(rid, SECRET, COMPLETION) for rid in (quota, invalid, fine)]
+    control.gate.set()
+    refused_quota, refused_invalid, cap = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(refused_quota, errors.OpenAIError) and isinstance(refused_invalid, errors.OpenAIError)
+    assert (refused_quota.status, refused_quota.code) == (429, "insufficient_quota")
+    assert (refused_invalid.status, refused_invalid.code, refused_invalid.param) == (400, "invalid_value", "model")
+    assert cap == 7
+    await authorizer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused"), errors.ControlUnavailable),
+        (ClaudeOpusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), AuthorizeTimedOut),
+    ],
+    ids=["unavailable", "deadline"],
+)
+async def test_a_failed_call_fails_each_request_with_an_error_of_its_own(
+    failure: ClaudeOpusError, expected: type[errors.OpenAIError]
+) -> None:
+    control = GatedControl()
+    control.failure = failure
+    authorizer = Authorizer(control, timeout=5)
+    results = await asyncio.gather(
+        *(authorizer.authorize(rid, SECRET, COMPLETION) for rid in ids(3)), return_exceptions=True
+    )
+    assert all(type(r) is expected for r in results), results
+    assert all(r.status == 503 and r.code == "control_unavailable" for r in results)  # type: ignore[union-attr]
+    assert len({id(r) for r in results}) == 3, "the forwarder adds headers to each: never one shared object"
+    await authorizer.aclose()
+
+
+async def test_a_request_giving_up_in_the_queue_is_never_sent_one_on_its_way_must_be_released() -> None:
+    control = GatedControl()
+    control.gate.clear()
+    authorizer = Authorizer(control, timeout=0.2)
+    on_its_way, queued = ids(2)
+    first = asyncio.create_task(authorizer.authorize(on_its_way, SECRET, COMPLETION))
+    while not control.batches:
+        await asyncio.sleep(0)
+    second = asyncio.create_task(authorizer.authorize(queued, SECRET, COMPLETION))
+    with pytest.raises(AuthorizeTimedOut):
+        await first  # control may have reserved it: the forwarder releases it
+    with pytest.raises(errors.ControlUnavailable) as caught:
+        await second
+    assert type(caught.value) is errors.ControlUnavailable, "never sent: nothing to release"
+    control.gate.set()
+    later = ids(1)[0]
+    assert await authorizer.authorize(later, SECRET, COMPLETION) == 0
+    assert control.batches == [[on_its_way], [later]], "the request that gave up in the queue never left"
+    await authorizer.aclose()
+
+
+async def test_a_string_that_cannot_be_a_key_is_refused_without_asking_control() -> None:
+    control = GatedControl()
+    authorizer = Authorizer(control, timeout=5)
+    with pytest.raises(errors.AuthenticationFailed):
+        await authorizer.authorize(ids(1)[0], "not-a-key", COMPLETION)
+    assert control.batches == []
+    await authorizer.aclose()
+
+
+async def test_shutdown_lets_the_batch_on_its_way_finish_and_refuses_the_rest() -> None:
+    control = GatedControl()
+    control.gate.clear()
+    authorizer = Authorizer(control, timeout=5)
+    on_its_way, queued = ids(2)
+    first = asyncio.create_task(authorizer.authorize(on_its_way, SECRET, COMPLETION))
+    while not control.batches:
+        await asyncio.sleep(0)
+    second = asyncio.create_task(authorizer.authorize(queued, SECRET, COMPLETION))
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(authorizer.aclose())
+    await asyncio.sleep(0.01)
+    control.gate.set()
+    await closing
+    assert await first == 0
+    assert await second == 0, "queued before shutdown: sent by the draining task"
+    with pytest.raises(errors.ControlUnavailable):
+        await authorizer.authorize(ids(1)[0], SECRET, COMPLETION)
+    assert len(control.batches) == 2
