@@ -30,9 +30,10 @@ class GatewayServiceStub:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion. Both carry the
-    request id chosen by the edge, so Settle is idempotent and a later batched
-    or leased implementation keeps the same contract.
+    The hot path is one Authorize and one Settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
+    request. Both carry the request id chosen by the edge, so Settle is
+    idempotent and a later leased implementation keeps the same contract.
     """
 
     def __init__(self, channel):
@@ -73,9 +74,10 @@ class GatewayServiceServicer:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion. Both carry the
-    request id chosen by the edge, so Settle is idempotent and a later batched
-    or leased implementation keeps the same contract.
+    The hot path is one Authorize and one Settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
+    request. Both carry the request id chosen by the edge, so Settle is
+    idempotent and a later leased implementation keeps the same contract.
     """
 
     def VerifyApiKey(self, request, context):
@@ -172,9 +174,10 @@ class GatewayService:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion. Both carry the
-    request id chosen by the edge, so Settle is idempotent and a later batched
-    or leased implementation keeps the same contract.
+    The hot path is one Authorize and one Settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
+    request. Both carry the request id chosen by the edge, so Settle is
+    idempotent and a later leased implementation keeps the same contract.
     """
 
     @staticmethod

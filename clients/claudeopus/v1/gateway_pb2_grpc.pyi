@@ -31,9 +31,10 @@ class GatewayServiceStub:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion. Both carry the
-    request id chosen by the edge, so Settle is idempotent and a later batched
-    or leased implementation keeps the same contract.
+    The hot path is one Authorize and one Settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
+    request. Both carry the request id chosen by the edge, so Settle is
+    idempotent and a later leased implementation keeps the same contract.
     """
 
     @_typing.overload
@@ -79,9 +80,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion. Both carry the
-    request id chosen by the edge, so Settle is idempotent and a later batched
-    or leased implementation keeps the same contract.
+    The hot path is one Authorize and one Settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
+    request. Both carry the request id chosen by the edge, so Settle is
+    idempotent and a later leased implementation keeps the same contract.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -123,9 +125,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion. Both carry the
-    request id chosen by the edge, so Settle is idempotent and a later batched
-    or leased implementation keeps the same contract.
+    The hot path is one Authorize and one Settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
+    request. Both carry the request id chosen by the edge, so Settle is
+    idempotent and a later leased implementation keeps the same contract.
     """
 
     @_abc_1.abstractmethod
