@@ -30,3 +30,12 @@ def test_a_bad_spool_size_is_refused_by_name(raw: str) -> None:
 def test_a_blank_spool_directory_is_refused() -> None:
     with pytest.raises(SettingsError, match="CLAUDEOPUS_SPOOL_DIR"):
         EdgeSettings(upstream_url="http://127.0.0.1:9/v1", service_token="t" * 32, spool_dir=" ")
+
+
+def test_the_settle_linger_is_read_from_the_environment_and_checked() -> None:
+    assert EdgeSettings.from_env(BASE).settle_linger == 0.01
+    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_SETTLE_LINGER": "0"}).settle_linger == 0
+    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_SETTLE_LINGER": "0.25"}).settle_linger == 0.25
+    for raw in ("-1", "2", "soon", "nan"):
+        with pytest.raises(SettingsError, match="CLAUDEOPUS_SETTLE_LINGER"):
+            EdgeSettings.from_env({**BASE, "CLAUDEOPUS_SETTLE_LINGER": raw})

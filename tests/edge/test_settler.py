@@ -364,3 +364,36 @@ async def test_shutdown_spools_what_control_did_not_take_in_time(
     await settler.aclose()
     assert sorted(r.input_tokens for r in read_spool(tmp_path)) == [1, 2, 3, 4, 5], "the batch in flight too"
     assert control.settled == []
+
+
+async def test_settles_finishing_within_the_linger_travel_in_one_batch(tmp_path: Path) -> None:
+    control = FakeControl()
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), max_batch=4, linger=0.3)
+    started = time.monotonic()
+    for n in range(1, 4):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+        await asyncio.sleep(0.02)
+    await until(lambda: settler.pending == 0)
+    assert control.batches == [3], "three settles 20 ms apart: one call"
+    assert time.monotonic() - started >= 0.3, "the batch waited out its linger"
+
+    # A whole batch does not wait: max_batch settles go at once.
+    started = time.monotonic()
+    for n in range(4, 8):
+        settler.submit(rid(n), outcome(n), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    assert control.batches == [3, 4]
+    assert time.monotonic() - started < 0.25
+    assert control.settled == [(rid(n), n) for n in range(1, 8)]
+
+
+async def test_shutdown_does_not_wait_out_the_linger(tmp_path: Path) -> None:
+    control = FakeControl()
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), linger=30)
+    settler.submit(rid(1), outcome(1), time.perf_counter())
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await settler.aclose()
+    assert time.monotonic() - started < 5
+    assert control.settled == [(rid(1), 1)], "sent, not spooled"
+    assert read_spool(tmp_path) == []

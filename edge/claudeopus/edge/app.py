@@ -86,7 +86,9 @@ def build_app(
             control_channel(settings) as channel,
         ):
             control = control_factory(channel, settings)
-            settler = await Settler.start(control, settings.spool_dir, settings.spool_max_bytes)
+            settler = await Settler.start(
+                control, settings.spool_dir, settings.spool_max_bytes, linger=settings.settle_linger
+            )
             authorizer = Authorizer(control, settings.control_timeout)
             forwarder = Forwarder(
                 http=http,

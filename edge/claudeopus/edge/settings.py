@@ -14,6 +14,9 @@ DEFAULT_CONTROL = "127.0.0.1:50051"
 DEFAULT_SPOOL_DIR = "spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
 MAX_CONNECT_RETRIES = 100
+# Settles wait this long for others to join their batch (see settler.py); at most MAX_SETTLE_LINGER.
+DEFAULT_SETTLE_LINGER = 0.01
+MAX_SETTLE_LINGER = 1.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
 CONTROL_TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
 
@@ -65,6 +68,8 @@ class EdgeSettings:
     # the size at which new completions are refused with 503 until replay has made room.
     spool_dir: str = DEFAULT_SPOOL_DIR
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    # How long the settler waits for more settles to join a batch (seconds; 0: send at once).
+    settle_linger: float = DEFAULT_SETTLE_LINGER
     # Access log (see access_log.py): a file rotated every access_log_rotate_seconds at aligned UTC
     # boundaries, keeping access_log_keep rotated files besides the current one; None = no file.
     # Built here None; from the environment, logs/access.log unless CLAUDEOPUS_ACCESS_LOG=off.
@@ -96,6 +101,8 @@ class EdgeSettings:
         split_address(self.control_target, "CLAUDEOPUS_CONTROL")
         if not self.spool_dir.strip():
             raise SettingsError("CLAUDEOPUS_SPOOL_DIR must be a directory path")
+        if not 0 <= self.settle_linger <= MAX_SETTLE_LINGER:
+            raise SettingsError(f"CLAUDEOPUS_SETTLE_LINGER must be from 0 to {MAX_SETTLE_LINGER:g} seconds")
         if self.spool_max_bytes < 1:
             raise SettingsError("CLAUDEOPUS_SPOOL_MAX_BYTES must be a positive number of bytes")
         if self.access_log_path is not None:
@@ -145,6 +152,7 @@ class EdgeSettings:
             upstream_max_tokens_field=env.get("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD", "max_completion_tokens"),
             spool_dir=env.get("CLAUDEOPUS_SPOOL_DIR", "") or DEFAULT_SPOOL_DIR,
             spool_max_bytes=int(_number(env, "CLAUDEOPUS_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
+            settle_linger=_seconds_or_zero(env, "CLAUDEOPUS_SETTLE_LINGER", DEFAULT_SETTLE_LINGER),
             access_log_path=_access_log_path(env.get("CLAUDEOPUS_ACCESS_LOG", "")),
             access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
             access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),
@@ -168,6 +176,13 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+def _seconds_or_zero(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw in ("0", "0.0"):
+        return 0.0
+    return _number(env, name, default)
 
 
 DEFAULT_ACCESS_LOG = "logs/access.log"

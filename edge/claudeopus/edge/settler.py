@@ -2,8 +2,11 @@
 
 Settles run after the client already has its answer, so they add no latency. They queue
 up and one owned task sends them to control's BatchSettle: whatever finished while the
-previous batch was on its way travels in the next one (so a quiet edge settles each
-request at once, a busy one in batches of up to ``max_batch``). If control cannot be
+previous batch was on its way travels in the next one, up to ``max_batch``. Before each
+call the task lingers up to ``linger`` seconds (``CLAUDEOPUS_SETTLE_LINGER``) for more to
+finish: a batch costs control little more than one settle, and on a quiet edge a settle
+sent at once would compete with the next request's authorize for control and for the same
+budget counters, on the request path. Reservations stay held that much longer. If control cannot be
 reached (or does not answer within ``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an
 error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.spool`)
 and the replayer (:mod:`claudeopus.edge.replay`) sends them when control is back. While
@@ -43,25 +46,35 @@ class Settler:
     """
 
     def __init__(
-        self, control: ControlClient, spool: Spool, replayer: Replayer | None = None, *, max_batch: int = MAX_BATCH
+        self,
+        control: ControlClient,
+        spool: Spool,
+        replayer: Replayer | None = None,
+        *,
+        max_batch: int = MAX_BATCH,
+        linger: float = 0.0,
     ) -> None:
         self._control = control
         self._spool = spool
         self._replayer = replayer
         self._max_batch = max_batch
+        self._linger = linger
         self._queue: collections.deque[Settle] = collections.deque()
         self._in_flight = 0
         self._wake = asyncio.Event()
+        self._batch_ready = asyncio.Event()  # a whole batch is queued, or shutdown began: linger no longer
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
 
     @classmethod
-    async def start(cls, control: ControlClient, spool_dir: str | os.PathLike[str], spool_max_bytes: int) -> Settler:
+    async def start(
+        cls, control: ControlClient, spool_dir: str | os.PathLike[str], spool_max_bytes: int, *, linger: float = 0.0
+    ) -> Settler:
         """Open the spool and start replaying whatever it holds (also what an earlier process left)."""
         spool = await Spool.open(spool_dir, max_bytes=spool_max_bytes)
         replayer = Replayer(control, spool)
         replayer.start()
-        return cls(control, spool, replayer)
+        return cls(control, spool, replayer, linger=linger)
 
     @property
     def pending(self) -> int:
@@ -80,11 +93,14 @@ class Settler:
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_forever())
         self._wake.set()
+        if len(self._queue) >= self._max_batch:
+            self._batch_ready.set()
 
     async def _send_forever(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._gather_more()
             while self._queue:
                 count = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(count)]
@@ -99,6 +115,14 @@ class Settler:
                     self._in_flight = 0
             if self._closing:
                 return
+
+    async def _gather_more(self) -> None:
+        """Linger for more settles to join the batch (not once a whole batch waits, not at shutdown)."""
+        if self._linger and not self._closing and len(self._queue) < self._max_batch:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._linger):
+                    await self._batch_ready.wait()
+        self._batch_ready.clear()
 
     async def _send(self, batch: Sequence[Settle]) -> None:
         if not self._spool.empty:
@@ -164,6 +188,7 @@ class Settler:
         self._closing = True
         if self._sender is not None:
             self._wake.set()
+            self._batch_ready.set()
             done, _ = await asyncio.wait({self._sender}, timeout=SHUTDOWN_GRACE_SECONDS)
             if not done:
                 self._sender.cancel()
