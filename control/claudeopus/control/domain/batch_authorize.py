@@ -33,16 +33,12 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import gateway, reservations, validation
+from claudeopus.control.domain import gateway, reservations, usage_rows, validation
 from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_epoch, load_context
 from claudeopus.control.domain.errors import DomainError, InvalidArgument
-from claudeopus.control.domain.sqlbind import Binder
-from claudeopus.control.domain.usage_rows import db_value
-from claudeopus.control.models import ApiKey, Budget, UsageRecord, UsageSource, UsageStatus
+from claudeopus.control.models import ApiKey, Budget, UsageRecord
 
 MAX_BATCH = 1000
-# Rows per INSERT statement: 17 bound values each stays far below every driver's limit.
-INSERT_ROWS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +182,7 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, Au
                 # What the checks read is still the database's word (as the single INSERT checks it).
                 if await _epoch_in(conn) != epoch:
                     raise _Retry
-                await _insert(conn, rows)
+                await usage_rows.insert_open_records(conn, rows)
                 await holds.apply(conn)
     except (IntegrityError, OperationalError, TransactionManagementError, reservations.ReservationConflict):
         # A request id already taken, a lock conflict (deadlock victim, SQLite busy), a counter
@@ -197,32 +193,13 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, Au
 
 def _open_row(candidate: _Candidate) -> dict[str, Any]:
     holds = [hold for _, hold in candidate.planned]
-    return {
+    return usage_rows.open_fields(
         **candidate.row,
-        "input_tokens": 0,
-        "output_tokens": 0,
-        "latency_us": 0,
-        "status": UsageStatus.RESERVED,
-        "source": UsageSource.NONE,
-        "http_status": 0,
-        "cost_micros": 0,
-        "reserved_cost_micros": candidate.amounts.cost_micros,
-        "reserved_counters": reservations.encode_holds(holds) if holds else "",
-    }
+        reserved_cost_micros=candidate.amounts.cost_micros,
+        reserved_counters=reservations.encode_holds(holds) if holds else "",
+    )
 
 
 async def _epoch_in(conn: BaseDBAsyncClient) -> int:
     rows = await conn.execute_query_dict("SELECT value FROM auth_epoch WHERE id = 1")
     return int(rows[0]["value"]) if rows else -1
-
-
-async def _insert(conn: BaseDBAsyncClient, rows: list[dict[str, Any]]) -> None:
-    columns = list(rows[0])
-    for start in range(0, len(rows), INSERT_ROWS):
-        bind = Binder(conn.capabilities.dialect)
-        values = ", ".join(
-            "(" + ", ".join(bind(db_value(row[column])) for column in columns) + ")"
-            for row in rows[start : start + INSERT_ROWS]
-        )
-        sql = f"INSERT INTO usage_record ({', '.join(columns)}) VALUES {values}"  # noqa: S608 - fixed names
-        await conn.execute_query(sql, bind.values)

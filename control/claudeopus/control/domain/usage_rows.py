@@ -4,7 +4,8 @@
 an authorize's CPU); the statement here is fixed text per dialect with bound values,
 and the returned :class:`UsageRecord` is the one the ORM would have given. Given the
 auth epoch a cached key context was read under, the same statement also checks that
-the epoch has not moved, so a cached authorize costs this one statement.
+the epoch has not moved, so a cached authorize costs this one statement. A batch of
+authorizes opens all its rows with one multi-row INSERT (:func:`insert_open_records`).
 
 Example::
 
@@ -15,12 +16,16 @@ Example::
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
+
+# Rows per INSERT of a batch: 17 bound values each stays far below every driver's limit.
+INSERT_ROWS = 500
 
 
 async def open_record(
@@ -43,25 +48,18 @@ async def open_record(
     With ``epoch``, only while the auth epoch still has that value (see
     :mod:`~claudeopus.control.domain.auth_cache`): None when it moved on, nothing inserted.
     """
-    fields = {
-        "request_id": request_id,
-        "api_key_id": api_key_id,
-        "account_id": account_id,
-        "model": model,
-        "input_tokens": 0,
-        "output_tokens": 0,
-        "estimated_input_tokens": estimated_input_tokens,
-        "max_output_tokens": max_output_tokens,
-        "latency_us": 0,
-        "status": UsageStatus.RESERVED,
-        "source": UsageSource.NONE,
-        "http_status": 0,
-        "stream": stream,
-        "created_at": created_at,
-        "cost_micros": 0,
-        "reserved_cost_micros": reserved_cost_micros,
-        "reserved_counters": reserved_counters,
-    }
+    fields = open_fields(
+        request_id=request_id,
+        api_key_id=api_key_id,
+        account_id=account_id,
+        model=model,
+        estimated_input_tokens=estimated_input_tokens,
+        max_output_tokens=max_output_tokens,
+        stream=stream,
+        created_at=created_at,
+        reserved_cost_micros=reserved_cost_micros,
+        reserved_counters=reserved_counters,
+    )
     bind = Binder(conn.capabilities.dialect)
     if epoch is None:
         values = ", ".join(bind(db_value(value)) for value in fields.values())
@@ -82,6 +80,56 @@ async def open_record(
     record = UsageRecord(id=int(rows[0]["id"]), **fields)
     record._saved_in_db = True
     return record
+
+
+def open_fields(
+    *,
+    request_id: uuid.UUID,
+    api_key_id: int,
+    account_id: int,
+    model: str,
+    estimated_input_tokens: int,
+    max_output_tokens: int,
+    stream: bool,
+    created_at: datetime,
+    reserved_cost_micros: int = 0,
+    reserved_counters: str = "",
+) -> dict[str, object]:
+    """Every column of a reservation's row as authorize opens it: state RESERVED, nothing used yet."""
+    return {
+        "request_id": request_id,
+        "api_key_id": api_key_id,
+        "account_id": account_id,
+        "model": model,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "estimated_input_tokens": estimated_input_tokens,
+        "max_output_tokens": max_output_tokens,
+        "latency_us": 0,
+        "status": UsageStatus.RESERVED,
+        "source": UsageSource.NONE,
+        "http_status": 0,
+        "stream": stream,
+        "created_at": created_at,
+        "cost_micros": 0,
+        "reserved_cost_micros": reserved_cost_micros,
+        "reserved_counters": reserved_counters,
+    }
+
+
+async def insert_open_records(conn: BaseDBAsyncClient, rows: Sequence[dict[str, object]]) -> None:
+    """Insert many rows of :func:`open_fields` (a batch's), ``INSERT_ROWS`` per statement."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    for start in range(0, len(rows), INSERT_ROWS):
+        bind = Binder(conn.capabilities.dialect)
+        values = ", ".join(
+            "(" + ", ".join(bind(db_value(row[column])) for column in columns) + ")"
+            for row in rows[start : start + INSERT_ROWS]
+        )
+        sql = f"INSERT INTO usage_record ({', '.join(columns)}) VALUES {values}"  # noqa: S608 - fixed names
+        await conn.execute_query(sql, bind.values)
 
 
 # Column types for the bound values of INSERT ... SELECT, which PostgreSQL cannot infer there.
