@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from claudeopus.edge.control import (
     key_hash,
     openai_error,
 )
+from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
 MAX_BATCH = 256
@@ -123,11 +123,7 @@ class Authorizer:
         self._closing = True
         if self._sender is not None:
             self._wake.set()
-            done, _ = await asyncio.wait({self._sender}, timeout=SHUTDOWN_GRACE_SECONDS)
-            if not done:
-                self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            await finish(self._sender, SHUTDOWN_GRACE_SECONDS)
             self._sender = None
         while self._queue:
             waiting = self._queue.popleft()

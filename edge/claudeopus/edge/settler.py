@@ -29,6 +29,7 @@ from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.edge.control import ControlClient, Outcome, Settle
 from claudeopus.edge.replay import Replayer, is_permanent
 from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
+from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -189,11 +190,7 @@ class Settler:
         if self._sender is not None:
             self._wake.set()
             self._batch_ready.set()
-            done, _ = await asyncio.wait({self._sender}, timeout=SHUTDOWN_GRACE_SECONDS)
-            if not done:
-                self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            await finish(self._sender, SHUTDOWN_GRACE_SECONDS)
             self._sender = None
         if self._queue:
             left = list(self._queue)

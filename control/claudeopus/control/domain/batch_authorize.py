@@ -106,24 +106,30 @@ async def authorize_batch(
     return [result or AuthorizeResult(batch[index].request_id) for index, result in enumerate(results)]
 
 
+async def authorize_one(
+    data: AuthorizeInput, now: datetime, policy: gateway.OutputPolicy, cache: AuthCache | None = None
+) -> gateway.Authorized:
+    """A single Authorize (:func:`~claudeopus.control.domain.gateway.authorize`); raises its refusal."""
+    return await gateway.authorize(
+        request_id=data.request_id,
+        key_hash=data.key_hash,
+        model=data.model,
+        estimated_input_tokens=data.estimated_input_tokens,
+        max_output_tokens=data.max_output_tokens,
+        stream=data.stream,
+        now=now,
+        policy=policy,
+        cache=cache,
+    )
+
+
 async def _alone(
     data: AuthorizeInput, now: datetime, policy: gateway.OutputPolicy, cache: AuthCache | None
 ) -> AuthorizeResult:
     try:
-        authorized = await gateway.authorize(
-            request_id=data.request_id,
-            key_hash=data.key_hash,
-            model=data.model,
-            estimated_input_tokens=data.estimated_input_tokens,
-            max_output_tokens=data.max_output_tokens,
-            stream=data.stream,
-            now=now,
-            policy=policy,
-            cache=cache,
-        )
+        return AuthorizeResult(data.request_id, authorized=await authorize_one(data, now, policy, cache))
     except DomainError as error:
         return AuthorizeResult(data.request_id, error=error)
-    return AuthorizeResult(data.request_id, authorized=authorized)
 
 
 async def _candidate(
@@ -146,11 +152,10 @@ async def _candidate(
     key = context.key
     gateway.check_model(key, wanted.model)
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
-    row = gateway.reservation_row(rid, key, wanted, output_tokens, now)
-    if not context.budgets:
-        return _Candidate(index, data, key, output_tokens, row, [], reservations.Amounts(0, 0, 0))
     amounts = await gateway.reserved_amounts_of(context, wanted, output_tokens)
-    return _Candidate(index, data, key, output_tokens, row, reservations.plan(key, context.budgets, now), amounts)
+    planned = reservations.plan(key, context.budgets, now)
+    row = gateway.reservation_row(rid, key, wanted, output_tokens, now, amounts, [hold for _, hold in planned])
+    return _Candidate(index, data, key, output_tokens, row, planned, amounts)
 
 
 async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, AuthorizeResult]:
@@ -170,9 +175,8 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, Au
                 except DomainError as error:
                     results[candidate.index] = AuthorizeResult(candidate.data.request_id, error=error)
                     continue
-                row = _open_row(candidate)
-                rows.append(row)
-                record = UsageRecord(**row)
+                rows.append(candidate.row)
+                record = UsageRecord(**candidate.row)
                 record._saved_in_db = True
                 enforced = candidate.output_tokens if candidate.planned else 0
                 results[candidate.index] = AuthorizeResult(
@@ -189,15 +193,6 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, Au
         # that moved: nothing of the transaction stayed.
         raise _Retry from None
     return results
-
-
-def _open_row(candidate: _Candidate) -> dict[str, Any]:
-    holds = [hold for _, hold in candidate.planned]
-    return usage_rows.open_fields(
-        **candidate.row,
-        reserved_cost_micros=candidate.amounts.cost_micros,
-        reserved_counters=reservations.encode_holds(holds) if holds else "",
-    )
 
 
 async def _epoch_in(conn: BaseDBAsyncClient) -> int:

@@ -9,6 +9,7 @@ reservation whose edge never settles is closed by :func:`expire_stale`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from claudeopus.control.domain.errors import (
     Reason,
 )
 from claudeopus.control.domain.principal import check_key, suspended
-from claudeopus.control.domain.usage_rows import open_record
+from claudeopus.control.domain.usage_rows import open_fields, open_record
 from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
 
 KEY_HASH_BYTES = 32
@@ -183,25 +184,20 @@ async def _authorize(
     key = context.key
     check_model(key, wanted.model)
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
-    row = reservation_row(rid, key, wanted, output_tokens, now)
     try:
         if not context.budgets:
-            record = await open_record(UsageRecord._meta.db, **row, epoch=epoch)
+            fields = reservation_row(rid, key, wanted, output_tokens, now)
+            record = await open_record(UsageRecord._meta.db, fields, epoch)
             if record is None:
                 raise _EpochMoved
             return Authorized(record, 0)
         amounts = await reserved_amounts_of(context, wanted, output_tokens)
         planned = reservations.plan(key, context.budgets, now)
+        fields = reservation_row(rid, key, wanted, output_tokens, now, amounts, [hold for _, hold in planned])
         async with in_transaction() as conn:
             # The row first: it contends with nothing, so the counters are locked only for
             # the holds themselves and the commit.
-            record = await open_record(
-                conn,
-                **row,
-                reserved_cost_micros=amounts.cost_micros,
-                reserved_counters=reservations.encode_holds([hold for _, hold in planned]),
-                epoch=epoch,
-            )
+            record = await open_record(conn, fields, epoch)
             if record is None:
                 raise _EpochMoved  # nothing was written: the transaction ends empty
             await reservations.take(conn, key, planned, amounts)
@@ -211,18 +207,28 @@ async def _authorize(
         return Authorized(earlier, earlier.max_output_tokens if earlier.reserved_counters else 0)
 
 
-def reservation_row(rid: uuid.UUID, key: ApiKey, wanted: Wanted, output_tokens: int, now: datetime) -> dict[str, Any]:
-    """The fields of a request's usage row as authorize opens it (before any budget holds)."""
-    return {
-        "request_id": rid,
-        "api_key_id": key.id,
-        "account_id": key.account.id,
-        "model": wanted.model,
-        "estimated_input_tokens": wanted.estimated_input_tokens,
-        "max_output_tokens": output_tokens,
-        "stream": wanted.stream,
-        "created_at": now,
-    }
+def reservation_row(
+    rid: uuid.UUID,
+    key: ApiKey,
+    wanted: Wanted,
+    output_tokens: int,
+    now: datetime,
+    amounts: reservations.Amounts | None = None,
+    holds: Sequence[reservations.Hold] = (),
+) -> dict[str, Any]:
+    """Every column of a request's usage row as authorize opens it, holding ``amounts`` in ``holds``."""
+    return open_fields(
+        request_id=rid,
+        api_key_id=key.id,
+        account_id=key.account.id,
+        model=wanted.model,
+        estimated_input_tokens=wanted.estimated_input_tokens,
+        max_output_tokens=output_tokens,
+        stream=wanted.stream,
+        created_at=now,
+        reserved_cost_micros=amounts.cost_micros if amounts is not None else 0,
+        reserved_counters=reservations.encode_holds(holds) if holds else "",
+    )
 
 
 async def reserved_amounts_of(context: KeyContext, wanted: Wanted, output_tokens: int) -> reservations.Amounts:

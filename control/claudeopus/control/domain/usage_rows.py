@@ -9,8 +9,9 @@ authorizes opens all its rows with one multi-row INSERT (:func:`insert_open_reco
 
 Example::
 
-    record = await open_record(connection, request_id=rid, api_key_id=7, account_id=3, model="m",
-                               estimated_input_tokens=120, max_output_tokens=64, stream=False, created_at=now)
+    fields = open_fields(request_id=rid, api_key_id=7, account_id=3, model="m",
+                         estimated_input_tokens=120, max_output_tokens=64, stream=False, created_at=now)
+    record = await open_record(connection, fields)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
@@ -28,38 +30,12 @@ from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
 INSERT_ROWS = 500
 
 
-async def open_record(
-    conn: BaseDBAsyncClient,
-    *,
-    request_id: uuid.UUID,
-    api_key_id: int,
-    account_id: int,
-    model: str,
-    estimated_input_tokens: int,
-    max_output_tokens: int,
-    stream: bool,
-    created_at: datetime,
-    reserved_cost_micros: int = 0,
-    reserved_counters: str = "",
-    epoch: int | None = None,
-) -> UsageRecord | None:
-    """Insert the row of a reservation (state RESERVED, nothing used yet); IntegrityError if the id is taken.
+async def open_record(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: int | None = None) -> UsageRecord | None:
+    """Insert the row of a reservation (:func:`open_fields`); IntegrityError if the request id is taken.
 
     With ``epoch``, only while the auth epoch still has that value (see
     :mod:`~claudeopus.control.domain.auth_cache`): None when it moved on, nothing inserted.
     """
-    fields = open_fields(
-        request_id=request_id,
-        api_key_id=api_key_id,
-        account_id=account_id,
-        model=model,
-        estimated_input_tokens=estimated_input_tokens,
-        max_output_tokens=max_output_tokens,
-        stream=stream,
-        created_at=created_at,
-        reserved_cost_micros=reserved_cost_micros,
-        reserved_counters=reserved_counters,
-    )
     bind = Binder(conn.capabilities.dialect)
     if epoch is None:
         values = ", ".join(bind(db_value(value)) for value in fields.values())
@@ -94,7 +70,7 @@ def open_fields(
     created_at: datetime,
     reserved_cost_micros: int = 0,
     reserved_counters: str = "",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Every column of a reservation's row as authorize opens it: state RESERVED, nothing used yet."""
     return {
         "request_id": request_id,
@@ -117,7 +93,7 @@ def open_fields(
     }
 
 
-async def insert_open_records(conn: BaseDBAsyncClient, rows: Sequence[dict[str, object]]) -> None:
+async def insert_open_records(conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]]) -> None:
     """Insert many rows of :func:`open_fields` (a batch's), ``INSERT_ROWS`` per statement."""
     if not rows:
         return

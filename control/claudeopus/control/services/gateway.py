@@ -43,16 +43,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.AuthorizeRequest, context: Ctx[object, object]
     ) -> gateway_pb2.AuthorizeResponse:
         require_service(context, self._token)
-        authorized = await gateway.authorize(
-            request_id=request.request_id,
-            key_hash=request.key_hash,
-            model=request.model,
-            estimated_input_tokens=request.estimated_input_tokens,
-            max_output_tokens=request.max_output_tokens,
-            stream=request.stream,
-            now=self._clock(),
-            policy=self._policy,
-            cache=self._cache,
+        authorized = await batch_authorize.authorize_one(
+            _authorize_input(request), self._clock(), self._policy, self._cache
         )
         return _authorize_response(authorized)
 
@@ -61,17 +53,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.BatchAuthorizeRequest, context: Ctx[object, object]
     ) -> gateway_pb2.BatchAuthorizeResponse:
         require_service(context, self._token)
-        batch = [
-            batch_authorize.AuthorizeInput(
-                request_id=item.request_id,
-                key_hash=item.key_hash,
-                model=item.model,
-                estimated_input_tokens=item.estimated_input_tokens,
-                max_output_tokens=item.max_output_tokens,
-                stream=item.stream,
-            )
-            for item in request.requests
-        ]
+        batch = [_authorize_input(item) for item in request.requests]
         results = await batch_authorize.authorize_batch(batch, self._clock(), self._policy, self._cache)
         return gateway_pb2.BatchAuthorizeResponse(results=[_authorize_result(result) for result in results])
 
@@ -114,6 +96,17 @@ def _settle_result(result: batch_settle.SettleResult) -> gateway_pb2.SettleResul
         error_code=status_code(result.error),
         error_reason=error_reason_pb2.ErrorReason.Value(result.error.reason.value),
         error_message=result.error.message,
+    )
+
+
+def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> batch_authorize.AuthorizeInput:
+    return batch_authorize.AuthorizeInput(
+        request_id=request.request_id,
+        key_hash=request.key_hash,
+        model=request.model,
+        estimated_input_tokens=request.estimated_input_tokens,
+        max_output_tokens=request.max_output_tokens,
+        stream=request.stream,
     )
 
 

@@ -1,0 +1,20 @@
+"""Stopping the edge's owned background tasks on shutdown.
+
+Example::
+
+    await finish(self._sender, grace=5.0)   # it ends by itself, or is cancelled after 5 s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+async def finish(task: asyncio.Task[None], grace: float) -> None:
+    """Let ``task`` end by itself within ``grace`` seconds, else cancel it; return once it has ended."""
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
