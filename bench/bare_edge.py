@@ -2,7 +2,8 @@
 
 Benchmark-only, never part of the product: it measures what the relay itself costs
 (BlackSheep, body parsing, the upstream client, the SSE relay, the settle tasks)
-with key checks, budget reservations and usage records taken out. It is served
+with key checks, budget reservations and usage records taken out (requests still pass
+through the edge's authorize queue, whose stub answers at once). It is served
 exactly as ``claudeopus edge`` serves the real app (uvloop, uvicorn with httptools).
 
 Run as ``python -m bench.bare_edge --http 127.0.0.1:8081 --upstream-url http://127.0.0.1:9000/json/v1``.
