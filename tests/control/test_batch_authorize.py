@@ -204,10 +204,10 @@ async def test_a_change_committed_after_the_batch_read_its_keys_sends_every_entr
     real_epoch = batch_authorize.current_epoch
     reads = 0
 
-    async def stale_epoch() -> int:
+    async def stale_epoch(conn: object = None) -> int:
         nonlocal reads
         reads += 1
-        return await real_epoch() - (1 if reads == 1 else 0)
+        return await real_epoch(conn) - (1 if reads == 1 else 0)  # type: ignore[arg-type]
 
     monkeypatch.setattr(batch_authorize, "current_epoch", stale_epoch)
     results = await batch([entry(world.key) for _ in range(5)], cache)

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from tortoise.backends.base.client import BaseDBAsyncClient
+
 from claudeopus.control.domain import prices, reservations
 from claudeopus.control.domain.principal import any_suspended, find_key
 from claudeopus.control.models import ApiKey, AuthEpoch, Budget
@@ -64,8 +66,9 @@ async def load_context(key_hash_hex: str) -> KeyContext | None:
     )
 
 
-async def current_epoch() -> int:
-    db = AuthEpoch._meta.db
+async def current_epoch(conn: BaseDBAsyncClient | None = None) -> int:
+    """The auth epoch as committed now (on ``conn``: as that transaction's next statement sees it)."""
+    db = conn if conn is not None else AuthEpoch._meta.db
     rows = await db.execute_query_dict("SELECT value FROM auth_epoch WHERE id = 1")
     return int(rows[0]["value"]) if rows else -1
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
 from tortoise.transactions import in_transaction
 
@@ -184,7 +183,7 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, Au
                 )
             if rows:
                 # What the checks read is still the database's word (as the single INSERT checks it).
-                if await _epoch_in(conn) != epoch:
+                if await current_epoch(conn) != epoch:
                     raise _Retry
                 await usage_rows.insert_open_records(conn, rows)
                 await holds.apply(conn)
@@ -193,8 +192,3 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, Au
         # that moved: nothing of the transaction stayed.
         raise _Retry from None
     return results
-
-
-async def _epoch_in(conn: BaseDBAsyncClient) -> int:
-    rows = await conn.execute_query_dict("SELECT value FROM auth_epoch WHERE id = 1")
-    return int(rows[0]["value"]) if rows else -1
