@@ -7,13 +7,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from claudeopus.edge.completions import parse_completion
 from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.relay import StreamRelay
+from claudeopus.edge.upstream import ConnectionBroken
 from claudeopus.v1 import usage_pb2
 
 USAGE = b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}}'
@@ -31,13 +31,21 @@ class RecordingSettler:
         self.settled.append(outcome)
 
 
-class Upstream(httpx.AsyncByteStream):
+class Upstream:
+    """An in-memory ``UpstreamResponse``: a 200 event stream of ``parts`` (an exception part is raised)."""
+
+    status_code = 200
+    content_type = "text/event-stream"
+
     def __init__(self, parts: list[bytes | BaseException], pause: float = 0.0) -> None:
         self.parts = parts
         self.pause = pause
         self.closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def aread(self) -> bytes:
+        raise AssertionError("a stream is never read whole")
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
         for part in self.parts:
             if self.pause:
                 await asyncio.sleep(self.pause)
@@ -53,23 +61,20 @@ async def relay(
     parts: list[bytes | BaseException], *, include_usage: bool = False, pause: float = 0.0, deadline: float = 0.0
 ):
     upstream = Upstream(parts, pause)
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=upstream))
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     settler = RecordingSettler()
-    async with httpx.AsyncClient(transport=transport) as client:
-        response = await client.send(client.build_request("POST", "http://upstream/x"), stream=True)
-        relayed = StreamRelay(
-            response=response,
-            completion=parse_completion(orjson.dumps(body)),
-            request_id="r",
-            started_at=0.0,
-            settler=settler,  # type: ignore[arg-type]
-            watcher=DisconnectWatcher(None),
-            deadline=deadline or float("inf"),
-        )
-        return relayed, settler, upstream
+    relayed = StreamRelay(
+        response=upstream,
+        completion=parse_completion(orjson.dumps(body)),
+        request_id="r",
+        started_at=0.0,
+        settler=settler,  # type: ignore[arg-type]
+        watcher=DisconnectWatcher(None),
+        deadline=deadline or float("inf"),
+    )
+    return relayed, settler, upstream
 
 
 async def collect(relayed: StreamRelay) -> list[bytes]:
@@ -106,7 +111,7 @@ async def test_events_split_across_reads_are_reassembled() -> None:
 
 
 async def test_upstream_failure_mid_stream_ends_with_an_error_event_and_an_estimate() -> None:
-    relayed, settler, upstream = await relay([chunk("a"), chunk("b"), httpx.ReadError("reset")])
+    relayed, settler, upstream = await relay([chunk("a"), chunk("b"), ConnectionBroken("ClientOSError")])
     events = await collect(relayed)
     assert events[:2] == [chunk("a"), chunk("b")]
     error = orjson.loads(events[2].removeprefix(b"data: "))["error"]

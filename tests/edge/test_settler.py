@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
-import httpx
 import orjson
 import pytest
 
@@ -23,6 +22,7 @@ from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.replay import Replayer
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.spool import Spool, read_spool
+from claudeopus.edge.upstream import ConnectFailed, UpstreamResponse
 from claudeopus.v1 import usage_pb2
 
 SUCCEEDED = usage_pb2.USAGE_STATUS_SUCCEEDED
@@ -74,6 +74,20 @@ class FakeControl(ControlClient):
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         self.authorized.extend(call.request_id for call in calls)
         return [0] * len(calls)
+
+
+class NoUpstream:
+    """An ``Upstream`` that records each call and fails the test's expectations by being called at all."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def send(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
+        self.calls.append(f"{method} {path}")
+        raise ConnectFailed("never answers")
+
+    async def aclose(self) -> None:
+        pass
 
 
 async def until(condition: object, timeout: float = 5.0) -> None:
@@ -258,20 +272,16 @@ async def test_a_full_spool_refuses_completions_before_authorize(control: FakeCo
         settler.submit(rid(n), outcome(n), time.perf_counter())
     await until(lambda: settler.pending == 0)
     assert settler.spool_full
-    upstream_calls: list[httpx.Request] = []
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        upstream_calls.append(request)
-        return httpx.Response(200, json={})
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://up/v1/") as http:
-        authorizer = Authorizer(control, timeout=5.0)
-        forwarder = Forwarder(http=http, control=control, authorizer=authorizer, settler=settler, upstream_api_key="")
-        raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        with pytest.raises(errors.ControlUnavailable) as caught:
-            await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
+    upstream = NoUpstream()
+    authorizer = Authorizer(control, timeout=5.0)
+    forwarder = Forwarder(
+        upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
+    )
+    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(errors.ControlUnavailable) as caught:
+        await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
     assert (caught.value.status, caught.value.code) == (503, "usage_spool_full")
-    assert control.authorized == [] and upstream_calls == [], "nothing reserved, nothing forwarded"
+    assert control.authorized == [] and upstream.calls == [], "nothing reserved, nothing forwarded"
     await authorizer.aclose()
     await settler.aclose()
 
@@ -303,16 +313,16 @@ async def test_an_authorize_past_its_deadline_releases_what_control_may_have_res
     control = TimingOutControl(reserved)
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
     settler = Settler(control, spool)
-    upstream_calls: list[httpx.Request] = []
-    transport = httpx.MockTransport(lambda request: upstream_calls.append(request) or httpx.Response(200, json={}))
-    async with httpx.AsyncClient(transport=transport, base_url="http://up/v1/") as http:
-        authorizer = Authorizer(control, timeout=5.0)
-        forwarder = Forwarder(http=http, control=control, authorizer=authorizer, settler=settler, upstream_api_key="")
-        raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
-            await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
-        await until(lambda: settler.pending == 0)
-    assert caught.value.status == 503 and upstream_calls == [], "nothing forwarded"
+    upstream = NoUpstream()
+    authorizer = Authorizer(control, timeout=5.0)
+    forwarder = Forwarder(
+        upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
+    )
+    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
+        await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
+    await until(lambda: settler.pending == 0)
+    assert caught.value.status == 503 and upstream.calls == [], "nothing forwarded"
     [released] = control.outcomes
     assert (released.input_tokens, released.output_tokens, released.http_status) == (0, 0, 503)
     assert control.settled == ([(control.authorized[0], 0)] if reserved else [])

@@ -1,4 +1,4 @@
-"""The upstream client: settings read once, and httpx-aiohttp failures carrying the right httpx class."""
+"""The upstream client: settings read once, and aiohttp's failures carrying what they mean for a retry."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
-import httpx
 import pytest
 
 from claudeopus.edge.settings import EdgeSettings, SettingsError
-from claudeopus.edge.upstream import create_upstream_client
+from claudeopus.edge.upstream import (
+    AiohttpUpstream,
+    ConnectFailed,
+    ConnectionBroken,
+    ConnectTimedOut,
+    ReadTimedOut,
+    UpstreamError,
+)
 from tests.support.fault_upstream import unanswered_port
 from tests.support.processes import free_port
 
@@ -34,18 +40,28 @@ def test_a_bad_retry_count_is_refused_by_name(raw: str) -> None:
         EdgeSettings.from_env({**BASE, "CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES": raw})
 
 
-async def _failure(url: str) -> type[httpx.HTTPError]:
-    env = {**BASE, "CLAUDEOPUS_UPSTREAM_URL": url, "CLAUDEOPUS_UPSTREAM_CONNECT_TIMEOUT": "0.3"}
-    async with create_upstream_client(EdgeSettings.from_env(env)) as client:
+async def _failure(url: str) -> type[UpstreamError]:
+    env = {
+        **BASE,
+        "CLAUDEOPUS_UPSTREAM_URL": url,
+        "CLAUDEOPUS_UPSTREAM_CONNECT_TIMEOUT": "0.3",
+        "CLAUDEOPUS_UPSTREAM_READ_TIMEOUT": "0.3",
+    }
+    upstream = AiohttpUpstream(EdgeSettings.from_env(env))
+    try:
+        response = await upstream.send("POST", "chat/completions", b"{}")
         try:
-            async with client.stream("POST", "chat/completions", content=b"{}") as response:
-                await response.aread()
-        except httpx.HTTPError as error:
-            return type(error)
+            await response.aread()
+        finally:
+            await response.aclose()
+    except UpstreamError as error:
+        return type(error)
+    finally:
+        await upstream.aclose()
     raise AssertionError("no failure")
 
 
-async def _served(handler: Handler) -> type[httpx.HTTPError]:
+async def _served(handler: Handler) -> type[UpstreamError]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     async with server:
         return await _failure(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
@@ -69,19 +85,57 @@ async def _cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
-def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
-    assert asyncio.run(_failure(f"http://127.0.0.1:{free_port()}/v1")) is httpx.ConnectError
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(2)
+    writer.close()
+
+
+async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"SECRET-CANARY not http at all\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+def test_a_refused_connection_is_a_connect_failure_not_a_timeout() -> None:
+    assert asyncio.run(_failure(f"http://127.0.0.1:{free_port()}/v1")) is ConnectFailed
 
 
 def test_a_connection_never_accepted_is_a_connect_timeout() -> None:
     with unanswered_port() as port:
-        assert asyncio.run(_failure(f"http://127.0.0.1:{port}/v1")) is httpx.ConnectTimeout
+        assert asyncio.run(_failure(f"http://127.0.0.1:{port}/v1")) is ConnectTimedOut
 
 
 @pytest.mark.parametrize(
     ("handler", "expected"),
-    [(_reset, httpx.ReadError), (_close, httpx.RemoteProtocolError), (_cut, httpx.ReadError)],
-    ids=["reset-before-headers", "closed-before-headers", "body-cut-short"],
+    [
+        (_reset, ConnectionBroken),
+        (_close, ConnectionBroken),
+        (_cut, ConnectionBroken),
+        (_garbage, ConnectionBroken),
+        (_silent, ReadTimedOut),
+    ],
+    ids=["reset-before-headers", "closed-before-headers", "body-cut-short", "not-http", "silent-after-request"],
 )
 def test_failures_after_connecting_are_never_connect_errors(handler: Handler, expected: type) -> None:
     assert asyncio.run(_served(handler)) is expected
+
+
+def test_a_broken_exchange_never_quotes_what_the_upstream_sent() -> None:
+    async def run() -> str:
+        server = await asyncio.start_server(_garbage, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            upstream = AiohttpUpstream(
+                EdgeSettings.from_env({**BASE, "CLAUDEOPUS_UPSTREAM_URL": f"http://127.0.0.1:{port}"})
+            )
+            try:
+                await upstream.send("POST", "chat/completions", b"{}")
+            except ConnectionBroken as error:
+                return str(error)
+            finally:
+                await upstream.aclose()
+        raise AssertionError("no failure")
+
+    assert "CANARY" not in asyncio.run(run())

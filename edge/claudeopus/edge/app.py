@@ -8,12 +8,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-import httpx
 from blacksheep import Application, Request, Response
 
 from claudeopus import tls
@@ -25,7 +25,7 @@ from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.routes import error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.settler import Settler
-from claudeopus.edge.upstream import create_upstream_client
+from claudeopus.edge.upstream import AiohttpUpstream
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ def control_channel(settings: EdgeSettings) -> grpc.aio.Channel:
 def build_app(
     settings: EdgeSettings,
     *,
-    upstream_transport: httpx.AsyncBaseTransport | None = None,
     control_factory: ControlFactory = control_client,
 ) -> Application:
     """Assemble routes, error handlers, and the lifespan owning the upstream client and control channel.
@@ -81,17 +80,15 @@ def build_app(
     app.lifespan(access_log.lifespan)  # type: ignore[no-untyped-call]
 
     async def resources(app: Application) -> AsyncIterator[None]:
-        async with (
-            create_upstream_client(settings, upstream_transport) as http,
-            control_channel(settings) as channel,
-        ):
+        upstream = AiohttpUpstream(settings)
+        async with contextlib.aclosing(upstream), control_channel(settings) as channel:
             control = control_factory(channel, settings)
             settler = await Settler.start(
                 control, settings.spool_dir, settings.spool_max_bytes, linger=settings.settle_linger
             )
             authorizer = Authorizer(control, settings.control_timeout)
             forwarder = Forwarder(
-                http=http,
+                upstream=upstream,
                 control=control,
                 authorizer=authorizer,
                 settler=settler,

@@ -1,6 +1,6 @@
 """Forwarding completions to the upstream: authorize, relay, settle.
 
-This is the edge's core collaborator; it knows httpx and the control client,
+This is the edge's core collaborator; it knows the upstream client and the control client,
 but no web framework: it returns :mod:`claudeopus.edge.replies` objects.
 """
 
@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, cast
 
-import httpx
 import orjson
 
 from claudeopus.edge import errors
@@ -27,6 +26,7 @@ from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
+from claudeopus.edge.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from claudeopus.v1 import usage_pb2
 
 # The settle of a request that was authorized (perhaps) but never forwarded.
@@ -54,7 +54,7 @@ class Forwarder:
     Example::
 
         forwarder = Forwarder(
-            http=client, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
+            upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
         )
         reply = await forwarder.chat_completions(secret, raw_body, receive)
     """
@@ -62,7 +62,7 @@ class Forwarder:
     def __init__(
         self,
         *,
-        http: httpx.AsyncClient,
+        upstream: Upstream,
         control: ControlClient,
         authorizer: Authorizer,
         settler: Settler,
@@ -71,7 +71,7 @@ class Forwarder:
         connect_retries: int = 1,
         max_duration: float = 600.0,
     ) -> None:
-        self._http = http
+        self._upstream = upstream
         self._control = control
         self._authorizer = authorizer
         self._settler = settler
@@ -115,7 +115,7 @@ class Forwarder:
         except BaseException:
             self._settle_failure(request_id, started, 499)
             raise
-        if completion.stream and response.status_code == 200 and _is_event_stream(response):
+        if completion.stream and response.status_code == 200 and response.content_type.startswith("text/event-stream"):
             relay = StreamRelay(
                 response=response,
                 completion=completion,
@@ -129,10 +129,10 @@ class Forwarder:
         try:
             async with asyncio.timeout(deadline - time.perf_counter()):
                 body = await response.aread()
-        except (httpx.TimeoutException, TimeoutError):
+        except (UpstreamTimeout, TimeoutError):
             self._settle_failure(request_id, started, 504)
             raise errors.upstream_timeout() from None
-        except httpx.HTTPError:
+        except UpstreamError:
             self._settle_failure(request_id, started, 502)
             raise errors.upstream_broken("cut its answer off") from None
         except BaseException:
@@ -154,11 +154,15 @@ class Forwarder:
     async def models(self, secret: str) -> BodyReply:
         info = await self._control.verify(secret)
         with _upstream_call():
-            response = await self._http.get("models")
+            response = await self._upstream.send("GET", "models")
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
         if response.status_code != 200:
             raise errors.upstream_broken(f"failed to list models (HTTP {response.status_code})")
         try:
-            listing = orjson.loads(response.content)
+            listing = orjson.loads(body)
             models = [m for m in listing["data"] if isinstance(m, dict)]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise errors.upstream_broken("sent a malformed model list") from None
@@ -166,25 +170,20 @@ class Forwarder:
             models = [m for m in models if m.get("id") in info.allowed_models]
         return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": models}))
 
-    async def _open(self, completion: CompletionRequest, deadline: float) -> httpx.Response:
+    async def _open(self, completion: CompletionRequest, deadline: float) -> UpstreamResponse:
         """The upstream's response head; a connection that failed before sending anything is tried again."""
-        request = self._http.build_request(
-            "POST",
-            "chat/completions",
-            content=completion.upstream_body,
-            headers={"content-type": "application/json"},
-        )
+        body = completion.upstream_body
         with _upstream_call():
             async with asyncio.timeout(deadline - time.perf_counter()):
                 for retry in range(1, self._connect_retries + 1):
                     try:
-                        return await self._http.send(request, stream=True)
-                    except httpx.ConnectError:
-                        # Only ConnectError: no byte of the request left (see upstream.py). After a
+                        return await self._upstream.send("POST", "chat/completions", body)
+                    except ConnectFailed:
+                        # Only ConnectFailed: no byte of the request left (see upstream.py). After a
                         # timeout, reset or close the upstream may have seen the request: no retry.
                         _log.warning("upstream connection failed; retry %d of %d", retry, self._connect_retries)
                     await asyncio.sleep(CONNECT_RETRY_DELAY_SECONDS)
-                return await self._http.send(request, stream=True)
+                return await self._upstream.send("POST", "chat/completions", body)
 
     def _upstream_error(self, status: int, body: bytes) -> BodyReply:
         """The client's view of an upstream error.
@@ -199,11 +198,7 @@ class Forwarder:
             error: errors.OpenAIError = errors.UpstreamFailed(
                 "The upstream provider rejected the gateway's credentials.", code="upstream_auth_failed"
             )
-        elif (
-            status == 429
-            and upstream is not None
-            and "insufficient_quota" in (upstream.get("code"), upstream.get("type"))
-        ):
+        elif status == 429 and _out_of_credit(upstream):
             error = errors.ControlUnavailable(
                 "The upstream provider account is out of credit; please retry later.", code="upstream_quota_exhausted"
             )
@@ -242,14 +237,14 @@ class Forwarder:
 
 @contextlib.contextmanager
 def _upstream_call() -> Iterator[None]:
-    """httpx failures of an upstream call become OpenAI-shaped 502/504 errors."""
+    """Failures of an upstream call become OpenAI-shaped 502/504 errors."""
     try:
         yield
-    except (httpx.TimeoutException, TimeoutError):
+    except (UpstreamTimeout, TimeoutError):
         raise errors.upstream_timeout() from None
-    except httpx.ConnectError:
+    except ConnectFailed:
         raise errors.upstream_unreachable() from None
-    except httpx.HTTPError:
+    except UpstreamError:
         raise errors.upstream_broken("dropped the connection before answering") from None
 
 
@@ -268,10 +263,6 @@ def _out_of_credit(upstream: dict[str, Any] | None) -> bool:
 
 def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _is_event_stream(response: httpx.Response) -> bool:
-    return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
 def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome | None:

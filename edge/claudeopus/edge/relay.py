@@ -13,7 +13,6 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import httpx
 import orjson
 
 from claudeopus.edge import errors
@@ -22,6 +21,7 @@ from claudeopus.edge.control import Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import EventBuffer, Usage, event_data, is_done, text_length, usage_event
+from claudeopus.edge.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 from claudeopus.v1 import usage_pb2
 
 
@@ -46,7 +46,7 @@ class StreamRelay:
     def __init__(
         self,
         *,
-        response: httpx.Response,
+        response: UpstreamResponse,
         completion: CompletionRequest,
         request_id: str,
         started_at: float,
@@ -98,12 +98,12 @@ class StreamRelay:
                     "The upstream provider's answer took longer than the gateway allows.", code="upstream_timeout"
                 )
             )
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
             yield _error_event(
                 errors.UpstreamTimeout("The upstream provider stopped responding.", code="upstream_timeout")
             )
-        except httpx.HTTPError:
+        except UpstreamError:
             self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
             yield _error_event(errors.upstream_broken("dropped the connection mid-stream"))
         except asyncio.CancelledError:
@@ -161,7 +161,7 @@ class StreamRelay:
 
     async def _finish(self) -> None:
         await self._watcher.aclose()
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(UpstreamError):
             await self._response.aclose()
         self._settler.submit(self._request_id, self._outcome(), self._started_at)
 
@@ -192,7 +192,7 @@ class StreamRelay:
 async def _discard(pending: asyncio.Future[bytes]) -> None:
     """Cancel a pending upstream read and collect its outcome, so nothing is left unretrieved."""
     pending.cancel()
-    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, StopAsyncIteration):
+    with contextlib.suppress(asyncio.CancelledError, UpstreamError, StopAsyncIteration):
         await pending
 
 

@@ -1,116 +1,186 @@
-"""The one place the upstream HTTP client is built.
+"""The one place the upstream HTTP client lives: aiohttp, behind a small interface.
 
-The edge speaks httpx's interface, but not over httpx's own connection pool:
-plain ``httpx.AsyncClient`` (httpcore) collapses under concurrency, from about
-1,000 to about 230 requests/s at 64 concurrent connections on our 2-core
-benchmark machine (encode/httpx#3215). The ``httpx-aiohttp`` transport keeps the
-httpx API (requests, streaming, timeouts, exceptions) and lets aiohttp's
-connector do the I/O: 3,238 vs 664 requests/s client-side at 64 concurrent
-requests against nginx. Changing the choice is a change to this module only.
+The edge needs four things from an upstream exchange: send a request and get the
+response head, read the whole body, iterate the body as it arrives (SSE), and close.
+:class:`Upstream` and :class:`UpstreamResponse` are exactly that, so the choice of
+HTTP client is this module only.
 
-The rest of the edge relies on httpx's exception classes meaning what they say:
+Why aiohttp directly. Measured on our 2-core benchmark machine against nginx, client
+side, 64 concurrent requests: httpx's own pool 664 requests/s (it collapses under
+concurrency, encode/httpx#3215), httpx over the ``httpx-aiohttp`` transport 3,238,
+aiohttp directly 15,209. End to end through the edge, the benchmark's A/B (README,
+"Benchmark") decided it: httpx's request and response objects on top of aiohttp cost
+more than the 25 % the choice allowed.
 
-    httpx.ConnectError       no connection was made: nothing was sent, a retry is safe
-    httpx.ConnectTimeout     connecting took longer than the connect timeout: nothing was sent
-    httpx.ReadTimeout        connected, but the upstream fell silent for the read timeout
-    httpx.ReadError,         connected, then the connection was reset, closed or cut short:
-    httpx.RemoteProtocolError  the request may have reached the upstream
+Failures carry what they mean for the caller, from the aiohttp error behind them:
 
-httpx-aiohttp 0.1 maps every ``aiohttp.ClientConnectionError`` it does not know better to
-``httpx.ConnectTimeout`` (connection refused, a reset before the headers, a server closing
-the connection, even a reset mid-body), so :class:`_Transport` maps them again from the
-aiohttp exception it chains as ``__cause__``.
+    ConnectFailed       no connection was made: nothing was sent, a retry is safe
+    ConnectTimedOut     connecting took longer than the connect timeout: nothing was sent
+    ReadTimedOut        connected, but the upstream fell silent for the read timeout
+    ConnectionBroken    connected, then the connection was reset, closed or cut short,
+                        or the answer was not HTTP: the request may have reached the upstream
+
+Their messages name a host or an OS error, never anything the upstream sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from typing import Protocol
 
 import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import certifi
+from yarl import URL
 
 from claudeopus.edge.settings import EdgeSettings
 
 KEEPALIVE_SECONDS = 30.0
-WRITE_TIMEOUT_SECONDS = 30.0
+READ_CHUNK_BYTES = 64 * 1024
 
 
-def create_upstream_client(
-    settings: EdgeSettings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for the upstream, carrying the upstream's own key (never the client's)."""
-    limits = httpx.Limits(
-        max_connections=settings.upstream_max_connections,
-        max_keepalive_connections=settings.upstream_max_connections,
-        keepalive_expiry=KEEPALIVE_SECONDS,
-    )
-    timeout = httpx.Timeout(
-        connect=settings.upstream_connect_timeout,
-        read=settings.upstream_read_timeout,
-        write=WRITE_TIMEOUT_SECONDS,
-        pool=settings.upstream_connect_timeout,
-    )
-    headers = {"accept": "application/json"}
-    if settings.upstream_api_key:
-        headers["authorization"] = f"Bearer {settings.upstream_api_key}"
-    return httpx.AsyncClient(
-        base_url=settings.upstream_url.rstrip("/") + "/",
-        transport=transport or _Transport(limits=limits),
-        timeout=timeout,
-        headers=headers,
-        follow_redirects=False,
-    )
+class UpstreamError(Exception):
+    """An upstream exchange failed; the subclass says how far it got."""
 
 
-class _Transport(AiohttpTransport):
-    """``AiohttpTransport`` whose failures carry the httpx class that describes them."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await super().handle_async_request(request)
-        except httpx.TransportError as error:
-            raise remapped(error) from error.__cause__
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _Body(response.stream)
-        return response
+class ConnectFailed(UpstreamError):
+    """No connection was made (refused, unreachable): nothing was sent."""
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self._inner = inner
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except httpx.TransportError as error:
-            raise remapped(error) from error.__cause__
+
+class ConnectTimedOut(UpstreamTimeout):
+    """Connecting (or waiting for a free connection) took longer than the connect timeout."""
+
+
+class ReadTimedOut(UpstreamTimeout):
+    """Connected, but the upstream fell silent for longer than the read timeout."""
+
+
+class ConnectionBroken(UpstreamError):
+    """Connected, then the exchange broke: the upstream may have seen the request."""
+
+
+class UpstreamResponse(Protocol):
+    """A response whose head has arrived; its body is read once, whole or as it comes."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def aread(self) -> bytes: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """Requests to the upstream's API, relative to its base URL (``chat/completions``)."""
+
+    async def send(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpUpstream:
+    """One aiohttp session (connection pool) for the upstream, carrying the upstream's own key.
+
+    Example::
+
+        upstream = AiohttpUpstream(settings)
+        response = await upstream.send("POST", "chat/completions", body)
+        body = await response.aread()
+        await upstream.aclose()
+    """
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=settings.upstream_max_connections,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            ssl=_ssl_context() if settings.upstream_url.startswith("https://") else True,
+        )
+        headers = {"accept": "application/json"}
+        if settings.upstream_api_key:
+            headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=settings.upstream_connect_timeout,  # a free connection, then connecting
+                sock_connect=settings.upstream_connect_timeout,
+                sock_read=settings.upstream_read_timeout,
+            ),
+            read_bufsize=READ_CHUNK_BYTES,
+            raise_for_status=False,
+        )
+        self._base = settings.upstream_url.rstrip("/") + "/"
+        self._urls: dict[str, URL] = {}
+
+    async def send(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self._base + path)
+        headers = {"content-type": "application/json"} if body is not None else None
+        with _mapped():
+            response = await self._session.request(method, url, data=body, headers=headers, allow_redirects=False)
+        return _Response(response)
 
     async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        except httpx.TransportError as error:
-            raise remapped(error) from error.__cause__
+        await self._session.close()
 
 
-def remapped(error: httpx.TransportError) -> httpx.TransportError:
-    """The httpx exception for the aiohttp failure behind ``error`` (``error`` itself if it is right)."""
-    cause = error.__cause__
-    kind: type[httpx.TransportError]
-    if isinstance(cause, aiohttp.ConnectionTimeoutError):
-        kind = httpx.ConnectTimeout
-    elif isinstance(cause, aiohttp.ServerTimeoutError):
-        kind = httpx.ReadTimeout
-    elif isinstance(cause, aiohttp.ClientConnectorError):
-        kind = httpx.ConnectError
-    elif isinstance(cause, aiohttp.ServerDisconnectedError):
-        kind = httpx.RemoteProtocolError
-    elif isinstance(cause, aiohttp.ClientConnectionError):
-        kind = httpx.ReadError
-    else:
-        return error
-    if type(error) is kind:
-        return error
-    # The aiohttp message names the host and the OS error, never a body; keep it for debugging.
-    return kind(str(error), request=error._request)
+class _Response:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status_code = response.status
+        self.content_type = response.headers.get("content-type", "")
+
+    async def aread(self) -> bytes:
+        with _mapped():
+            return await self._response.read()
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            with _mapped():
+                chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        # A body read to its end has already gone back to the pool; one cut short (a client
+        # that left mid-stream, a timeout) closes its connection rather than reuse it half read.
+        if self._response.content.is_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """aiohttp's failures as this module's; the order matters (the classes overlap)."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as error:
+        raise ConnectTimedOut(str(error)) from error
+    except aiohttp.ServerTimeoutError as error:
+        raise ReadTimedOut(str(error)) from error
+    except aiohttp.ClientConnectorError as error:
+        raise ConnectFailed(str(error)) from error
+    except aiohttp.ClientError as error:
+        # Only the class: a parser error's text can quote what the upstream sent.
+        raise ConnectionBroken(type(error).__name__) from error
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """Verify the upstream against ``SSL_CERT_FILE`` when set, else certifi's bundle (as httpx did)."""
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
