@@ -102,8 +102,10 @@ def start_control(database_url: str, token: str, log_dir: Path) -> Server:
     return Server(Process("control", argv, env, log_dir), target)
 
 
-def start_edge(name: str, control_target: str, upstream_url: str, token: str, log_dir: Path) -> Server:
-    """``claudeopus edge``, the product's own command; not waited for."""
+def start_edge(
+    name: str, control_target: str, upstream_url: str, token: str, log_dir: Path, *, lease_seconds: float = 0.0
+) -> Server:
+    """``claudeopus edge``, the product's own command; not waited for. ``lease_seconds``: budget leases on."""
     address = f"127.0.0.1:{free_port()}"
     argv = [
         *claudeopus_argv(),
@@ -118,7 +120,11 @@ def start_edge(name: str, control_target: str, upstream_url: str, token: str, lo
         "warning",
     ]
     # Each edge locks its own usage spool directory.
-    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_SPOOL_DIR": str(log_dir / f"{name}.spool")}
+    env = {
+        "CLAUDEOPUS_SERVICE_TOKEN": token,
+        "CLAUDEOPUS_SPOOL_DIR": str(log_dir / f"{name}.spool"),
+        "CLAUDEOPUS_LEASE_SECONDS": str(lease_seconds),
+    }
     return Server(Process(name, argv, env, log_dir), f"http://{address}/v1")
 
 

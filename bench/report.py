@@ -33,7 +33,11 @@ _RATIOS = (
     ("full-stream / bare-stream", "full-stream", "bare-stream"),
     ("full-stream / direct-stream", "full-stream", "direct-stream"),
     ("full / full-no-budget", "full", "full-no-budget"),
+    ("full-leased / bare", "full-leased", "bare"),
+    ("full-leased-stream / bare-stream", "full-leased-stream", "bare-stream"),
 )
+# The paths the targets are checked for: the full path as configured by default, and with leases.
+_TARGET_PATHS = (("full", "full-stream", ""), ("full-leased", "full-leased-stream", ", leases on"))
 
 
 def _ratio(a: float | None, b: float | None) -> float:
@@ -93,36 +97,39 @@ def targets(results: Results) -> list[dict[str, object]]:
         cell = results.cell(workers, name, c)
         return float(getattr(cell, attribute)) if cell is not None else None
 
-    add(
-        f"throughput at {top} connections, full / bare relay",
-        _ratio(get("full", top, "rps"), get("bare", top, "rps")),
-        MIN_THROUGHPUT_OF_BARE,
-        at_most=False,
-    )
-    add(
-        f"added p50 latency at {low} connection(s) over direct, ms",
-        _diff(get("full", low, "p50_ms"), get("direct", low, "p50_ms")),
-        MAX_ADDED_P50_MS,
-        at_most=True,
-    )
-    add(
-        f"added p99 latency at {low} connection(s) over direct, ms",
-        _diff(get("full", low, "p99_ms"), get("direct", low, "p99_ms")),
-        MAX_ADDED_P99_MS,
-        at_most=True,
-    )
     ttfb_low = min((c.connections for c in results.ttfb), default=0)
-    full_ttfb = results.ttfb_cell(workers, "full-stream", ttfb_low)
     direct_ttfb = results.ttfb_cell(workers, "direct-stream", ttfb_low)
-    add(
-        f"streaming TTFB p50 overhead at {ttfb_low} connection(s) over direct, ms",
-        _diff(
-            full_ttfb.ttfb_p50_ms if full_ttfb else None,
-            direct_ttfb.ttfb_p50_ms if direct_ttfb else None,
-        ),
-        MAX_TTFB_OVERHEAD_MS,
-        at_most=True,
-    )
+    for path, stream_path, note in _TARGET_PATHS:
+        if not any(c.scenario in (path, stream_path) for c in results.cells) and path != "full":
+            continue
+        add(
+            f"throughput at {top} connections, {path} / bare relay",
+            _ratio(get(path, top, "rps"), get("bare", top, "rps")),
+            MIN_THROUGHPUT_OF_BARE,
+            at_most=False,
+        )
+        add(
+            f"added p50 latency at {low} connection(s) over direct{note}, ms",
+            _diff(get(path, low, "p50_ms"), get("direct", low, "p50_ms")),
+            MAX_ADDED_P50_MS,
+            at_most=True,
+        )
+        add(
+            f"added p99 latency at {low} connection(s) over direct{note}, ms",
+            _diff(get(path, low, "p99_ms"), get("direct", low, "p99_ms")),
+            MAX_ADDED_P99_MS,
+            at_most=True,
+        )
+        path_ttfb = results.ttfb_cell(workers, stream_path, ttfb_low)
+        add(
+            f"streaming TTFB p50 overhead at {ttfb_low} connection(s) over direct{note}, ms",
+            _diff(
+                path_ttfb.ttfb_p50_ms if path_ttfb else None,
+                direct_ttfb.ttfb_p50_ms if direct_ttfb else None,
+            ),
+            MAX_TTFB_OVERHEAD_MS,
+            at_most=True,
+        )
     for run in results.rss:
         add(
             f"RSS growth of {run.process} over {run.requests:,} requests, %",
@@ -133,7 +140,7 @@ def targets(results: Results) -> list[dict[str, object]]:
     peaks = [
         m
         for m in results.memory
-        if m.process == "control" or (m.process.startswith("edge-full") and m.workers == workers)
+        if m.process == "control" or (m.process.startswith(("edge-full", "edge-leased")) and m.workers == workers)
     ]
     for process in peaks:
         add(f"peak RSS of {process.process}, MB", process.peak_mb, MAX_RSS_MB, at_most=True)

@@ -29,7 +29,7 @@ from bench import gateway
 from bench.machine import load_average, machine_info
 from bench.procs import Process, memory, wait_for_grpc, wait_for_http
 from bench.results import Cell, ProcessMemory, Results, RssRun, TtfbCell
-from bench.scenarios import BY_NAME, Options, Scenario, request_for
+from bench.scenarios import BY_NAME, CONTROL_PATHS, LEASE_SECONDS, Options, Scenario, request_for
 from bench.tools import Tools, ensure_tools
 from bench.ttfb import run_ttfb
 from bench.upstream import NginxUpstream, check_answer
@@ -84,7 +84,7 @@ def run_benchmark(options: Options, log: Log) -> Results:
     tools = ensure_tools(install=options.install)
     workdir = Path(tempfile.mkdtemp(prefix="claudeopus-bench-"))
     scenarios = [BY_NAME[name] for name in options.scenarios]
-    needs_control = any(s.path == "full" for s in scenarios)
+    needs_control = any(s.path in CONTROL_PATHS for s in scenarios)
     started = _now()
     log(f"bench: nginx {tools.nginx}, wrk {tools.wrk}, work directory {workdir}")
     try:
@@ -172,7 +172,14 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
                     server = gateway.start_bare_edge(name, upstream_url, context.workdir)
                 else:
                     assert context.control is not None
-                    server = gateway.start_edge(name, context.control.address, upstream_url, token, context.workdir)
+                    server = gateway.start_edge(
+                        name,
+                        context.control.address,
+                        upstream_url,
+                        token,
+                        context.workdir,
+                        lease_seconds=LEASE_SECONDS if path == "leased" else 0.0,
+                    )
                 groups.setdefault(group, []).append(server)
         for servers in groups.values():
             for server in servers:

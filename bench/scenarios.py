@@ -16,7 +16,10 @@ from bench.upstream import MODEL
 from bench.wrk import Request
 from claudeopus.keys import new_secret
 
-PathKind = Literal["direct", "bare", "full"]
+PathKind = Literal["direct", "bare", "full", "leased"]
+# The paths through control (the leased one is the full path with CLAUDEOPUS_LEASE_SECONDS set).
+CONTROL_PATHS = ("full", "leased")
+LEASE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ SCENARIOS = (
     Scenario("direct-stream", "(a) nginx directly, streaming", "direct", stream=True),
     Scenario("bare-stream", "(b) bare relay, streaming", "bare", stream=True),
     Scenario("full-stream", "(d) full path, streaming", "full", stream=True, budget=True),
+    Scenario("full-leased", "(e) full path with budget leases (1 s)", "leased", stream=False, budget=True),
+    Scenario("full-leased-stream", "(e) full path with budget leases, streaming", "leased", stream=True, budget=True),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
@@ -53,7 +58,7 @@ def body(*, stream: bool) -> bytes:
 
 def request_for(scenario: Scenario, *, budgeted_key: str, unbudgeted_key: str) -> Request:
     """The scenario's request; the direct and bare paths get a well-formed key nobody checks."""
-    if scenario.path != "full":
+    if scenario.path not in CONTROL_PATHS:
         return Request(body=body(stream=scenario.stream), api_key=new_secret())
     return Request(body=body(stream=scenario.stream), api_key=budgeted_key if scenario.budget else unbudgeted_key)
 

@@ -26,10 +26,10 @@ from tortoise.migrations.api import migrate
 
 from claudeopus import keys
 from claudeopus.control.db import open_database, tortoise_config
-from claudeopus.control.domain.prices import cost_micros
 from claudeopus.control.models import Price, UsageRecord
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
+from claudeopus.costs import cost_micros
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,

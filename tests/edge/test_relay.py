@@ -27,7 +27,7 @@ class RecordingSettler:
     def __init__(self) -> None:
         self.settled: list[Any] = []
 
-    def submit(self, request_id: str, outcome: Any, started_at: float) -> None:
+    def submit(self, request_id: str, outcome: Any, started_at: float, leased: Any = None) -> None:
         self.settled.append(outcome)
 
 

@@ -39,3 +39,12 @@ def test_the_settle_linger_is_read_from_the_environment_and_checked() -> None:
     for raw in ("-1", "2", "soon", "nan"):
         with pytest.raises(SettingsError, match="CLAUDEOPUS_SETTLE_LINGER"):
             EdgeSettings.from_env({**BASE, "CLAUDEOPUS_SETTLE_LINGER": raw})
+
+
+def test_leases_are_off_unless_their_time_is_set_and_the_time_is_checked() -> None:
+    assert EdgeSettings.from_env(BASE).lease_seconds == 0
+    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": "1"}).lease_seconds == 1.0
+    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": "0"}).lease_seconds == 0
+    for raw in ("-1", "0.01", "61", "soon"):
+        with pytest.raises(SettingsError, match="CLAUDEOPUS_LEASE_SECONDS"):
+            EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": raw})

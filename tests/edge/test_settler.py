@@ -48,7 +48,8 @@ class FakeControl(ControlClient):
         self.authorized: list[str] = []
         self.batches: list[int] = []
 
-    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+    async def settle(self, settle: Settle) -> None:
+        request_id, outcome = settle.request_id, settle.outcome
         self.attempts += 1
         if not self.up:
             raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
@@ -65,7 +66,7 @@ class FakeControl(ControlClient):
         answers: list[ClaudeOpusError | None] = []
         for settle in settles:
             try:
-                await self.settle(settle.request_id, settle.outcome, settle.latency_seconds)
+                await self.settle(settle)
                 answers.append(None)
             except ClaudeOpusError as error:
                 answers.append(error)
@@ -298,7 +299,8 @@ class TimingOutControl(FakeControl):
         self.authorized.extend(call.request_id for call in calls)
         raise ClaudeOpusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
-    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+    async def settle(self, settle: Settle) -> None:
+        request_id, outcome = settle.request_id, settle.outcome
         self.attempts += 1
         self.outcomes.append(outcome)
         if not self.reserved:

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from claudeopus.edge import spool as spool_module
+from claudeopus.edge.control import Leased
 from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError, decode_records, encode_record, read_spool
 
 RECORD_BYTES = 55  # 8 bytes of framing, 47 of payload
+LEASED_RECORD_BYTES = 104  # and 49 more for a request admitted from a lease
 
 
 def settle(n: int = 0, **fields: int) -> SpooledSettle:
@@ -41,6 +43,17 @@ def test_a_record_round_trips_and_is_fixed_size() -> None:
     frame = encode_record(record)
     assert len(frame) == RECORD_BYTES
     assert decode_records(frame) == ([record], RECORD_BYTES)
+
+
+def test_a_leased_settle_round_trips_with_its_reservation() -> None:
+    leased = Leased(str(uuid.uuid4()), 120, 64, 99, True, 1_800_000_000_123_456_789)
+    record = SpooledSettle(str(uuid.uuid4()), 5, 7, 1, 1, 200, 42, leased)
+    frame = encode_record(record)
+    assert len(frame) == LEASED_RECORD_BYTES
+    plain = encode_record(settle(3))
+    assert decode_records(frame + plain) == ([record, settle(3)], LEASED_RECORD_BYTES + RECORD_BYTES)
+    torn = frame[:-1]
+    assert decode_records(torn) == ([], 0), "a torn leased record is ignored like any other"
 
 
 def test_counts_are_clamped_to_what_control_stores() -> None:

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/gateway.proto\x12\rclaudeopus.v1\x1a claudeopus/v1/error_reason.proto\x1a\x19\x63laudeopus/v1/usage.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x13VerifyApiKeyRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\"P\n\x14VerifyApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\"\x92\x01\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08key_hash\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12\x0e\n\x06stream\x18\x06 \x01(\x08\"\x82\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x30\n\x0creserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\"\xe9\x01\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\x06 \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\"[\n\x0eSettleResponse\x12\x30\n\x0cusage_record\x18\x01 \x01(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\"D\n\x12\x42\x61tchSettleRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.claudeopus.v1.SettleRequest\"C\n\x13\x42\x61tchSettleResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.SettleResult\"\x98\x01\n\x0cSettleResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t\"J\n\x15\x42\x61tchAuthorizeRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.claudeopus.v1.AuthorizeRequest\"I\n\x16\x42\x61tchAuthorizeResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.claudeopus.v1.AuthorizeResult\"\xbe\x03\n\x0f\x41uthorizeResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .claudeopus.v1.AuthorizeResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12I\n\x0e\x65rror_metadata\x18\x06 \x03(\x0b\x32\x31.claudeopus.v1.AuthorizeResult.ErrorMetadataEntry\x12M\n\x10\x66ield_violations\x18\x07 \x03(\x0b\x32\x33.claudeopus.v1.AuthorizeResult.FieldViolationsEntry\x1a\x34\n\x12\x45rrorMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14\x46ieldViolationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xb5\x03\n\x0eGatewayService\x12W\n\x0cVerifyApiKey\x12\".claudeopus.v1.VerifyApiKeyRequest\x1a#.claudeopus.v1.VerifyApiKeyResponse\x12N\n\tAuthorize\x12\x1f.claudeopus.v1.AuthorizeRequest\x1a .claudeopus.v1.AuthorizeResponse\x12\x45\n\x06Settle\x12\x1c.claudeopus.v1.SettleRequest\x1a\x1d.claudeopus.v1.SettleResponse\x12T\n\x0b\x42\x61tchSettle\x12!.claudeopus.v1.BatchSettleRequest\x1a\".claudeopus.v1.BatchSettleResponse\x12]\n\x0e\x42\x61tchAuthorize\x12$.claudeopus.v1.BatchAuthorizeRequest\x1a%.claudeopus.v1.BatchAuthorizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/gateway.proto\x12\rclaudeopus.v1\x1a claudeopus/v1/error_reason.proto\x1a\x19\x63laudeopus/v1/usage.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x13VerifyApiKeyRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\"P\n\x14VerifyApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\"\x92\x01\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08key_hash\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12\x0e\n\x06stream\x18\x06 \x01(\x08\"\x82\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x30\n\x0creserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\"\x9b\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\x06 \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\x12\x30\n\x06leased\x18\x08 \x01(\x0b\x32 .claudeopus.v1.LeasedReservation\"\xc0\x01\n\x11LeasedReservation\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x02 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x03\x12\x1c\n\x14reserved_cost_micros\x18\x04 \x01(\x03\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12\x30\n\x0creserve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x11GrantLeaseRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x03 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb1\x02\n\x12GrantLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tunlimited\x18\x03 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x15\n\routput_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x13\n\x0b\x63ounts_cost\x18\x07 \x01(\x08\x12 \n\x18input_micros_per_million\x18\x08 \x01(\x03\x12!\n\x19output_micros_per_million\x18\t \x01(\x03\x12\x1d\n\x15\x64\x65\x66\x61ult_output_tokens\x18\n \x01(\x03\x12\x13\n\x0b\x63\x61ps_output\x18\x0b \x01(\x08\">\n\x13ReturnLeasesRequest\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.claudeopus.v1.LeaseUse\"p\n\x08LeaseUse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\"\x16\n\x14ReturnLeasesResponse\"[\n\x0eSettleResponse\x12\x30\n\x0cusage_record\x18\x01 \x01(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\"D\n\x12\x42\x61tchSettleRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.claudeopus.v1.SettleRequest\"C\n\x13\x42\x61tchSettleResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.SettleResult\"\x98\x01\n\x0cSettleResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t\"J\n\x15\x42\x61tchAuthorizeRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.claudeopus.v1.AuthorizeRequest\"I\n\x16\x42\x61tchAuthorizeResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.claudeopus.v1.AuthorizeResult\"\xbe\x03\n\x0f\x41uthorizeResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .claudeopus.v1.AuthorizeResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12I\n\x0e\x65rror_metadata\x18\x06 \x03(\x0b\x32\x31.claudeopus.v1.AuthorizeResult.ErrorMetadataEntry\x12M\n\x10\x66ield_violations\x18\x07 \x03(\x0b\x32\x33.claudeopus.v1.AuthorizeResult.FieldViolationsEntry\x1a\x34\n\x12\x45rrorMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14\x46ieldViolationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xe1\x04\n\x0eGatewayService\x12W\n\x0cVerifyApiKey\x12\".claudeopus.v1.VerifyApiKeyRequest\x1a#.claudeopus.v1.VerifyApiKeyResponse\x12N\n\tAuthorize\x12\x1f.claudeopus.v1.AuthorizeRequest\x1a .claudeopus.v1.AuthorizeResponse\x12\x45\n\x06Settle\x12\x1c.claudeopus.v1.SettleRequest\x1a\x1d.claudeopus.v1.SettleResponse\x12T\n\x0b\x42\x61tchSettle\x12!.claudeopus.v1.BatchSettleRequest\x1a\".claudeopus.v1.BatchSettleResponse\x12]\n\x0e\x42\x61tchAuthorize\x12$.claudeopus.v1.BatchAuthorizeRequest\x1a%.claudeopus.v1.BatchAuthorizeResponse\x12Q\n\nGrantLease\x12 .claudeopus.v1.GrantLeaseRequest\x1a!.claudeopus.v1.GrantLeaseResponse\x12W\n\x0cReturnLeases\x12\".claudeopus.v1.ReturnLeasesRequest\x1a#.claudeopus.v1.ReturnLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,25 +48,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHORIZERESPONSE']._serialized_start=445
   _globals['_AUTHORIZERESPONSE']._serialized_end=575
   _globals['_SETTLEREQUEST']._serialized_start=578
-  _globals['_SETTLEREQUEST']._serialized_end=811
-  _globals['_SETTLERESPONSE']._serialized_start=813
-  _globals['_SETTLERESPONSE']._serialized_end=904
-  _globals['_BATCHSETTLEREQUEST']._serialized_start=906
-  _globals['_BATCHSETTLEREQUEST']._serialized_end=974
-  _globals['_BATCHSETTLERESPONSE']._serialized_start=976
-  _globals['_BATCHSETTLERESPONSE']._serialized_end=1043
-  _globals['_SETTLERESULT']._serialized_start=1046
-  _globals['_SETTLERESULT']._serialized_end=1198
-  _globals['_BATCHAUTHORIZEREQUEST']._serialized_start=1200
-  _globals['_BATCHAUTHORIZEREQUEST']._serialized_end=1274
-  _globals['_BATCHAUTHORIZERESPONSE']._serialized_start=1276
-  _globals['_BATCHAUTHORIZERESPONSE']._serialized_end=1349
-  _globals['_AUTHORIZERESULT']._serialized_start=1352
-  _globals['_AUTHORIZERESULT']._serialized_end=1798
-  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_start=1690
-  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_end=1742
-  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_start=1744
-  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_end=1798
-  _globals['_GATEWAYSERVICE']._serialized_start=1801
-  _globals['_GATEWAYSERVICE']._serialized_end=2238
+  _globals['_SETTLEREQUEST']._serialized_end=861
+  _globals['_LEASEDRESERVATION']._serialized_start=864
+  _globals['_LEASEDRESERVATION']._serialized_end=1056
+  _globals['_GRANTLEASEREQUEST']._serialized_start=1059
+  _globals['_GRANTLEASEREQUEST']._serialized_end=1210
+  _globals['_GRANTLEASERESPONSE']._serialized_start=1213
+  _globals['_GRANTLEASERESPONSE']._serialized_end=1518
+  _globals['_RETURNLEASESREQUEST']._serialized_start=1520
+  _globals['_RETURNLEASESREQUEST']._serialized_end=1582
+  _globals['_LEASEUSE']._serialized_start=1584
+  _globals['_LEASEUSE']._serialized_end=1696
+  _globals['_RETURNLEASESRESPONSE']._serialized_start=1698
+  _globals['_RETURNLEASESRESPONSE']._serialized_end=1720
+  _globals['_SETTLERESPONSE']._serialized_start=1722
+  _globals['_SETTLERESPONSE']._serialized_end=1813
+  _globals['_BATCHSETTLEREQUEST']._serialized_start=1815
+  _globals['_BATCHSETTLEREQUEST']._serialized_end=1883
+  _globals['_BATCHSETTLERESPONSE']._serialized_start=1885
+  _globals['_BATCHSETTLERESPONSE']._serialized_end=1952
+  _globals['_SETTLERESULT']._serialized_start=1955
+  _globals['_SETTLERESULT']._serialized_end=2107
+  _globals['_BATCHAUTHORIZEREQUEST']._serialized_start=2109
+  _globals['_BATCHAUTHORIZEREQUEST']._serialized_end=2183
+  _globals['_BATCHAUTHORIZERESPONSE']._serialized_start=2185
+  _globals['_BATCHAUTHORIZERESPONSE']._serialized_end=2258
+  _globals['_AUTHORIZERESULT']._serialized_start=2261
+  _globals['_AUTHORIZERESULT']._serialized_end=2707
+  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_start=2599
+  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_end=2651
+  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_start=2653
+  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_end=2707
+  _globals['_GATEWAYSERVICE']._serialized_start=2710
+  _globals['_GATEWAYSERVICE']._serialized_end=3319
 # @@protoc_insertion_point(module_scope)

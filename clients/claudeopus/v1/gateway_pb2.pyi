@@ -174,6 +174,7 @@ class SettleRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    LEASED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id given to Authorize."""
     input_tokens: _builtins.int
@@ -190,6 +191,12 @@ class SettleRequest(_message.Message):
     def latency(self) -> _duration_pb2.Duration:
         """Round-trip latency measured by the edge."""
 
+    @_builtins.property
+    def leased(self) -> Global___LeasedReservation:
+        """Set when the edge admitted the request from a lease (GrantLease) instead of
+        authorizing it: this settle also opens its usage row.
+        """
+
     def __init__(
         self,
         *,
@@ -200,14 +207,231 @@ class SettleRequest(_message.Message):
         status: _usage_pb2.UsageStatus.ValueType = ...,
         source: _usage_pb2.UsageSource.ValueType = ...,
         http_status: _builtins.int = ...,
+        leased: Global___LeasedReservation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "leased", b"leased"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_status", b"http_status", "input_tokens", b"input_tokens", "latency", b"latency", "output_tokens", b"output_tokens", "request_id", b"request_id", "source", b"source", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_status", b"http_status", "input_tokens", b"input_tokens", "latency", b"latency", "leased", b"leased", "output_tokens", b"output_tokens", "request_id", b"request_id", "source", b"source", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettleRequest: _TypeAlias = SettleRequest  # noqa: Y015
+
+@_typing.final
+class LeasedReservation(_message.Message):
+    """What an edge reserved for one request from a lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    ESTIMATED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    RESERVED_COST_MICROS_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    RESERVE_TIME_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """The lease's id (GrantLeaseResponse.lease_id)."""
+    estimated_input_tokens: _builtins.int
+    """The reservation, as Authorize would have made it."""
+    max_output_tokens: _builtins.int
+    reserved_cost_micros: _builtins.int
+    stream: _builtins.bool
+    @_builtins.property
+    def reserve_time(self) -> _timestamp_pb2.Timestamp:
+        """When the edge admitted the request."""
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        estimated_input_tokens: _builtins.int = ...,
+        max_output_tokens: _builtins.int = ...,
+        reserved_cost_micros: _builtins.int = ...,
+        stream: _builtins.bool = ...,
+        reserve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reserve_time", b"reserve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_input_tokens", b"estimated_input_tokens", "lease_id", b"lease_id", "max_output_tokens", b"max_output_tokens", "reserve_time", b"reserve_time", "reserved_cost_micros", b"reserved_cost_micros", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeasedReservation: _TypeAlias = LeasedReservation  # noqa: Y015
+
+@_typing.final
+class GrantLeaseRequest(_message.Message):
+    """The request of GatewayService.GrantLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_HASH_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ESTIMATED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    key_hash: _builtins.bytes
+    """SHA-256 of the API key (32 bytes)."""
+    model: _builtins.str
+    """The model the lease is for."""
+    estimated_input_tokens: _builtins.int
+    """The request the lease is sized after: its input estimate and output cap
+    (0: none given).
+    """
+    max_output_tokens: _builtins.int
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the edge means to admit from the lease (at most 60 s)."""
+
+    def __init__(
+        self,
+        *,
+        key_hash: _builtins.bytes = ...,
+        model: _builtins.str = ...,
+        estimated_input_tokens: _builtins.int = ...,
+        max_output_tokens: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_input_tokens", b"estimated_input_tokens", "key_hash", b"key_hash", "max_output_tokens", b"max_output_tokens", "model", b"model", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantLeaseRequest: _TypeAlias = GrantLeaseRequest  # noqa: Y015
+
+@_typing.final
+class GrantLeaseResponse(_message.Message):
+    """The response of GatewayService.GrantLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    UNLIMITED_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    COUNTS_COST_FIELD_NUMBER: _builtins.int
+    INPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
+    OUTPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
+    DEFAULT_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CAPS_OUTPUT_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """Empty when there is no lease now: authorize each request instead."""
+    unlimited: _builtins.bool
+    """No budget holds the key: the lease counts nothing."""
+    input_tokens: _builtins.int
+    """The slice, held in every budget on the key's chain (each counts its metric of it)."""
+    output_tokens: _builtins.int
+    cost_micros: _builtins.int
+    counts_cost: _builtins.bool
+    """A cost budget holds the key: each request is priced at these prices per million tokens."""
+    input_micros_per_million: _builtins.int
+    output_micros_per_million: _builtins.int
+    default_output_tokens: _builtins.int
+    """Output tokens reserved for a request that names no max_tokens."""
+    caps_output: _builtins.bool
+    """The edge sends that default upstream as the request's cap (budgets hold the key)."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the edge may admit from it, counted from when it sent GrantLease."""
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        unlimited: _builtins.bool = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+        counts_cost: _builtins.bool = ...,
+        input_micros_per_million: _builtins.int = ...,
+        output_micros_per_million: _builtins.int = ...,
+        default_output_tokens: _builtins.int = ...,
+        caps_output: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps_output", b"caps_output", "cost_micros", b"cost_micros", "counts_cost", b"counts_cost", "default_output_tokens", b"default_output_tokens", "input_micros_per_million", b"input_micros_per_million", "input_tokens", b"input_tokens", "lease_id", b"lease_id", "output_micros_per_million", b"output_micros_per_million", "output_tokens", b"output_tokens", "ttl", b"ttl", "unlimited", b"unlimited"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantLeaseResponse: _TypeAlias = GrantLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ReturnLeasesRequest(_message.Message):
+    """The request of GatewayService.ReturnLeases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseUse]:
+        """At most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        leases: _abc.Iterable[Global___LeaseUse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnLeasesRequest: _TypeAlias = ReturnLeasesRequest  # noqa: Y015
+
+@_typing.final
+class LeaseUse(_message.Message):
+    """What an edge admitted from one lease in all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    requests: _builtins.int
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cost_micros: _builtins.int
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_micros", b"cost_micros", "input_tokens", b"input_tokens", "lease_id", b"lease_id", "output_tokens", b"output_tokens", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseUse: _TypeAlias = LeaseUse  # noqa: Y015
+
+@_typing.final
+class ReturnLeasesResponse(_message.Message):
+    """The response of GatewayService.ReturnLeases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnLeasesResponse: _TypeAlias = ReturnLeasesResponse  # noqa: Y015
 
 @_typing.final
 class SettleResponse(_message.Message):

@@ -67,6 +67,16 @@ class GatewayServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
                 _registered_method=True)
+        self.GrantLease = channel.unary_unary(
+                '/claudeopus.v1.GatewayService/GrantLease',
+                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.GrantLeaseRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.GrantLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReturnLeases = channel.unary_unary(
+                '/claudeopus.v1.GatewayService/ReturnLeases',
+                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -133,6 +143,28 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantLease(self, request, context):
+        """Leases a slice of a key's budgets to the calling edge for one model: the
+        edge then admits requests of that key and model on its own, counting them
+        against the slice, until the lease's ttl has passed, and returns what it
+        did not use (ReturnLeases). Each request it admits opens its usage row with
+        its Settle (SettleRequest.leased). A slice is a whole number of requests
+        like the one given, at most a small share of what is left of every budget
+        on the key's chain; near a limit there is no lease (an empty lease_id) and
+        every request is authorized on its own. Denials are those of Authorize.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnLeases(self, request, context):
+        """The edge stopped admitting from these leases; what it did not use is
+        released. Idempotent: a lease returned twice changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +192,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.BatchAuthorize,
                     request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.SerializeToString,
+            ),
+            'GrantLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantLease,
+                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.GrantLeaseRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.GrantLeaseResponse.SerializeToString,
+            ),
+            'ReturnLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnLeases,
+                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +347,60 @@ class GatewayService:
             '/claudeopus.v1.GatewayService/BatchAuthorize',
             claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
             claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.GatewayService/GrantLease',
+            claudeopus_dot_v1_dot_gateway__pb2.GrantLeaseRequest.SerializeToString,
+            claudeopus_dot_v1_dot_gateway__pb2.GrantLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.GatewayService/ReturnLeases',
+            claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesRequest.SerializeToString,
+            claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,20 @@ class GatewayServiceStub:
     requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
     FIELD_INVALID, ...) is reported in its result and does not hold the others back.
     """
+    GrantLease: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GrantLeaseRequest, _gateway_pb2.GrantLeaseResponse]
+    """Leases a slice of a key's budgets to the calling edge for one model: the
+    edge then admits requests of that key and model on its own, counting them
+    against the slice, until the lease's ttl has passed, and returns what it
+    did not use (ReturnLeases). Each request it admits opens its usage row with
+    its Settle (SettleRequest.leased). A slice is a whole number of requests
+    like the one given, at most a small share of what is left of every budget
+    on the key's chain; near a limit there is no lease (an empty lease_id) and
+    every request is authorized on its own. Denials are those of Authorize.
+    """
+    ReturnLeases: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReturnLeasesRequest, _gateway_pb2.ReturnLeasesResponse]
+    """The edge stopped admitting from these leases; what it did not use is
+    released. Idempotent: a lease returned twice changes nothing.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -118,6 +132,20 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
     requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
     FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+    """
+    GrantLease: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GrantLeaseRequest, _gateway_pb2.GrantLeaseResponse]  # type: ignore[assignment]
+    """Leases a slice of a key's budgets to the calling edge for one model: the
+    edge then admits requests of that key and model on its own, counting them
+    against the slice, until the lease's ttl has passed, and returns what it
+    did not use (ReturnLeases). Each request it admits opens its usage row with
+    its Settle (SettleRequest.leased). A slice is a whole number of requests
+    like the one given, at most a small share of what is left of every budget
+    on the key's chain; near a limit there is no lease (an empty lease_id) and
+    every request is authorized on its own. Denials are those of Authorize.
+    """
+    ReturnLeases: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReturnLeasesRequest, _gateway_pb2.ReturnLeasesResponse]  # type: ignore[assignment]
+    """The edge stopped admitting from these leases; what it did not use is
+    released. Idempotent: a lease returned twice changes nothing.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -191,6 +219,32 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
         requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
         FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+        """
+
+    @_abc_1.abstractmethod
+    def GrantLease(
+        self,
+        request: _gateway_pb2.GrantLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GrantLeaseResponse, _abc.Awaitable[_gateway_pb2.GrantLeaseResponse]]:
+        """Leases a slice of a key's budgets to the calling edge for one model: the
+        edge then admits requests of that key and model on its own, counting them
+        against the slice, until the lease's ttl has passed, and returns what it
+        did not use (ReturnLeases). Each request it admits opens its usage row with
+        its Settle (SettleRequest.leased). A slice is a whole number of requests
+        like the one given, at most a small share of what is left of every budget
+        on the key's chain; near a limit there is no lease (an empty lease_id) and
+        every request is authorized on its own. Denials are those of Authorize.
+        """
+
+    @_abc_1.abstractmethod
+    def ReturnLeases(
+        self,
+        request: _gateway_pb2.ReturnLeasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ReturnLeasesResponse, _abc.Awaitable[_gateway_pb2.ReturnLeasesResponse]]:
+        """The edge stopped admitting from these leases; what it did not use is
+        released. Idempotent: a lease returned twice changes nothing.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -183,6 +183,46 @@ class UsageRecord(Model):
         )
 
 
+class BudgetLease(Model):
+    """A slice of a key's budgets held by one edge, which admits requests of one model from it alone.
+
+    ``granted_*`` were taken from every budget counter in ``reserved_counters`` when the lease
+    was made; ``open_*`` is what the lease still holds in them. A request the edge admitted
+    from the lease moves its reservation from the lease to its own usage row when its settle
+    arrives (``requests_opened`` counts those); when the edge returns the lease, what it did not
+    use is released and ``requests_admitted`` says how many rows are still to come. A lease
+    whose edge vanished is closed by the sweeper: what it still holds is charged, like an
+    expired reservation, as one usage row with the lease's id as its request id.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    lease_id = fields.UUIDField(unique=True)
+    api_key: fields.ForeignKeyRelation[ApiKey] = fields.ForeignKeyField(
+        "control.ApiKey", related_name="leases", on_delete=fields.RESTRICT
+    )
+    account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
+        "control.Account", related_name="leases", on_delete=fields.RESTRICT
+    )
+    model = fields.CharField(max_length=200)
+    unlimited = fields.BooleanField(default=False)
+    reserved_counters = fields.CharField(max_length=1000, default="")
+    granted_input_tokens = fields.BigIntField(default=0)
+    granted_output_tokens = fields.BigIntField(default=0)
+    granted_cost_micros = fields.BigIntField(default=0)
+    open_input_tokens = fields.BigIntField(default=0)
+    open_output_tokens = fields.BigIntField(default=0)
+    open_cost_micros = fields.BigIntField(default=0)
+    requests_opened = fields.BigIntField(default=0)
+    requests_admitted = fields.BigIntField(null=True)
+    created_at = fields.DatetimeField()
+    # The edge admits from the lease until then; requests it admitted may run a reservation timeout longer.
+    expires_at = fields.DatetimeField()
+
+    class Meta:
+        table = "budget_lease"
+        indexes = (Index(fields=("expires_at",)),)
+
+
 class Price(Model):
     """A price for one model set on one account, in micro-units per million tokens.
 

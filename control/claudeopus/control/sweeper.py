@@ -1,5 +1,8 @@
 """The reservation sweeper: an owned background task that expires stale reservations.
 
+Leases whose edge never returned them are closed first (what they still hold becomes a
+reservation row, see :mod:`claudeopus.control.domain.leases`), so the same sweep expires them.
+
 Every replica may run one; the conditional UPDATE in
 :func:`claudeopus.control.domain.gateway.expire_stale` makes them safe together.
 
@@ -18,7 +21,7 @@ import traceback
 from datetime import timedelta
 from types import TracebackType
 
-from claudeopus.control.domain import gateway
+from claudeopus.control.domain import gateway, leases
 from claudeopus.control.domain.clock import Clock
 
 _log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ class ReservationSweeper:
     async def sweep_once(self) -> int:
         """Expire what is stale now; returns how many reservations were closed."""
         total = 0
+        while await leases.expire_stale_leases(self._clock(), self._timeout) >= leases.EXPIRE_BATCH:
+            pass
         while True:
             closed = await gateway.expire_stale(self._clock(), self._timeout)
             total += closed

@@ -22,6 +22,7 @@ from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.leases import LeaseBook
 from claudeopus.edge.routes import error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.settler import Settler
@@ -87,6 +88,7 @@ def build_app(
                 control, settings.spool_dir, settings.spool_max_bytes, linger=settings.settle_linger
             )
             authorizer = Authorizer(control, settings.control_timeout)
+            leases = LeaseBook(control, settings.lease_seconds) if settings.lease_seconds else None
             forwarder = Forwarder(
                 upstream=upstream,
                 control=control,
@@ -96,12 +98,15 @@ def build_app(
                 output_cap_field=settings.upstream_max_tokens_field,
                 connect_retries=settings.upstream_connect_retries,
                 max_duration=settings.upstream_max_duration,
+                leases=leases,
             )
             app.services.register(Forwarder, instance=forwarder)
             try:
                 yield
             finally:
                 await authorizer.aclose()  # first: a request it refuses may still settle
+                if leases is not None:
+                    await leases.aclose()
                 await settler.aclose()
 
     app.lifespan(resources)  # type: ignore[no-untyped-call]

@@ -134,9 +134,9 @@ class ControlClient:
             )
         return [_authorize_answer(result) for result in reply.results]
 
-    async def settle(self, request_id: str, outcome: Outcome, latency_seconds: float) -> None:
+    async def settle(self, settle: Settle) -> None:
         """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
-        request = _settle_request(Settle(request_id, outcome, latency_seconds))
+        request = _settle_request(settle)
         try:
             await self._stub.Settle(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
@@ -157,6 +157,95 @@ class ControlClient:
             raise ClaudeOpusError(grpc.StatusCode.INTERNAL, "BatchSettle answered for a different number of settles")
         return [_result_error(result) for result in reply.results]
 
+    async def grant_lease(self, key_hash: bytes, completion: CompletionRequest, ttl: float) -> Lease | None:
+        """A lease on the key's budgets for the completion's model, sized after it; None: none now.
+
+        Raises :class:`ClaudeOpusError` when control refused (the key may not serve) or did not answer.
+        """
+        wanted = duration_pb2.Duration()
+        wanted.FromNanoseconds(int(ttl * 1e9))
+        request = gateway_pb2.GrantLeaseRequest(
+            key_hash=key_hash,
+            model=completion.model,
+            estimated_input_tokens=completion.input_token_bound,
+            max_output_tokens=completion.max_output_tokens,
+            ttl=wanted,
+        )
+        try:
+            reply = await self._stub.GrantLease(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        if not reply.lease_id:
+            return None
+        return Lease(
+            lease_id=reply.lease_id,
+            ttl=reply.ttl.ToNanoseconds() / 1e9,
+            unlimited=reply.unlimited,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            cost_micros=reply.cost_micros,
+            prices=(reply.input_micros_per_million, reply.output_micros_per_million) if reply.counts_cost else None,
+            default_output_tokens=reply.default_output_tokens,
+            caps_output=reply.caps_output,
+        )
+
+    async def return_leases(self, uses: Sequence[LeaseUse]) -> None:
+        """Give back what was not used of these leases; raises :class:`ClaudeOpusError`."""
+        request = gateway_pb2.ReturnLeasesRequest(
+            leases=[
+                gateway_pb2.LeaseUse(
+                    lease_id=use.lease_id,
+                    requests=use.requests,
+                    input_tokens=use.input_tokens,
+                    output_tokens=use.output_tokens,
+                    cost_micros=use.cost_micros,
+                )
+                for use in uses
+            ]
+        )
+        try:
+            await self._stub.ReturnLeases(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A slice of a key's budgets control leased to this edge (GrantLease), as granted."""
+
+    lease_id: str
+    ttl: float
+    unlimited: bool
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    prices: tuple[int, int] | None  # (input, output) per million tokens, when a cost budget counts
+    default_output_tokens: int
+    caps_output: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseUse:
+    """What this edge admitted from one lease in all, when it gives the lease back."""
+
+    lease_id: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """What the edge reserved for one request it admitted from a lease; its settle opens the row."""
+
+    lease_id: str
+    estimated_input_tokens: int
+    max_output_tokens: int
+    reserved_cost_micros: int
+    stream: bool
+    reserve_time_ns: int  # wall clock, nanoseconds since 1970
+
 
 @dataclass(frozen=True, slots=True)
 class AuthorizeCall:
@@ -176,13 +265,15 @@ class Settle:
     latency_seconds: float
     # Control may never have opened this reservation (its authorize timed out): not finding it is fine.
     missing_ok: bool = False
+    # Admitted from a lease: this settle opens the request's row.
+    leased: Leased | None = None
 
 
 def _settle_request(settle: Settle) -> gateway_pb2.SettleRequest:
     latency = duration_pb2.Duration()
     latency.FromNanoseconds(int(settle.latency_seconds * 1e9))
     outcome = settle.outcome
-    return gateway_pb2.SettleRequest(
+    request = gateway_pb2.SettleRequest(
         request_id=settle.request_id,
         input_tokens=outcome.input_tokens,
         output_tokens=outcome.output_tokens,
@@ -191,6 +282,15 @@ def _settle_request(settle: Settle) -> gateway_pb2.SettleRequest:
         source=outcome.source,
         http_status=outcome.http_status,
     )
+    leased = settle.leased
+    if leased is not None:
+        request.leased.lease_id = leased.lease_id
+        request.leased.estimated_input_tokens = leased.estimated_input_tokens
+        request.leased.max_output_tokens = leased.max_output_tokens
+        request.leased.reserved_cost_micros = leased.reserved_cost_micros
+        request.leased.stream = leased.stream
+        request.leased.reserve_time.FromNanoseconds(leased.reserve_time_ns)
+    return request
 
 
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}

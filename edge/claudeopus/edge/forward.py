@@ -20,8 +20,9 @@ import orjson
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import CompletionRequest, parse_completion, with_output_cap
-from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Outcome
+from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Leased, Outcome, key_hash
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
+from claudeopus.edge.leases import LeaseBook
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
 from claudeopus.edge.settler import Settler
@@ -70,6 +71,7 @@ class Forwarder:
         output_cap_field: str = "max_completion_tokens",
         connect_retries: int = 1,
         max_duration: float = 600.0,
+        leases: LeaseBook | None = None,
     ) -> None:
         self._upstream = upstream
         self._control = control
@@ -79,6 +81,7 @@ class Forwarder:
         self._cap_field = output_cap_field
         self._connect_retries = connect_retries
         self._max_duration = max_duration
+        self._leases = leases
 
     async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
         started = time.perf_counter()
@@ -86,23 +89,35 @@ class Forwarder:
         if self._settler.spool_full:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
-        try:
-            cap = await self._authorizer.authorize(request_id, secret, completion)
-        except AuthorizeTimedOut:
-            # The answer never came, but the reservation may exist: release it at once (a
-            # settle of nothing), instead of leaving it for the sweeper to charge in full.
-            self._settler.submit(request_id, NOTHING_USED, started, missing_ok=True)
-            raise
+        leased: Leased | None = None
+        admission = self._leases.admit(key_hash(secret), completion) if self._leases is not None else None
+        if admission is not None:
+            leased, cap = admission.leased, admission.cap
+        else:
+            try:
+                cap = await self._authorizer.authorize(request_id, secret, completion)
+            except AuthorizeTimedOut:
+                # The answer never came, but the reservation may exist: release it at once (a
+                # settle of nothing), instead of leaving it for the sweeper to charge in full.
+                self._settler.submit(request_id, NOTHING_USED, started, missing_ok=True)
+                raise
+            if self._leases is not None:
+                self._leases.want(key_hash(secret), completion)
         if cap and not completion.max_output_tokens:
             completion = with_output_cap(completion, cap, self._cap_field)
         try:
-            return await self._forward(completion, request_id, started, receive)
+            return await self._forward(completion, request_id, started, receive, leased)
         except errors.OpenAIError as error:
             error.headers.append((b"x-request-id", request_id.encode()))
             raise
 
     async def _forward(
-        self, completion: CompletionRequest, request_id: str, started: float, receive: Receive | None
+        self,
+        completion: CompletionRequest,
+        request_id: str,
+        started: float,
+        receive: Receive | None,
+        leased: Leased | None,
     ) -> Reply:
         """Everything after a successful authorize; every way out of here settles exactly once."""
         headers = [(b"x-request-id", request_id.encode())]
@@ -110,10 +125,10 @@ class Forwarder:
         try:
             response = await self._open(completion, deadline)
         except errors.OpenAIError as error:
-            self._settle_failure(request_id, started, error.status)
+            self._settle_failure(request_id, leased, started, error.status)
             raise
         except BaseException:
-            self._settle_failure(request_id, started, 499)
+            self._settle_failure(request_id, leased, started, 499)
             raise
         if completion.stream and response.status_code == 200 and response.content_type.startswith("text/event-stream"):
             relay = StreamRelay(
@@ -124,31 +139,32 @@ class Forwarder:
                 settler=self._settler,
                 watcher=DisconnectWatcher(receive),
                 deadline=deadline,
+                leased=leased,
             )
             return StreamReply(events=relay.events, headers=[*headers, (b"cache-control", b"no-cache")])
         try:
             async with asyncio.timeout(deadline - time.perf_counter()):
                 body = await response.aread()
         except (UpstreamTimeout, TimeoutError):
-            self._settle_failure(request_id, started, 504)
+            self._settle_failure(request_id, leased, started, 504)
             raise errors.upstream_timeout() from None
         except UpstreamError:
-            self._settle_failure(request_id, started, 502)
+            self._settle_failure(request_id, leased, started, 502)
             raise errors.upstream_broken("cut its answer off") from None
         except BaseException:
-            self._settle_failure(request_id, started, 499)
+            self._settle_failure(request_id, leased, started, 499)
             raise
         finally:
             await response.aclose()
         if response.status_code != 200:
             error_reply = self._upstream_error(response.status_code, body)
-            self._settle_failure(request_id, started, error_reply.status)
+            self._settle_failure(request_id, leased, started, error_reply.status)
             return BodyReply(status=error_reply.status, body=error_reply.body, headers=headers)
         outcome = _body_outcome(body, completion)
         if outcome is None:
-            self._settle_failure(request_id, started, 502)
+            self._settle_failure(request_id, leased, started, 502)
             raise errors.upstream_broken("sent an answer that is not a JSON object")
-        self._settler.submit(request_id, outcome, started)
+        self._settler.submit(request_id, outcome, started, leased=leased)
         return BodyReply(status=200, body=body, headers=headers)
 
     async def models(self, secret: str) -> BodyReply:
@@ -224,7 +240,7 @@ class Forwarder:
             text = text.replace(self._upstream_key.decode(errors="replace"), REDACTED)
         return _SECRET_LIKE.sub(REDACTED, text)
 
-    def _settle_failure(self, request_id: str, started: float, http_status: int) -> None:
+    def _settle_failure(self, request_id: str, leased: Leased | None, started: float, http_status: int) -> None:
         outcome = Outcome(
             input_tokens=0,
             output_tokens=0,
@@ -232,7 +248,7 @@ class Forwarder:
             source=usage_pb2.USAGE_SOURCE_ESTIMATED,
             http_status=http_status,
         )
-        self._settler.submit(request_id, outcome, started)
+        self._settler.submit(request_id, outcome, started, leased=leased)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import Outcome
+from claudeopus.edge.control import Leased, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import EventBuffer, Usage, event_data, is_done, text_length, usage_event
@@ -53,8 +53,10 @@ class StreamRelay:
         settler: Settler,
         watcher: DisconnectWatcher,
         deadline: float = float("inf"),
+        leased: Leased | None = None,
     ) -> None:
-        """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended."""
+        """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended;
+        ``leased``: the request was admitted from a lease (its settle carries the reservation)."""
         self._response = response
         self._completion = completion
         self._request_id = request_id
@@ -62,6 +64,7 @@ class StreamRelay:
         self._settler = settler
         self._watcher = watcher
         self._deadline = deadline
+        self._leased = leased
         self._usage: Usage | None = None
         self._relayed_events = 0
         self._relayed_chars = 0
@@ -163,7 +166,7 @@ class StreamRelay:
         await self._watcher.aclose()
         with contextlib.suppress(UpstreamError):
             await self._response.aclose()
-        self._settler.submit(self._request_id, self._outcome(), self._started_at)
+        self._settler.submit(self._request_id, self._outcome(), self._started_at, leased=self._leased)
 
     def _outcome(self) -> Outcome:
         if self._usage is not None:

@@ -29,7 +29,7 @@ from claudeopus.client import (
     NotFoundError,
     UnavailableError,
 )
-from claudeopus.edge.control import ControlClient, Outcome
+from claudeopus.edge.control import ControlClient, Outcome, Settle
 from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
 from claudeopus.v1 import usage_pb2
 
@@ -110,7 +110,9 @@ class Replayer:
 
     async def _send(self, record: SpooledSettle) -> None:
         try:
-            await self._control.settle(record.request_id, outcome_of(record), record.latency_ns / 1e9)
+            await self._control.settle(
+                Settle(record.request_id, outcome_of(record), record.latency_ns / 1e9, leased=record.leased)
+            )
         except ClaudeOpusError as error:
             if is_permanent(error):
                 _log.warning(

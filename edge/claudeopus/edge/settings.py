@@ -17,6 +17,9 @@ MAX_CONNECT_RETRIES = 100
 # Settles wait this long for others to join their batch (see settler.py); at most MAX_SETTLE_LINGER.
 DEFAULT_SETTLE_LINGER = 0.01
 MAX_SETTLE_LINGER = 1.0
+# Budget leases (see leases.py): off (0), or how long each lease is admitted from, in seconds.
+MIN_LEASE_SECONDS = 0.05
+MAX_LEASE_SECONDS = 60.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
 CONTROL_TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
 
@@ -70,6 +73,10 @@ class EdgeSettings:
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     # How long the settler waits for more settles to join a batch (seconds; 0: send at once).
     settle_linger: float = DEFAULT_SETTLE_LINGER
+    # Budget leases: 0 = off (every request authorized with control); else how long the edge
+    # admits requests from one lease before it gives it back, which also bounds how long a
+    # revocation, suspension or budget change takes to reach this edge.
+    lease_seconds: float = 0.0
     # Access log (see access_log.py): a file rotated every access_log_rotate_seconds at aligned UTC
     # boundaries, keeping access_log_keep rotated files besides the current one; None = no file.
     # Built here None; from the environment, logs/access.log unless CLAUDEOPUS_ACCESS_LOG=off.
@@ -103,6 +110,11 @@ class EdgeSettings:
             raise SettingsError("CLAUDEOPUS_SPOOL_DIR must be a directory path")
         if not 0 <= self.settle_linger <= MAX_SETTLE_LINGER:
             raise SettingsError(f"CLAUDEOPUS_SETTLE_LINGER must be from 0 to {MAX_SETTLE_LINGER:g} seconds")
+        if self.lease_seconds and not MIN_LEASE_SECONDS <= self.lease_seconds <= MAX_LEASE_SECONDS:
+            raise SettingsError(
+                "CLAUDEOPUS_LEASE_SECONDS must be 0 (off) "
+                f"or from {MIN_LEASE_SECONDS:g} to {MAX_LEASE_SECONDS:g} seconds"
+            )
         if self.spool_max_bytes < 1:
             raise SettingsError("CLAUDEOPUS_SPOOL_MAX_BYTES must be a positive number of bytes")
         if self.access_log_path is not None:
@@ -153,6 +165,7 @@ class EdgeSettings:
             spool_dir=env.get("CLAUDEOPUS_SPOOL_DIR", "") or DEFAULT_SPOOL_DIR,
             spool_max_bytes=int(_number(env, "CLAUDEOPUS_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
             settle_linger=_seconds_or_zero(env, "CLAUDEOPUS_SETTLE_LINGER", DEFAULT_SETTLE_LINGER),
+            lease_seconds=_seconds_or_zero(env, "CLAUDEOPUS_LEASE_SECONDS", 0.0),
             access_log_path=_access_log_path(env.get("CLAUDEOPUS_ACCESS_LOG", "")),
             access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
             access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
-from claudeopus.edge.control import ControlClient, Outcome, Settle
+from claudeopus.edge.control import ControlClient, Leased, Outcome, Settle
 from claudeopus.edge.replay import Replayer, is_permanent
 from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
 from claudeopus.edge.tasks import finish
@@ -87,10 +87,19 @@ class Settler:
         """The spool reached its size limit: new requests must be refused until replay makes room."""
         return self._spool.full
 
-    def submit(self, request_id: str, outcome: Outcome, started_at: float, *, missing_ok: bool = False) -> None:
-        """Settle in the background; ``missing_ok``: control may never have opened this reservation."""
+    def submit(
+        self,
+        request_id: str,
+        outcome: Outcome,
+        started_at: float,
+        *,
+        missing_ok: bool = False,
+        leased: Leased | None = None,
+    ) -> None:
+        """Settle in the background; ``missing_ok``: control may never have opened this reservation;
+        ``leased``: the request was admitted from a lease (its settle opens its row)."""
         latency = time.perf_counter() - started_at
-        self._queue.append(Settle(request_id, outcome, latency, missing_ok))
+        self._queue.append(Settle(request_id, outcome, latency, missing_ok, leased))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_forever())
         self._wake.set()
@@ -175,6 +184,7 @@ class Settler:
             source=outcome.source,
             http_status=outcome.http_status,
             latency_ns=int(settle.latency_seconds * 1e9),
+            leased=settle.leased,
         )
         try:
             await self._spool.append(record)

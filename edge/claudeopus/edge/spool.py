@@ -18,6 +18,9 @@ Record framing, little-endian::
     u32 length | u32 CRC-32 of (length field + payload) | payload
     payload v1, 47 bytes: u8 version (1) | 16 bytes request id (UUID) | u64 input tokens
         | u64 output tokens | u64 latency in ns | u16 status | u16 source | u16 HTTP status
+    payload v2, 96 bytes, a request admitted from a lease: v1's fields (version 2) | 16 bytes
+        lease id (UUID) | u64 reserved input tokens | u64 reserved output tokens
+        | u64 reserved cost | u8 stream | u64 reserve time in ns since 1970
 
 Reading a segment stops at the first frame that is cut short or fails its checksum: after a
 crash that is a torn last record, and it is ignored (with a warning naming the byte count).
@@ -50,15 +53,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from claudeopus.edge.control import Leased
+
 __all__ = ["Spool", "SpoolError", "SpooledSettle", "decode_records", "encode_record", "read_spool"]
 
 _log = logging.getLogger(__name__)
 
 VERSION = 1
+LEASED_VERSION = 2
 GROUP_WINDOW_SECONDS = 0.002
 SEGMENT_BYTES = 1024 * 1024
 _HEADER = struct.Struct("<II")
 _PAYLOAD = struct.Struct("<B16sQQQHHH")
+_LEASED = struct.Struct("<16sQQQBQ")
 _LENGTH = struct.Struct("<I")
 _SEGMENT_NAME = re.compile(r"^settles-(\d{12})\.log$")
 _INT64_MAX = 2**63 - 1
@@ -80,12 +87,14 @@ class SpooledSettle:
     source: int
     http_status: int
     latency_ns: int
+    leased: Leased | None = None  # admitted from a lease: the settle opens the request's row
 
 
 def encode_record(settle: SpooledSettle) -> bytes:
     """One framed record; counts are clamped to what control stores (``ValueError`` for a non-UUID id)."""
+    leased = settle.leased
     payload = _PAYLOAD.pack(
-        VERSION,
+        VERSION if leased is None else LEASED_VERSION,
         uuid.UUID(settle.request_id).bytes,
         _clamp(settle.input_tokens, _INT64_MAX),
         _clamp(settle.output_tokens, _INT64_MAX),
@@ -94,6 +103,15 @@ def encode_record(settle: SpooledSettle) -> bytes:
         _clamp(settle.source, _U16_MAX),
         _clamp(settle.http_status, _U16_MAX),
     )
+    if leased is not None:
+        payload += _LEASED.pack(
+            uuid.UUID(leased.lease_id).bytes,
+            _clamp(leased.estimated_input_tokens, _INT64_MAX),
+            _clamp(leased.max_output_tokens, _INT64_MAX),
+            _clamp(leased.reserved_cost_micros, _INT64_MAX),
+            int(leased.stream),
+            _clamp(leased.reserve_time_ns, _INT64_MAX),
+        )
     length = _LENGTH.pack(len(payload))
     return _HEADER.pack(len(payload), zlib.crc32(length + payload)) + payload
 
@@ -105,16 +123,28 @@ def decode_records(data: bytes) -> tuple[list[SpooledSettle], int]:
     while offset + _HEADER.size <= len(data):
         length, checksum = _HEADER.unpack_from(data, offset)
         end = offset + _HEADER.size + length
-        if length != _PAYLOAD.size or end > len(data):
+        if length not in (_PAYLOAD.size, _PAYLOAD.size + _LEASED.size) or end > len(data):
             break
         payload = data[offset + _HEADER.size : end]
         if zlib.crc32(_LENGTH.pack(length) + payload) != checksum:
             break
-        version, rid, input_tokens, output_tokens, latency_ns, status, source, http_status = _PAYLOAD.unpack(payload)
-        if version != VERSION:
+        version, rid, input_tokens, output_tokens, latency_ns, status, source, http_status = _PAYLOAD.unpack_from(
+            payload
+        )
+        if (version, length) not in ((VERSION, _PAYLOAD.size), (LEASED_VERSION, _PAYLOAD.size + _LEASED.size)):
             break
+        leased = None
+        if version == LEASED_VERSION:
+            lease_id, reserved_in, reserved_out, reserved_cost, stream, reserve_ns = _LEASED.unpack_from(
+                payload, _PAYLOAD.size
+            )
+            leased = Leased(
+                str(uuid.UUID(bytes=lease_id)), reserved_in, reserved_out, reserved_cost, bool(stream), reserve_ns
+            )
         request_id = str(uuid.UUID(bytes=rid))
-        records.append(SpooledSettle(request_id, input_tokens, output_tokens, status, source, http_status, latency_ns))
+        records.append(
+            SpooledSettle(request_id, input_tokens, output_tokens, status, source, http_status, latency_ns, leased)
+        )
         offset = end
     return records, offset
 

@@ -27,7 +27,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import OperationalError, TransactionManagementError
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import gateway, prices, reservations, validation
+from claudeopus.control.domain import gateway, leases, prices, reservations, validation
 from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason
 from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.domain.usage_rows import db_value as _db_value
@@ -77,6 +77,15 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
             )
             continue
         wanted[rid] = index
+    leased: list[leases.LeasedSettle] = []
+    for rid, index in wanted.items():
+        from_lease = batch[index].leased
+        if from_lease is not None:
+            leased.append(leases.LeasedSettle(rid, from_lease))
+    if leased:
+        for rid, refusal in (await leases.open_leased(leased)).items():
+            index = wanted.pop(rid)
+            results[index] = SettleResult(batch[index].request_id, error=refusal)
     found, chains = await _read_records(list(wanted))
     open_records: list[tuple[int, UsageRecord]] = []
     for rid, index in wanted.items():
@@ -107,6 +116,16 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
             except DomainError as error:
                 results[entry.index] = SettleResult(entry.data.request_id, error=error)
     return [result or SettleResult(batch[index].request_id) for index, result in enumerate(results)]
+
+
+async def settle_one(data: gateway.SettleInput, now: datetime) -> gateway.Settlement:
+    """One settle (GatewayService.Settle): a leased request's row is opened first."""
+    if data.leased is not None:
+        rid = validation.uuid_value("request_id", data.request_id)
+        errors = await leases.open_leased([leases.LeasedSettle(rid, data.leased)])
+        if rid in errors:
+            raise errors[rid]
+    return await gateway.settle(data, now)
 
 
 _PriceKey = tuple[tuple[int, ...], str]

@@ -31,9 +31,9 @@ from claudeopus.control.domain.errors import (
 from claudeopus.control.domain.principal import check_key, suspended
 from claudeopus.control.domain.usage_rows import open_fields, open_record
 from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
+from claudeopus.costs import capped_cost_micros
 
 KEY_HASH_BYTES = 32
-MAX_STORED_COST = 2**63 - 1  # the largest BIGINT: an absurd token count saturates instead of failing the settle
 EXPIRE_BATCH = 500
 SETTLED_STATES = (UsageStatus.SUCCEEDED, UsageStatus.UPSTREAM_ERROR, UsageStatus.CLIENT_DISCONNECTED)
 
@@ -47,6 +47,18 @@ class Settlement:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasedInput:
+    """What an edge reserved for one request it admitted from a lease (SettleRequest.leased)."""
+
+    lease_id: str
+    estimated_input_tokens: int
+    max_output_tokens: int
+    reserved_cost_micros: int
+    stream: bool
+    reserve_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SettleInput:
     request_id: str
     input_tokens: int
@@ -55,6 +67,8 @@ class SettleInput:
     status: int
     source: int
     http_status: int
+    # Set for a request admitted from a lease: its settle opens its row first (leases.open_leased).
+    leased: LeasedInput | None = None
 
 
 def key_hash_hex(value: bytes) -> str:
@@ -241,10 +255,9 @@ async def reserved_amounts_of(context: KeyContext, wanted: Wanted, output_tokens
 
 
 def capped_cost(input_tokens: int, output_tokens: int, price: prices.PriceInForce) -> int:
-    cost = prices.cost_micros(
+    return capped_cost_micros(
         input_tokens, output_tokens, price.input_micros_per_million, price.output_micros_per_million
     )
-    return min(MAX_STORED_COST, cost)
 
 
 async def _repeated_authorize(rid: uuid.UUID, key: ApiKey) -> UsageRecord:

@@ -17,7 +17,7 @@ Example::
     price = await create_price(principal, parent_id=None, model="gpt-x", input_micros=150, output_micros=250,
                                request_id="")
     in_force = await resolve(principal, account_id=None, model="gpt-x")
-    cost = cost_micros(1_000, 200, in_force.input_micros_per_million, in_force.output_micros_per_million)
+    cost = costs.cost_micros(1_000, 200, in_force.input_micros_per_million, in_force.output_micros_per_million)
 """
 
 from __future__ import annotations
@@ -47,13 +47,6 @@ MAX_AMOUNT = 10**12
 INPUT = "input_micros_per_million"
 OUTPUT = "output_micros_per_million"
 UPDATABLE_FIELDS = (INPUT, OUTPUT)
-_TOKENS_PER_PRICE_UNIT = 1_000_000
-
-
-def cost_micros(input_tokens: int, output_tokens: int, input_price: int, output_price: int) -> int:
-    """What the tokens cost at prices per million tokens, rounded up to a whole micro-unit (exact)."""
-    total = input_tokens * input_price + output_tokens * output_price
-    return -(-total // _TOKENS_PER_PRICE_UNIT)
 
 
 # -- the price in force ----------------------------------------------------------

@@ -93,19 +93,35 @@ def open_fields(
     }
 
 
-async def insert_open_records(conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert many rows of :func:`open_fields` (a batch's), ``INSERT_ROWS`` per statement."""
+async def insert_open_records(
+    conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]], *, skip_existing: bool = False
+) -> list[uuid.UUID]:
+    """Insert many rows of :func:`open_fields` (a batch's), ``INSERT_ROWS`` per statement.
+
+    Returns the request ids inserted. With ``skip_existing`` a row whose request id is taken
+    is left out (``ON CONFLICT DO NOTHING``) instead of failing the statement.
+    """
     if not rows:
-        return
+        return []
     columns = list(rows[0])
+    inserted: list[uuid.UUID] = []
     for start in range(0, len(rows), INSERT_ROWS):
         bind = Binder(conn.capabilities.dialect)
-        values = ", ".join(
-            "(" + ", ".join(bind(db_value(row[column])) for column in columns) + ")"
-            for row in rows[start : start + INSERT_ROWS]
-        )
+        part = rows[start : start + INSERT_ROWS]
+        values = ", ".join("(" + ", ".join(bind(db_value(row[column])) for column in columns) + ")" for row in part)
         sql = f"INSERT INTO usage_record ({', '.join(columns)}) VALUES {values}"  # noqa: S608 - fixed names
-        await conn.execute_query(sql, bind.values)
+        if skip_existing:
+            sql += " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+            found = await conn.execute_query_dict(sql, bind.values)
+            inserted.extend(_as_uuid(row["request_id"]) for row in found)
+        else:
+            await conn.execute_query(sql, bind.values)
+            inserted.extend(row["request_id"] for row in part)
+    return inserted
+
+
+def _as_uuid(value: object) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 # Column types for the bound values of INSERT ... SELECT, which PostgreSQL cannot infer there.

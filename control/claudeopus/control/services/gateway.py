@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 
-from claudeopus.control.domain import batch_authorize, batch_settle, gateway
+from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, reservations, validation
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.errors import InvalidArgument
@@ -62,7 +64,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SettleRequest, context: Ctx[object, object]
     ) -> gateway_pb2.SettleResponse:
         require_service(context, self._token)
-        settlement = await gateway.settle(_settle_input(request), self._clock())
+        settlement = await batch_settle.settle_one(_settle_input(request), self._clock())
         return gateway_pb2.SettleResponse(
             usage_record=convert.usage_record(settlement.record), already_settled=settlement.already_settled
         )
@@ -75,9 +77,56 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         results = await batch_settle.settle_batch([_settle_input(item) for item in request.requests], self._clock())
         return gateway_pb2.BatchSettleResponse(results=[_settle_result(result) for result in results])
 
+    @rpc
+    async def GrantLease(
+        self, request: gateway_pb2.GrantLeaseRequest, context: Ctx[object, object]
+    ) -> gateway_pb2.GrantLeaseResponse:
+        require_service(context, self._token)
+        wanted = gateway.Wanted.checked(
+            request.model, request.estimated_input_tokens, request.max_output_tokens, stream=False
+        )
+        ttl = timedelta(seconds=request.ttl.seconds, microseconds=request.ttl.nanos // 1000)
+        granted = await leases.grant(
+            key_hash=request.key_hash, wanted=wanted, ttl=ttl, now=self._clock(), policy=self._policy, cache=self._cache
+        )
+        if granted is None:
+            return gateway_pb2.GrantLeaseResponse()
+        response = gateway_pb2.GrantLeaseResponse(
+            lease_id=str(granted.lease_id),
+            unlimited=granted.unlimited,
+            input_tokens=granted.amounts.input_tokens,
+            output_tokens=granted.amounts.output_tokens,
+            cost_micros=granted.amounts.cost_micros,
+            counts_cost=granted.price is not None,
+            default_output_tokens=granted.default_output_tokens,
+            caps_output=granted.caps_output,
+        )
+        response.ttl.FromTimedelta(granted.ttl)
+        if granted.price is not None:
+            response.input_micros_per_million = granted.price.input_micros_per_million
+            response.output_micros_per_million = granted.price.output_micros_per_million
+        return response
+
+    @rpc
+    async def ReturnLeases(
+        self, request: gateway_pb2.ReturnLeasesRequest, context: Ctx[object, object]
+    ) -> gateway_pb2.ReturnLeasesResponse:
+        require_service(context, self._token)
+        uses = [
+            leases.LeaseUse(
+                lease_id=use.lease_id,
+                requests=use.requests,
+                amounts=reservations.Amounts(use.input_tokens, use.output_tokens, use.cost_micros),
+            )
+            for use in request.leases
+        ]
+        await leases.return_leases(uses)
+        return gateway_pb2.ReturnLeasesResponse()
+
 
 def _settle_input(request: gateway_pb2.SettleRequest) -> gateway.SettleInput:
     return gateway.SettleInput(
+        leased=_leased_input(request.leased) if request.HasField("leased") else None,
         request_id=request.request_id,
         input_tokens=request.input_tokens,
         output_tokens=request.output_tokens,
@@ -85,6 +134,18 @@ def _settle_input(request: gateway_pb2.SettleRequest) -> gateway.SettleInput:
         status=request.status,
         source=request.source,
         http_status=request.http_status,
+    )
+
+
+def _leased_input(leased: gateway_pb2.LeasedReservation) -> gateway.LeasedInput:
+    reserve_time = leased.reserve_time
+    return gateway.LeasedInput(
+        lease_id=leased.lease_id,
+        estimated_input_tokens=leased.estimated_input_tokens,
+        max_output_tokens=leased.max_output_tokens,
+        reserved_cost_micros=leased.reserved_cost_micros,
+        stream=leased.stream,
+        reserve_time=validation.timestamp("leased.reserve_time", reserve_time.seconds, reserve_time.nanos),
     )
 
 

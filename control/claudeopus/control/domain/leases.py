@@ -1,0 +1,421 @@
+"""Budget leases: a slice of a key's budgets that one edge admits requests from on its own.
+
+Authorizing every request with control costs a round trip on the request's path. A lease
+moves that off it: control takes a slice of every budget on a key's chain in one
+transaction — the same conditional holds as a reservation, so the sum of what leases and
+reservations hold never passes a limit, on any number of edges — and the edge then admits
+requests of that key and model by counting them against the slice, until the lease's ttl
+passes (CLAUDEOPUS_LEASE_SECONDS at the edge, at most :data:`MAX_TTL`). Then it returns
+what it did not use (:func:`return_leases`).
+
+A lease is a whole number of requests like the one that asked for it, at most
+:data:`MAX_LEASE_REQUESTS`, and at most 1/:data:`LEASE_SHARE` of what is left of each
+budget it holds; when that is fewer than :data:`MIN_LEASE_REQUESTS`, there is no lease and
+each request is authorized alone, exactly. A lease never outlives the key (its expiry, a
+rotated secret's grace) or a budget period it holds: it is shortened to end before either.
+
+Each admitted request's usage row is opened by its settle (:func:`open_leased`), which moves
+the request's reservation from the lease to the row; from there it is settled, expired
+and charged exactly like an authorized request. So the budget counters always equal the
+usage rows plus what live leases hold (``open_*``).
+
+A lease whose edge vanished (killed, never returned it) is closed by the sweeper once the
+reservation timeout has passed since the lease ended (:func:`expire_stale_leases`): what it
+still holds becomes one RESERVED row, with the lease's id as its request id, which the
+sweeper then expires and charges like any reservation nobody settled — the conservative
+choice, as for reservations. That includes what the edge never used: at most one lease's
+worth per key, model and edge (1/LEASE_SHARE of a budget's headroom, MAX_LEASE_REQUESTS).
+
+Example::
+
+    granted = await grant(key_hash=h, wanted=wanted, ttl=timedelta(seconds=1), now=now, policy=policy)
+    await open_leased([LeasedSettle(request_id, LeasedInput(...))])   # before settling them
+    await return_leases([LeaseUse(lease_id, requests=3, amounts=Amounts(30, 12, 0))])
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+from claudeopus.control.domain import gateway, reservations, validation
+from claudeopus.control.domain.auth_cache import AuthCache, current_epoch, load_context
+from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason, ResourceExhausted
+from claudeopus.control.domain.gateway import LeasedInput
+from claudeopus.control.domain.periods import period_bounds
+from claudeopus.control.domain.prices import PriceInForce
+from claudeopus.control.domain.sqlbind import Binder
+from claudeopus.control.domain.usage_rows import insert_open_records, open_fields
+from claudeopus.control.models import BudgetLease, BudgetMetric
+
+LEASE_SHARE = 64
+MIN_LEASE_REQUESTS = 2
+MAX_LEASE_REQUESTS = 512
+MAX_TTL = timedelta(seconds=60)
+MIN_TTL = timedelta(milliseconds=50)
+MAX_RETURNS = 1000
+EXPIRE_BATCH = 500
+_OPEN = ("open_input_tokens", "open_output_tokens", "open_cost_micros")
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """A lease as the edge gets it."""
+
+    lease_id: uuid.UUID
+    ttl: timedelta
+    unlimited: bool
+    amounts: reservations.Amounts
+    price: PriceInForce | None  # set when a cost budget holds the key: requests are priced with it
+    default_output_tokens: int
+    caps_output: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseUse:
+    """What an edge admitted from one lease in all, when it returns it."""
+
+    lease_id: str
+    requests: int
+    amounts: reservations.Amounts
+
+
+class _NoLease(Exception):
+    """Nothing was taken: the caller gets no lease (the transaction rolls back)."""
+
+
+async def grant(
+    *,
+    key_hash: bytes,
+    wanted: gateway.Wanted,
+    ttl: timedelta,
+    now: datetime,
+    policy: gateway.OutputPolicy,
+    cache: AuthCache | None = None,
+) -> Granted | None:
+    """A lease on the key's budgets for ``wanted.model``, sized after ``wanted``; None when none is due now.
+
+    A key that may not serve the model is refused exactly as Authorize refuses it.
+    """
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise InvalidArgument.field("ttl", f"must be between {MIN_TTL.total_seconds()} and 60 seconds")
+    hex_hash = gateway.key_hash_hex(key_hash)
+    epoch = await current_epoch()
+    found = await (cache.context_at(epoch, hex_hash) if cache is not None else load_context(hex_hash))
+    context = gateway.usable(found, hex_hash, now)
+    key = context.key
+    gateway.check_model(key, wanted.model)
+    ttl = min(ttl, _key_lifetime(key, hex_hash, now))
+    output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
+    default_output = policy.output_tokens(wanted.model, 0)
+    planned = reservations.plan(key, context.budgets, now) if context.budgets else []
+    for budget, hold in planned:
+        _, end = period_bounds(budget.period, hold.period_index)
+        if end is not None:
+            ttl = min(ttl, end - now)
+    if ttl < MIN_TTL:
+        return None
+    lease_id = uuid.uuid4()
+    fields: dict[str, Any] = {
+        "lease_id": lease_id,
+        "api_key_id": key.id,
+        "account_id": key.account.id,
+        "model": wanted.model,
+        "unlimited": not planned,
+        "created_at": now,
+        "expires_at": now + ttl,
+    }
+    if not planned:
+        async with in_transaction() as conn:
+            if not await _insert_lease(conn, fields, epoch):
+                return None
+        return Granted(lease_id, ttl, True, reservations.Amounts(0, 0, 0), None, default_output, False)
+    one = await gateway.reserved_amounts_of(context, wanted, output_tokens)
+    count = await _requests_that_fit(planned, one)
+    if count < MIN_LEASE_REQUESTS:
+        return None
+    amounts = reservations.Amounts(one.input_tokens * count, one.output_tokens * count, one.cost_micros * count)
+    holds = [hold for _, hold in planned]
+    fields |= {
+        "reserved_counters": reservations.encode_holds(holds),
+        "granted_input_tokens": amounts.input_tokens,
+        "granted_output_tokens": amounts.output_tokens,
+        "granted_cost_micros": amounts.cost_micros,
+        "open_input_tokens": amounts.input_tokens,
+        "open_output_tokens": amounts.output_tokens,
+        "open_cost_micros": amounts.cost_micros,
+    }
+    try:
+        async with in_transaction() as conn:
+            try:
+                await reservations.take(conn, key, planned, amounts)
+            except ResourceExhausted:
+                raise _NoLease from None  # taken meanwhile: the next request is authorized alone
+            if not await _insert_lease(conn, fields, epoch):
+                raise _NoLease
+    except _NoLease:
+        return None
+    counts_cost = any(budget.metric is BudgetMetric.COST_MICROS for budget, _ in planned)
+    price = await context.price(wanted.model) if counts_cost else None
+    return Granted(lease_id, ttl, False, amounts, price, default_output, True)
+
+
+def _key_lifetime(key: Any, hex_hash: str, now: datetime) -> timedelta:
+    """How long the presented secret stays live (expiry, or a rotated secret's grace period)."""
+    ends = [key.expires_at] if key.expires_at is not None else []
+    if key.key_hash != hex_hash and key.previous_expires_at is not None:
+        ends.append(key.previous_expires_at)
+    return min((end - now for end in ends), default=MAX_TTL)
+
+
+async def _requests_that_fit(planned: Sequence[tuple[Any, reservations.Hold]], one: reservations.Amounts) -> int:
+    """How many requests like ``one`` a lease may hold: a 1/LEASE_SHARE share of each budget's headroom."""
+    count = MAX_LEASE_REQUESTS
+    db = BudgetLease._meta.db
+    for budget, hold in planned:
+        amount = one.of(budget.metric)
+        if amount <= 0:
+            continue
+        bind = Binder(db.capabilities.dialect)
+        sql = (
+            "SELECT spent, reserved FROM budget_counter "  # noqa: S608 - fixed text, bound values
+            f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}"
+        )
+        rows = await db.execute_query_dict(sql, bind.values)
+        used = int(rows[0]["spent"]) + int(rows[0]["reserved"]) if rows else 0
+        headroom = budget.limit_amount - used
+        count = min(count, max(0, headroom) // (LEASE_SHARE * amount))
+    return count
+
+
+async def _insert_lease(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: int) -> bool:
+    """Insert the lease row while the auth epoch is still ``epoch`` (what the grant read is current)."""
+    if await current_epoch(conn) != epoch:
+        return False
+    await BudgetLease.create(using_db=conn, **fields)
+    return True
+
+
+# -- leased requests' rows -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedSettle:
+    request_id: uuid.UUID
+    leased: LeasedInput
+
+
+async def open_leased(entries: Sequence[LeasedSettle]) -> dict[uuid.UUID, DomainError]:
+    """Open the usage row of every leased request not opened yet; the refusals, per request id.
+
+    Each row is what Authorize would have written (state RESERVED, the lease's holds, the
+    request's reservation), and its reservation moves from the lease to the row: the budget
+    counters do not change. A request whose row exists already is left as it is (a repeated
+    settle). A lease that no longer exists (expired by the sweeper) or that holds less than the
+    request (an edge that counted wrong) refuses the request.
+    """
+    errors: dict[uuid.UUID, DomainError] = {}
+    checked: list[LeasedSettle] = []
+    for index, entry in enumerate(entries):
+        try:
+            _check_leased(index, entry.leased)
+            checked.append(entry)
+        except DomainError as error:
+            errors[entry.request_id] = error
+    if not checked:
+        return errors
+    try:
+        await _open_all(checked)
+    except _LeaseShort:
+        for entry in checked:  # one at a time, to tell which one the lease cannot hold
+            try:
+                await _open_all([entry])
+            except _LeaseShort as short:
+                errors[entry.request_id] = short.error
+    return errors
+
+
+class _LeaseShort(Exception):
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _check_leased(index: int, leased: LeasedInput) -> None:
+    validation.uuid_value(f"requests[{index}].leased.lease_id", leased.lease_id)
+    for name in ("estimated_input_tokens", "max_output_tokens", "reserved_cost_micros"):
+        validation.non_negative(f"requests[{index}].leased.{name}", getattr(leased, name))
+
+
+async def _open_all(entries: Sequence[LeasedSettle]) -> None:
+    lease_ids = sorted({uuid.UUID(entry.leased.lease_id) for entry in entries})
+    async with in_transaction() as conn:
+        leases = {lease.lease_id: lease for lease in await _locked_leases(conn, lease_ids)}
+        rows = []
+        for entry in entries:
+            lease = leases.get(uuid.UUID(entry.leased.lease_id))
+            if lease is None:
+                continue
+            rows.append(_row(entry, lease))
+        opened = set(await insert_open_records(conn, rows, skip_existing=True))
+        taken: dict[uuid.UUID, list[int]] = {}
+        for entry in entries:
+            lease_id = uuid.UUID(entry.leased.lease_id)
+            if entry.request_id not in opened:
+                if lease_id not in leases and not await _row_exists(conn, entry.request_id):
+                    raise _LeaseShort(NotFound(Reason.RESERVATION_NOT_FOUND, "No live lease has this lease_id."))
+                continue  # opened by an earlier settle
+            total = taken.setdefault(lease_id, [0, 0, 0, 0])
+            total[0] += entry.leased.estimated_input_tokens
+            total[1] += entry.leased.max_output_tokens
+            total[2] += entry.leased.reserved_cost_micros
+            total[3] += 1
+        for lease_id in sorted(taken):
+            if not await _take_from_lease(conn, leases[lease_id], *taken[lease_id]):
+                raise _LeaseShort(
+                    InvalidArgument.field("leased", "reserves more than its lease holds; settle it without the lease")
+                )
+        await _drop_finished(conn, sorted(taken))
+
+
+def _row(entry: LeasedSettle, lease: BudgetLease) -> dict[str, Any]:
+    leased = entry.leased
+    return open_fields(
+        request_id=entry.request_id,
+        api_key_id=lease.api_key_id,  # type: ignore[attr-defined]
+        account_id=lease.account_id,  # type: ignore[attr-defined]
+        model=lease.model,
+        estimated_input_tokens=leased.estimated_input_tokens,
+        max_output_tokens=leased.max_output_tokens,
+        stream=leased.stream,
+        created_at=leased.reserve_time,
+        reserved_cost_micros=leased.reserved_cost_micros,
+        reserved_counters=lease.reserved_counters,
+    )
+
+
+async def _locked_leases(conn: BaseDBAsyncClient, lease_ids: Sequence[uuid.UUID]) -> list[BudgetLease]:
+    query = BudgetLease.filter(lease_id__in=lease_ids).order_by("lease_id").using_db(conn)
+    if conn.capabilities.dialect == "postgres":
+        query = query.select_for_update()
+    return list(await query)
+
+
+async def _locked_lease(conn: BaseDBAsyncClient, lease_id: uuid.UUID) -> BudgetLease | None:
+    found = await _locked_leases(conn, [lease_id])
+    return found[0] if found else None
+
+
+async def _row_exists(conn: BaseDBAsyncClient, request_id: uuid.UUID) -> bool:
+    bind = Binder(conn.capabilities.dialect)
+    sql = f"SELECT 1 FROM usage_record WHERE request_id = {bind(str(request_id))}"  # noqa: S608
+    return bool(await conn.execute_query_dict(sql, bind.values))
+
+
+async def _take_from_lease(
+    conn: BaseDBAsyncClient, lease: BudgetLease, input_tokens: int, output_tokens: int, cost: int, requests: int
+) -> bool:
+    """Move reservations worth these amounts out of the lease (only if it holds them); False if it does not."""
+    bind = Binder(conn.capabilities.dialect)
+    amounts = (input_tokens, output_tokens, cost)
+    # Bound in the order the text has them (SQLite's placeholders are positional).
+    moved = ", ".join(f"{column} = {column} - {bind(amount)}" for column, amount in zip(_OPEN, amounts, strict=True))
+    opened = f"requests_opened = requests_opened + {bind(requests)}"
+    which = f"id = {bind(lease.id)}"
+    holds = " AND ".join(f"{column} >= {bind(amount)}" for column, amount in zip(_OPEN, amounts, strict=True))
+    sql = f"UPDATE budget_lease SET {moved}, {opened} WHERE {which} AND (unlimited OR ({holds}))"  # noqa: S608
+    changed, _ = await conn.execute_query(sql, bind.values)
+    return changed > 0
+
+
+async def _drop_finished(conn: BaseDBAsyncClient, lease_ids: Sequence[uuid.UUID]) -> None:
+    """Delete the returned leases whose every admitted request has its row: they hold nothing more."""
+    if not lease_ids:
+        return
+    bind = Binder(conn.capabilities.dialect)
+    wanted = ", ".join(bind(str(lease_id)) for lease_id in lease_ids)
+    sql = (
+        f"DELETE FROM budget_lease WHERE lease_id IN ({wanted}) "  # noqa: S608 - bound values
+        "AND requests_admitted IS NOT NULL AND requests_opened >= requests_admitted"
+    )
+    await conn.execute_query(sql, bind.values)
+
+
+# -- returning and expiring leases --------------------------------------------------------------
+
+
+async def return_leases(uses: Sequence[LeaseUse]) -> None:
+    """Release what the edge did not use of each lease; a lease returned again (or gone) is left alone."""
+    if len(uses) > MAX_RETURNS:
+        raise InvalidArgument.field("leases", f"at most {MAX_RETURNS} per call")
+    checked: list[tuple[uuid.UUID, LeaseUse]] = []
+    for index, use in enumerate(uses):
+        lease_id = validation.uuid_value(f"leases[{index}].lease_id", use.lease_id)
+        validation.non_negative(f"leases[{index}].requests", use.requests)
+        for name in ("input_tokens", "output_tokens", "cost_micros"):
+            validation.non_negative(f"leases[{index}].{name}", getattr(use.amounts, name))
+        checked.append((lease_id, use))
+    for lease_id, use in sorted(checked, key=lambda pair: pair[0]):
+        async with in_transaction() as conn:
+            lease = await _locked_lease(conn, lease_id)
+            if lease is None or lease.requests_admitted is not None:
+                continue
+            used = use.amounts
+            unused = reservations.Amounts(
+                min(lease.open_input_tokens, max(0, lease.granted_input_tokens - used.input_tokens)),
+                min(lease.open_output_tokens, max(0, lease.granted_output_tokens - used.output_tokens)),
+                min(lease.open_cost_micros, max(0, lease.granted_cost_micros - used.cost_micros)),
+            )
+            await (
+                BudgetLease.filter(id=lease.id)
+                .using_db(conn)
+                .update(
+                    open_input_tokens=lease.open_input_tokens - unused.input_tokens,
+                    open_output_tokens=lease.open_output_tokens - unused.output_tokens,
+                    open_cost_micros=lease.open_cost_micros - unused.cost_micros,
+                    requests_admitted=use.requests,
+                )
+            )
+            if not lease.unlimited:
+                holds = reservations.decode_holds(lease.reserved_counters)
+                await reservations.move(conn, holds, release=unused, charge=reservations.Amounts(0, 0, 0))
+            await _drop_finished(conn, [lease_id])
+
+
+async def expire_stale_leases(now: datetime, max_age: timedelta, *, batch: int = EXPIRE_BATCH) -> int:
+    """Close leases ended more than ``max_age`` ago: what one still holds becomes a RESERVED row for the sweeper.
+
+    Returns how many leases were closed. Run before expiring reservations, so the rows
+    made here are expired (and charged) in the same sweep.
+    """
+    stale = await BudgetLease.filter(expires_at__lt=now - max_age).order_by("lease_id").limit(batch)
+    closed = 0
+    for candidate in stale:
+        async with in_transaction() as conn:
+            lease = await _locked_lease(conn, candidate.lease_id)
+            if lease is None:
+                continue
+            held = reservations.Amounts(lease.open_input_tokens, lease.open_output_tokens, lease.open_cost_micros)
+            if not lease.unlimited and (held.input_tokens or held.output_tokens or held.cost_micros):
+                row = open_fields(
+                    request_id=lease.lease_id,
+                    api_key_id=lease.api_key_id,  # type: ignore[attr-defined]
+                    account_id=lease.account_id,  # type: ignore[attr-defined]
+                    model=lease.model,
+                    estimated_input_tokens=held.input_tokens,
+                    max_output_tokens=held.output_tokens,
+                    stream=False,
+                    created_at=lease.created_at,
+                    reserved_cost_micros=held.cost_micros,
+                    reserved_counters=lease.reserved_counters,
+                )
+                await insert_open_records(conn, [row], skip_existing=True)
+            await BudgetLease.filter(id=lease.id).using_db(conn).delete()
+            closed += 1
+    return closed

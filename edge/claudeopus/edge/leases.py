@@ -1,0 +1,231 @@
+"""Budget leases at the edge: admit requests from a slice of a key's budgets without asking control.
+
+With ``CLAUDEOPUS_LEASE_SECONDS`` set, after a request of a key and model was authorized
+with control the edge asks control, in the background, for a lease (GrantLease): a slice
+of every budget on the key's chain, a whole number of requests like that one, or nothing
+when a budget is near its limit. While it holds a live lease, a request of that key and
+model is admitted here: its worst case (input bound, output cap or the model's default,
+their cost at the lease's prices) is counted against what is left of the slice, and it is
+forwarded at once. Its settle carries the reservation (``Leased``) and opens its usage row
+at control. A lease is given back (ReturnLeases) when its time is up, when a request no
+longer fits in it, and at shutdown; control releases what was not used.
+
+What leases change, and why it is bounded:
+
+- A revocation, suspension, expiry or budget change reaches this edge within the lease's
+  time (CLAUDEOPUS_LEASE_SECONDS, 1 s in the benchmark), not at once: requests admitted from
+  a lease granted before the change still pass until it ends.
+- Spending still cannot pass a limit: a lease is held in the budgets like a reservation.
+  Admission near a limit is exact as without leases (no lease is granted there), except
+  that a slice another edge holds and does not use stays out of reach until it is returned.
+- If the edge dies, requests it admitted that had not settled have no row of their own:
+  what their lease still held is charged, by control's sweeper, as one expired row.
+
+Example::
+
+    book = LeaseBook(control, seconds=1.0)
+    admission = book.admit(key_hash, completion)     # None: authorize with control instead
+    book.want(key_hash, completion)                  # after an authorize: lease the next ones
+    await book.aclose()                              # gives every lease back
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from claudeopus.client import ClaudeOpusError
+from claudeopus.costs import capped_cost_micros
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.control import ControlClient, Lease, Leased, LeaseUse
+from claudeopus.edge.tasks import finish
+
+_log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_SECONDS = 5.0
+RETURN_BATCH = 1000
+# A key and model that got no lease (near a limit, or refused) is not asked about again for this long.
+NO_LEASE_BACKOFF_SECONDS = 1.0
+MAX_QUIET_KEYS = 10_000
+_Key = tuple[bytes, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request admitted from a lease: ``leased`` goes with its settle, ``cap`` upstream (0: none)."""
+
+    leased: Leased
+    cap: int
+
+
+@dataclass(slots=True)
+class _Held:
+    lease: Lease
+    deadline: float
+    input_left: int
+    output_left: int
+    cost_left: int
+    requests: int = 0
+    used: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    def use(self) -> LeaseUse:
+        return LeaseUse(self.lease.lease_id, self.requests, *self.used)
+
+
+class LeaseBook:
+    """The leases this edge holds, per key hash and model; one owned task asks for and returns them."""
+
+    def __init__(
+        self,
+        control: ControlClient,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._control = control
+        self._seconds = seconds
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self._held: dict[_Key, _Held] = {}
+        self._wanted: dict[_Key, CompletionRequest] = {}
+        self._quiet_until: dict[_Key, float] = {}
+        self._returns: list[LeaseUse] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def admit(self, key_hash: bytes, completion: CompletionRequest) -> Admission | None:
+        """Admit the request from a live lease of its key and model, or None (authorize it instead)."""
+        key = (key_hash, completion.model)
+        held = self._held.get(key)
+        if held is None:
+            return None
+        if self._clock() >= held.deadline or self._closing:
+            self._retire(key)
+            return None
+        lease = held.lease
+        input_tokens = completion.input_token_bound
+        output_tokens = completion.max_output_tokens or lease.default_output_tokens
+        cost = capped_cost_micros(input_tokens, output_tokens, *lease.prices) if lease.prices else 0
+        if not lease.unlimited:
+            if input_tokens > held.input_left or output_tokens > held.output_left or cost > held.cost_left:
+                self._retire(key)  # give back what is left; an authorize may bring a new lease
+                return None
+            held.input_left -= input_tokens
+            held.output_left -= output_tokens
+            held.cost_left -= cost
+        held.requests += 1
+        held.used[0] += input_tokens
+        held.used[1] += output_tokens
+        held.used[2] += cost
+        leased = Leased(lease.lease_id, input_tokens, output_tokens, cost, completion.stream, self._wall_ns())
+        cap = output_tokens if lease.caps_output and not completion.max_output_tokens else 0
+        return Admission(leased, cap)
+
+    def want(self, key_hash: bytes, completion: CompletionRequest) -> None:
+        """A request of this key and model was just authorized with control: lease the next ones."""
+        key = (key_hash, completion.model)
+        if self._closing or key in self._held or key in self._wanted:
+            return
+        quiet = self._quiet_until.get(key)
+        if quiet is not None:
+            if quiet > self._clock():
+                return
+            del self._quiet_until[key]
+        self._wanted[key] = completion
+        self._start()
+        self._wake.set()
+
+    def _retire(self, key: _Key) -> None:
+        held = self._held.pop(key)
+        self._returns.append(held.use())
+        self._start()
+        self._wake.set()
+
+    def _start(self) -> None:
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="lease-book")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._next_deadline()):
+                    await self._wake.wait()
+            self._wake.clear()
+            now = self._clock()
+            for key in [key for key, held in self._held.items() if held.deadline <= now]:
+                self._retire(key)
+            self._wake.clear()
+            while self._wanted and not self._closing:
+                key, completion = next(iter(self._wanted.items()))
+                await self._grant(key, completion)
+                del self._wanted[key]
+            await self._send_returns()
+            if self._closing:
+                return
+            if len(self._quiet_until) > MAX_QUIET_KEYS:
+                now = self._clock()
+                self._quiet_until = {key: until for key, until in self._quiet_until.items() if until > now}
+
+    def _next_deadline(self) -> float | None:
+        if not self._held:
+            return None
+        return max(0.0, min(held.deadline for held in self._held.values()) - self._clock())
+
+    async def _grant(self, key: _Key, completion: CompletionRequest) -> None:
+        asked = self._clock()
+        try:
+            lease = await self._control.grant_lease(key[0], completion, self._seconds)
+        except ClaudeOpusError as error:
+            _log.debug("no lease: control answered %s %s", error.code.name, error.reason or "(no reason)")
+            lease = None
+        except Exception as error:  # the request path never depends on a lease: log and go on
+            _log.warning("asking for a lease failed: %s", type(error).__name__)
+            lease = None
+        if lease is None:
+            self._quiet_until[key] = self._clock() + NO_LEASE_BACKOFF_SECONDS
+            return
+        self._quiet_until.pop(key, None)
+        # Counted from when it was asked for: control's clock started later, never earlier.
+        held = _Held(lease, asked + lease.ttl, lease.input_tokens, lease.output_tokens, lease.cost_micros)
+        if key in self._held or self._closing:
+            self._returns.append(held.use())  # one is enough (or too late): give it straight back
+        else:
+            self._held[key] = held
+
+    async def _send_returns(self) -> None:
+        while self._returns:
+            batch = self._returns[:RETURN_BATCH]
+            try:
+                await self._control.return_leases(batch)
+            except Exception as error:
+                _log.warning("returning %d lease(s) failed: %s; will retry", len(batch), type(error).__name__)
+                if self._closing:
+                    return
+                await asyncio.sleep(NO_LEASE_BACKOFF_SECONDS)
+                continue
+            del self._returns[: len(batch)]
+
+    async def aclose(self) -> None:
+        """Stop admitting, give every lease back (within a grace period) and stop the task."""
+        self._closing = True
+        for key in list(self._held):
+            held = self._held.pop(key)
+            self._returns.append(held.use())
+        self._wanted.clear()
+        if self._task is None and self._returns:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="lease-book")
+        if self._task is not None:
+            self._wake.set()
+            await finish(self._task, SHUTDOWN_GRACE_SECONDS)
+            self._task = None
+        if self._returns:
+            _log.warning("%d lease(s) not returned at shutdown: control's sweeper will close them", len(self._returns))

@@ -1,0 +1,213 @@
+"""The edge's LeaseBook against a fake control: what it admits, what it gives back, and when."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+import orjson
+import pytest
+
+from claudeopus.client import ClaudeOpusError
+from claudeopus.costs import capped_cost_micros
+from claudeopus.edge.completions import CompletionRequest, parse_completion
+from claudeopus.edge.control import ControlClient, Lease, LeaseUse
+from claudeopus.edge.leases import LeaseBook
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+def completion(
+    max_tokens: int | None = 10, model: str = "m", text: str = "hi", stream: bool = False
+) -> CompletionRequest:
+    body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return parse_completion(orjson.dumps(body))
+
+
+def lease(requests: int = 3, **changes: object) -> Lease:
+    one = completion()
+    values: dict[str, object] = {
+        "lease_id": "00000000-0000-4000-8000-000000000001",
+        "ttl": 1.0,
+        "unlimited": False,
+        "input_tokens": one.input_token_bound * requests,
+        "output_tokens": 10 * requests,
+        "cost_micros": 0,
+        "prices": None,
+        "default_output_tokens": 64,
+        "caps_output": True,
+    }
+    values.update(changes)
+    return Lease(**values)  # type: ignore[arg-type]
+
+
+class LeasingControl(ControlClient):
+    def __init__(self, granted: Lease | ClaudeOpusError | None) -> None:
+        self.granted = granted
+        self.asked: list[tuple[bytes, str, float]] = []
+        self.returned: list[LeaseUse] = []
+
+    async def grant_lease(self, key_hash: bytes, completion: CompletionRequest, ttl: float) -> Lease | None:
+        self.asked.append((key_hash, completion.model, ttl))
+        if isinstance(self.granted, ClaudeOpusError):
+            raise self.granted
+        return self.granted
+
+    async def return_leases(self, uses: Sequence[LeaseUse]) -> None:
+        self.returned.extend(uses)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settled(book: LeaseBook, control: LeasingControl, asked: int = 1) -> None:
+    """Wait until the book asked control ``asked`` times and took the answer in."""
+    for _ in range(200):
+        if len(control.asked) >= asked:
+            await asyncio.sleep(0.01)
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the book did not ask for a lease")
+
+
+async def test_nothing_is_admitted_before_a_lease_then_requests_count_against_it() -> None:
+    control = LeasingControl(lease(3))
+    book = LeaseBook(control, 1.0, clock=Clock(), wall_ns=lambda: 123)
+    assert book.admit(KEY, completion()) is None
+    book.want(KEY, completion())
+    book.want(KEY, completion())  # one request for a lease is enough
+    await settled(book, control)
+    assert control.asked == [(KEY, "m", 1.0)]
+    admitted = [book.admit(KEY, completion()) for _ in range(4)]
+    assert [a is not None for a in admitted] == [True, True, True, False], "three requests' worth"
+    first = admitted[0]
+    assert first is not None and first.cap == 0, "the request named its own max_tokens"
+    assert (first.leased.max_output_tokens, first.leased.reserve_time_ns) == (10, 123)
+    assert first.leased.estimated_input_tokens == completion().input_token_bound
+    assert book.admit(OTHER_KEY, completion()) is None and book.admit(KEY, completion(model="n")) is None
+    await book.aclose()
+    [use] = control.returned
+    assert (use.requests, use.output_tokens) == (3, 30), "given back when a request no longer fit"
+
+
+async def test_a_request_without_max_tokens_reserves_and_caps_the_default() -> None:
+    control = LeasingControl(lease(3, output_tokens=200))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    admitted = book.admit(KEY, completion(max_tokens=None))
+    assert admitted is not None and (admitted.cap, admitted.leased.max_output_tokens) == (64, 64)
+    await book.aclose()
+
+
+async def test_a_cost_budget_prices_each_request_at_the_leases_prices() -> None:
+    prices = (2_000_000, 3_000_000)
+    one = completion()
+    cost = capped_cost_micros(one.input_token_bound, 10, *prices)
+    control = LeasingControl(lease(2, cost_micros=2 * cost, prices=prices))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, one)
+    await settled(book, control)
+    first, second, third = (book.admit(KEY, one) for _ in range(3))
+    assert first is not None and first.leased.reserved_cost_micros == cost
+    assert second is not None and third is None
+    await book.aclose()
+    assert control.returned[0].cost_micros == 2 * cost
+
+
+async def test_an_unlimited_lease_counts_requests_and_caps_nothing() -> None:
+    control = LeasingControl(lease(0, unlimited=True, caps_output=False))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    admitted = [book.admit(KEY, completion(max_tokens=None)) for _ in range(50)]
+    assert all(a is not None and a.cap == 0 for a in admitted)
+    await book.aclose()
+    assert control.returned[0].requests == 50
+
+
+async def test_a_lease_ends_at_its_time_counted_from_when_it_was_asked_for() -> None:
+    clock = Clock()
+    control = LeasingControl(lease(100))
+    book = LeaseBook(control, 1.0, clock=clock)
+    book.want(KEY, completion())
+    await settled(book, control)
+    assert book.admit(KEY, completion()) is not None
+    clock.now += 0.999
+    assert book.admit(KEY, completion()) is not None
+    clock.now += 0.001
+    assert book.admit(KEY, completion()) is None, "its time is up"
+    for _ in range(100):
+        if control.returned:
+            break
+        await asyncio.sleep(0.005)
+    [use] = control.returned
+    assert use.requests == 2
+    await book.aclose()
+    assert len(control.returned) == 1, "given back once"
+
+
+async def test_no_lease_or_a_refusal_is_not_asked_about_again_at_once() -> None:
+    for answer in (None, ClaudeOpusError(grpc.StatusCode.PERMISSION_DENIED, "no", "MODEL_NOT_ALLOWED")):
+        clock = Clock()
+        control = LeasingControl(answer)
+        book = LeaseBook(control, 1.0, clock=clock)
+        book.want(KEY, completion())
+        await settled(book, control)
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        book.want(KEY, completion())
+        assert len(control.asked) == 1 and book.admit(KEY, completion()) is None
+        clock.now += 1.5
+        book.want(KEY, completion())
+        await settled(book, control, asked=2)
+        assert len(control.asked) == 2
+        await book.aclose()
+
+
+async def test_shutdown_gives_every_lease_back_and_admits_nothing_more() -> None:
+    control = LeasingControl(lease(5))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    assert book.admit(KEY, completion()) is not None
+    await book.aclose()
+    assert [use.requests for use in control.returned] == [1]
+    assert book.admit(KEY, completion()) is None
+    book.want(KEY, completion())
+    assert len(control.asked) == 1
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+async def test_a_return_control_did_not_take_is_sent_again(failures: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("claudeopus.edge.leases.NO_LEASE_BACKOFF_SECONDS", 0.01)
+    control = LeasingControl(lease(5))
+    calls = 0
+    real = control.return_leases
+
+    async def flaky(uses: Sequence[LeaseUse]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= failures:
+            raise ClaudeOpusError(grpc.StatusCode.UNAVAILABLE, "down")
+        await real(uses)
+
+    control.return_leases = flaky  # type: ignore[method-assign]
+    book = LeaseBook(control, 0.05)
+    book.want(KEY, completion())
+    await settled(book, control)
+    for _ in range(200):
+        if control.returned:
+            break
+        await asyncio.sleep(0.01)
+    assert [use.requests for use in control.returned] == [0] and calls == failures + 1
+    await book.aclose()
