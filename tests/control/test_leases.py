@@ -58,7 +58,12 @@ async def grant(key: IssuedKey, *, now: datetime = NOW, ttl: timedelta = SECOND,
 
 
 def leased_settle(
-    granted: Granted, *, request_id: str | None = None, cost: int = 0, **changes: int
+    granted: Granted,
+    *,
+    request_id: str | None = None,
+    cost: int = 0,
+    reserve_time: datetime = NOW + timedelta(milliseconds=5),
+    **changes: int,
 ) -> gateway.SettleInput:
     data = settle_input(request_id or uuid.uuid4(), **changes)
     leased = gateway.LeasedInput(
@@ -67,7 +72,7 @@ def leased_settle(
         max_output_tokens=OUT,
         reserved_cost_micros=cost,
         stream=True,
-        reserve_time=NOW + timedelta(milliseconds=5),
+        reserve_time=reserve_time,
     )
     return gateway.SettleInput(**{**{f: getattr(data, f) for f in data.__slots__ if f != "leased"}, "leased": leased})
 
@@ -229,6 +234,16 @@ async def test_a_lease_returned_before_its_requests_settle_holds_just_them(world
     assert not await BudgetLease.exists(lease_id=granted.lease_id)
     assert await counter(budget) == (24, 0)
     await assert_counters_match_rows_and_leases()
+
+
+async def test_a_leased_row_is_dated_within_its_lease_whatever_the_edges_clock(world: World) -> None:
+    granted = await grant(world.direct_key)
+    assert granted is not None
+    early = leased_settle(granted, reserve_time=NOW - timedelta(days=2))
+    late = leased_settle(granted, reserve_time=NOW + timedelta(days=2))
+    await batch_settle.settle_batch([early, late], NOW + SECOND)
+    rows = await UsageRecord.filter(request_id__in=[early.request_id, late.request_id]).order_by("created_at")
+    assert [r.created_at for r in rows] == [NOW, NOW + SECOND], "the lease's start and end"
 
 
 async def test_a_settle_the_lease_cannot_hold_or_of_an_unknown_lease_is_refused_alone(world: World) -> None:

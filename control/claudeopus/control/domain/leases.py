@@ -286,16 +286,30 @@ async def _open_all(entries: Sequence[LeasedSettle]) -> None:
 
 def _row(entry: LeasedSettle, lease: BudgetLease) -> dict[str, Any]:
     leased = entry.leased
+    return _lease_row(
+        lease,
+        entry.request_id,
+        reservations.Amounts(leased.estimated_input_tokens, leased.max_output_tokens, leased.reserved_cost_micros),
+        stream=leased.stream,
+        # Within the lease's life (an edge's clock may be off): the row lands in the period its holds are in.
+        created_at=min(max(leased.reserve_time, lease.created_at), lease.expires_at),
+    )
+
+
+def _lease_row(
+    lease: BudgetLease, request_id: uuid.UUID, reserved: reservations.Amounts, *, stream: bool, created_at: datetime
+) -> dict[str, Any]:
+    """A RESERVED usage row holding ``reserved`` in the lease's counters, for its key and model."""
     return open_fields(
-        request_id=entry.request_id,
+        request_id=request_id,
         api_key_id=lease.api_key_id,  # type: ignore[attr-defined]
         account_id=lease.account_id,  # type: ignore[attr-defined]
         model=lease.model,
-        estimated_input_tokens=leased.estimated_input_tokens,
-        max_output_tokens=leased.max_output_tokens,
-        stream=leased.stream,
-        created_at=leased.reserve_time,
-        reserved_cost_micros=leased.reserved_cost_micros,
+        estimated_input_tokens=reserved.input_tokens,
+        max_output_tokens=reserved.output_tokens,
+        stream=stream,
+        created_at=created_at,
+        reserved_cost_micros=reserved.cost_micros,
         reserved_counters=lease.reserved_counters,
     )
 
@@ -403,18 +417,7 @@ async def expire_stale_leases(now: datetime, max_age: timedelta, *, batch: int =
                 continue
             held = reservations.Amounts(lease.open_input_tokens, lease.open_output_tokens, lease.open_cost_micros)
             if not lease.unlimited and (held.input_tokens or held.output_tokens or held.cost_micros):
-                row = open_fields(
-                    request_id=lease.lease_id,
-                    api_key_id=lease.api_key_id,  # type: ignore[attr-defined]
-                    account_id=lease.account_id,  # type: ignore[attr-defined]
-                    model=lease.model,
-                    estimated_input_tokens=held.input_tokens,
-                    max_output_tokens=held.output_tokens,
-                    stream=False,
-                    created_at=lease.created_at,
-                    reserved_cost_micros=held.cost_micros,
-                    reserved_counters=lease.reserved_counters,
-                )
+                row = _lease_row(lease, lease.lease_id, held, stream=False, created_at=lease.created_at)
                 await insert_open_records(conn, [row], skip_existing=True)
             await BudgetLease.filter(id=lease.id).using_db(conn).delete()
             closed += 1
