@@ -77,13 +77,10 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
             )
             continue
         wanted[rid] = index
-    leased: list[leases.LeasedSettle] = []
-    for rid, index in wanted.items():
-        from_lease = batch[index].leased
-        if from_lease is not None:
-            leased.append(leases.LeasedSettle(rid, from_lease))
+    leased = [leases.LeasedSettle(rid, batch[index]) for rid, index in wanted.items() if batch[index].leased]
     if leased:
-        for rid, refusal in (await leases.open_leased(leased)).items():
+        # Settled here with their rows; those whose row exists already go on as any other settle.
+        for rid, refusal in (await leases.settle_leased(leased, now)).items():
             index = wanted.pop(rid)
             results[index] = SettleResult(batch[index].request_id, error=refusal)
     found, chains = await _read_records(list(wanted))
@@ -119,12 +116,16 @@ async def settle_batch(batch: Sequence[gateway.SettleInput], now: datetime) -> l
 
 
 async def settle_one(data: gateway.SettleInput, now: datetime) -> gateway.Settlement:
-    """One settle (GatewayService.Settle): a leased request's row is opened first."""
+    """One settle (GatewayService.Settle); a leased request's row is written closed."""
     if data.leased is not None:
         rid = validation.uuid_value("request_id", data.request_id)
-        errors = await leases.open_leased([leases.LeasedSettle(rid, data.leased)])
-        if rid in errors:
-            raise errors[rid]
+        gateway.settle_fields(data)
+        answers = await leases.settle_leased([leases.LeasedSettle(rid, data)], now)
+        if rid in answers:
+            refusal = answers[rid]
+            if refusal is not None:
+                raise refusal
+            return gateway.Settlement(record=await UsageRecord.get(request_id=rid), already_settled=False)
     return await gateway.settle(data, now)
 
 

@@ -14,10 +14,10 @@ budget it holds; when that is fewer than :data:`MIN_LEASE_REQUESTS`, there is no
 each request is authorized alone, exactly. A lease never outlives the key (its expiry, a
 rotated secret's grace) or a budget period it holds: it is shortened to end before either.
 
-Each admitted request's usage row is opened by its settle (:func:`open_leased`), which moves
-the request's reservation from the lease to the row; from there it is settled, expired
-and charged exactly like an authorized request. So the budget counters always equal the
-usage rows plus what live leases hold (``open_*``).
+Each admitted request's usage row is written by its settle, closed (:func:`settle_leased`):
+the request's reservation leaves the lease and, in the lease's counters, is replaced by the
+real usage, exactly as authorizing and settling it would have done. So the budget counters
+always equal the usage rows plus what live leases hold (``open_*``).
 
 A lease whose edge vanished (killed, never returned it) is closed by the sweeper once the
 reservation timeout has passed since the lease ended (:func:`expire_stale_leases`): what it
@@ -29,7 +29,7 @@ worth per key, model and edge (1/LEASE_SHARE of a budget's headroom, MAX_LEASE_R
 Example::
 
     granted = await grant(key_hash=h, wanted=wanted, ttl=timedelta(seconds=1), now=now, policy=policy)
-    await open_leased([LeasedSettle(request_id, LeasedInput(...))])   # before settling them
+    await settle_leased([LeasedSettle(request_id, settle_input)], now)   # settle_input.leased set
     await return_leases([LeaseUse(lease_id, requests=3, amounts=Amounts(30, 12, 0))])
 """
 
@@ -44,7 +44,7 @@ from typing import Any
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import gateway, reservations, validation
+from claudeopus.control.domain import gateway, prices, reservations, validation
 from claudeopus.control.domain.auth_cache import AuthCache, current_epoch, load_context
 from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason, ResourceExhausted
 from claudeopus.control.domain.gateway import LeasedInput
@@ -52,7 +52,7 @@ from claudeopus.control.domain.periods import period_bounds
 from claudeopus.control.domain.prices import PriceInForce
 from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.domain.usage_rows import insert_open_records, open_fields
-from claudeopus.control.models import BudgetLease, BudgetMetric
+from claudeopus.control.models import Account, BudgetLease, BudgetMetric
 
 LEASE_SHARE = 64
 MIN_LEASE_REQUESTS = 2
@@ -207,38 +207,47 @@ async def _insert_lease(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: 
 
 @dataclass(frozen=True, slots=True)
 class LeasedSettle:
+    """The settle of a request an edge admitted from a lease (``data.leased`` is set)."""
+
     request_id: uuid.UUID
-    leased: LeasedInput
+    data: gateway.SettleInput
+
+    @property
+    def leased(self) -> LeasedInput:
+        assert self.data.leased is not None
+        return self.data.leased
 
 
-async def open_leased(entries: Sequence[LeasedSettle]) -> dict[uuid.UUID, DomainError]:
-    """Open the usage row of every leased request not opened yet; the refusals, per request id.
+async def settle_leased(entries: Sequence[LeasedSettle], now: datetime) -> dict[uuid.UUID, DomainError | None]:
+    """Settle leased requests by writing each one's usage row closed; per request id, None or the refusal.
 
-    Each row is what Authorize would have written (state RESERVED, the lease's holds, the
-    request's reservation), and its reservation moves from the lease to the row: the budget
-    counters do not change. A request whose row exists already is left as it is (a repeated
-    settle). A lease that no longer exists (expired by the sweeper) or that holds less than the
-    request (an edge that counted wrong) refuses the request.
+    Each row is what Authorize and Settle would have left (the lease's holds, the request's
+    reservation, the real usage at the price in force), written by one INSERT; in each of the
+    lease's counters the reservation is released and the real usage charged, and the
+    reservation leaves the lease — all in one transaction. A request whose row exists already
+    (a repeated settle) is left out of the answer: the caller settles it as any other. A lease
+    that no longer exists (the sweeper closed it) or that holds less than the request (an edge
+    that counted wrong) refuses the request.
     """
-    errors: dict[uuid.UUID, DomainError] = {}
+    answers: dict[uuid.UUID, DomainError | None] = {}
     checked: list[LeasedSettle] = []
     for index, entry in enumerate(entries):
         try:
             _check_leased(index, entry.leased)
             checked.append(entry)
         except DomainError as error:
-            errors[entry.request_id] = error
+            answers[entry.request_id] = error
     if not checked:
-        return errors
+        return answers
     try:
-        await _open_all(checked)
+        answers |= await _settle_all(checked, now)
     except _LeaseShort:
         for entry in checked:  # one at a time, to tell which one the lease cannot hold
             try:
-                await _open_all([entry])
+                answers |= await _settle_all([entry], now)
             except _LeaseShort as short:
-                errors[entry.request_id] = short.error
-    return errors
+                answers[entry.request_id] = short.error
+    return answers
 
 
 class _LeaseShort(Exception):
@@ -253,35 +262,64 @@ def _check_leased(index: int, leased: LeasedInput) -> None:
         validation.non_negative(f"requests[{index}].leased.{name}", getattr(leased, name))
 
 
-async def _open_all(entries: Sequence[LeasedSettle]) -> None:
+async def _settle_all(entries: Sequence[LeasedSettle], now: datetime) -> dict[uuid.UUID, DomainError | None]:
     lease_ids = sorted({uuid.UUID(entry.leased.lease_id) for entry in entries})
     async with in_transaction() as conn:
         leases = {lease.lease_id: lease for lease in await _locked_leases(conn, lease_ids)}
+        price_of = await _prices(conn, list(leases.values()))
         rows = []
+        closings: dict[uuid.UUID, gateway.Closing] = {}
         for entry in entries:
             lease = leases.get(uuid.UUID(entry.leased.lease_id))
             if lease is None:
                 continue
-            rows.append(_row(entry, lease))
-        opened = set(await insert_open_records(conn, rows, skip_existing=True))
+            status, source = gateway.settle_fields(entry.data)
+            closing = gateway.closing(entry.data, status, source, price_of[lease.id], now)
+            closings[entry.request_id] = closing
+            rows.append(_row(entry, lease) | closing.fields)
+        settled = set(await insert_open_records(conn, rows, skip_existing=True))
         taken: dict[uuid.UUID, list[int]] = {}
+        moves = reservations.Moves()
         for entry in entries:
             lease_id = uuid.UUID(entry.leased.lease_id)
-            if entry.request_id not in opened:
+            if entry.request_id not in settled:
                 if lease_id not in leases and not await _row_exists(conn, entry.request_id):
                     raise _LeaseShort(NotFound(Reason.RESERVATION_NOT_FOUND, "No live lease has this lease_id."))
-                continue  # opened by an earlier settle
+                continue  # its row exists: the caller settles it as any other
+            leased = entry.leased
+            reserved = reservations.Amounts(
+                leased.estimated_input_tokens, leased.max_output_tokens, leased.reserved_cost_micros
+            )
+            holds = reservations.decode_holds(leases[lease_id].reserved_counters)
+            moves.add(holds, release=reserved, charge=closings[entry.request_id].charge)
             total = taken.setdefault(lease_id, [0, 0, 0, 0])
-            total[0] += entry.leased.estimated_input_tokens
-            total[1] += entry.leased.max_output_tokens
-            total[2] += entry.leased.reserved_cost_micros
+            total[0] += reserved.input_tokens
+            total[1] += reserved.output_tokens
+            total[2] += reserved.cost_micros
             total[3] += 1
         for lease_id in sorted(taken):
             if not await _take_from_lease(conn, leases[lease_id], *taken[lease_id]):
                 raise _LeaseShort(
                     InvalidArgument.field("leased", "reserves more than its lease holds; settle it without the lease")
                 )
+        await moves.apply(conn)
         await _drop_finished(conn, sorted(taken))
+    return dict.fromkeys(settled)
+
+
+async def _prices(conn: BaseDBAsyncClient, leases: Sequence[BudgetLease]) -> dict[int, PriceInForce]:
+    """The price in force for each lease's account and model (one query per distinct pair)."""
+    wanted = {lease.account_id for lease in leases}  # type: ignore[attr-defined]
+    accounts = {account.id: account for account in await Account.filter(id__in=wanted).using_db(conn)}
+    found: dict[tuple[int, str], PriceInForce] = {}
+    price_of: dict[int, PriceInForce] = {}
+    for lease in leases:
+        place = (lease.account_id, lease.model)  # type: ignore[attr-defined]
+        if place not in found:
+            chain = accounts[place[0]].ancestor_ids()
+            found[place] = prices.in_force(await prices.chain_prices(chain, lease.model))
+        price_of[lease.id] = found[place]
+    return price_of
 
 
 def _row(entry: LeasedSettle, lease: BudgetLease) -> dict[str, Any]:
