@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import grpc
@@ -55,7 +56,9 @@ class LeasingControl(ControlClient):
         self.asked.append((key_hash, completion.model, ttl))
         if isinstance(self.granted, ClaudeOpusError):
             raise self.granted
-        return self.granted
+        if self.granted is None:
+            return None
+        return dataclasses.replace(self.granted, lease_id=f"00000000-0000-4000-8000-{len(self.asked):012d}")
 
     async def return_leases(self, uses: Sequence[LeaseUse]) -> None:
         self.returned.extend(uses)
@@ -135,25 +138,42 @@ async def test_an_unlimited_lease_counts_requests_and_caps_nothing() -> None:
     assert control.returned[0].requests == 50
 
 
-async def test_a_lease_ends_at_its_time_counted_from_when_it_was_asked_for() -> None:
+async def test_a_lease_ends_at_its_time_and_its_successor_asked_for_at_half_time_goes_on() -> None:
     clock = Clock()
     control = LeasingControl(lease(100))
     book = LeaseBook(control, 1.0, clock=clock)
     book.want(KEY, completion())
     await settled(book, control)
     assert book.admit(KEY, completion()) is not None
-    clock.now += 0.999
+    clock.now += 0.4
     assert book.admit(KEY, completion()) is not None
-    clock.now += 0.001
-    assert book.admit(KEY, completion()) is None, "its time is up"
-    for _ in range(100):
-        if control.returned:
-            break
-        await asyncio.sleep(0.005)
-    [use] = control.returned
-    assert use.requests == 2
+    assert len(control.asked) == 1, "not half its time yet"
+    clock.now += 0.2
+    assert book.admit(KEY, completion()) is not None
+    await settled(book, control, asked=2)
+    assert control.returned == [], "the first lease still runs"
+    clock.now += 0.4  # the first lease's time is up: its successor (asked for at 100.6) takes over
+    admitted = book.admit(KEY, completion())
+    assert admitted is not None and admitted.leased.lease_id.endswith("2")
+    clock.now += 0.6  # and the successor's too
+    assert book.admit(KEY, completion()) is None
     await book.aclose()
-    assert len(control.returned) == 1, "given back once"
+    assert [(use.lease_id[-1], use.requests) for use in control.returned] == [("1", 3), ("2", 1)]
+
+
+async def test_a_half_used_lease_asks_for_its_successor_and_a_busy_key_never_waits() -> None:
+    control = LeasingControl(lease(4))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    admitted = []
+    for _ in range(12):
+        admitted.append(book.admit(KEY, completion()))
+        await settled(book, control, asked=len(control.asked))
+    assert all(admitted), "each lease's successor was there before it ran out"
+    assert len({a.leased.lease_id for a in admitted if a}) == 3
+    await book.aclose()
+    assert sum(use.requests for use in control.returned) == 12
 
 
 async def test_no_lease_or_a_refusal_is_not_asked_about_again_at_once() -> None:

@@ -8,7 +8,9 @@ model is admitted here: its worst case (input bound, output cap or the model's d
 their cost at the lease's prices) is counted against what is left of the slice, and it is
 forwarded at once. Its settle carries the reservation (``Leased``) and opens its usage row
 at control. A lease is given back (ReturnLeases) when its time is up, when a request no
-longer fits in it, and at shutdown; control releases what was not used.
+longer fits in it, and at shutdown; control releases what was not used. Once a lease is half used (or half its time
+is gone) its successor is asked for, so a busy key goes from lease to lease without a request
+waiting for control in between: an edge holds at most two leases per key and model.
 
 What leases change, and why it is bounded:
 
@@ -91,6 +93,7 @@ class LeaseBook:
         self._clock = clock
         self._wall_ns = wall_ns
         self._held: dict[_Key, _Held] = {}
+        self._next: dict[_Key, _Held] = {}  # granted while the one in use was still running
         self._wanted: dict[_Key, CompletionRequest] = {}
         self._quiet_until: dict[_Key, float] = {}
         self._returns: list[LeaseUse] = []
@@ -103,21 +106,48 @@ class LeaseBook:
         return len(self._held)
 
     def admit(self, key_hash: bytes, completion: CompletionRequest) -> Admission | None:
-        """Admit the request from a live lease of its key and model, or None (authorize it instead)."""
+        """Admit the request from a live lease of its key and model, or None (authorize it instead).
+
+        When the lease is half used (or half its time is gone) its successor is asked for, so
+        a busy key moves from lease to lease without a request going to control in between.
+        """
         key = (key_hash, completion.model)
-        held = self._held.get(key)
-        if held is None:
-            return None
-        if self._clock() >= held.deadline or self._closing:
-            self._retire(key)
-            return None
+        for _ in range(2):  # the lease in use, then its successor if that one is spent
+            held = self._held.get(key)
+            if held is None or self._closing:
+                return None
+            if self._clock() >= held.deadline:
+                self._retire(key)
+                continue
+            admission = self._take(held, completion)
+            if admission is None:
+                self._retire(key)  # give back what is left; an authorize may bring a new lease
+                continue
+            if key not in self._next and key not in self._wanted and self._half_gone(held):
+                self._wanted[key] = completion
+                self._start()
+                self._wake.set()
+            return admission
+        return None
+
+    def _half_gone(self, held: _Held) -> bool:
+        lease = held.lease
+        if self._clock() >= held.deadline - lease.ttl / 2:
+            return True
+        return not lease.unlimited and (
+            2 * held.input_left < lease.input_tokens
+            or 2 * held.output_left < lease.output_tokens
+            or 2 * held.cost_left < lease.cost_micros
+        )
+
+    def _take(self, held: _Held, completion: CompletionRequest) -> Admission | None:
+        """Count the request against ``held``; None when it does not fit."""
         lease = held.lease
         input_tokens = completion.input_token_bound
         output_tokens = completion.max_output_tokens or lease.default_output_tokens
         cost = capped_cost_micros(input_tokens, output_tokens, *lease.prices) if lease.prices else 0
         if not lease.unlimited:
             if input_tokens > held.input_left or output_tokens > held.output_left or cost > held.cost_left:
-                self._retire(key)  # give back what is left; an authorize may bring a new lease
                 return None
             held.input_left -= input_tokens
             held.output_left -= output_tokens
@@ -145,8 +175,12 @@ class LeaseBook:
         self._wake.set()
 
     def _retire(self, key: _Key) -> None:
+        """Give the lease in use back; its successor, if one was granted, takes its place."""
         held = self._held.pop(key)
         self._returns.append(held.use())
+        successor = self._next.pop(key, None)
+        if successor is not None:
+            self._held[key] = successor
         self._start()
         self._wake.set()
 
@@ -161,6 +195,8 @@ class LeaseBook:
                     await self._wake.wait()
             self._wake.clear()
             now = self._clock()
+            for key in [key for key, held in self._next.items() if held.deadline <= now]:
+                self._returns.append(self._next.pop(key).use())
             for key in [key for key, held in self._held.items() if held.deadline <= now]:
                 self._retire(key)
             self._wake.clear()
@@ -196,8 +232,10 @@ class LeaseBook:
         self._quiet_until.pop(key, None)
         # Counted from when it was asked for: control's clock started later, never earlier.
         held = _Held(lease, asked + lease.ttl, lease.input_tokens, lease.output_tokens, lease.cost_micros)
-        if key in self._held or self._closing:
-            self._returns.append(held.use())  # one is enough (or too late): give it straight back
+        if self._closing or key in self._next:
+            self._returns.append(held.use())  # too late, or one is waiting already: give it straight back
+        elif key in self._held:
+            self._next[key] = held
         else:
             self._held[key] = held
 
@@ -217,9 +255,9 @@ class LeaseBook:
     async def aclose(self) -> None:
         """Stop admitting, give every lease back (within a grace period) and stop the task."""
         self._closing = True
-        for key in list(self._held):
-            held = self._held.pop(key)
-            self._returns.append(held.use())
+        for book in (self._held, self._next):
+            self._returns.extend(held.use() for held in book.values())
+            book.clear()
         self._wanted.clear()
         if self._task is None and self._returns:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="lease-book")
