@@ -135,7 +135,7 @@ def test_leased_requests_are_billed_exactly_and_the_lease_is_given_back(
     assert statuses == [200] * 30
     _, reserved, _ = manager.counters(budget)
     lease = (100_000 - MAX_TOKENS) // (LEASE_SHARE * MAX_TOKENS) * MAX_TOKENS
-    assert reserved > 0 and reserved <= lease, "the edge holds a lease while it is idle"
+    assert 0 < reserved <= 2 * lease, "the edge holds a lease (and perhaps its successor) while it is idle"
     records = manager.settled(key_name, 30)
     assert all((r.status, r.source, r.output_tokens) == (SUCCEEDED, REPORTED, MAX_TOKENS) for r in records)
     assert len({r.request_id for r in records}) == 30
@@ -158,10 +158,11 @@ def test_two_leasing_edges_never_pass_a_limit(edges: list[str], manager: Manager
     spent, reserved, _ = manager.counters(budget)
     assert spent == sum(r.output_tokens for r in records) == admitted * MAX_TOKENS
     assert spent <= limit and reserved == 0
-    # Near the limit there are no leases, so admission is exact but for slices still out:
-    # at most what two edges can hold when leasing stops (1/64 of 128 requests' worth each).
-    print(f"\ntwo leasing edges: {admitted} admitted of 402 against a budget for 256; spent {spent} of {limit}")
-    assert admitted >= 256 - 4, f"{admitted} admitted of a budget for 256"
+    # Admission is exact but for what the edges' last slices held unused when the burst's last
+    # requests were refused: near the limit a slice is at most 3 requests' worth (1/64 of 255
+    # requests' headroom), an edge holds one such slice (no successor for small ones), so at
+    # most 3 per edge.
+    assert admitted >= 256 - 2 * 3, f"{admitted} admitted of a budget for 256"
 
 
 def test_a_revocation_reaches_a_leasing_edge_within_the_lease_time(edges: list[str], stack: Stack) -> None:

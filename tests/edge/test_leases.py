@@ -162,18 +162,32 @@ async def test_a_lease_ends_at_its_time_and_its_successor_asked_for_at_half_time
 
 
 async def test_a_half_used_lease_asks_for_its_successor_and_a_busy_key_never_waits() -> None:
-    control = LeasingControl(lease(4))
+    control = LeasingControl(lease(16))
     book = LeaseBook(control, 1.0)
     book.want(KEY, completion())
     await settled(book, control)
     admitted = []
-    for _ in range(12):
+    for _ in range(40):
         admitted.append(book.admit(KEY, completion()))
         await settled(book, control, asked=len(control.asked))
     assert all(admitted), "each lease's successor was there before it ran out"
     assert len({a.leased.lease_id for a in admitted if a}) == 3
     await book.aclose()
-    assert sum(use.requests for use in control.returned) == 12
+    assert sum(use.requests for use in control.returned) == 40
+
+
+async def test_a_small_lease_near_a_limit_gets_no_successor() -> None:
+    control = LeasingControl(lease(4))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    admitted = []
+    for _ in range(5):
+        admitted.append(book.admit(KEY, completion()))
+        await asyncio.sleep(0.01)
+    assert [a is not None for a in admitted] == [True] * 4 + [False]
+    assert len(control.asked) == 1, "a second slice would keep budget from other edges"
+    await book.aclose()
 
 
 async def test_no_lease_or_a_refusal_is_not_asked_about_again_at_once() -> None:

@@ -10,7 +10,8 @@ forwarded at once. Its settle carries the reservation (``Leased``) and opens its
 at control. A lease is given back (ReturnLeases) when its time is up, when a request no
 longer fits in it, and at shutdown; control releases what was not used. Once a lease is half used (or half its time
 is gone) its successor is asked for, so a busy key goes from lease to lease without a request
-waiting for control in between: an edge holds at most two leases per key and model.
+waiting for control in between: an edge holds at most two leases per key and model (one near a
+limit, where leases are small).
 
 What leases change, and why it is bounded:
 
@@ -52,6 +53,8 @@ RETURN_BATCH = 1000
 # A key and model that got no lease (near a limit, or refused) is not asked about again for this long.
 NO_LEASE_BACKOFF_SECONDS = 1.0
 MAX_QUIET_KEYS = 10_000
+# A lease for fewer requests than this (near a budget's limit) gets no successor asked for ahead.
+MIN_REQUESTS_FOR_SUCCESSOR = 8
 _Key = tuple[bytes, str]
 
 
@@ -131,7 +134,11 @@ class LeaseBook:
         return None
 
     def _half_gone(self, held: _Held) -> bool:
+        """Time to ask for a successor: half the lease's time or amounts are gone (small leases, near
+        a budget's limit, get none: there a second slice would keep budget from other edges)."""
         lease = held.lease
+        if not lease.unlimited and lease.output_tokens < MIN_REQUESTS_FOR_SUCCESSOR * held.used[1] / held.requests:
+            return False
         if self._clock() >= held.deadline - lease.ttl / 2:
             return True
         return not lease.unlimited and (
