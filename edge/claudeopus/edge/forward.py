@@ -90,7 +90,8 @@ class Forwarder:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
         leased: Leased | None = None
-        admission = self._leases.admit(key_hash(secret), completion) if self._leases is not None else None
+        hashed = key_hash(secret) if self._leases is not None else b""
+        admission = self._leases.admit(hashed, completion) if self._leases is not None else None
         if admission is not None:
             leased, cap = admission.leased, admission.cap
         else:
@@ -102,7 +103,7 @@ class Forwarder:
                 self._settler.submit(request_id, NOTHING_USED, started, missing_ok=True)
                 raise
             if self._leases is not None:
-                self._leases.want(key_hash(secret), completion)
+                self._leases.want(hashed, completion)
         if cap and not completion.max_output_tokens:
             completion = with_output_cap(completion, cap, self._cap_field)
         try:

@@ -52,7 +52,7 @@ from claudeopus.control.domain.periods import period_bounds
 from claudeopus.control.domain.prices import PriceInForce
 from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.domain.usage_rows import insert_open_records, open_fields
-from claudeopus.control.models import Account, BudgetLease, BudgetMetric
+from claudeopus.control.models import Account, ApiKey, Budget, BudgetLease, BudgetMetric
 
 LEASE_SHARE = 64
 MIN_LEASE_REQUESTS = 2
@@ -166,7 +166,7 @@ async def grant(
     return Granted(lease_id, ttl, False, amounts, price, default_output, True)
 
 
-def _key_lifetime(key: Any, hex_hash: str, now: datetime) -> timedelta:
+def _key_lifetime(key: ApiKey, hex_hash: str, now: datetime) -> timedelta:
     """How long the presented secret stays live (expiry, or a rotated secret's grace period)."""
     ends = [key.expires_at] if key.expires_at is not None else []
     if key.key_hash != hex_hash and key.previous_expires_at is not None:
@@ -174,7 +174,7 @@ def _key_lifetime(key: Any, hex_hash: str, now: datetime) -> timedelta:
     return min((end - now for end in ends), default=MAX_TTL)
 
 
-async def _requests_that_fit(planned: Sequence[tuple[Any, reservations.Hold]], one: reservations.Amounts) -> int:
+async def _requests_that_fit(planned: Sequence[tuple[Budget, reservations.Hold]], one: reservations.Amounts) -> int:
     """How many requests like ``one`` a lease may hold: a 1/LEASE_SHARE share of each budget's headroom."""
     count = MAX_LEASE_REQUESTS
     db = BudgetLease._meta.db
