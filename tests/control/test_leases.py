@@ -271,6 +271,21 @@ async def test_an_unlimited_lease_opens_rows_that_hold_nothing(world: World) -> 
     assert not await BudgetLease.exists(lease_id=granted.lease_id)
 
 
+async def test_a_budget_created_while_a_lease_lives_holds_what_the_lease_holds(world: World) -> None:
+    above = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None and granted.amounts == used(10)
+    first = leased_settle(granted)
+    await batch_settle.settle_one(first, NOW + SECOND)
+    on_key = await set_budget(world, world.user, 1_000_000, key=world.key, metric=INPUT_TOKENS)
+    assert await counter(on_key) == (5, 9 * IN), "what was settled, and what the lease still holds"
+    await batch_settle.settle_batch([leased_settle(granted) for _ in range(2)], NOW + SECOND)
+    assert await counter(on_key) == (15, 7 * IN), "requests admitted from the lease count in it"
+    await leases.return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])
+    assert await counter(on_key) == (15, 0) and await counter(above) == (36, 0)
+    await assert_counters_match_rows_and_leases()
+
+
 # -- an edge that never came back ------------------------------------------------------------
 
 

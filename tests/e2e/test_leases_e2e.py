@@ -219,3 +219,37 @@ def test_an_edge_killed_with_a_lease_leaves_nothing_held_and_nothing_uncharged(m
     assert sorted(r.output_tokens for r in records) == [MAX_TOKENS, lease]
     assert {r.status for r in records} == {EXPIRED}
     assert manager.counters(budget) == (held, 0, 100_000 - held), "everything it held is charged, once"
+
+
+def test_a_leasing_edge_fails_closed_soon_after_control_goes_away(tmp_path: Path) -> None:
+    """Control SIGKILLed under a leasing edge: the first settle that cannot reach it drops every lease."""
+    token = secrets.token_urlsafe(32)
+    with fresh_database(tmp_path) as url, ThreadedServer(FakeUpstream()) as upstream_server:
+        control, port = start_control(url, token, tmp_path, "control-doomed")
+        edge: Process | None = None
+        try:
+            target = f"127.0.0.1:{port}"
+            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            manager = Manager(target, boot.secret)
+            try:
+                _, secret = manager.user_key()
+            finally:
+                manager.close()
+            env = {"CLAUDEOPUS_LEASE_SECONDS": "30", "CLAUDEOPUS_CONTROL_TIMEOUT": "1"}
+            edge, edge_port = start_edge(port, upstream_server.url, token, tmp_path, name="edge-doomed", env=env)
+            url_ = f"http://127.0.0.1:{edge_port}/v1"
+            assert asyncio.run(_many([url_], secret, 5, concurrent=False)) == [200] * 5
+            control.popen.kill()
+            control.popen.wait(10)
+            killed = time.monotonic()
+            statuses: list[int] = []
+            while not statuses or statuses[-1] == 200:
+                statuses += asyncio.run(_many([url_], secret, 1, concurrent=False))
+                assert time.monotonic() - killed < 5, f"still admitted long after control died: {statuses}"
+            assert statuses[-1] == 503, statuses
+            assert asyncio.run(_many([url_], secret, 3, concurrent=False)) == [503] * 3
+            print(f"\ncontrol killed under a leasing edge: {statuses.count(200)} more admitted, then 503")
+        finally:
+            if edge is not None:
+                edge.stop()
+            control.stop()

@@ -10,7 +10,7 @@ import grpc
 import orjson
 import pytest
 
-from claudeopus.client import ClaudeOpusError
+from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest, parse_completion
 from claudeopus.edge.control import ControlClient, Lease, LeaseUse
@@ -244,4 +244,35 @@ async def test_a_return_control_did_not_take_is_sent_again(failures: int, monkey
             break
         await asyncio.sleep(0.01)
     assert [use.requests for use in control.returned] == [0] and calls == failures + 1
+    await book.aclose()
+
+
+async def test_control_out_of_reach_drops_every_lease_until_it_authorizes_again() -> None:
+    control = LeasingControl(lease(100))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    assert book.admit(KEY, completion()) is not None
+    book.drop_all()  # what the settler calls when a batch could not reach control
+    assert book.admit(KEY, completion()) is None, "from now on requests are authorized (503 while it is down)"
+    for _ in range(100):
+        if control.returned:
+            break
+        await asyncio.sleep(0.005)
+    assert [use.requests for use in control.returned] == [1], "given back once control answers"
+    book.want(KEY, completion())  # control authorized a request again
+    await settled(book, control, asked=2)
+    assert book.admit(KEY, completion()) is not None
+    await book.aclose()
+
+
+async def test_a_grant_that_cannot_reach_control_drops_the_other_leases_too() -> None:
+    control = LeasingControl(lease(100))
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    control.granted = UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    book.want(OTHER_KEY, completion())
+    await settled(book, control, asked=2)
+    assert book.admit(KEY, completion()) is None
     await book.aclose()

@@ -139,6 +139,20 @@ async def test_while_control_is_down_settles_are_spooled_then_replayed_in_order(
     await until(lambda: list(tmp_path.glob("settles-*")) == [])
 
 
+async def test_a_batch_that_cannot_reach_control_tells_the_lease_book(control: FakeControl, tmp_path: Path) -> None:
+    told: list[str] = []
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), on_unreachable=lambda: told.append("x"))
+    settler.submit(rid(1), outcome(1), time.perf_counter())
+    await until(lambda: len(control.settled) == 1)
+    assert told == [], "control answered"
+    control.up = False
+    settler.submit(rid(2), outcome(2), time.perf_counter())
+    await until(lambda: settler.pending == 0)
+    assert told == ["x"], "leases are dropped: requests fail closed until control is back"
+    control.up = True
+    await settler.aclose()
+
+
 async def test_behind_a_backlog_new_settles_queue_up_instead_of_overtaking(
     control: FakeControl, tmp_path: Path
 ) -> None:

@@ -84,11 +84,15 @@ def build_app(
         upstream = AiohttpUpstream(settings)
         async with contextlib.aclosing(upstream), control_channel(settings) as channel:
             control = control_factory(channel, settings)
+            leases = LeaseBook(control, settings.lease_seconds) if settings.lease_seconds else None
             settler = await Settler.start(
-                control, settings.spool_dir, settings.spool_max_bytes, linger=settings.settle_linger
+                control,
+                settings.spool_dir,
+                settings.spool_max_bytes,
+                linger=settings.settle_linger,
+                on_unreachable=leases.drop_all if leases is not None else None,
             )
             authorizer = Authorizer(control, settings.control_timeout)
-            leases = LeaseBook(control, settings.lease_seconds) if settings.lease_seconds else None
             forwarder = Forwarder(
                 upstream=upstream,
                 control=control,

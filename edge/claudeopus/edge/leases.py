@@ -21,6 +21,9 @@ What leases change, and why it is bounded:
 - Spending still cannot pass a limit: a lease is held in the budgets like a reservation.
   Admission near a limit is exact as without leases (no lease is granted there), except
   that a slice another edge holds and does not use stays out of reach until it is returned.
+- When control cannot be reached (a settle, a grant or a return fails with UNAVAILABLE or
+  times out), every lease is dropped: from then on requests fail closed (503) as without
+  leases, until control authorizes again.
 - If the edge dies, requests it admitted that had not settled have no row of their own:
   what their lease still held is charged, by control's sweeper, as one expired row.
 
@@ -41,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from claudeopus.client import ClaudeOpusError
+from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.control import ControlClient, Lease, Leased, LeaseUse
@@ -181,6 +184,23 @@ class LeaseBook:
         self._start()
         self._wake.set()
 
+    def drop_all(self) -> None:
+        """Control could not be reached: stop admitting from any lease until it is back.
+
+        Every lease is given back (when control answers again); the next requests are
+        authorized with control, so while it is down they fail closed with 503 as without
+        leases, and the first one it authorizes again brings a new lease.
+        """
+        if not (self._held or self._next or self._wanted):
+            return
+        _log.warning("control unreachable: %d lease(s) dropped until it answers again", len(self._held))
+        for book in (self._held, self._next):
+            self._returns.extend(held.use() for held in book.values())
+            book.clear()
+        self._wanted.clear()
+        self._start()
+        self._wake.set()
+
     def _retire(self, key: _Key) -> None:
         """Give the lease in use back; its successor, if one was granted, takes its place."""
         held = self._held.pop(key)
@@ -210,7 +230,7 @@ class LeaseBook:
             while self._wanted and not self._closing:
                 key, completion = next(iter(self._wanted.items()))
                 await self._grant(key, completion)
-                del self._wanted[key]
+                self._wanted.pop(key, None)  # drop_all may have cleared it meanwhile
             await self._send_returns()
             if self._closing:
                 return
@@ -227,6 +247,9 @@ class LeaseBook:
         asked = self._clock()
         try:
             lease = await self._control.grant_lease(key[0], completion, self._seconds)
+        except UnavailableError:
+            self.drop_all()
+            lease = None
         except ClaudeOpusError as error:
             _log.debug("no lease: control answered %s %s", error.code.name, error.reason or "(no reason)")
             lease = None
@@ -251,8 +274,10 @@ class LeaseBook:
             batch = self._returns[:RETURN_BATCH]
             try:
                 await self._control.return_leases(batch)
-            except Exception as error:
+            except Exception as error:  # kept and tried again; control's sweeper is the net
                 _log.warning("returning %d lease(s) failed: %s; will retry", len(batch), type(error).__name__)
+                if isinstance(error, UnavailableError):
+                    self.drop_all()
                 if self._closing:
                     return
                 await asyncio.sleep(NO_LEASE_BACKOFF_SECONDS)

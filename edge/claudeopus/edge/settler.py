@@ -23,7 +23,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.edge.control import ControlClient, Leased, Outcome, Settle
@@ -33,6 +35,8 @@ from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 15.0
+# Whole-batch failures that mean control could not be reached (in time).
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 MAX_BATCH = 256
 
 
@@ -54,12 +58,14 @@ class Settler:
         *,
         max_batch: int = MAX_BATCH,
         linger: float = 0.0,
+        on_unreachable: Callable[[], None] | None = None,
     ) -> None:
         self._control = control
         self._spool = spool
         self._replayer = replayer
         self._max_batch = max_batch
         self._linger = linger
+        self._on_unreachable = on_unreachable  # told when a batch could not reach control at all
         self._queue: collections.deque[Settle] = collections.deque()
         self._in_flight = 0
         self._wake = asyncio.Event()
@@ -69,13 +75,19 @@ class Settler:
 
     @classmethod
     async def start(
-        cls, control: ControlClient, spool_dir: str | os.PathLike[str], spool_max_bytes: int, *, linger: float = 0.0
+        cls,
+        control: ControlClient,
+        spool_dir: str | os.PathLike[str],
+        spool_max_bytes: int,
+        *,
+        linger: float = 0.0,
+        on_unreachable: Callable[[], None] | None = None,
     ) -> Settler:
         """Open the spool and start replaying whatever it holds (also what an earlier process left)."""
         spool = await Spool.open(spool_dir, max_bytes=spool_max_bytes)
         replayer = Replayer(control, spool)
         replayer.start()
-        return cls(control, spool, replayer, linger=linger)
+        return cls(control, spool, replayer, linger=linger, on_unreachable=on_unreachable)
 
     @property
     def pending(self) -> int:
@@ -145,6 +157,8 @@ class Settler:
                 _log.warning(
                     "batch of %d settles not taken (%s %s); spooling it", len(batch), error.code.name, error.reason
                 )
+            if self._on_unreachable is not None and error.code in _UNREACHABLE:
+                self._on_unreachable()
             await self._spool_all(batch)
             return
         except Exception as error:  # a settle must never vanish without a trace: spool it

@@ -64,6 +64,7 @@ from claudeopus.control.models import (
     Account,
     Budget,
     BudgetCounter,
+    BudgetLease,
     BudgetMetric,
     BudgetPeriod,
     UsageRecord,
@@ -249,6 +250,29 @@ async def _join_open_reservations(
     return total
 
 
+async def _join_live_leases(conn: BaseDBAsyncClient, owner: Owner, budget: Budget, now: datetime) -> int:
+    """Add the new budget's hold to the owner's live leases that count (see leases.py); what they hold.
+
+    A lease lives within one period, so every live lease is in the current one. Requests its
+    edge admits later open their rows with the lease's holds, the new one included. A lease
+    granted while no budget held the key counts nothing and is not joined: the requests its
+    edge admits until it ends (CLAUDEOPUS_LEASE_SECONDS) are not counted in the new budget.
+    """
+    query = BudgetLease.filter(unlimited=False).using_db(conn)
+    if owner.api_key_id is not None:
+        query = query.filter(api_key_id=owner.api_key_id)
+    else:
+        query = query.filter(account_id__in=Subquery(Account.filter(path__startswith=owner.account.path).values("id")))
+    hold = reservations.hold_for(budget, len(owner.account.ancestor_ids()) - 1, now)
+    total = 0
+    for lease in await query.order_by("lease_id").select_for_update():
+        holds = [*reservations.decode_holds(lease.reserved_counters), hold]
+        await BudgetLease.filter(id=lease.id).using_db(conn).update(reserved_counters=reservations.encode_holds(holds))
+        held = reservations.Amounts(lease.open_input_tokens, lease.open_output_tokens, lease.open_cost_micros)
+        total += held.of(budget.metric)
+    return total
+
+
 async def _spent_so_far(
     conn: BaseDBAsyncClient, owner: Owner, metric: BudgetMetric, period: BudgetPeriod, now: datetime
 ) -> int:
@@ -309,6 +333,7 @@ async def create_budget(
             # Requests in flight join the new budget first (their rows locked, so none settles
             # between the two steps), then the settled ones are summed: each is counted once.
             reserved = await _join_open_reservations(conn, owner, budget, index, now)
+            reserved += await _join_live_leases(conn, owner, budget, now)
             spent = await _spent_so_far(conn, owner, wanted_metric, wanted_period, now)
             await BudgetCounter.create(
                 budget_id=budget.id,
