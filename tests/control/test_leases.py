@@ -9,13 +9,14 @@ budget counters equal the usage rows plus what live leases hold.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import api_keys, batch_settle, gateway, leases, prices, reservations
+from claudeopus.control.domain import accounts, api_keys, batch_settle, gateway, leases, prices, reservations
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.domain.leases import LEASE_SHARE, Granted, LeaseUse
@@ -183,6 +184,24 @@ async def test_a_lease_ends_before_the_key_expires_and_before_its_budget_period_
     granted = await grant(world.key, now=before_midnight, ttl=5 * SECOND)
     assert granted is not None and granted.ttl == timedelta(milliseconds=300)
     assert await grant(world.key, now=before_midnight + timedelta(milliseconds=280)) is None
+
+
+async def test_taking_a_keys_rights_away_returns_once_its_leases_have_ended(world: World) -> None:
+    ttl = timedelta(milliseconds=300)
+    assert await grant(world.key, ttl=ttl) is not None
+    started = time.monotonic()
+    await api_keys.revoke_api_key(world.admin, world.key.key.id, now=NOW)
+    assert time.monotonic() - started >= 0.25, "no edge admits for the key once revoke returns"
+    await fails(Unauthenticated, Reason.KEY_REVOKED, grant(world.key))
+    started = time.monotonic()
+    await api_keys.revoke_api_key(world.admin, world.other_key.key.id, now=NOW)
+    assert time.monotonic() - started < 0.2, "no lease, no wait"
+
+    assert await grant(world.sibling_key, ttl=ttl) is not None
+    started = time.monotonic()
+    await accounts.suspend_account(world.admin, world.reseller.id, now=NOW)
+    assert time.monotonic() - started >= 0.25, "a suspension waits for the leases of the whole subtree"
+    await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, grant(world.sibling_key))
 
 
 # -- leased requests -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from claudeopus.control.domain.errors import (
     Unauthenticated,
 )
 from claudeopus.control.domain.instance import ADMIN_BOOTSTRAPPED
+from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal, ensure_not_suspended
 from claudeopus.control.models import Account, AccountState, ApiKey, InstanceValue, Role, Scope, Session
@@ -354,8 +355,13 @@ async def _is_at_or_above(principal: Principal, account_id: int | None) -> bool:
 
 
 async def suspend_account(principal: Principal, account_id: int, now: datetime) -> Account:
-    """Suspend an account below the caller; every key and session of its subtree stops at once."""
-    return await _set_state(principal, account_id, AccountState.SUSPENDED, "suspend", now)
+    """Suspend an account below the caller; every key and session of its subtree stops at once.
+
+    "At once" includes edges admitting from leases: the call returns when the subtree's leases ended.
+    """
+    target = await _set_state(principal, account_id, AccountState.SUSPENDED, "suspend", now)
+    await outlive_leases(account=target, now=now)
+    return target
 
 
 async def resume_account(principal: Principal, account_id: int, now: datetime) -> Account:

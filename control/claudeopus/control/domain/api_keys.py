@@ -24,6 +24,7 @@ from claudeopus.control.domain.errors import (
     NotFound,
     Reason,
 )
+from claudeopus.control.domain.lease_fence import LONGEST_WAIT, outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope
@@ -146,6 +147,7 @@ async def revoke_api_key(principal: Principal, key_id: int, now: datetime) -> Ap
     if key.revoked_at is None:
         await ApiKey.filter(id=key.id, revoked_at__isnull=True).update(revoked_at=now)
         await key.refresh_from_db(fields=["revoked_at"])
+        await outlive_leases(api_key_id=key.id, now=now)  # no edge admits for it from a lease any more
     return key
 
 
@@ -250,6 +252,7 @@ async def update_api_key(
     if not await ApiKey.filter(id=key.id, revoked_at__isnull=True).update(**changes):
         raise _not_live()
     await key.refresh_from_db()
+    await outlive_leases(api_key_id=key.id, now=now)  # a narrower key holds on every edge on return
     return key
 
 
@@ -312,4 +315,6 @@ async def rotate_api_key(principal: Principal, key_id: int, *, grace: timedelta,
             Reason.KEY_ROTATED, "name: the API key was rotated by another call at the same time; read it and retry."
         )
     await key.refresh_from_db()
+    if grace < LONGEST_WAIT:  # a lease of the old secret may outlive its grace: let it end first
+        await outlive_leases(api_key_id=key.id, now=now)
     return IssuedKey(key=key, secret=secret)

@@ -195,8 +195,19 @@ async def _requests_that_fit(planned: Sequence[tuple[Budget, reservations.Hold]]
 
 
 async def _insert_lease(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: int) -> bool:
-    """Insert the lease row while the auth epoch is still ``epoch`` (what the grant read is current)."""
-    if await current_epoch(conn) != epoch:
+    """Insert the lease row while the auth epoch is still ``epoch`` (what the grant read is current).
+
+    On PostgreSQL the epoch is read under a share lock: a change that commits meanwhile bumps
+    the epoch at its commit, so it waits for this grant to commit first, and its lease fence
+    (:mod:`~claudeopus.control.domain.lease_fence`) then sees this lease. SQLite runs one
+    writing transaction at a time, which gives the same order.
+    """
+    if conn.capabilities.dialect == "postgres":
+        rows = await conn.execute_query_dict("SELECT value FROM auth_epoch WHERE id = 1 FOR SHARE")
+        current = int(rows[0]["value"]) if rows else -1
+    else:
+        current = await current_epoch(conn)
+    if current != epoch:
         return False
     await BudgetLease.create(using_db=conn, **fields)
     return True
