@@ -276,7 +276,8 @@ def _ttfb(context: _Context, topology: _Topology, scenarios: list[Scenario]) -> 
 
 
 def _rss_runs(context: _Context, topology: _Topology) -> None:
-    """``requests_for_rss`` more requests through one full-path edge of each payload, RSS before and after."""
+    """``requests_for_rss`` more requests through one full-path edge of each payload (with and without
+    leases, when measured), RSS before and after."""
     assert context.control is not None
     options = context.options
     control_pid = context.control.process.pid
@@ -284,7 +285,7 @@ def _rss_runs(context: _Context, topology: _Topology) -> None:
     total = 0
     start = time.monotonic()
     control_samples: list[tuple[float, float]] = []
-    for scenario in (BY_NAME["full"], BY_NAME["full-stream"]):
+    for scenario in (BY_NAME[name] for name in ("full", "full-stream", "full-leased", "full-leased-stream")):
         servers = topology.groups.get(_group(scenario))
         if not servers:
             continue
