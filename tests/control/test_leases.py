@@ -335,6 +335,115 @@ async def test_the_sweeper_closes_stale_leases_before_it_expires_reservations(wo
     await assert_counters_match_rows_and_leases()
 
 
+# -- an edge that restarted: its lease journal ------------------------------------------------
+
+
+def lost(granted: Granted, reserve_time: datetime = NOW + timedelta(milliseconds=5)) -> leases.LostRequest:
+    data = leased_settle(granted, reserve_time=reserve_time)
+    assert data.leased is not None
+    return leases.LostRequest(str(uuid.uuid4()), data.leased)
+
+
+async def test_a_restarted_edge_gives_each_lost_request_its_row_and_releases_the_rest(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None and granted.amounts == used(10)
+    await batch_settle.settle_one(leased_settle(granted), NOW + SECOND)  # settled before the kill
+    gone = [lost(granted), lost(granted)]
+    recovered = leases.RecoveredLease(str(granted.lease_id), gone, release_rest=True)
+    assert await leases.recover_leases([recovered]) == 2
+    assert not await BudgetLease.exists(lease_id=granted.lease_id), "every admitted request has its row"
+    assert await counter(budget) == (12, 2 * RESERVED), "the lost two hold their reservations; the rest is free"
+    await assert_counters_match_rows_and_leases()
+    assert await leases.recover_leases([recovered]) == 0, "recovering twice changes nothing"
+    late = NOW + SECOND + MAX_AGE + SECOND
+    assert await gateway.expire_stale(late, MAX_AGE) == 2
+    rows = await UsageRecord.filter(request_id__in=[g.request_id for g in gone])
+    assert {(r.status, r.input_tokens, r.output_tokens) for r in rows} == {(UsageStatus.EXPIRED, IN, OUT)}
+    assert {r.stream for r in rows} == {True}
+    assert await counter(budget) == (12 + 2 * RESERVED, 0), "each lost request charged what it reserved"
+    await assert_counters_match_rows_and_leases()
+
+
+async def test_a_lost_request_that_has_its_row_already_is_left_alone(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None
+    settled = leased_settle(granted)  # control took it; the edge was killed before it heard so
+    await batch_settle.settle_one(settled, NOW + SECOND)
+    assert settled.leased is not None
+    again = leases.LostRequest(str(settled.request_id), settled.leased)
+    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), [again], True)]) == 0
+    assert await counter(budget) == (12, 0) and not await BudgetLease.exists(lease_id=granted.lease_id)
+    await assert_counters_match_rows_and_leases()
+
+
+async def test_a_lease_returned_before_the_kill_gets_rows_for_its_unsettled_requests(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None
+    await leases.return_leases([LeaseUse(str(granted.lease_id), 2, used(2))])
+    gone = [lost(granted), lost(granted)]
+    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), gone, True)]) == 2
+    assert not await BudgetLease.exists(lease_id=granted.lease_id)
+    assert await counter(budget) == (0, 2 * RESERVED)
+    await assert_counters_match_rows_and_leases()
+
+
+async def test_a_journal_from_before_a_reboot_leaves_the_rest_to_the_sweeper(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None
+    recovered = leases.RecoveredLease(str(granted.lease_id), [lost(granted)], release_rest=False)
+    assert await leases.recover_leases([recovered]) == 1
+    assert await counter(budget) == (0, 10 * RESERVED), "the journal may miss admissions: nothing released"
+    await assert_counters_match_rows_and_leases()
+    late = NOW + SECOND + MAX_AGE + SECOND
+    assert await leases.expire_stale_leases(late, MAX_AGE) == 1
+    assert await gateway.expire_stale(late, MAX_AGE) == 2, "the lost request's row and the lease's remainder"
+    assert await counter(budget) == (10 * RESERVED, 0)
+    await assert_counters_match_rows_and_leases()
+
+
+async def test_recovering_a_lease_the_sweeper_closed_changes_nothing(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None
+    late = NOW + SECOND + MAX_AGE + SECOND
+    await leases.expire_stale_leases(late, MAX_AGE)
+    await gateway.expire_stale(late, MAX_AGE)
+    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), [lost(granted)], True)]) == 0
+    assert await counter(budget) == (10 * RESERVED, 0)
+    await assert_counters_match_rows_and_leases()
+
+
+async def test_a_journal_naming_more_than_its_lease_holds_is_left_to_the_sweeper(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 2 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.key)
+    assert granted is not None and granted.amounts == used(2)
+    too_many = [lost(granted) for _ in range(3)]
+    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), too_many, True)]) == 0
+    assert await BudgetLease.exists(lease_id=granted.lease_id) and await counter(budget) == (0, 2 * RESERVED)
+    await assert_counters_match_rows_and_leases()
+
+
+async def test_recovery_refuses_malformed_input(world: World) -> None:
+    granted = await grant(world.direct_key)
+    assert granted is not None
+    one = lost(granted)
+    twice = leases.RecoveredLease(str(granted.lease_id), [one, one], True)
+    with pytest.raises(InvalidArgument, match="named twice"):
+        await leases.recover_leases([twice])
+    other = leases.RecoveredLease(str(uuid.uuid4()), [one], True)
+    with pytest.raises(InvalidArgument, match="another lease"):
+        await leases.recover_leases([other])
+    with pytest.raises(InvalidArgument, match="UUID"):
+        await leases.recover_leases([leases.RecoveredLease("nope", [], True)])
+    many = [leases.RecoveredLease(str(uuid.uuid4()), [], True)] * (leases.MAX_RETURNS + 1)
+    with pytest.raises(InvalidArgument, match="at most"):
+        await leases.recover_leases(many)
+
+
 # -- concurrency -------------------------------------------------------------------------------
 
 

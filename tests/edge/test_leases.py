@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import Sequence
 
 import grpc
@@ -18,6 +19,10 @@ from claudeopus.edge.leases import LeaseBook
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
+
+
+def rid() -> str:
+    return str(uuid.uuid4())
 
 
 def completion(
@@ -85,18 +90,18 @@ async def settled(book: LeaseBook, control: LeasingControl, asked: int = 1) -> N
 async def test_nothing_is_admitted_before_a_lease_then_requests_count_against_it() -> None:
     control = LeasingControl(lease(3))
     book = LeaseBook(control, 1.0, clock=Clock(), wall_ns=lambda: 123)
-    assert book.admit(KEY, completion()) is None
+    assert book.admit(KEY, completion(), rid()) is None
     book.want(KEY, completion())
     book.want(KEY, completion())  # one request for a lease is enough
     await settled(book, control)
     assert control.asked == [(KEY, "m", 1.0)]
-    admitted = [book.admit(KEY, completion()) for _ in range(4)]
+    admitted = [book.admit(KEY, completion(), rid()) for _ in range(4)]
     assert [a is not None for a in admitted] == [True, True, True, False], "three requests' worth"
     first = admitted[0]
     assert first is not None and first.cap == 0, "the request named its own max_tokens"
     assert (first.leased.max_output_tokens, first.leased.reserve_time_ns) == (10, 123)
     assert first.leased.estimated_input_tokens == completion().input_token_bound
-    assert book.admit(OTHER_KEY, completion()) is None and book.admit(KEY, completion(model="n")) is None
+    assert book.admit(OTHER_KEY, completion(), rid()) is None and book.admit(KEY, completion(model="n"), rid()) is None
     await book.aclose()
     [use] = control.returned
     assert (use.requests, use.output_tokens) == (3, 30), "given back when a request no longer fit"
@@ -107,7 +112,7 @@ async def test_a_request_without_max_tokens_reserves_and_caps_the_default() -> N
     book = LeaseBook(control, 1.0)
     book.want(KEY, completion())
     await settled(book, control)
-    admitted = book.admit(KEY, completion(max_tokens=None))
+    admitted = book.admit(KEY, completion(max_tokens=None), rid())
     assert admitted is not None and (admitted.cap, admitted.leased.max_output_tokens) == (64, 64)
     await book.aclose()
 
@@ -120,7 +125,7 @@ async def test_a_cost_budget_prices_each_request_at_the_leases_prices() -> None:
     book = LeaseBook(control, 1.0)
     book.want(KEY, one)
     await settled(book, control)
-    first, second, third = (book.admit(KEY, one) for _ in range(3))
+    first, second, third = (book.admit(KEY, one, rid()) for _ in range(3))
     assert first is not None and first.leased.reserved_cost_micros == cost
     assert second is not None and third is None
     await book.aclose()
@@ -132,7 +137,7 @@ async def test_an_unlimited_lease_counts_requests_and_caps_nothing() -> None:
     book = LeaseBook(control, 1.0)
     book.want(KEY, completion())
     await settled(book, control)
-    admitted = [book.admit(KEY, completion(max_tokens=None)) for _ in range(50)]
+    admitted = [book.admit(KEY, completion(max_tokens=None), rid()) for _ in range(50)]
     assert all(a is not None and a.cap == 0 for a in admitted)
     await book.aclose()
     assert control.returned[0].requests == 50
@@ -144,19 +149,19 @@ async def test_a_lease_ends_at_its_time_and_its_successor_asked_for_at_half_time
     book = LeaseBook(control, 1.0, clock=clock)
     book.want(KEY, completion())
     await settled(book, control)
-    assert book.admit(KEY, completion()) is not None
+    assert book.admit(KEY, completion(), rid()) is not None
     clock.now += 0.4
-    assert book.admit(KEY, completion()) is not None
+    assert book.admit(KEY, completion(), rid()) is not None
     assert len(control.asked) == 1, "not half its time yet"
     clock.now += 0.2
-    assert book.admit(KEY, completion()) is not None
+    assert book.admit(KEY, completion(), rid()) is not None
     await settled(book, control, asked=2)
     assert control.returned == [], "the first lease still runs"
     clock.now += 0.4  # the first lease's time is up: its successor (asked for at 100.6) takes over
-    admitted = book.admit(KEY, completion())
+    admitted = book.admit(KEY, completion(), rid())
     assert admitted is not None and admitted.leased.lease_id.endswith("2")
     clock.now += 0.6  # and the successor's too
-    assert book.admit(KEY, completion()) is None
+    assert book.admit(KEY, completion(), rid()) is None
     await book.aclose()
     assert [(use.lease_id[-1], use.requests) for use in control.returned] == [("1", 3), ("2", 1)]
 
@@ -168,7 +173,7 @@ async def test_a_half_used_lease_asks_for_its_successor_and_a_busy_key_never_wai
     await settled(book, control)
     admitted = []
     for _ in range(40):
-        admitted.append(book.admit(KEY, completion()))
+        admitted.append(book.admit(KEY, completion(), rid()))
         await settled(book, control, asked=len(control.asked))
     assert all(admitted), "each lease's successor was there before it ran out"
     assert len({a.leased.lease_id for a in admitted if a}) == 3
@@ -183,7 +188,7 @@ async def test_a_small_lease_near_a_limit_gets_no_successor() -> None:
     await settled(book, control)
     admitted = []
     for _ in range(5):
-        admitted.append(book.admit(KEY, completion()))
+        admitted.append(book.admit(KEY, completion(), rid()))
         await asyncio.sleep(0.01)
     assert [a is not None for a in admitted] == [True] * 4 + [False]
     assert len(control.asked) == 1, "a second slice would keep budget from other edges"
@@ -200,7 +205,7 @@ async def test_no_lease_or_a_refusal_is_not_asked_about_again_at_once() -> None:
         for _ in range(20):
             await asyncio.sleep(0.005)
         book.want(KEY, completion())
-        assert len(control.asked) == 1 and book.admit(KEY, completion()) is None
+        assert len(control.asked) == 1 and book.admit(KEY, completion(), rid()) is None
         clock.now += 1.5
         book.want(KEY, completion())
         await settled(book, control, asked=2)
@@ -213,10 +218,10 @@ async def test_shutdown_gives_every_lease_back_and_admits_nothing_more() -> None
     book = LeaseBook(control, 1.0)
     book.want(KEY, completion())
     await settled(book, control)
-    assert book.admit(KEY, completion()) is not None
+    assert book.admit(KEY, completion(), rid()) is not None
     await book.aclose()
     assert [use.requests for use in control.returned] == [1]
-    assert book.admit(KEY, completion()) is None
+    assert book.admit(KEY, completion(), rid()) is None
     book.want(KEY, completion())
     assert len(control.asked) == 1
 
@@ -252,9 +257,9 @@ async def test_control_out_of_reach_drops_every_lease_until_it_authorizes_again(
     book = LeaseBook(control, 1.0)
     book.want(KEY, completion())
     await settled(book, control)
-    assert book.admit(KEY, completion()) is not None
+    assert book.admit(KEY, completion(), rid()) is not None
     book.drop_all()  # what the settler calls when a batch could not reach control
-    assert book.admit(KEY, completion()) is None, "from now on requests are authorized (503 while it is down)"
+    assert book.admit(KEY, completion(), rid()) is None, "from now on requests are authorized (503 while it is down)"
     for _ in range(100):
         if control.returned:
             break
@@ -262,7 +267,7 @@ async def test_control_out_of_reach_drops_every_lease_until_it_authorizes_again(
     assert [use.requests for use in control.returned] == [1], "given back once control answers"
     book.want(KEY, completion())  # control authorized a request again
     await settled(book, control, asked=2)
-    assert book.admit(KEY, completion()) is not None
+    assert book.admit(KEY, completion(), rid()) is not None
     await book.aclose()
 
 
@@ -274,5 +279,5 @@ async def test_a_grant_that_cannot_reach_control_drops_the_other_leases_too() ->
     control.granted = UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
     book.want(OTHER_KEY, completion())
     await settled(book, control, asked=2)
-    assert book.admit(KEY, completion()) is None
+    assert book.admit(KEY, completion(), rid()) is None
     await book.aclose()

@@ -434,6 +434,112 @@ class ReturnLeasesResponse(_message.Message):
 Global___ReturnLeasesResponse: _TypeAlias = ReturnLeasesResponse  # noqa: Y015
 
 @_typing.final
+class RecoverLeasesRequest(_message.Message):
+    """The request of GatewayService.RecoverLeases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecoveredLease]:
+        """At most 1,000 leases and 10,000 lost requests in all."""
+
+    def __init__(
+        self,
+        *,
+        leases: _abc.Iterable[Global___RecoveredLease] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverLeasesRequest: _TypeAlias = RecoverLeasesRequest  # noqa: Y015
+
+@_typing.final
+class RecoveredLease(_message.Message):
+    """A lease a dead edge held, as its journal recorded it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    RELEASE_REST_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    release_rest: _builtins.bool
+    """The journal is complete (the edge restarted on the same boot): release what
+    the lease still holds. Otherwise the sweeper charges it when the lease ends.
+    """
+    @_builtins.property
+    def lost(self) -> _containers.RepeatedCompositeFieldContainer[Global___LostRequest]:
+        """Requests admitted from the lease whose settle never reached control or the
+        edge's spool: each gets its usage row, open.
+        """
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        lost: _abc.Iterable[Global___LostRequest] | None = ...,
+        release_rest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "lost", b"lost", "release_rest", b"release_rest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveredLease: _TypeAlias = RecoveredLease  # noqa: Y015
+
+@_typing.final
+class LostRequest(_message.Message):
+    """A request admitted from a lease whose settle was lost."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def reservation(self) -> Global___LeasedReservation: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        reservation: Global___LeasedReservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LostRequest: _TypeAlias = LostRequest  # noqa: Y015
+
+@_typing.final
+class RecoverLeasesResponse(_message.Message):
+    """The response of GatewayService.RecoverLeases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_OPENED_FIELD_NUMBER: _builtins.int
+    rows_opened: _builtins.int
+    """Lost requests that got a usage row now (the others had one)."""
+    def __init__(
+        self,
+        *,
+        rows_opened: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows_opened", b"rows_opened"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverLeasesResponse: _TypeAlias = RecoverLeasesResponse  # noqa: Y015
+
+@_typing.final
 class SettleResponse(_message.Message):
     """The response of GatewayService.Settle."""
 

@@ -77,6 +77,11 @@ class GatewayServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesResponse.FromString,
                 _registered_method=True)
+        self.RecoverLeases = channel.unary_unary(
+                '/claudeopus.v1.GatewayService/RecoverLeases',
+                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.RecoverLeasesRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.RecoverLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -165,6 +170,17 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecoverLeases(self, request, context):
+        """An edge that died gives back, once restarted, the leases its journal names:
+        each request it had admitted and not settled gets its usage row (open, so
+        the sweeper expires it and charges its reservation, as for a request
+        authorized alone whose settle never came), and what a lease still holds is
+        released unless the journal may be incomplete. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +218,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ReturnLeases,
                     request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesResponse.SerializeToString,
+            ),
+            'RecoverLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecoverLeases,
+                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.RecoverLeasesRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.RecoverLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +422,33 @@ class GatewayService:
             '/claudeopus.v1.GatewayService/ReturnLeases',
             claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesRequest.SerializeToString,
             claudeopus_dot_v1_dot_gateway__pb2.ReturnLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoverLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.GatewayService/RecoverLeases',
+            claudeopus_dot_v1_dot_gateway__pb2.RecoverLeasesRequest.SerializeToString,
+            claudeopus_dot_v1_dot_gateway__pb2.RecoverLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

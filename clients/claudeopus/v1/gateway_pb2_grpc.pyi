@@ -87,6 +87,13 @@ class GatewayServiceStub:
     """The edge stopped admitting from these leases; what it did not use is
     released. Idempotent: a lease returned twice changes nothing.
     """
+    RecoverLeases: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RecoverLeasesRequest, _gateway_pb2.RecoverLeasesResponse]
+    """An edge that died gives back, once restarted, the leases its journal names:
+    each request it had admitted and not settled gets its usage row (open, so
+    the sweeper expires it and charges its reservation, as for a request
+    authorized alone whose settle never came), and what a lease still holds is
+    released unless the journal may be incomplete. Idempotent.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -146,6 +153,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     ReturnLeases: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReturnLeasesRequest, _gateway_pb2.ReturnLeasesResponse]  # type: ignore[assignment]
     """The edge stopped admitting from these leases; what it did not use is
     released. Idempotent: a lease returned twice changes nothing.
+    """
+    RecoverLeases: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RecoverLeasesRequest, _gateway_pb2.RecoverLeasesResponse]  # type: ignore[assignment]
+    """An edge that died gives back, once restarted, the leases its journal names:
+    each request it had admitted and not settled gets its usage row (open, so
+    the sweeper expires it and charges its reservation, as for a request
+    authorized alone whose settle never came), and what a lease still holds is
+    released unless the journal may be incomplete. Idempotent.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -245,6 +259,19 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.ReturnLeasesResponse, _abc.Awaitable[_gateway_pb2.ReturnLeasesResponse]]:
         """The edge stopped admitting from these leases; what it did not use is
         released. Idempotent: a lease returned twice changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RecoverLeases(
+        self,
+        request: _gateway_pb2.RecoverLeasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RecoverLeasesResponse, _abc.Awaitable[_gateway_pb2.RecoverLeasesResponse]]:
+        """An edge that died gives back, once restarted, the leases its journal names:
+        each request it had admitted and not settled gets its usage row (open, so
+        the sweeper expires it and charges its reservation, as for a request
+        authorized alone whose settle never came), and what a lease still holds is
+        released unless the journal may be incomplete. Idempotent.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

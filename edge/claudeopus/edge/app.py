@@ -22,6 +22,8 @@ from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.lease_journal import LeaseJournal, old_journals
+from claudeopus.edge.lease_recovery import LeaseRecovery
 from claudeopus.edge.leases import LeaseBook
 from claudeopus.edge.routes import error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
@@ -84,14 +86,27 @@ def build_app(
         upstream = AiohttpUpstream(settings)
         async with contextlib.aclosing(upstream), control_channel(settings) as channel:
             control = control_factory(channel, settings)
-            leases = LeaseBook(control, settings.lease_seconds) if settings.lease_seconds else None
-            settler = await Settler.start(
-                control,
-                settings.spool_dir,
-                settings.spool_max_bytes,
-                linger=settings.settle_linger,
-                on_unreachable=leases.drop_all if leases is not None else None,
+            # Numbered after every journal there: those an earlier process left are recovered below.
+            journal = LeaseJournal.create(settings.spool_dir) if settings.lease_seconds else None
+            leases = LeaseBook(control, settings.lease_seconds, journal=journal) if journal is not None else None
+            try:
+                settler = await Settler.start(  # takes the spool directory's lock
+                    control,
+                    settings.spool_dir,
+                    settings.spool_max_bytes,
+                    linger=settings.settle_linger,
+                    on_unreachable=leases.drop_all if leases is not None else None,
+                    on_settled=journal.settled if journal is not None else None,
+                )
+            except BaseException:
+                if journal is not None:
+                    journal.close()  # empty: another process has the directory
+                raise
+            below = journal.number if journal is not None else None
+            recovery = LeaseRecovery(
+                control, old_journals(settings.spool_dir, below=below), spool_idle=lambda: settler.spool_empty
             )
+            recovery.start()
             authorizer = Authorizer(control, settings.control_timeout)
             forwarder = Forwarder(
                 upstream=upstream,
@@ -109,9 +124,12 @@ def build_app(
                 yield
             finally:
                 await authorizer.aclose()  # first: a request it refuses may still settle
+                await recovery.aclose()
                 if leases is not None:
                     await leases.aclose()
                 await settler.aclose()
+                if journal is not None:
+                    journal.close()  # kept if a lease or settle it names did not reach control
 
     app.lifespan(resources)  # type: ignore[no-untyped-call]
 

@@ -208,6 +208,19 @@ class ControlClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
+    async def recover_leases(self, recovered: Sequence[RecoveredLease]) -> int:
+        """Close what a dead process of this edge held (its journal); rows opened. Raises :class:`ClaudeOpusError`."""
+        request = gateway_pb2.RecoverLeasesRequest()
+        for entry in recovered:
+            message = request.leases.add(lease_id=entry.lease_id, release_rest=entry.release_rest)
+            for request_id, leased in entry.lost:
+                _fill_leased(message.lost.add(request_id=request_id).reservation, leased)
+        try:
+            reply = await self._stub.RecoverLeases(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return reply.rows_opened
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -248,6 +261,15 @@ class Leased:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveredLease:
+    """A lease a dead process of this edge held, and the requests it admitted whose settle was lost."""
+
+    lease_id: str
+    lost: Sequence[tuple[str, Leased]]  # (request id, its reservation)
+    release_rest: bool  # the journal is complete: control may release what the lease still holds
+
+
+@dataclass(frozen=True, slots=True)
 class AuthorizeCall:
     """One request to authorize: its id, its key's hash and what it asks for."""
 
@@ -282,15 +304,18 @@ def _settle_request(settle: Settle) -> gateway_pb2.SettleRequest:
         source=outcome.source,
         http_status=outcome.http_status,
     )
-    leased = settle.leased
-    if leased is not None:
-        request.leased.lease_id = leased.lease_id
-        request.leased.estimated_input_tokens = leased.estimated_input_tokens
-        request.leased.max_output_tokens = leased.max_output_tokens
-        request.leased.reserved_cost_micros = leased.reserved_cost_micros
-        request.leased.stream = leased.stream
-        request.leased.reserve_time.FromNanoseconds(leased.reserve_time_ns)
+    if settle.leased is not None:
+        _fill_leased(request.leased, settle.leased)
     return request
+
+
+def _fill_leased(message: gateway_pb2.LeasedReservation, leased: Leased) -> None:
+    message.lease_id = leased.lease_id
+    message.estimated_input_tokens = leased.estimated_input_tokens
+    message.max_output_tokens = leased.max_output_tokens
+    message.reserved_cost_micros = leased.reserved_cost_micros
+    message.stream = leased.stream
+    message.reserve_time.FromNanoseconds(leased.reserve_time_ns)
 
 
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}

@@ -91,7 +91,7 @@ class Forwarder:
         request_id = str(uuid.uuid4())
         leased: Leased | None = None
         hashed = key_hash(secret) if self._leases is not None else b""
-        admission = self._leases.admit(hashed, completion) if self._leases is not None else None
+        admission = self._leases.admit(hashed, completion, request_id) if self._leases is not None else None
         if admission is not None:
             leased, cap = admission.leased, admission.cap
         else:

@@ -24,8 +24,12 @@ What leases change, and why it is bounded:
 - When control cannot be reached (a settle, a grant or a return fails with UNAVAILABLE or
   times out), every lease is dropped: from then on requests fail closed (503) as without
   leases, until control authorizes again.
-- If the edge dies, requests it admitted that had not settled have no row of their own:
-  what their lease still held is charged, by control's sweeper, as one expired row.
+- If the edge process dies, the next one started on its spool directory recovers what it
+  held from its lease journal (lease_journal.py, lease_recovery.py): each request it admitted
+  whose settle was lost gets its own row, expired and charged its reservation, and what the
+  leases still held is released — as without leases. Only if no process starts there again
+  (or the machine itself crashed) does control's sweeper charge what a lease still holds, as
+  one expired row, when it ends.
 
 Example::
 
@@ -48,6 +52,7 @@ from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.control import ControlClient, Lease, Leased, LeaseUse
+from claudeopus.edge.lease_journal import LeaseJournal
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
@@ -91,10 +96,12 @@ class LeaseBook:
         control: ControlClient,
         seconds: float,
         *,
+        journal: LeaseJournal | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._control = control
+        self._journal = journal
         self._seconds = seconds
         self._clock = clock
         self._wall_ns = wall_ns
@@ -111,16 +118,20 @@ class LeaseBook:
     def held(self) -> int:
         return len(self._held)
 
-    def admit(self, key_hash: bytes, completion: CompletionRequest) -> Admission | None:
+    def admit(self, key_hash: bytes, completion: CompletionRequest, request_id: str) -> Admission | None:
         """Admit the request from a live lease of its key and model, or None (authorize it instead).
+
+        An admitted request is in the journal before this returns, so a process killed while
+        it is in flight leaves what the next one needs to give it its row (lease_recovery.py).
 
         When the lease is half used (or half its time is gone) its successor is asked for, so
         a busy key moves from lease to lease without a request going to control in between.
         """
         key = (key_hash, completion.model)
+        journal = self._journal
         for _ in range(2):  # the lease in use, then its successor if that one is spent
             held = self._held.get(key)
-            if held is None or self._closing:
+            if held is None or self._closing or (journal is not None and journal.full):
                 return None
             if self._clock() >= held.deadline:
                 self._retire(key)
@@ -129,6 +140,8 @@ class LeaseBook:
             if admission is None:
                 self._retire(key)  # give back what is left; an authorize may bring a new lease
                 continue
+            if journal is not None:
+                journal.admitted(request_id, admission.leased)  # room was checked above
             if key not in self._next and key not in self._wanted and self._half_gone(held):
                 self._wanted[key] = completion
                 self._start()
@@ -262,7 +275,8 @@ class LeaseBook:
         self._quiet_until.pop(key, None)
         # Counted from when it was asked for: control's clock started later, never earlier.
         held = _Held(lease, asked + lease.ttl, lease.input_tokens, lease.output_tokens, lease.cost_micros)
-        if self._closing or key in self._next:
+        journaled = self._journal is None or self._journal.lease_held(lease.lease_id)
+        if self._closing or key in self._next or not journaled:
             self._returns.append(held.use())  # too late, or one is waiting already: give it straight back
         elif key in self._held:
             self._next[key] = held
@@ -283,6 +297,9 @@ class LeaseBook:
                 await asyncio.sleep(NO_LEASE_BACKOFF_SECONDS)
                 continue
             del self._returns[: len(batch)]
+            if self._journal is not None:
+                for use in batch:
+                    self._journal.lease_returned(use.lease_id)
 
     async def aclose(self) -> None:
         """Stop admitting, give every lease back (within a grace period) and stop the task."""

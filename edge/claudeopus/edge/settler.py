@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 
@@ -59,8 +59,10 @@ class Settler:
         max_batch: int = MAX_BATCH,
         linger: float = 0.0,
         on_unreachable: Callable[[], None] | None = None,
+        on_settled: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._control = control
+        self._on_settled = on_settled  # told the request ids whose settle control or the spool took
         self._spool = spool
         self._replayer = replayer
         self._max_batch = max_batch
@@ -82,12 +84,18 @@ class Settler:
         *,
         linger: float = 0.0,
         on_unreachable: Callable[[], None] | None = None,
+        on_settled: Callable[[Iterable[str]], None] | None = None,
     ) -> Settler:
         """Open the spool and start replaying whatever it holds (also what an earlier process left)."""
         spool = await Spool.open(spool_dir, max_bytes=spool_max_bytes)
         replayer = Replayer(control, spool)
         replayer.start()
-        return cls(control, spool, replayer, linger=linger, on_unreachable=on_unreachable)
+        return cls(control, spool, replayer, linger=linger, on_unreachable=on_unreachable, on_settled=on_settled)
+
+    @property
+    def spool_empty(self) -> bool:
+        """Every spooled settle (an earlier process's too) has been replayed."""
+        return self._spool.empty
 
     @property
     def pending(self) -> int:
@@ -168,6 +176,9 @@ class Settler:
         retry = [settle for settle, error in zip(batch, answers, strict=True) if error and self._keep(settle, error)]
         if retry:
             await self._spool_all(retry)
+        if self._on_settled is not None:
+            kept = {id(settle) for settle in retry}
+            self._on_settled(settle.request_id for settle in batch if settle.leased and id(settle) not in kept)
 
     def _keep(self, settle: Settle, error: ClaudeOpusError) -> bool:
         """Whether a settle control refused on its own should be spooled and tried again."""
@@ -207,6 +218,8 @@ class Settler:
             _log.error("settle of request %s lost: %s", settle.request_id, error)
             return
         _log.debug("settle of request %s spooled for replay", settle.request_id)
+        if self._on_settled is not None and settle.leased is not None:
+            self._on_settled((settle.request_id,))
 
     async def aclose(self) -> None:
         """Send what is queued (up to a grace period; the rest is spooled), then stop replay and the spool."""

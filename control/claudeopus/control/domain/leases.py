@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +61,9 @@ MAX_LEASE_REQUESTS = 512
 MAX_TTL = timedelta(seconds=60)
 MIN_TTL = timedelta(milliseconds=50)
 MAX_RETURNS = 1000
+MAX_LOST_REQUESTS = 10_000
 EXPIRE_BATCH = 500
+_log = logging.getLogger(__name__)
 _OPEN = ("open_input_tokens", "open_output_tokens", "open_cost_micros")
 
 
@@ -411,6 +414,109 @@ async def _drop_finished(conn: BaseDBAsyncClient, lease_ids: Sequence[uuid.UUID]
 
 
 # -- returning and expiring leases --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LostRequest:
+    """A request an edge admitted from a lease whose settle never reached control or its spool."""
+
+    request_id: str
+    reservation: LeasedInput
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredLease:
+    """A lease a dead edge held, as its journal recorded it (see :func:`recover_leases`)."""
+
+    lease_id: str
+    lost: Sequence[LostRequest]
+    release_rest: bool
+
+
+async def recover_leases(recovered: Sequence[RecoveredLease]) -> int:
+    """Close what a dead edge held, once it restarted: returns how many usage rows were opened.
+
+    Each lost request gets its usage row, RESERVED, with its reservation moved out of the
+    lease — so the sweeper expires it and charges what it reserved, exactly as a request
+    authorized alone whose settle never came. With ``release_rest`` (the edge's journal is
+    complete) what the lease still holds is then released, as a return would: every request
+    it admitted has its row. Without it the lease runs to its end and the sweeper charges
+    what it holds. A lease already closed by the sweeper is left alone (what it held was
+    charged); a request that has its row already is left out, so recovering twice changes
+    nothing.
+    """
+    checked = _checked_recoveries(recovered)
+    opened = 0
+    for lease_id, entry in checked:
+        try:
+            async with in_transaction() as conn:
+                opened += await _recover_one(conn, lease_id, entry)
+        except _NoLease:
+            _log.warning("lease %s: its journal names more than it holds; the sweeper will close it", lease_id)
+    return opened
+
+
+def _checked_recoveries(recovered: Sequence[RecoveredLease]) -> list[tuple[uuid.UUID, RecoveredLease]]:
+    if len(recovered) > MAX_RETURNS:
+        raise InvalidArgument.field("leases", f"at most {MAX_RETURNS} per call")
+    if sum(len(entry.lost) for entry in recovered) > MAX_LOST_REQUESTS:
+        raise InvalidArgument.field("leases", f"at most {MAX_LOST_REQUESTS} lost requests per call")
+    checked = []
+    seen: set[uuid.UUID] = set()
+    for index, entry in enumerate(recovered):
+        lease_id = validation.uuid_value(f"leases[{index}].lease_id", entry.lease_id)
+        for number, lost in enumerate(entry.lost):
+            request_id = validation.uuid_value(f"leases[{index}].lost[{number}].request_id", lost.request_id)
+            if request_id in seen:
+                raise InvalidArgument.field(f"leases[{index}].lost[{number}].request_id", "is named twice")
+            seen.add(request_id)
+            if lost.reservation.lease_id != entry.lease_id:
+                raise InvalidArgument.field(f"leases[{index}].lost[{number}]", "belongs to another lease")
+            _check_leased(index, lost.reservation)
+        checked.append((lease_id, entry))
+    return sorted(checked, key=lambda pair: pair[0])
+
+
+async def _recover_one(conn: BaseDBAsyncClient, lease_id: uuid.UUID, entry: RecoveredLease) -> int:
+    lease = await _locked_lease(conn, lease_id)
+    if lease is None:
+        return 0  # closed by the sweeper: what it held was charged
+    rows = []
+    for lost in entry.lost:
+        leased = lost.reservation
+        reserved = reservations.Amounts(
+            leased.estimated_input_tokens, leased.max_output_tokens, leased.reserved_cost_micros
+        )
+        when = min(max(leased.reserve_time, lease.created_at), lease.expires_at)
+        rows.append(_lease_row(lease, uuid.UUID(lost.request_id), reserved, stream=leased.stream, created_at=when))
+    opened = set(await insert_open_records(conn, rows, skip_existing=True))
+    taken = [0, 0, 0]
+    for lost in entry.lost:
+        if uuid.UUID(lost.request_id) in opened:
+            taken[0] += lost.reservation.estimated_input_tokens
+            taken[1] += lost.reservation.max_output_tokens
+            taken[2] += lost.reservation.reserved_cost_micros
+    if opened and not await _take_from_lease(conn, lease, taken[0], taken[1], taken[2], len(opened)):
+        raise _NoLease
+    if entry.release_rest and lease.requests_admitted is None:
+        lease = await _locked_lease(conn, lease_id)
+        assert lease is not None
+        rest = reservations.Amounts(lease.open_input_tokens, lease.open_output_tokens, lease.open_cost_micros)
+        await (
+            BudgetLease.filter(id=lease.id)
+            .using_db(conn)
+            .update(
+                open_input_tokens=0,
+                open_output_tokens=0,
+                open_cost_micros=0,
+                requests_admitted=lease.requests_opened,
+            )
+        )
+        if not lease.unlimited:
+            holds = reservations.decode_holds(lease.reserved_counters)
+            await reservations.move(conn, holds, release=rest, charge=reservations.Amounts(0, 0, 0))
+    await _drop_finished(conn, [lease_id])
+    return len(opened)
 
 
 async def return_leases(uses: Sequence[LeaseUse]) -> None:

@@ -123,6 +123,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await leases.return_leases(uses)
         return gateway_pb2.ReturnLeasesResponse()
 
+    @rpc
+    async def RecoverLeases(
+        self, request: gateway_pb2.RecoverLeasesRequest, context: Ctx[object, object]
+    ) -> gateway_pb2.RecoverLeasesResponse:
+        require_service(context, self._token)
+        recovered = [
+            leases.RecoveredLease(
+                lease_id=entry.lease_id,
+                lost=[
+                    leases.LostRequest(request_id=lost.request_id, reservation=_leased_input(lost.reservation))
+                    for lost in entry.lost
+                ],
+                release_rest=entry.release_rest,
+            )
+            for entry in request.leases
+        ]
+        return gateway_pb2.RecoverLeasesResponse(rows_opened=await leases.recover_leases(recovered))
+
 
 def _settle_input(request: gateway_pb2.SettleRequest) -> gateway.SettleInput:
     return gateway.SettleInput(
