@@ -4,7 +4,8 @@ With leases on, an edge admits a key's requests from a slice of its budgets with
 control. These tests check what must still hold: every request is billed exactly, in one
 row; spending never passes a limit, also with two edges leasing from one budget; a lease
 nobody uses any more is given back; a revocation reaches a leasing edge within the lease's
-time; and an edge killed while holding a lease leaves nothing held and nothing uncharged.
+time; and an edge killed while holding a lease leaves nothing held and nothing uncharged —
+restarted, exactly one row per request, as without leases.
 """
 
 from __future__ import annotations
@@ -181,16 +182,23 @@ def test_a_revocation_holds_on_a_leasing_edge_when_revoke_returns(edges: list[st
         manager.close()
 
 
-def test_an_edge_killed_with_a_lease_leaves_nothing_held_and_nothing_uncharged(manager: Manager, stack: Stack) -> None:
+@pytest.mark.parametrize("restarted", [True, False], ids=["restarted", "never-restarted"])
+def test_an_edge_killed_with_a_lease_leaves_nothing_held_and_nothing_uncharged(
+    manager: Manager, stack: Stack, restarted: bool
+) -> None:
     """Four requests in flight (one authorized, three from a lease) when the edge is SIGKILLed.
 
-    The authorized one is expired with its reservation, as without leases; the three leased
-    ones have no row, and the lease (5 s here) is closed by the sweeper once the reservation
-    timeout has passed after it ended: all it held is charged, conservatively, as one row.
+    The authorized one is expired with its reservation, as without leases. Restarted on its
+    spool directory, the edge recovers its lease journal: each leased request gets its own
+    row, expired with its reservation, exactly as if it had been authorized alone, and the
+    rest of the lease is released. Never restarted, the lease (5 s here) is closed by the
+    sweeper once the reservation timeout has passed after it ended: all it held is charged,
+    conservatively, as one row.
     """
     key_name, secret = manager.user_key()
     budget = manager.create_budget(key_name, OUTPUT, 100_000)
-    edge, url = stack.start_edge("lease-edge-killed", lease_seconds=5.0)
+    name = f"lease-edge-killed-{restarted}"
+    edge, url = stack.start_edge(name, lease_seconds=5.0)
     body = {"model": "fake-hold", "messages": [{"role": "user", "content": "held"}], "max_tokens": MAX_TOKENS}
     headers = {"authorization": f"Bearer {secret}"}
 
@@ -201,6 +209,7 @@ def test_an_edge_killed_with_a_lease_leaves_nothing_held_and_nothing_uncharged(m
     def holding() -> int:
         return sum(1 for r in list(stack.upstream.received) if r.body and r.body.get("messages") == body["messages"])
 
+    before = holding()
     stack.upstream.release.clear()
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -208,7 +217,7 @@ def test_an_edge_killed_with_a_lease_leaves_nothing_held_and_nothing_uncharged(m
             _until(lambda: manager.counters(budget)[1] > MAX_TOKENS)  # authorized, and a lease on top
             for _ in range(3):
                 pool.submit(held_request)
-            _until(lambda: holding() == 4)
+            _until(lambda: holding() == before + 4)
             _, held, _ = manager.counters(budget)
             edge.popen.kill()  # SIGKILL: nothing settled, the lease never given back
             edge.popen.wait(10)
@@ -216,10 +225,21 @@ def test_an_edge_killed_with_a_lease_leaves_nothing_held_and_nothing_uncharged(m
         stack.upstream.release.set()
     lease = (100_000 - MAX_TOKENS) // (LEASE_SHARE * MAX_TOKENS) * MAX_TOKENS
     assert held == MAX_TOKENS + lease
-    records = manager.settled(key_name, 2, timeout=30)
-    assert sorted(r.output_tokens for r in records) == [MAX_TOKENS, lease]
+    journal = stack.log_dir / f"{name}.spool" / "leases-000000000001.journal"
+    assert journal.exists()
+    if restarted:
+        stack.start_edge(name, lease_seconds=5.0)
+        _until(lambda: not journal.exists())
+        assert manager.counters(budget)[1] == 4 * MAX_TOKENS, "the lease's unused rest was released at once"
+        records = manager.settled(key_name, 4, timeout=30)
+        assert [r.output_tokens for r in records] == [MAX_TOKENS] * 4, "one row per request, as without leases"
+        charged = 4 * MAX_TOKENS
+    else:
+        records = manager.settled(key_name, 2, timeout=30)
+        assert sorted(r.output_tokens for r in records) == [MAX_TOKENS, lease]
+        charged = held
     assert {r.status for r in records} == {EXPIRED}
-    assert manager.counters(budget) == (held, 0, 100_000 - held), "everything it held is charged, once"
+    assert manager.counters(budget) == (charged, 0, 100_000 - charged), "everything it held is charged, once"
 
 
 def test_a_leasing_edge_fails_closed_soon_after_control_goes_away(tmp_path: Path) -> None:
