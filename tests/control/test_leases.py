@@ -16,7 +16,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import accounts, api_keys, batch_settle, gateway, leases, prices, reservations
+from claudeopus.control.domain import (
+    accounts,
+    api_keys,
+    batch_settle,
+    budgets,
+    gateway,
+    leases,
+    prices,
+    reservations,
+)
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.domain.leases import LEASE_SHARE, Granted, LeaseUse
@@ -202,6 +211,58 @@ async def test_taking_a_keys_rights_away_returns_once_its_leases_have_ended(worl
     await accounts.suspend_account(world.admin, world.reseller.id, now=NOW)
     assert time.monotonic() - started >= 0.25, "a suspension waits for the leases of the whole subtree"
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, grant(world.sibling_key))
+
+
+async def test_a_new_budget_holds_on_every_edge_once_created_even_over_a_lease_that_counts_nothing(
+    world: World,
+) -> None:
+    granted = await grant(world.direct_key, ttl=timedelta(milliseconds=300))
+    assert granted is not None and granted.unlimited
+    before = leased_settle(granted)
+    await batch_settle.settle_one(before, NOW + SECOND)  # 12 tokens, before any budget
+    started = time.monotonic()
+    budget = await set_budget(world, world.direct, 1_000, key=world.direct_key)
+    assert time.monotonic() - started >= 0.25, "no edge admits unchecked for the key once create returns"
+    assert await counter(budget) == (12, 0), "what was spent already"
+    after = [leased_settle(granted) for _ in range(2)]  # admitted before the create returned
+    await batch_settle.settle_batch(after, NOW + SECOND)
+    assert await counter(budget) == (36, 0), "charged to the new budget, nothing released it never held"
+    lost_one = lost(granted)
+    await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), [lost_one], True)])
+    assert await counter(budget) == (36, RESERVED), "a lost request holds its reservation in the new budget"
+    late = NOW + SECOND + MAX_AGE + SECOND
+    assert await gateway.expire_stale(late, MAX_AGE) == 1
+    assert await counter(budget) == (36 + RESERVED, 0)
+    await assert_counters_match_rows_and_leases()
+    started = time.monotonic()
+    await set_budget(world, world.direct, 1_000, key=world.direct_key, metric=INPUT_TOKENS)
+    assert time.monotonic() - started < 0.2, "no such lease live: no wait"
+
+
+async def test_lowering_a_limit_or_changing_a_price_returns_once_leases_on_the_old_terms_ended(world: World) -> None:
+    ttl = timedelta(milliseconds=300)
+    budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
+    assert await grant(world.key, ttl=ttl) is not None
+    started = time.monotonic()
+    await budgets.update_budget(world.admin, budget.id, paths=["limit"], limit=20 * LEASE_SHARE * RESERVED, now=NOW)
+    assert time.monotonic() - started < 0.2, "a raised limit takes nothing away: no wait"
+    await budgets.update_budget(world.admin, budget.id, paths=["limit"], limit=5 * LEASE_SHARE * RESERVED, now=NOW)
+    assert time.monotonic() - started >= 0.25, "a lowered limit holds on every edge once update returns"
+
+    assert await grant(world.key, ttl=ttl, now=NOW + SECOND) is not None
+    started = time.monotonic()
+    price = await prices.create_price(
+        world.admin, parent_id=None, model="m-2", input_micros=1, output_micros=1, request_id="", now=NOW + SECOND
+    )
+    assert time.monotonic() - started < 0.2, "another model's price: no wait"
+    await prices.update_price(
+        world.admin, price.id, paths=["input_micros_per_million"], input_micros=2, output_micros=0, now=NOW + SECOND
+    )
+    assert time.monotonic() - started < 0.2
+    await prices.create_price(
+        world.admin, parent_id=None, model="m-1", input_micros=1, output_micros=1, request_id="", now=NOW + SECOND
+    )
+    assert time.monotonic() - started >= 0.25, "no edge reserves at the old price of m-1 once create returns"
 
 
 # -- leased requests -------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
+from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.periods import period_bounds, period_index
@@ -251,14 +252,15 @@ async def _join_open_reservations(
 
 
 async def _join_live_leases(conn: BaseDBAsyncClient, owner: Owner, budget: Budget, now: datetime) -> int:
-    """Add the new budget's hold to the owner's live leases that count (see leases.py); what they hold.
+    """Add the new budget's hold to the owner's live leases (see leases.py); what they hold in it.
 
     A lease lives within one period, so every live lease is in the current one. Requests its
     edge admits later open their rows with the lease's holds, the new one included. A lease
-    granted while no budget held the key counts nothing and is not joined: the requests its
-    edge admits until it ends (CLAUDEOPUS_LEASE_SECONDS) are not counted in the new budget.
+    granted while no budget held the key holds nothing: its requests are charged to the new
+    budget when they settle, and :func:`create_budget` returns once such leases have ended,
+    so from then on every edge authorizes the owner's requests against the budget.
     """
-    query = BudgetLease.filter(unlimited=False).using_db(conn)
+    query = BudgetLease.all().using_db(conn)
     if owner.api_key_id is not None:
         query = query.filter(api_key_id=owner.api_key_id)
     else:
@@ -305,14 +307,32 @@ async def create_budget(
     request_id: str,
     now: datetime,
 ) -> BudgetView:
-    """Set a budget on ``owner``; its counter for the current period starts at what was already spent."""
+    """Set a budget on ``owner``; its counter for the current period starts at what was already spent.
+
+    It holds on every edge when this returns: leases granted while no budget held the owner's
+    keys, which count nothing, have ended by then (their requests were charged to it meanwhile).
+    """
     wanted_metric, wanted_period, limit = _new_budget_fields(metric, period, limit)
     rid = validation.request_id("request_id", request_id)
     _may_write(principal, owner)
+    budget = await _create_budget(principal, owner, wanted_metric, wanted_period, limit, rid, now)
+    await _outlive_leases_of(owner, now, unlimited=True)
+    return (await _views([budget], now))[0]
+
+
+async def _create_budget(
+    principal: Principal,
+    owner: Owner,
+    wanted_metric: BudgetMetric,
+    wanted_period: BudgetPeriod,
+    limit: int,
+    rid: str | None,
+    now: datetime,
+) -> Budget:
     if rid is not None:
         earlier = await Budget.get_or_none(owner=owner.name, create_request_id=rid)
         if earlier is not None:
-            return (await _views([_same_request(earlier, wanted_metric, wanted_period, limit)], now))[0]
+            return _same_request(earlier, wanted_metric, wanted_period, limit)
     await _check_not_above_parent(principal, owner, wanted_metric, wanted_period, limit)
     index = period_index(wanted_period, now)
     try:
@@ -347,13 +367,21 @@ async def create_budget(
         if rid is not None:
             earlier = await Budget.get_or_none(owner=owner.name, create_request_id=rid)
             if earlier is not None:
-                return (await _views([_same_request(earlier, wanted_metric, wanted_period, limit)], now))[0]
+                return _same_request(earlier, wanted_metric, wanted_period, limit)
         raise AlreadyExists(
             Reason.RESOURCE_EXISTS,
             f"budget: {owner.name} already has a {wanted_period.name.lower()} {wanted_metric.name.lower()} "
             "budget; update it.",
         ) from None
-    return (await _views([budget], now))[0]
+    return budget
+
+
+async def _outlive_leases_of(owner: Owner, now: datetime, *, unlimited: bool) -> None:
+    """Return once the owner's live leases (counting nothing, or holding budget) have ended."""
+    if owner.api_key_id is not None:
+        await outlive_leases(api_key_id=owner.api_key_id, unlimited=unlimited, now=now)
+    else:
+        await outlive_leases(account=owner.account, unlimited=unlimited, now=now)
 
 
 def _same_request(earlier: Budget, metric: BudgetMetric, period: BudgetPeriod, limit: int) -> Budget:
@@ -409,7 +437,11 @@ def _owner_of(budget: Budget) -> Owner:
 async def update_budget(
     principal: Principal, budget_id: int, *, paths: Sequence[str], limit: int, now: datetime
 ) -> BudgetView:
-    """Change a budget's limit. Lowering it below what is spent refuses every further request."""
+    """Change a budget's limit. Lowering it below what is spent refuses every further request.
+
+    A lowered limit holds on every edge when this returns: it waits for the owner's leases,
+    sized after the old limit, to end.
+    """
     fields = update_paths(paths)
     budget = await budget_in_subtree(principal, budget_id, "budget.name")
     owner = _owner_of(budget)
@@ -418,9 +450,12 @@ async def update_budget(
     if "limit" in fields:
         limit = _limit("budget.limit", limit)
         await _check_not_above_parent(principal, owner, budget.metric, budget.period, limit)
+        lowered = limit < budget.limit_amount
         if not await Budget.filter(id=budget.id).update(limit_amount=limit, updated_at=now):
             raise NotFound(Reason.RESOURCE_NOT_FOUND, "budget.name: budget not found.")
         await budget.refresh_from_db()
+        if lowered:
+            await _outlive_leases_of(owner, now, unlimited=False)
     return (await _views([budget], now))[0]
 
 

@@ -64,6 +64,7 @@ MAX_RETURNS = 1000
 MAX_LOST_REQUESTS = 10_000
 EXPIRE_BATCH = 500
 _log = logging.getLogger(__name__)
+_NOTHING = reservations.Amounts(0, 0, 0)
 _OPEN = ("open_input_tokens", "open_output_tokens", "open_cost_micros")
 
 
@@ -304,8 +305,11 @@ async def _settle_all(entries: Sequence[LeasedSettle], now: datetime) -> dict[uu
             reserved = reservations.Amounts(
                 leased.estimated_input_tokens, leased.max_output_tokens, leased.reserved_cost_micros
             )
-            holds = reservations.decode_holds(leases[lease_id].reserved_counters)
-            moves.add(holds, release=reserved, charge=closings[entry.request_id].charge)
+            lease = leases[lease_id]
+            holds = reservations.decode_holds(lease.reserved_counters)
+            # An unlimited lease holds nothing; a budget created since joined it: charge only.
+            release = _NOTHING if lease.unlimited else reserved
+            moves.add(holds, release=release, charge=closings[entry.request_id].charge)
             total = taken.setdefault(lease_id, [0, 0, 0, 0])
             total[0] += reserved.input_tokens
             total[1] += reserved.output_tokens
@@ -389,7 +393,7 @@ async def _take_from_lease(
 ) -> bool:
     """Move reservations worth these amounts out of the lease (only if it holds them); False if it does not."""
     bind = Binder(conn.capabilities.dialect)
-    amounts = (input_tokens, output_tokens, cost)
+    amounts = (0, 0, 0) if lease.unlimited else (input_tokens, output_tokens, cost)  # it holds nothing
     # Bound in the order the text has them (SQLite's placeholders are positional).
     moved = ", ".join(f"{column} = {column} - {bind(amount)}" for column, amount in zip(_OPEN, amounts, strict=True))
     opened = f"requests_opened = requests_opened + {bind(requests)}"
@@ -498,6 +502,12 @@ async def _recover_one(conn: BaseDBAsyncClient, lease_id: uuid.UUID, entry: Reco
             taken[2] += lost.reservation.reserved_cost_micros
     if opened and not await _take_from_lease(conn, lease, taken[0], taken[1], taken[2], len(opened)):
         raise _NoLease
+    if lease.unlimited and lease.reserved_counters:
+        # Held nowhere yet (the lease holds nothing): the rows hold their reservations in the
+        # budgets created since, so the sweeper's release and charge balance.
+        added = reservations.Amounts(-taken[0], -taken[1], -taken[2])
+        joined = reservations.decode_holds(lease.reserved_counters)
+        await reservations.move(conn, joined, release=added, charge=_NOTHING)
     if entry.release_rest and lease.requests_admitted is None:
         lease = await _locked_lease(conn, lease_id)
         assert lease is not None

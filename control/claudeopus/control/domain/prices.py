@@ -30,6 +30,7 @@ from tortoise.exceptions import IntegrityError
 
 from claudeopus.control.domain import validation
 from claudeopus.control.domain.accounts import account_in_subtree
+from claudeopus.control.domain.clock import utc_now
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -39,6 +40,7 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
+from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, Price, Role
@@ -142,20 +144,30 @@ async def create_price(
     input_micros: int,
     output_micros: int,
     request_id: str,
+    now: datetime | None = None,
 ) -> Price:
-    """Set a price for ``model`` on ``parent_id`` (default: the caller's own account)."""
+    """Set a price for ``model`` on ``parent_id`` (default: the caller's own account).
+
+    Like every price change it holds on every edge when it returns (see :func:`_outlive_leases`).
+    """
     _may_set_prices(principal)
     model = validation.model_name("price.model", model)
     wanted = _amounts({INPUT: input_micros, OUTPUT: output_micros})
     rid = validation.request_id("request_id", request_id)
     account = await account_in_subtree(principal, parent_id, "parent")
+    price = await _create_price(account, model, wanted, rid)
+    await _outlive_leases(account, model, now)
+    return price
+
+
+async def _create_price(account: Account, model: str, wanted: dict[str, int], rid: str | None) -> Price:
     if rid is not None:
         earlier = await Price.get_or_none(account_id=account.id, create_request_id=rid)
         if earlier is not None:
             return _same_request(earlier, model, wanted)
     await _check_not_below_parent(account, model, wanted)
     try:
-        return await Price.create(
+        price = await Price.create(
             account_id=account.id,
             model=model,
             input_micros_per_million=wanted[INPUT],
@@ -170,6 +182,16 @@ async def create_price(
         raise AlreadyExists(
             Reason.RESOURCE_EXISTS, "price.model: this account already has a price for this model; update it."
         ) from None
+    return price
+
+
+async def _outlive_leases(account: Account, model: str, now: datetime | None) -> None:
+    """Return once the leases that price ``model`` in ``account``'s subtree have ended.
+
+    A lease that holds budget reserves each request's cost at the price in force when it was
+    granted (see leases.py): after a change, no edge admits at the old price.
+    """
+    await outlive_leases(account=account, model=model, unlimited=False, now=now or utc_now())
 
 
 def _same_request(earlier: Price, model: str, wanted: dict[str, int]) -> Price:
@@ -242,12 +264,14 @@ async def update_price(
     if not await Price.filter(id=price.id).update(**wanted, updated_at=now):
         raise NotFound(Reason.RESOURCE_NOT_FOUND, "price.name: price not found.")
     await price.refresh_from_db()
+    await _outlive_leases(price.account, price.model, now)
     return price
 
 
-async def delete_price(principal: Principal, price_id: int) -> None:
+async def delete_price(principal: Principal, price_id: int, now: datetime | None = None) -> None:
     """Remove a price of the caller's subtree; its account falls back to its ancestors' prices."""
     _may_set_prices(principal)
     price = await price_in_subtree(principal, price_id)
     if not await Price.filter(id=price.id).delete():
         raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: price not found.")
+    await _outlive_leases(price.account, price.model, now)

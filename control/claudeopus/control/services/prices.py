@@ -27,7 +27,8 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
     async def CreatePrice(
         self, request: prices_pb2.CreatePriceRequest, context: Ctx[object, object]
     ) -> prices_pb2.Price:
-        principal = await management_principal(context, self._clock())
+        now = self._clock()
+        principal = await management_principal(context, now)
         row = await prices.create_price(
             principal,
             parent_id=parse_optional_id("parent", ACCOUNTS, request.parent),
@@ -35,6 +36,7 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
             input_micros=request.price.input_micros_per_million,
             output_micros=request.price.output_micros_per_million,
             request_id=request.request_id,
+            now=now,
         )
         return convert.price(row)
 
@@ -79,8 +81,9 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
     async def DeletePrice(
         self, request: prices_pb2.DeletePriceRequest, context: Ctx[object, object]
     ) -> empty_pb2.Empty:
-        principal = await management_principal(context, self._clock())
-        await prices.delete_price(principal, parse_id("name", PRICES, request.name))
+        now = self._clock()
+        principal = await management_principal(context, now)
+        await prices.delete_price(principal, parse_id("name", PRICES, request.name), now)
         return empty_pb2.Empty()
 
     @rpc
