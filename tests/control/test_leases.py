@@ -19,6 +19,7 @@ from claudeopus import keys
 from claudeopus.control.domain import (
     accounts,
     api_keys,
+    batch_authorize,
     batch_settle,
     budgets,
     gateway,
@@ -263,6 +264,32 @@ async def test_lowering_a_limit_or_changing_a_price_returns_once_leases_on_the_o
         world.admin, parent_id=None, model="m-1", input_micros=1, output_micros=1, request_id="", now=NOW + SECOND
     )
     assert time.monotonic() - started >= 0.25, "no edge reserves at the old price of m-1 once create returns"
+
+
+async def test_a_refusal_while_leases_hold_the_rest_says_when_they_end(world: World) -> None:
+    budget = await set_budget(world, world.reseller, 2 * LEASE_SHARE * RESERVED)
+    granted = await grant(world.sibling_key)  # another key of the reseller: another edge, say
+    assert granted is not None and granted.amounts == used(2)
+
+    async def ask(now: datetime) -> batch_authorize.AuthorizeResult:
+        one = batch_authorize.AuthorizeInput(
+            str(uuid.uuid4()), keys.hash_secret_bytes(world.key.secret), "m-1", IN, OUT, stream=False
+        )
+        (result,) = await batch_authorize.authorize_batch([one], now, POLICY)
+        return result
+
+    for _ in range(2 * LEASE_SHARE - 2):
+        assert (await ask(NOW)).error is None
+    refused = await ask(NOW)
+    assert isinstance(refused.error, reservations.BudgetExhausted)
+    assert refused.error.metadata[leases.LEASES_END_KEY] == "2000", "the lease ends in 1 s, and is back 1 s later"
+    await leases.return_leases([LeaseUse(str(granted.lease_id), 0, used(0))])
+    for _ in range(2):
+        assert (await ask(NOW)).error is None, "what the lease did not use holds requests once it is back"
+    refused = await ask(NOW)
+    assert isinstance(refused.error, reservations.BudgetExhausted)
+    assert leases.LEASES_END_KEY not in refused.error.metadata, "no lease holds any of it: a plain refusal"
+    assert await counter(budget) == (0, 2 * LEASE_SHARE * RESERVED)
 
 
 # -- leased requests -------------------------------------------------------------------------

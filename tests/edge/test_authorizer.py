@@ -171,3 +171,50 @@ async def test_shutdown_lets_the_batch_on_its_way_finish_and_refuses_the_rest() 
     with pytest.raises(errors.ControlUnavailable):
         await authorizer.authorize(ids(1)[0], SECRET, COMPLETION)
     assert len(control.batches) == 2
+
+
+def exhausted(leases_end_ms: int | None) -> ClaudeOpusError:
+    metadata = {"budget_scope": "reseller"}
+    if leases_end_ms is not None:
+        metadata["leases_end_in_ms"] = str(leases_end_ms)
+    return error_of(grpc.StatusCode.RESOURCE_EXHAUSTED, "budget exhausted", "BUDGET_EXHAUSTED", metadata=metadata)
+
+
+class ScriptedControl(ControlClient):
+    """Answers the n-th BatchAuthorize with ``script[n]`` (the last one from then on)."""
+
+    def __init__(self, script: list[int | ClaudeOpusError]) -> None:
+        self.script = script
+        self.calls = 0
+
+    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
+        answer = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return [answer for _ in calls]
+
+
+async def test_a_refusal_while_leases_hold_the_rest_is_asked_again_until_they_end() -> None:
+    control = ScriptedControl([exhausted(500), exhausted(480), 32])
+    authorizer = Authorizer(control, timeout=5)
+    started = asyncio.get_running_loop().time()
+    assert await authorizer.authorize(ids(1)[0], SECRET, COMPLETION) == 32, "admitted once the slice came back"
+    assert control.calls == 3 and asyncio.get_running_loop().time() - started < 0.2, (
+        "asked again at once, not at 500 ms"
+    )
+    await authorizer.aclose()
+
+
+async def test_a_refusal_is_final_once_the_leases_ended_or_when_none_holds_the_budget() -> None:
+    control = ScriptedControl([exhausted(150)])
+    authorizer = Authorizer(control, timeout=5)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(errors.OpenAIError) as refused:
+        await authorizer.authorize(ids(1)[0], SECRET, COMPLETION)
+    waited = asyncio.get_running_loop().time() - started
+    assert refused.value.status == 429 and 0.14 <= waited < 1.0 and 3 <= control.calls <= 6
+    plain = ScriptedControl([exhausted(None)])
+    authorizer = Authorizer(plain, timeout=5)
+    with pytest.raises(errors.OpenAIError):
+        await authorizer.authorize(ids(1)[0], SECRET, COMPLETION)
+    assert plain.calls == 1, "no lease holds the budget: refused at once"
+    await authorizer.aclose()

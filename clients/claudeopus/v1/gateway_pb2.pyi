@@ -768,7 +768,10 @@ class AuthorizeResult(_message.Message):
 
     @_builtins.property
     def error_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The ErrorInfo metadata (for BUDGET_EXHAUSTED: budget_scope, metric, period, budget)."""
+        """The ErrorInfo metadata (for BUDGET_EXHAUSTED: budget_scope, metric, period,
+        budget, and leases_end_in_ms when live leases hold part of the budget: ask
+        again within that many milliseconds, the budget may hold the request then).
+        """
 
     @_builtins.property
     def field_violations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -39,6 +39,10 @@ from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
 MAX_BATCH = 256
+LEASES_END_KEY = "leases_end_in_ms"
+# Refused while leases hold what a budget has left: asked again after 10, 20, 40 ms... until they end.
+FIRST_RECHECK_SECONDS = 0.01
+MAX_LEASE_WAIT_SECONDS = 62.0  # a lease lives at most 60 s, and its return takes a moment
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -69,8 +73,30 @@ class Authorizer:
         self._closing = False
 
     async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
-        """Reserve the request; returns the output cap the upstream must get (0: none needed)."""
-        waiting = _Waiting(AuthorizeCall(request_id, key_hash(secret), completion))
+        """Reserve the request; returns the output cap the upstream must get (0: none needed).
+
+        Refused because leases (see leases.py) hold what the budget has left, it asks again as
+        those leases end and are returned, until the last one has: near a limit, a request is
+        refused only when the budget cannot hold it, as without leases.
+        """
+        call = AuthorizeCall(request_id, key_hash(secret), completion)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        pause = FIRST_RECHECK_SECONDS
+        while True:
+            try:
+                return await self._authorize_once(call)
+            except _HeldByLeases as held:
+                now = loop.time()
+                if deadline is None:
+                    deadline = now + min(held.seconds, MAX_LEASE_WAIT_SECONDS)
+                if now >= deadline:
+                    raise held.refusal from None
+                await asyncio.sleep(min(pause, deadline - now))
+                pause *= 2
+
+    async def _authorize_once(self, call: AuthorizeCall) -> int:
+        waiting = _Waiting(call)
         if self._closing:
             raise _unavailable()
         self._queue.append(waiting)
@@ -114,7 +140,7 @@ class Authorizer:
             if waiting.answer.done():
                 continue
             if isinstance(answer, ClaudeOpusError):
-                waiting.answer.set_exception(_refusal(answer))
+                waiting.answer.set_exception(_held_by_leases(answer) or _refusal(answer))
             else:
                 waiting.answer.set_result(answer)
 
@@ -129,6 +155,22 @@ class Authorizer:
             waiting = self._queue.popleft()
             if not waiting.answer.done():
                 waiting.answer.set_exception(_unavailable())
+
+
+class _HeldByLeases(Exception):
+    """Refused while live leases hold part of the budget: ask again within ``seconds``."""
+
+    def __init__(self, refusal: errors.OpenAIError, seconds: float) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+        self.seconds = seconds
+
+
+def _held_by_leases(error: ClaudeOpusError) -> _HeldByLeases | None:
+    hint = error.metadata.get(LEASES_END_KEY, "")
+    if error.reason != "BUDGET_EXHAUSTED" or not hint.isdigit():
+        return None
+    return _HeldByLeases(_refusal(error), int(hint) / 1000)
 
 
 def _refusal(error: ClaudeOpusError) -> errors.OpenAIError:

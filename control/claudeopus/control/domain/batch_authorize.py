@@ -32,7 +32,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import gateway, reservations, usage_rows, validation
+from claudeopus.control.domain import gateway, leases, reservations, usage_rows, validation
 from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_epoch, load_context
 from claudeopus.control.domain.errors import DomainError, InvalidArgument
 from claudeopus.control.models import ApiKey, Budget, UsageRecord
@@ -82,6 +82,15 @@ async def authorize_batch(
     """Authorize every entry of ``batch``; one result per entry, in order."""
     if len(batch) > MAX_BATCH:
         raise InvalidArgument.field("requests", f"at most {MAX_BATCH} requests per batch")
+    results = await _authorize_batch(batch, now, policy, cache)
+    if any(result.error is not None for result in results):
+        await leases.mark_held_by_leases([result.error for result in results], now)
+    return results
+
+
+async def _authorize_batch(
+    batch: Sequence[AuthorizeInput], now: datetime, policy: gateway.OutputPolicy, cache: AuthCache | None
+) -> list[AuthorizeResult]:
     if len(batch) == 1:
         return [await _alone(batch[0], now, policy, cache)]
     results: list[AuthorizeResult | None] = [None] * len(batch)

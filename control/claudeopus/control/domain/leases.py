@@ -43,6 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.expressions import Subquery
 from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import gateway, prices, reservations, validation
@@ -215,6 +216,45 @@ async def _insert_lease(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: 
         return False
     await BudgetLease.create(using_db=conn, **fields)
     return True
+
+
+# -- refusals while leases hold part of a budget ------------------------------------------------
+
+# A lease's edge returns it when it ends; its return reaches control within this.
+RETURN_GRACE = timedelta(seconds=1)
+LEASES_END_KEY = "leases_end_in_ms"
+
+
+async def mark_held_by_leases(errors: Sequence[DomainError | None], now: datetime) -> None:
+    """Tell, on each BUDGET_EXHAUSTED refusal, when the leases holding part of that budget end.
+
+    A lease is a reservation of requests not yet made: near a limit, a slice another edge
+    holds and does not use keeps budget from this request only until that lease ends and is
+    returned. So the refusal says when that is (``ErrorInfo.metadata["leases_end_in_ms"]``),
+    and the edge asks again then, instead of refusing a request the budget can still hold.
+    """
+    ends: dict[int, datetime | None] = {}
+    for error in errors:
+        if not isinstance(error, reservations.BudgetExhausted):
+            continue
+        budget = error.budget
+        if budget.id not in ends:
+            ends[budget.id] = await _last_lease_end(budget, now)
+        end = ends[budget.id]
+        if end is not None:
+            error.metadata[LEASES_END_KEY] = str(max(0, int((end - now) / timedelta(milliseconds=1))))
+
+
+async def _last_lease_end(budget: Budget, now: datetime) -> datetime | None:
+    """When the last live lease that may hold part of ``budget`` ends and is back (None: there is none)."""
+    query = BudgetLease.filter(unlimited=False, expires_at__gt=now - RETURN_GRACE)
+    if budget.api_key_id is not None:  # type: ignore[attr-defined]
+        query = query.filter(api_key_id=budget.api_key_id)  # type: ignore[attr-defined]
+    else:
+        account = await Account.get(id=budget.account_id)  # type: ignore[attr-defined]
+        query = query.filter(account_id__in=Subquery(Account.filter(path__startswith=account.path).values("id")))
+    last = await query.order_by("-expires_at").first()
+    return None if last is None else last.expires_at + RETURN_GRACE
 
 
 # -- leased requests' rows -------------------------------------------------------------------
