@@ -33,11 +33,11 @@ _RATIOS = (
     ("full-stream / bare-stream", "full-stream", "bare-stream"),
     ("full-stream / direct-stream", "full-stream", "direct-stream"),
     ("full / full-no-budget", "full", "full-no-budget"),
-    ("full-leased / bare", "full-leased", "bare"),
-    ("full-leased-stream / bare-stream", "full-leased-stream", "bare-stream"),
+    ("full-unleased / bare", "full-unleased", "bare"),
+    ("full-unleased-stream / bare-stream", "full-unleased-stream", "bare-stream"),
 )
-# The paths the targets are checked for: the full path as configured by default, and with leases.
-_TARGET_PATHS = (("full", "full-stream", ""), ("full-leased", "full-leased-stream", ", leases on"))
+# The paths the targets are checked for: the full path as configured by default, and with leases off.
+_TARGET_PATHS = (("full", "full-stream", ""), ("full-unleased", "full-unleased-stream", ", leases off"))
 
 
 def _ratio(a: float | None, b: float | None) -> float:
@@ -140,7 +140,7 @@ def targets(results: Results) -> list[dict[str, object]]:
     peaks = [
         m
         for m in results.memory
-        if m.process == "control" or (m.process.startswith(("edge-full", "edge-leased")) and m.workers == workers)
+        if m.process == "control" or (m.process.startswith(("edge-full", "edge-unleased")) and m.workers == workers)
     ]
     for process in peaks:
         add(f"peak RSS of {process.process}, MB", process.peak_mb, MAX_RSS_MB, at_most=True)

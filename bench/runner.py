@@ -178,7 +178,7 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
                         upstream_url,
                         token,
                         context.workdir,
-                        lease_seconds=LEASE_SECONDS if path == "leased" else 0.0,
+                        lease_seconds=0.0 if path == "unleased" else LEASE_SECONDS,
                     )
                 groups.setdefault(group, []).append(server)
         for servers in groups.values():
@@ -285,7 +285,7 @@ def _rss_runs(context: _Context, topology: _Topology) -> None:
     total = 0
     start = time.monotonic()
     control_samples: list[tuple[float, float]] = []
-    for scenario in (BY_NAME[name] for name in ("full", "full-stream", "full-leased", "full-leased-stream")):
+    for scenario in (BY_NAME[name] for name in ("full", "full-stream", "full-unleased", "full-unleased-stream")):
         servers = topology.groups.get(_group(scenario))
         if not servers:
             continue

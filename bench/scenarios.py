@@ -16,9 +16,10 @@ from bench.upstream import MODEL
 from bench.wrk import Request
 from claudeopus.keys import new_secret
 
-PathKind = Literal["direct", "bare", "full", "leased"]
-# The paths through control (the leased one is the full path with CLAUDEOPUS_LEASE_SECONDS set).
-CONTROL_PATHS = ("full", "leased")
+PathKind = Literal["direct", "bare", "full", "unleased"]
+# The paths through control: as configured by default (budget leases of LEASE_SECONDS, the
+# edge's default), and with leases off (CLAUDEOPUS_LEASE_SECONDS=0: each request authorized alone).
+CONTROL_PATHS = ("full", "unleased")
 LEASE_SECONDS = 1.0
 
 
@@ -34,13 +35,13 @@ class Scenario:
 SCENARIOS = (
     Scenario("direct", "(a) nginx directly", "direct", stream=False),
     Scenario("bare", "(b) bare relay: edge, control stubbed out", "bare", stream=False),
-    Scenario("full", "(c) full path: key auth, budget reservation, usage settle", "full", stream=False, budget=True),
+    Scenario("full", "(c) full path: key auth, budget leases, usage settle", "full", stream=False, budget=True),
     Scenario("full-no-budget", "(c') full path, no budget on the key or above it", "full", stream=False),
     Scenario("direct-stream", "(a) nginx directly, streaming", "direct", stream=True),
     Scenario("bare-stream", "(b) bare relay, streaming", "bare", stream=True),
     Scenario("full-stream", "(d) full path, streaming", "full", stream=True, budget=True),
-    Scenario("full-leased", "(e) full path with budget leases (1 s)", "leased", stream=False, budget=True),
-    Scenario("full-leased-stream", "(e) full path with budget leases, streaming", "leased", stream=True, budget=True),
+    Scenario("full-unleased", "(e) full path, leases off (authorize each)", "unleased", stream=False, budget=True),
+    Scenario("full-unleased-stream", "(e) full path, leases off, streaming", "unleased", stream=True, budget=True),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 

@@ -105,6 +105,14 @@ class Manager:
         budget = self.budget(name)
         return budget.spent, budget.reserved, budget.remaining
 
+    def released(self, name: str, timeout: float = 10.0) -> tuple[int, int, int]:
+        """(spent, reserved, remaining) once nothing is reserved: the requests settled and the edges
+        gave back their budget leases (each ends within CLAUDEOPUS_LEASE_SECONDS)."""
+        deadline = time.monotonic() + timeout
+        while (counters := self.counters(name))[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return counters
+
     def records(self, api_key: str) -> list[usage_pb2.UsageRecord]:
         return list(self.client.iter_usage_records(api_key=api_key, page_size=1000))
 
@@ -485,8 +493,8 @@ def test_client_disconnect_leaves_one_row_and_counters_equal_to_it(
     assert (record.input_tokens, record.output_tokens) == (expected_input, cut.output_tokens)
     assert record.http_status == 200
     assert record.latency.ToMilliseconds() < PAUSE_SECONDS * 1000 * 0.8, "settled when the client left"
-    assert manager.counters(input_budget) == (record.input_tokens, 0, 100_000 - record.input_tokens)
-    assert manager.counters(output_budget) == (record.output_tokens, 0, 1_000 - record.output_tokens)
+    assert manager.released(input_budget) == (record.input_tokens, 0, 100_000 - record.input_tokens)
+    assert manager.released(output_budget) == (record.output_tokens, 0, 1_000 - record.output_tokens)
 
 
 # -- 5 and 7: a stack of its own, with a short reservation timeout and a small default cap -------

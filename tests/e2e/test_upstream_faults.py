@@ -114,7 +114,7 @@ def _create(edge: Edge, secret: str, model: str, stream: bool = False):  # type:
 def _settled_once(stack: Stack, key_name: str, budget: str) -> usage_pb2.UsageRecord:
     """The key's one usage row, settled; and its budget holds nothing reserved any more."""
     [record] = stack.manager.settled(key_name, 1)
-    spent, reserved, _ = stack.manager.counters(budget)
+    spent, reserved, _ = stack.manager.released(budget)
     assert reserved == 0
     assert spent == record.output_tokens
     return record
@@ -227,7 +227,7 @@ def test_a_proper_answer_still_works(stack: Stack) -> None:
     assert len(list(_create(stack.edge, secret, "fault-ok", stream=True))) == 2  # w0, w1 (usage dropped)
     records = stack.manager.settled(key_name, 2)
     assert {(r.status, r.output_tokens) for r in records} == {(SUCCEEDED, 3)}
-    assert stack.manager.counters(budget)[:2] == (6, 0)
+    assert stack.manager.released(budget)[:2] == (6, 0)
 
 
 def test_a_refused_connection_is_retried_until_the_upstream_listens(stack: Stack) -> None:
@@ -319,7 +319,7 @@ def test_many_faults_leak_no_connection_or_reservation(stack: Stack) -> None:
     states = {r.status for r in records}
     assert states <= {UPSTREAM_ERROR, DISCONNECTED}, states
     assert sum(r.status == DISCONNECTED for r in records) == ROUNDS * MIXED_PER_ROUND // len(MIXED)
-    assert stack.manager.counters(budget)[1] == 0
+    assert stack.manager.released(budget)[1] == 0
     deadline = time.monotonic() + 5
     while True:
         fds_after, sockets_after = len(_fds(pid)), _sockets_to(pid, port)

@@ -41,9 +41,10 @@ def test_the_settle_linger_is_read_from_the_environment_and_checked() -> None:
             EdgeSettings.from_env({**BASE, "CLAUDEOPUS_SETTLE_LINGER": raw})
 
 
-def test_leases_are_off_unless_their_time_is_set_and_the_time_is_checked() -> None:
-    assert EdgeSettings.from_env(BASE).lease_seconds == 0
-    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": "1"}).lease_seconds == 1.0
+def test_leases_last_a_second_unless_set_and_0_turns_them_off() -> None:
+    assert EdgeSettings.from_env(BASE).lease_seconds == 1.0
+    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": ""}).lease_seconds == 1.0
+    assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": "2.5"}).lease_seconds == 2.5
     assert EdgeSettings.from_env({**BASE, "CLAUDEOPUS_LEASE_SECONDS": "0"}).lease_seconds == 0
     for raw in ("-1", "0.01", "61", "soon"):
         with pytest.raises(SettingsError, match="CLAUDEOPUS_LEASE_SECONDS"):

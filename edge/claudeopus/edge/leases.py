@@ -1,6 +1,6 @@
 """Budget leases at the edge: admit requests from a slice of a key's budgets without asking control.
 
-With ``CLAUDEOPUS_LEASE_SECONDS`` set, after a request of a key and model was authorized
+With ``CLAUDEOPUS_LEASE_SECONDS`` above 0 (1 s by default), after a request of a key and model was authorized
 with control the edge asks control, in the background, for a lease (GrantLease): a slice
 of every budget on the key's chain, a whole number of requests like that one, or nothing
 when a budget is near its limit. While it holds a live lease, a request of that key and
@@ -15,12 +15,13 @@ limit, where leases are small).
 
 What leases change, and why it is bounded:
 
-- A revocation, suspension, expiry or budget change reaches this edge within the lease's
-  time (CLAUDEOPUS_LEASE_SECONDS, 1 s in the benchmark), not at once: requests admitted from
-  a lease granted before the change still pass until it ends.
+- A revocation, suspension, expiry, budget or price change reaches this edge within the
+  lease's time (CLAUDEOPUS_LEASE_SECONDS), not at once; so control's call that makes it
+  returns only once the leases it concerns have ended (control's lease_fence.py).
 - Spending still cannot pass a limit: a lease is held in the budgets like a reservation.
-  Admission near a limit is exact as without leases (no lease is granted there), except
-  that a slice another edge holds and does not use stays out of reach until it is returned.
+  Admission near a limit stays exact: no lease is granted there, and a request refused while
+  a slice another edge holds keeps the rest is authorized again once that lease is back
+  (authorizer.py).
 - When control cannot be reached (a settle, a grant or a return fails with UNAVAILABLE or
   times out), every lease is dropped: from then on requests fail closed (503) as without
   leases, until control authorizes again.

@@ -17,7 +17,8 @@ MAX_CONNECT_RETRIES = 100
 # Settles wait this long for others to join their batch (see settler.py); at most MAX_SETTLE_LINGER.
 DEFAULT_SETTLE_LINGER = 0.01
 MAX_SETTLE_LINGER = 1.0
-# Budget leases (see leases.py): off (0), or how long each lease is admitted from, in seconds.
+# Budget leases (see leases.py): how long each lease is admitted from, in seconds; 0 turns them off.
+DEFAULT_LEASE_SECONDS = 1.0
 MIN_LEASE_SECONDS = 0.05
 MAX_LEASE_SECONDS = 60.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
@@ -73,10 +74,10 @@ class EdgeSettings:
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     # How long the settler waits for more settles to join a batch (seconds; 0: send at once).
     settle_linger: float = DEFAULT_SETTLE_LINGER
-    # Budget leases: 0 = off (every request authorized with control); else how long the edge
-    # admits requests from one lease before it gives it back, which also bounds how long a
-    # revocation, suspension or budget change takes to reach this edge.
-    lease_seconds: float = 0.0
+    # Budget leases (on by default): how long the edge admits a key's requests from one lease
+    # before it gives it back, which also bounds how long a revocation, suspension, budget or
+    # price change waits for leases to end; 0 = off (every request authorized with control).
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     # Access log (see access_log.py): a file rotated every access_log_rotate_seconds at aligned UTC
     # boundaries, keeping access_log_keep rotated files besides the current one; None = no file.
     # Built here None; from the environment, logs/access.log unless CLAUDEOPUS_ACCESS_LOG=off.
@@ -165,7 +166,7 @@ class EdgeSettings:
             spool_dir=env.get("CLAUDEOPUS_SPOOL_DIR", "") or DEFAULT_SPOOL_DIR,
             spool_max_bytes=int(_number(env, "CLAUDEOPUS_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
             settle_linger=_seconds_or_zero(env, "CLAUDEOPUS_SETTLE_LINGER", DEFAULT_SETTLE_LINGER),
-            lease_seconds=_seconds_or_zero(env, "CLAUDEOPUS_LEASE_SECONDS", 0.0),
+            lease_seconds=_seconds_or_zero(env, "CLAUDEOPUS_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
             access_log_path=_access_log_path(env.get("CLAUDEOPUS_ACCESS_LOG", "")),
             access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
             access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),
