@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.control import ControlClient, RecoveredLease
 from claudeopus.edge.lease_journal import boot_id, read_journal
 from claudeopus.edge.replay import is_permanent
+from claudeopus.edge.tasks import cancel
 
 __all__ = ["LeaseRecovery", "batches"]
 
@@ -90,9 +90,7 @@ class LeaseRecovery:
         """Stop; a journal not fully recovered stays on disk for the next start."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel(self._task)
         self._task = None
 
     async def _run(self) -> None:

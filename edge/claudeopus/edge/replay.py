@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from claudeopus.client import (
@@ -31,6 +30,7 @@ from claudeopus.client import (
 )
 from claudeopus.edge.control import ControlClient, Outcome, Settle
 from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
+from claudeopus.edge.tasks import cancel
 from claudeopus.v1 import usage_pb2
 
 __all__ = ["Replayer", "is_permanent", "outcome_of"]
@@ -86,9 +86,7 @@ class Replayer:
         """Stop; whatever was not replayed stays on disk for the next start."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel(self._task)
         self._task = None
 
     async def _run(self) -> None:

@@ -3,6 +3,7 @@
 Example::
 
     await finish(self._sender, grace=5.0)   # it ends by itself, or is cancelled after 5 s
+    await cancel(self._task)                 # cancelled now; returns once it has ended
 """
 
 from __future__ import annotations
@@ -18,3 +19,8 @@ async def finish(task: asyncio.Task[None], grace: float) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and return once it has ended."""
+    await finish(task, grace=0)
