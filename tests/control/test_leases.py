@@ -384,7 +384,9 @@ async def test_a_budget_created_while_a_lease_lives_holds_what_the_lease_holds(w
     assert granted is not None and granted.amounts == used(10)
     first = leased_settle(granted)
     await batch_settle.settle_one(first, NOW + SECOND)
+    started = time.monotonic()
     on_key = await set_budget(world, world.user, 1_000_000, key=world.key, metric=INPUT_TOKENS)
+    assert time.monotonic() - started >= 0.9, "returns once the lease, sized before the budget, has ended"
     assert await counter(on_key) == (5, 9 * IN), "what was settled, and what the lease still holds"
     await batch_settle.settle_batch([leased_settle(granted) for _ in range(2)], NOW + SECOND)
     assert await counter(on_key) == (15, 7 * IN), "requests admitted from the lease count in it"

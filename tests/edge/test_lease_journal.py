@@ -171,4 +171,7 @@ def test_recovery_batches_stay_within_what_control_takes_per_call() -> None:
     calls = list(batches([*many, big]))
     assert [len(call) for call in calls] == [MAX_LEASES, 2, 1]
     assert [sum(len(e.lost) for e in call) for call in calls] == [0, MAX_LOST, 5]
+    assert [e.release_rest for e in calls[1] + calls[2] if e.lease_id == LEASE_ID] == [False, True], (
+        "the rest is released with the lease's last part, once every lost request has its row"
+    )
     assert list(batches([])) == []

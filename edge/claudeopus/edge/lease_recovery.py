@@ -44,8 +44,11 @@ def batches(recovered: Sequence[RecoveredLease]) -> Iterator[list[RecoveredLease
     batch: list[RecoveredLease] = []
     lost = 0
     for entry in recovered:
-        for start in range(0, max(1, len(entry.lost)), MAX_LOST):
-            part = RecoveredLease(entry.lease_id, entry.lost[start : start + MAX_LOST], entry.release_rest)
+        starts = range(0, max(1, len(entry.lost)), MAX_LOST)
+        for start in starts:
+            # What the lease still holds is released with its last part only: every lost request has its row by then.
+            last = start == starts[-1]
+            part = RecoveredLease(entry.lease_id, entry.lost[start : start + MAX_LOST], entry.release_rest and last)
             if batch and (len(batch) >= MAX_LEASES or lost + len(part.lost) > MAX_LOST):
                 yield batch
                 batch, lost = [], 0

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_
 from claudeopus.control.domain.errors import DomainError, InvalidArgument
 from claudeopus.control.models import ApiKey, Budget, UsageRecord
 
+_log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 
 
@@ -84,7 +86,10 @@ async def authorize_batch(
         raise InvalidArgument.field("requests", f"at most {MAX_BATCH} requests per batch")
     results = await _authorize_batch(batch, now, policy, cache)
     if any(result.error is not None for result in results):
-        await leases.mark_held_by_leases([result.error for result in results], now)
+        try:
+            await leases.mark_held_by_leases([result.error for result in results], now)
+        except Exception as error:  # only a hint: the batch's answers (reservations made) stand
+            _log.warning("no lease hint for refusals: %s", type(error).__name__)
     return results
 
 

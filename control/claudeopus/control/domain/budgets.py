@@ -309,14 +309,14 @@ async def create_budget(
 ) -> BudgetView:
     """Set a budget on ``owner``; its counter for the current period starts at what was already spent.
 
-    It holds on every edge when this returns: leases granted while no budget held the owner's
-    keys, which count nothing, have ended by then (their requests were charged to it meanwhile).
+    It holds on every edge when this returns: the owner's leases, sized before it existed, have
+    ended by then (their requests were counted in it meanwhile).
     """
     wanted_metric, wanted_period, limit = _new_budget_fields(metric, period, limit)
     rid = validation.request_id("request_id", request_id)
     _may_write(principal, owner)
     budget = await _create_budget(principal, owner, wanted_metric, wanted_period, limit, rid, now)
-    await _outlive_leases_of(owner, now, unlimited=True)
+    await _outlive_leases_of(owner, now)
     return (await _views([budget], now))[0]
 
 
@@ -350,10 +350,12 @@ async def _create_budget(
                 updated_at=now,
                 using_db=conn,
             )
-            # Requests in flight join the new budget first (their rows locked, so none settles
-            # between the two steps), then the settled ones are summed: each is counted once.
-            reserved = await _join_open_reservations(conn, owner, budget, index, now)
-            reserved += await _join_live_leases(conn, owner, budget, now)
+            # Live leases join the new budget first, then requests in flight (leases, then rows
+            # locked, the order settling, recovering and sweeping a lease use: a row a lease
+            # opens meanwhile either exists before the rows are read or carries the new hold),
+            # then the settled ones are summed: each is counted once.
+            reserved = await _join_live_leases(conn, owner, budget, now)
+            reserved += await _join_open_reservations(conn, owner, budget, index, now)
             spent = await _spent_so_far(conn, owner, wanted_metric, wanted_period, now)
             await BudgetCounter.create(
                 budget_id=budget.id,
@@ -376,8 +378,8 @@ async def _create_budget(
     return budget
 
 
-async def _outlive_leases_of(owner: Owner, now: datetime, *, unlimited: bool) -> None:
-    """Return once the owner's live leases (counting nothing, or holding budget) have ended."""
+async def _outlive_leases_of(owner: Owner, now: datetime, *, unlimited: bool | None = None) -> None:
+    """Return once the owner's live leases (those counting nothing, or holding budget) have ended."""
     if owner.api_key_id is not None:
         await outlive_leases(api_key_id=owner.api_key_id, unlimited=unlimited, now=now)
     else:

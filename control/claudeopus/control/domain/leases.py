@@ -43,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.expressions import Subquery
+from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import gateway, prices, reservations, validation
@@ -223,6 +223,12 @@ async def _insert_lease(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: 
 # A lease's edge returns it when it ends; its return reaches control within this.
 RETURN_GRACE = timedelta(seconds=1)
 LEASES_END_KEY = "leases_end_in_ms"
+_METRIC_COLUMNS = {
+    BudgetMetric.INPUT_TOKENS: ("open_input_tokens",),
+    BudgetMetric.OUTPUT_TOKENS: ("open_output_tokens",),
+    BudgetMetric.TOTAL_TOKENS: ("open_input_tokens", "open_output_tokens"),
+    BudgetMetric.COST_MICROS: ("open_cost_micros",),
+}
 
 
 async def mark_held_by_leases(errors: Sequence[DomainError | None], now: datetime) -> None:
@@ -247,7 +253,15 @@ async def mark_held_by_leases(errors: Sequence[DomainError | None], now: datetim
 
 async def _last_lease_end(budget: Budget, now: datetime) -> datetime | None:
     """When the last live lease that may hold part of ``budget`` ends and is back (None: there is none)."""
-    query = BudgetLease.filter(unlimited=False, expires_at__gt=now - RETURN_GRACE)
+    # Leases not yet returned that still hold some of the budget's metric (a returned one holds
+    # only its requests in flight, which a refusal does not wait for, as without leases).
+    holding = [Q(**{f"{column}__gt": 0}) for column in _METRIC_COLUMNS[budget.metric]]  # type: ignore[arg-type]
+    query = BudgetLease.filter(
+        Q(*holding, join_type="OR"),
+        unlimited=False,
+        requests_admitted__isnull=True,
+        expires_at__gt=now - RETURN_GRACE,
+    )
     if budget.api_key_id is not None:  # type: ignore[attr-defined]
         query = query.filter(api_key_id=budget.api_key_id)  # type: ignore[attr-defined]
     else:

@@ -284,8 +284,11 @@ async def reserve(
 
 
 async def move(conn: BaseDBAsyncClient, holds: Sequence[Hold], *, release: Amounts, charge: Amounts) -> None:
-    """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in stored order."""
-    for hold in holds:
+    """In each held counter: ``reserved -= release``, ``spent += charge`` (per its metric), in the lock order.
+
+    (Holds a budget created later joined are appended: stored order is not the lock order.)
+    """
+    for hold in sorted(holds, key=lock_order):
         await _move_counter(conn, hold, release.of(hold.metric), charge.of(hold.metric))
 
 
