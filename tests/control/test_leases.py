@@ -28,7 +28,14 @@ from claudeopus.control.domain import (
     reservations,
 )
 from claudeopus.control.domain.api_keys import IssuedKey
-from claudeopus.control.domain.errors import InvalidArgument, NotFound, PermissionDenied, Reason, Unauthenticated
+from claudeopus.control.domain.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from claudeopus.control.domain.leases import LEASE_SHARE, Granted, LeaseUse
 from claudeopus.control.models import BudgetCounter, BudgetLease, Scope, UsageRecord, UsageSource, UsageStatus
 from claudeopus.control.sweeper import ReservationSweeper
@@ -281,13 +288,13 @@ async def test_a_refusal_while_leases_hold_the_rest_says_when_they_end(world: Wo
     for _ in range(2 * LEASE_SHARE - 2):
         assert (await ask(NOW)).error is None
     refused = await ask(NOW)
-    assert isinstance(refused.error, reservations.BudgetExhausted)
+    assert isinstance(refused.error, ResourceExhausted)
     assert refused.error.metadata[leases.LEASES_END_KEY] == "2000", "the lease ends in 1 s, and is back 1 s later"
     await leases.return_leases([LeaseUse(str(granted.lease_id), 0, used(0))])
     for _ in range(2):
         assert (await ask(NOW)).error is None, "what the lease did not use holds requests once it is back"
     refused = await ask(NOW)
-    assert isinstance(refused.error, reservations.BudgetExhausted)
+    assert isinstance(refused.error, ResourceExhausted)
     assert leases.LEASES_END_KEY not in refused.error.metadata, "no lease holds any of it: a plain refusal"
     assert await counter(budget) == (0, 2 * LEASE_SHARE * RESERVED)
 

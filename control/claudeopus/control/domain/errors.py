@@ -103,4 +103,8 @@ class FailedPrecondition(DomainError):
 
 
 class ResourceExhausted(DomainError):
-    pass
+    def __init__(
+        self, reason: Reason, message: str, metadata: dict[str, str] | None = None, *, budget_id: int | None = None
+    ) -> None:
+        super().__init__(reason, message, metadata)
+        self.budget_id = budget_id  # BUDGET_EXHAUSTED: the budget that ran out (never sent: it may be a reseller's)

@@ -241,12 +241,12 @@ async def mark_held_by_leases(errors: Sequence[DomainError | None], now: datetim
     """
     ends: dict[int, datetime | None] = {}
     for error in errors:
-        if not isinstance(error, reservations.BudgetExhausted):
+        if not isinstance(error, ResourceExhausted) or error.budget_id is None:
             continue
-        budget = error.budget
-        if budget.id not in ends:
-            ends[budget.id] = await _last_lease_end(budget, now)
-        end = ends[budget.id]
+        if error.budget_id not in ends:
+            budget = await Budget.get_or_none(id=error.budget_id)
+            ends[error.budget_id] = None if budget is None else await _last_lease_end(budget, now)
+        end = ends[error.budget_id]
         if end is not None:
             error.metadata[LEASES_END_KEY] = str(max(0, int((end - now) / timedelta(milliseconds=1))))
 

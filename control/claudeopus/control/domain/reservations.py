@@ -146,14 +146,6 @@ async def _ensure_counter(conn: BaseDBAsyncClient, budget: Budget, index: int) -
     await conn.execute_query(sql, bind.values)
 
 
-class BudgetExhausted(ResourceExhausted):
-    """A reservation ``budget`` cannot hold (BUDGET_EXHAUSTED); ``budget`` stays on this side."""
-
-    def __init__(self, message: str, metadata: dict[str, str], budget: Budget) -> None:
-        super().__init__(Reason.BUDGET_EXHAUSTED, message, metadata)
-        self.budget = budget
-
-
 def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
     if budget.api_key_id is not None:  # type: ignore[attr-defined]
         scope, whose = "key", "this API key's"
@@ -169,8 +161,11 @@ def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
     if scope != "reseller":  # a reseller's own budget is not the sub-user's business
         metadata["budget"] = format_name(BUDGETS, budget.id)
     words = f"{_PERIOD_WORDS[budget.period]} {_METRIC_WORDS[budget.metric]} budget"
-    return BudgetExhausted(
-        f"You exceeded {whose} {words} ({scope} budget): this request was not sent upstream.", metadata, budget
+    return ResourceExhausted(
+        Reason.BUDGET_EXHAUSTED,
+        f"You exceeded {whose} {words} ({scope} budget): this request was not sent upstream.",
+        metadata,
+        budget_id=budget.id,
     )
 
 

@@ -42,8 +42,9 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def status_code(error: errors.DomainError) -> int:
-    """The ``google.rpc.Code`` of ``error``."""
-    return _CODES.get(type(error), code_pb2.FAILED_PRECONDITION)
+    """The ``google.rpc.Code`` of ``error`` (of its nearest class that has one)."""
+    found = (_CODES.get(cls) for cls in type(error).__mro__)
+    return next((code for code in found if code is not None), code_pb2.FAILED_PRECONDITION)
 
 
 def to_status(error: errors.DomainError) -> grpc.Status:
