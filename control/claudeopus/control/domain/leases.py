@@ -19,8 +19,12 @@ the request's reservation leaves the lease and, in the lease's counters, is repl
 real usage, exactly as authorizing and settling it would have done. So the budget counters
 always equal the usage rows plus what live leases hold (``open_*``).
 
-A lease whose edge vanished (killed, never returned it) is closed by the sweeper once the
-reservation timeout has passed since the lease ended (:func:`expire_stale_leases`): what it
+An edge killed while it held leases tells, once it starts again, what its lease journal
+recorded (:func:`recover_leases`): each request it admitted whose settle was lost gets its
+RESERVED row, expired and charged by the sweeper like any reservation nobody settled, and
+what the leases still held is released. A lease nobody recovered or returned is closed by
+the sweeper once the reservation timeout has passed since the lease ended
+(:func:`expire_stale_leases`): what it
 still holds becomes one RESERVED row, with the lease's id as its request id, which the
 sweeper then expires and charges like any reservation nobody settled — the conservative
 choice, as for reservations. That includes what the edge never used: at most one lease's
