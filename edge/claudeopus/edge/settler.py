@@ -173,12 +173,18 @@ class Settler:
             _log.error("batch of %d settles failed: %s; spooling it", len(batch), type(error).__name__)
             await self._spool_all(batch)
             return
-        retry = [settle for settle, error in zip(batch, answers, strict=True) if error and self._keep(settle, error)]
+        retry: list[Settle] = []
+        done: list[Settle] = []
+        for settle, refusal in zip(batch, answers, strict=True):
+            (retry if refusal and self._keep(settle, refusal) else done).append(settle)
         if retry:
-            await self._spool_all(retry)
+            await self._spool_all(retry)  # each tells of itself once spooled
+        self._tell_settled(done)
+
+    def _tell_settled(self, settles: Sequence[Settle]) -> None:
+        """Control or the spool took these: the lease journal may forget the leased ones."""
         if self._on_settled is not None:
-            kept = {id(settle) for settle in retry}
-            self._on_settled(settle.request_id for settle in batch if settle.leased and id(settle) not in kept)
+            self._on_settled(settle.request_id for settle in settles if settle.leased is not None)
 
     def _keep(self, settle: Settle, error: ClaudeOpusError) -> bool:
         """Whether a settle control refused on its own should be spooled and tried again."""
@@ -218,8 +224,7 @@ class Settler:
             _log.error("settle of request %s lost: %s", settle.request_id, error)
             return
         _log.debug("settle of request %s spooled for replay", settle.request_id)
-        if self._on_settled is not None and settle.leased is not None:
-            self._on_settled((settle.request_id,))
+        self._tell_settled((settle,))
 
     async def aclose(self) -> None:
         """Send what is queued (up to a grace period; the rest is spooled), then stop replay and the spool."""

@@ -306,7 +306,7 @@ async def settle_leased(entries: Sequence[LeasedSettle], now: datetime) -> dict[
     checked: list[LeasedSettle] = []
     for index, entry in enumerate(entries):
         try:
-            _check_leased(index, entry.leased)
+            _check_leased(f"requests[{index}].leased", entry.leased)
             checked.append(entry)
         except DomainError as error:
             answers[entry.request_id] = error
@@ -329,10 +329,10 @@ class _LeaseShort(Exception):
         self.error = error
 
 
-def _check_leased(index: int, leased: LeasedInput) -> None:
-    validation.uuid_value(f"requests[{index}].leased.lease_id", leased.lease_id)
+def _check_leased(field: str, leased: LeasedInput) -> None:
+    validation.uuid_value(f"{field}.lease_id", leased.lease_id)
     for name in ("estimated_input_tokens", "max_output_tokens", "reserved_cost_micros"):
-        validation.non_negative(f"requests[{index}].leased.{name}", getattr(leased, name))
+        validation.non_negative(f"{field}.{name}", getattr(leased, name))
 
 
 async def _settle_all(entries: Sequence[LeasedSettle], now: datetime) -> dict[uuid.UUID, DomainError | None]:
@@ -534,7 +534,7 @@ def _checked_recoveries(recovered: Sequence[RecoveredLease]) -> list[tuple[uuid.
             seen.add(request_id)
             if lost.reservation.lease_id != entry.lease_id:
                 raise InvalidArgument.field(f"leases[{index}].lost[{number}]", "belongs to another lease")
-            _check_leased(index, lost.reservation)
+            _check_leased(f"leases[{index}].lost[{number}].reservation", lost.reservation)
         checked.append((lease_id, entry))
     return sorted(checked, key=lambda pair: pair[0])
 
