@@ -97,6 +97,13 @@ class Account(Model):
     deleted_at = fields.DatetimeField(null=True)
     # Who suspended the account: only that account or one above it may lift the suspension.
     suspended_by = fields.BigIntField(null=True)
+    # The policy an account above sets on this one; it bounds every key created in this subtree
+    # (the policies of the whole chain apply together). ``policy_set_by`` is the account that set it
+    # last: only that account or one above it may widen it. Null everywhere means no policy.
+    policy_allowed_models: fields.Field[list[str] | None] = fields.JSONField(null=True)
+    policy_management_keys = fields.BooleanField(default=True, db_default=True)
+    policy_max_key_lifetime_seconds = fields.BigIntField(null=True)
+    policy_set_by = fields.BigIntField(null=True)
 
     class Meta:
         table = "account"
@@ -127,6 +134,15 @@ class ApiKey(Model):
     rotated_at = fields.DatetimeField(null=True)
     previous_key_hash = fields.CharField(max_length=64, null=True, unique=True)
     previous_expires_at = fields.DatetimeField(null=True)
+    # Who created the key, and who last set each of its limits: a limit set by an account above the
+    # key's own can only be widened by that account or one above it (the owner may narrow it).
+    issued_by = fields.BigIntField(null=True)
+    models_set_by = fields.BigIntField(null=True)
+    expiry_set_by = fields.BigIntField(null=True)
+    scopes_set_by = fields.BigIntField(null=True)
+    # The dashboard session a management key was minted through: ending the session's rights
+    # (a password reset, a suspension) revokes it too.
+    minted_by_session = fields.BigIntField(null=True)
 
     class Meta:
         table = "api_key"
@@ -237,6 +253,9 @@ class Price(Model):
     model = fields.CharField(max_length=200)
     input_micros_per_million = fields.BigIntField()
     output_micros_per_million = fields.BigIntField()
+    # The account that set the price (its own account or one above): only that account or one
+    # above it may change or delete it.
+    set_by = fields.BigIntField(null=True)
     create_request_id = fields.CharField(max_length=64, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
