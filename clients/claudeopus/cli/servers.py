@@ -190,7 +190,18 @@ async def _first_start(control_target: str, edge: EdgeSettings, *, demo_model: b
     async with client(admin.secret) as management:
         user = await management.create_account(email=DEMO_EMAIL, role="user", display_name="Demo user")
         created = await management.create_api_key(parent=user.name, display_name="demo")
+        if demo_model:
+            # Only priced models are served: the demo's canned models are free.
+            for demo in MODELS:
+                await management.create_price(model=demo, input_micros=0, output_micros=0)
     model = MODELS[0] if demo_model else "gpt-4o-mini"
+    if not demo_model:
+        print(
+            "\nOnly models with a price are served. Set one before calling, e.g.\n"
+            f"  CLAUDEOPUS_CONTROL={control_target} CLAUDEOPUS_ADMIN_KEY={admin.secret} "
+            f"claudeopus admin prices create --model {model} --input 150000 --output 600000\n",
+            flush=True,
+        )
     base = f"{_scheme(edge)}://{edge.http_address}/v1"
     print(
         "\nFirst start: bootstrapped the admin and a demo user. These secrets are shown ONCE.\n"

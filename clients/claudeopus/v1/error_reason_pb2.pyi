@@ -82,6 +82,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A budget may not be larger than a budget of the same metric and period above it."""
     BUDGET_HELD_ABOVE: _ErrorReason.ValueType  # 28
     """The budget was set above the caller, so only that account (or one above it) may change it."""
+    PRICE_SET_ABOVE: _ErrorReason.ValueType  # 29
+    """The price was set above the caller, so only that account (or one above it) may change or remove it."""
+    MODEL_NOT_AVAILABLE: _ErrorReason.ValueType  # 30
+    """No price is in force for the model on the key's account or any account above it, so it is not served."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -149,4 +153,8 @@ BUDGET_ABOVE_PARENT: ErrorReason.ValueType  # 27
 """A budget may not be larger than a budget of the same metric and period above it."""
 BUDGET_HELD_ABOVE: ErrorReason.ValueType  # 28
 """The budget was set above the caller, so only that account (or one above it) may change it."""
+PRICE_SET_ABOVE: ErrorReason.ValueType  # 29
+"""The price was set above the caller, so only that account (or one above it) may change or remove it."""
+MODEL_NOT_AVAILABLE: ErrorReason.ValueType  # 30
+"""No price is in force for the model on the key's account or any account above it, so it is not served."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

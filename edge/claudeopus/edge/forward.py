@@ -183,8 +183,7 @@ class Forwarder:
             models = [m for m in listing["data"] if isinstance(m, dict)]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise errors.upstream_broken("sent a malformed model list") from None
-        if info.allowed_models:
-            models = [m for m in models if m.get("id") in info.allowed_models]
+        models = [m for m in models if info.may_use(m.get("id"))]
         return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": models}))
 
     async def _open(self, completion: CompletionRequest, deadline: float) -> UpstreamResponse:

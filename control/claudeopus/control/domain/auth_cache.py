@@ -1,11 +1,12 @@
 """What Authorize reads about a key, cached per control process, never staler than the database.
 
 Authorizing needs the key (with its account), whether the account or an ancestor is
-suspended, the budgets on the key's chain and, for cost budgets, the model's price in
-force. Those rows change rarely; reading them costs four queries per request. So a
-control process keeps them per key hash, filed under the **auth epoch**: a counter that
-database triggers bump in every transaction that changes an account, a key, a budget or
-a price (:class:`~claudeopus.control.models.AuthEpoch`), whichever replica made it.
+suspended, the budgets on the key's chain and the model's price in force (a model
+without one is not served; cost budgets reserve at it). Those rows change rarely;
+reading them costs four queries per request. So a control process keeps them per key
+hash, filed under the **auth epoch**: a counter that database triggers bump in every
+transaction that changes an account, a key, a budget or a price
+(:class:`~claudeopus.control.models.AuthEpoch`), whichever replica made it.
 
 Each authorize checks the epoch (for a cached key, inside the INSERT of its usage row:
 no extra query). Same epoch: the cached context is exactly what a fresh read would give,
@@ -43,7 +44,7 @@ class KeyContext:
     key: ApiKey
     suspended: bool
     budgets: list[Budget]
-    # Price in force per model, read on first use (only cost budgets need it).
+    # Price in force per model, read on first use: every authorize needs it (an unpriced model is not served).
     price_by_model: dict[str, prices.PriceInForce] = field(default_factory=dict)
 
     async def price(self, model: str) -> prices.PriceInForce:

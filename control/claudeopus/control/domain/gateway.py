@@ -106,6 +106,21 @@ def check_model(key: ApiKey, model: str) -> None:
         raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, f"This API key may not use the model '{model}'.")
 
 
+async def check_served(context: KeyContext, model: str) -> prices.PriceInForce:
+    """The price in force for ``model`` if the key may use it; a model without one is not served.
+
+    Unpriced, a model would cost nothing and escape every cost budget; an explicit zero price
+    serves it for free. The price comes from the key's context (read once per model and epoch).
+    """
+    check_model(context.key, model)
+    price = await context.price(model)
+    if not price.priced:
+        raise PermissionDenied(
+            Reason.MODEL_NOT_AVAILABLE, f"The model '{model}' does not exist or is not available to this API key."
+        )
+    return price
+
+
 @dataclass(frozen=True, slots=True)
 class OutputPolicy:
     """How many output tokens to reserve when a request names no max_tokens: per model, else ``default``."""
@@ -160,7 +175,8 @@ async def authorize(
 ) -> Authorized:
     """Check the key for ``model``, reserve the worst case in every budget, open the usage record.
 
-    Without budgets this is the key check plus one INSERT; with budgets, the
+    Without budgets this is the key check (with the model's price: a model without one
+    is not served) plus one INSERT; with budgets, the
     holds and the INSERT share one transaction, so a refusal leaves nothing.
     With a ``cache`` holding the key, the key check costs no query: the INSERT
     itself confirms that nothing the check read has changed (else it starts over),
@@ -196,7 +212,7 @@ async def _authorize(
     """:func:`authorize` on one key context; with ``epoch``, raises _EpochMoved if that is no longer current."""
     context = usable(found, hex_hash, now)
     key = context.key
-    check_model(key, wanted.model)
+    await check_served(context, wanted.model)
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
     try:
         if not context.budgets:

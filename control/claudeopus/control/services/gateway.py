@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import grpc
 
-from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, reservations, validation
+from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, prices, reservations, validation
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.errors import InvalidArgument
@@ -38,6 +38,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             api_key=format_name(API_KEYS, key.id),
             account=format_name(ACCOUNTS, key.account.id),
             allowed_models=key.allowed_models or [],
+            priced_models=await prices.priced_models(key.account),
         )
 
     @rpc
