@@ -82,6 +82,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A budget may not be larger than a budget of the same metric and period above it."""
     BUDGET_HELD_ABOVE: _ErrorReason.ValueType  # 28
     """The budget was set above the caller, so only that account (or one above it) may change it."""
+    KEY_LIMIT_SET_ABOVE: _ErrorReason.ValueType  # 40
+    """A limit of the API key (models, expiry, scopes) was set above the caller: it may narrow it, not widen it."""
+    POLICY_SET_ABOVE: _ErrorReason.ValueType  # 41
+    """The account's policy was set above the caller: it may narrow it, not widen it."""
+    ACCOUNT_POLICY_DENIED: _ErrorReason.ValueType  # 42
+    """The key does not fit the policy in force on its account and the accounts above it."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -149,4 +155,10 @@ BUDGET_ABOVE_PARENT: ErrorReason.ValueType  # 27
 """A budget may not be larger than a budget of the same metric and period above it."""
 BUDGET_HELD_ABOVE: ErrorReason.ValueType  # 28
 """The budget was set above the caller, so only that account (or one above it) may change it."""
+KEY_LIMIT_SET_ABOVE: ErrorReason.ValueType  # 40
+"""A limit of the API key (models, expiry, scopes) was set above the caller: it may narrow it, not widen it."""
+POLICY_SET_ABOVE: ErrorReason.ValueType  # 41
+"""The account's policy was set above the caller: it may narrow it, not widen it."""
+ACCOUNT_POLICY_DENIED: ErrorReason.ValueType  # 42
+"""The key does not fit the policy in force on its account and the accounts above it."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -119,7 +119,7 @@ async def grant(
     found = await (cache.context_at(epoch, hex_hash) if cache is not None else load_context(hex_hash))
     context = gateway.usable(found, hex_hash, now)
     key = context.key
-    gateway.check_model(key, wanted.model)
+    gateway.check_model(context, wanted.model)
     ttl = min(ttl, _key_lifetime(key, hex_hash, now))
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
     default_output = policy.output_tokens(wanted.model, 0)
