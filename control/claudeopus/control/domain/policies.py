@@ -39,7 +39,7 @@ from claudeopus.control.models import Account, ApiKey, Scope
 if TYPE_CHECKING:  # principal reads the policy of a management key's chain
     from claudeopus.control.domain.principal import Principal
 
-POLICY_FIELDS = ("allowed_models", "management_keys", "max_key_lifetime")
+POLICY_FIELDS = ("allowed_models", "deny_management_keys", "max_key_lifetime")  # as on the wire
 MAX_LIFETIME = timedelta(days=36_500)
 MAX_ALLOWED_MODELS = 256
 T = TypeVar("T")
@@ -237,7 +237,7 @@ async def set_policy(
     old = Policy.of(target)
     new = Policy(
         allowed_models=policy.allowed_models if "allowed_models" in fields else old.allowed_models,
-        management_keys=policy.management_keys if "management_keys" in fields else old.management_keys,
+        management_keys=policy.management_keys if "deny_management_keys" in fields else old.management_keys,
         max_key_lifetime=policy.max_key_lifetime if "max_key_lifetime" in fields else old.max_key_lifetime,
     )
     if new == old:
