@@ -767,9 +767,8 @@ async def test_a_customer_mints_only_keys_that_fit_the_policy_above(control: Con
     # A key naming no model gets the policy's list; a narrower one keeps its own.
     made = await create(control, world.user_secret, "", limited(expires=soon))
     assert list(made.api_key.allowed_models) == ["m-a", "m-b"]
-    assert list((await create(control, world.user_secret, "", limited(models=("m-b",), expires=soon))).api_key.allowed_models) == [
-        "m-b"
-    ]
+    narrower = await create(control, world.user_secret, "", limited(models=("m-b",), expires=soon))
+    assert list(narrower.api_key.allowed_models) == ["m-b"]
     # Changes are checked too.
     error = await rpc_error(
         control.update(limited(made.api_key.name, ("m-c",)), "allowed_models", caller=world.user_secret)
