@@ -227,3 +227,40 @@ def test_usage_list_human_output_does_not_truncate_the_request_id(gateway: Gatew
     result = _admin(gateway, "usage", "list", "--api-key", key_name).ok()  # COLUMNS=120, see cli_support
     assert record["request_id"] in result.stdout, result.stdout
     assert record["status"] in result.stdout, result.stdout
+
+
+def test_accounts_policy_bounds_the_keys_created_below(gateway: Gateway) -> None:
+    account = _create_account(gateway)
+    updated = (
+        _admin(
+            gateway,
+            "accounts",
+            "policy",
+            account["name"],
+            "--allowed-models",
+            "m-a,m-b",
+            "--no-management-keys",
+            "--max-key-lifetime",
+            "30d",
+            "--json",
+        )
+        .ok()
+        .json()
+    )
+    assert updated["policy"] == {
+        "allowed_models": ["m-a", "m-b"],
+        "deny_management_keys": True,
+        "max_key_lifetime": "2592000s",
+    }, updated
+    # An unrestricted key (no expiry) and a management key are refused with the policy's reason.
+    refused = _admin(gateway, "keys", "create", "--account", account["name"], "--json")
+    assert _json_error(refused)["reason"] == "ACCOUNT_POLICY_DENIED"
+    soon = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 86_400))
+    refused = _admin(
+        gateway, "keys", "create", "--account", account["name"], "--scope", "management", "--expires", soon, "--json"
+    )
+    assert _json_error(refused)["reason"] == "ACCOUNT_POLICY_DENIED"
+    made = _admin(gateway, "keys", "create", "--account", account["name"], "--expires", soon, "--json").ok().json()
+    assert made["api_key"]["allowed_models"] == ["m-a", "m-b"]
+    # Bad durations are a usage error, not a traceback.
+    _assert_clean_failure(_admin(gateway, "accounts", "policy", account["name"], "--max-key-lifetime", "soon"))

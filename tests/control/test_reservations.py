@@ -387,11 +387,16 @@ async def test_a_budget_admits_exactly_n_requests(world: World, scope: str, metr
     if scope != "reseller":
         expected["budget"] = budget_name(budget)
     assert error.metadata == expected
-    whose = {"key": "this API key's", "account": "your account's", "reseller": "your reseller's"}[scope]
-    words = {INPUT_TOKENS: "input-token", OUTPUT_TOKENS: "output-token", TOTAL_TOKENS: "token"}[metric]
-    assert error.message == (
-        f"You exceeded {whose} total {words} budget ({scope} budget): this request was not sent upstream."
-    )
+    if scope == "reseller":  # a budget above: that one is exhausted, nothing about it (no kind, no limit)
+        assert error.message == (
+            "You exceeded a budget set by your reseller (reseller budget): this request was not sent upstream."
+        )
+    else:
+        whose = {"key": "this API key's", "account": "your account's"}[scope]
+        words = {INPUT_TOKENS: "input-token", OUTPUT_TOKENS: "output-token", TOTAL_TOKENS: "token"}[metric]
+        assert error.message == (
+            f"You exceeded {whose} total {words} budget ({scope} budget): this request was not sent upstream."
+        )
 
     # The refusal left nothing: no row, no hold.
     assert not await UsageRecord.filter(request_id=request_id).exists()
@@ -487,7 +492,8 @@ async def test_the_reseller_budget_caps_its_whole_subtree(world: World) -> None:
     error = await exhausted(authorize(world.key))
     assert error.metadata == {"budget_scope": "reseller", "metric": "TOTAL_TOKENS", "period": "TOTAL"}
     assert "budget" not in error.metadata
-    assert "your reseller's" in error.message
+    assert "set by your reseller" in error.message
+    assert "token" not in error.message and "total" not in error.message, "not even the kind of the budget above"
     error = await exhausted(authorize(world.sibling_key))
     assert error.metadata["budget_scope"] == "reseller"
     # For the reseller's own key the same budget is its account's.
@@ -613,7 +619,7 @@ async def test_a_cost_budget_admits_exactly_what_it_can_pay_for(world: World) ->
     await authorize(world.sibling_key)
     error = await exhausted(authorize(world.key))
     assert error.metadata == {"budget_scope": "reseller", "metric": "COST_MICROS", "period": "MONTHLY"}
-    assert "monthly cost budget" in error.message
+    assert "set by your reseller" in error.message and "cost" not in error.message
     assert await counter(budget) == (0, 122)
     # A model without a price costs nothing, so a cost budget never refuses it.
     free = await authorize(world.key, model="m-free")

@@ -409,6 +409,7 @@ def test_an_exhausted_reseller_budget_refuses_a_sub_user_before_the_upstream(
     message = str(body["message"])
     assert "reseller" in message and "not sent upstream" in message, message
     assert "budgets/" not in message, "a reseller's own budget is not the sub-user's business"
+    assert not any(c.isdigit() for c in message) and "output" not in message, "nor its limit or kind: " + message
     assert len(gateway.upstream.received) == calls_before and _calls(gateway.upstream, marker) == 0
     assert manager.counters(own) == (0, 0, 10), "the hold taken in the sub-user's own budget was rolled back"
     assert manager.counters(above) == (10, 0, 0)

@@ -168,6 +168,21 @@ class ClaudeOpusClient:
         request = accounts_pb2.SetPasswordRequest(name=name, password=password)
         await self._call(self.accounts.SetPassword(request, timeout=self._timeout))
 
+    async def set_account_policy(
+        self,
+        name: str,
+        *,
+        allowed_models: Iterable[str] | None = None,
+        deny_management_keys: bool | None = None,
+        max_key_lifetime: timedelta | None = None,
+        clear_max_key_lifetime: bool = False,
+    ) -> accounts_pb2.Account:
+        """Set the key policy of an account below the caller; only the fields given change."""
+        request = build.set_account_policy(
+            name, allowed_models, deny_management_keys, max_key_lifetime, clear_max_key_lifetime
+        )
+        return await self._call(self.accounts.SetAccountPolicy(request, timeout=self._timeout))
+
     # -- API keys -------------------------------------------------------------
 
     async def create_api_key(

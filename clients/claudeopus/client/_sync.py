@@ -145,6 +145,21 @@ class Client:
     def set_password(self, password: str, *, name: str = "") -> None:
         self._call(self.accounts.SetPassword, accounts_pb2.SetPasswordRequest(name=name, password=password))
 
+    def set_account_policy(
+        self,
+        name: str,
+        *,
+        allowed_models: Iterable[str] | None = None,
+        deny_management_keys: bool | None = None,
+        max_key_lifetime: timedelta | None = None,
+        clear_max_key_lifetime: bool = False,
+    ) -> accounts_pb2.Account:
+        """Set the key policy of an account below the caller; only the fields given change."""
+        request = build.set_account_policy(
+            name, allowed_models, deny_management_keys, max_key_lifetime, clear_max_key_lifetime
+        )
+        return self._call(self.accounts.SetAccountPolicy, request)
+
     # -- API keys -------------------------------------------------------------
 
     def create_api_key(

@@ -89,6 +89,11 @@ class AccountServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.FromString,
                 _registered_method=True)
+        self.SetAccountPolicy = channel.unary_unary(
+                '/claudeopus.v1.AccountService/SetAccountPolicy',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.SetAccountPolicyRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -170,6 +175,17 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAccountPolicy(self, request, context):
+        """-- account policies (see AccountPolicy) --
+        Sets the policy of an account strictly below the caller (never the caller's own:
+        SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+        above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+        subtree's existing keys when the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +238,11 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.Login,
                     request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.SerializeToString,
+            ),
+            'SetAccountPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountPolicy,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.SetAccountPolicyRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.Account.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +519,33 @@ class AccountService:
             '/claudeopus.v1.AccountService/Login',
             claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.SerializeToString,
             claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/SetAccountPolicy',
+            claudeopus_dot_v1_dot_accounts__pb2.SetAccountPolicyRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,13 @@ class AccountServiceStub:
     """Sets or replaces the dashboard password of the caller's own account or of one below it."""
     Login: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.LoginRequest, _accounts_pb2.LoginResponse]
     """Exchanges email and password for a short-lived session token; needs no credential."""
+    SetAccountPolicy: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.SetAccountPolicyRequest, _accounts_pb2.Account]
+    """-- account policies (see AccountPolicy) --
+    Sets the policy of an account strictly below the caller (never the caller's own:
+    SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+    above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+    subtree's existing keys when the call returns.
+    """
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -96,6 +103,13 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Sets or replaces the dashboard password of the caller's own account or of one below it."""
     Login: _aio.UnaryUnaryMultiCallable[_accounts_pb2.LoginRequest, _accounts_pb2.LoginResponse]  # type: ignore[assignment]
     """Exchanges email and password for a short-lived session token; needs no credential."""
+    SetAccountPolicy: _aio.UnaryUnaryMultiCallable[_accounts_pb2.SetAccountPolicyRequest, _accounts_pb2.Account]  # type: ignore[assignment]
+    """-- account policies (see AccountPolicy) --
+    Sets the policy of an account strictly below the caller (never the caller's own:
+    SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+    above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+    subtree's existing keys when the call returns.
+    """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts and the reseller hierarchy. Callers authenticate with a management
@@ -187,5 +201,18 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.LoginResponse, _abc.Awaitable[_accounts_pb2.LoginResponse]]:
         """Exchanges email and password for a short-lived session token; needs no credential."""
+
+    @_abc_1.abstractmethod
+    def SetAccountPolicy(
+        self,
+        request: _accounts_pb2.SetAccountPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
+        """-- account policies (see AccountPolicy) --
+        Sets the policy of an account strictly below the caller (never the caller's own:
+        SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+        above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+        subtree's existing keys when the call returns.
+        """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

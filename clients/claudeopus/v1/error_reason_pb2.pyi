@@ -86,6 +86,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The price was set above the caller, so only that account (or one above it) may change or remove it."""
     MODEL_NOT_AVAILABLE: _ErrorReason.ValueType  # 30
     """No price is in force for the model on the key's account or any account above it, so it is not served."""
+    KEY_LIMIT_SET_ABOVE: _ErrorReason.ValueType  # 40
+    """A limit of the API key (models, expiry, scopes) was set above the caller: it may narrow it, not widen it."""
+    POLICY_SET_ABOVE: _ErrorReason.ValueType  # 41
+    """The account's policy was set above the caller: it may narrow it, not widen it."""
+    ACCOUNT_POLICY_DENIED: _ErrorReason.ValueType  # 42
+    """The key does not fit the policy in force on its account and the accounts above it."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -157,4 +163,10 @@ PRICE_SET_ABOVE: ErrorReason.ValueType  # 29
 """The price was set above the caller, so only that account (or one above it) may change or remove it."""
 MODEL_NOT_AVAILABLE: ErrorReason.ValueType  # 30
 """No price is in force for the model on the key's account or any account above it, so it is not served."""
+KEY_LIMIT_SET_ABOVE: ErrorReason.ValueType  # 40
+"""A limit of the API key (models, expiry, scopes) was set above the caller: it may narrow it, not widen it."""
+POLICY_SET_ABOVE: ErrorReason.ValueType  # 41
+"""The account's policy was set above the caller: it may narrow it, not widen it."""
+ACCOUNT_POLICY_DENIED: ErrorReason.ValueType  # 42
+"""The key does not fit the policy in force on its account and the accounts above it."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from claudeopus.control.domain import prices, reservations
-from claudeopus.control.domain.principal import any_suspended, find_key
-from claudeopus.control.models import ApiKey, AuthEpoch, Budget
+from claudeopus.control.domain import policies, prices, reservations
+from claudeopus.control.domain.principal import find_key
+from claudeopus.control.models import Account, AccountState, ApiKey, AuthEpoch, Budget
 
 DEFAULT_MAX_KEYS = 10_000
 
@@ -44,6 +44,8 @@ class KeyContext:
     key: ApiKey
     suspended: bool
     budgets: list[Budget]
+    # The account policies of the key's chain, together (models, management keys, lifetime).
+    policy: policies.Policy = policies.UNBOUNDED
     # Price in force per model, read on first use: every authorize needs it (an unpriced model is not served).
     price_by_model: dict[str, prices.PriceInForce] = field(default_factory=dict)
 
@@ -60,10 +62,12 @@ async def load_context(key_hash_hex: str) -> KeyContext | None:
     key = await find_key(key_hash_hex)
     if key is None:
         return None
+    chain = await Account.filter(id__in=key.account.ancestor_ids())  # suspension and policies: one read
     return KeyContext(
         key=key,
-        suspended=await any_suspended(key.account),
+        suspended=any(account.state is AccountState.SUSPENDED for account in chain),
         budgets=await reservations.applicable_budgets(key),
+        policy=policies.chain_policy(chain),
     )
 
 

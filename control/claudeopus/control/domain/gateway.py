@@ -27,6 +27,7 @@ from claudeopus.control.domain.errors import (
     NotFound,
     PermissionDenied,
     Reason,
+    Unauthenticated,
 )
 from claudeopus.control.domain.principal import check_key, suspended
 from claudeopus.control.domain.usage_rows import open_fields, open_record
@@ -89,6 +90,8 @@ def usable(context: KeyContext | None, hex_hash: str, now: datetime) -> KeyConte
     assert context is not None  # check_key refused a missing key
     if context.suspended:
         raise suspended()
+    if context.policy.outlived(context.key, now):  # older than the longest lifetime set above it
+        raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")
     return context
 
 
@@ -100,9 +103,19 @@ async def verify_key(key_hash: bytes, now: datetime, cache: AuthCache | None = N
     return (await key_context(key_hash, now, cache)).key
 
 
-def check_model(key: ApiKey, model: str) -> None:
-    allowed = key.allowed_models
-    if allowed and model not in allowed:
+def allowed_models(context: KeyContext) -> list[str]:
+    """The models the key may use (empty: every model): its own list within its account policies."""
+    allowed = context.policy.models_for(context.key.allowed_models)
+    if allowed is None:
+        return []
+    if not allowed:
+        raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, "This API key may not use any model.")
+    return sorted(allowed)
+
+
+def check_model(context: KeyContext, model: str) -> None:
+    allowed = context.policy.models_for(context.key.allowed_models)
+    if allowed is not None and model not in allowed:
         raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, f"This API key may not use the model '{model}'.")
 
 
@@ -112,7 +125,7 @@ async def check_served(context: KeyContext, model: str) -> prices.PriceInForce:
     Unpriced, a model would cost nothing and escape every cost budget; an explicit zero price
     serves it for free. The price comes from the key's context (read once per model and epoch).
     """
-    check_model(context.key, model)
+    check_model(context, model)
     price = await context.price(model)
     if not price.priced:
         raise PermissionDenied(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 from google.protobuf import empty_pb2
 
-from claudeopus.control.domain import accounts
+from claudeopus.control.domain import accounts, policies
 from claudeopus.control.domain.clock import Clock
+from claudeopus.control.domain.errors import InvalidArgument
 from claudeopus.control.domain.names import ACCOUNTS, parse_id, parse_optional_id
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.models import Role
@@ -144,3 +147,26 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             expire_time=convert.timestamp(done.session.expires_at),
             account=convert.account(done.account),
         )
+
+    @rpc
+    async def SetAccountPolicy(
+        self, request: accounts_pb2.SetAccountPolicyRequest, context: Ctx[object, object]
+    ) -> accounts_pb2.Account:
+        now = self._clock()
+        principal = await management_principal(context, now)
+        target = await accounts.account_in_subtree(principal, parse_id("name", ACCOUNTS, request.name), "name")
+        row = await policies.set_policy(
+            principal, target, paths=list(request.update_mask.paths), policy=_policy(request.policy), now=now
+        )
+        return convert.account(row)
+
+
+def _policy(message: accounts_pb2.AccountPolicy) -> policies.Policy:
+    lifetime = message.max_key_lifetime
+    if lifetime.nanos or lifetime.seconds < 0:
+        raise InvalidArgument.field("policy.max_key_lifetime", "must be a whole, positive number of seconds")
+    return policies.Policy(
+        allowed_models=frozenset(message.allowed_models) or None,
+        management_keys=not message.deny_management_keys,
+        max_key_lifetime=timedelta(seconds=lifetime.seconds) if message.HasField("max_key_lifetime") else None,
+    )

@@ -32,6 +32,16 @@ def account(row: Account) -> accounts_pb2.Account:
         parent=format_name(ACCOUNTS, parent_id) if parent_id else "",
         state=int(row.state),  # type: ignore[arg-type]
         create_time=timestamp(row.created_at),
+        policy=account_policy(row),
+    )
+
+
+def account_policy(row: Account) -> accounts_pb2.AccountPolicy:
+    lifetime = row.policy_max_key_lifetime_seconds
+    return accounts_pb2.AccountPolicy(
+        allowed_models=row.policy_allowed_models or [],
+        deny_management_keys=not row.policy_management_keys,
+        max_key_lifetime=None if lifetime is None else duration_pb2.Duration(seconds=lifetime),
     )
 
 

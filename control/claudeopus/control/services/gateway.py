@@ -33,12 +33,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.VerifyApiKeyRequest, context: Ctx[object, object]
     ) -> gateway_pb2.VerifyApiKeyResponse:
         require_service(context, self._token)
-        key = await gateway.verify_key(request.key_hash, self._clock(), self._cache)
+        found = await gateway.key_context(request.key_hash, self._clock(), self._cache)
         return gateway_pb2.VerifyApiKeyResponse(
-            api_key=format_name(API_KEYS, key.id),
-            account=format_name(ACCOUNTS, key.account.id),
-            allowed_models=key.allowed_models or [],
-            priced_models=await prices.priced_models(key.account),
+            api_key=format_name(API_KEYS, found.key.id),
+            account=format_name(ACCOUNTS, found.key.account.id),
+            allowed_models=gateway.allowed_models(found),
+            priced_models=await prices.priced_models(found.key.account),
         )
 
     @rpc
