@@ -121,6 +121,8 @@ async def grant(
     key = context.key
     await gateway.check_served(context, wanted.model)
     ttl = min(ttl, _key_lifetime(key, hex_hash, now))
+    if (policy_end := context.policy.key_end(key)) is not None:  # the longest lifetime set above
+        ttl = min(ttl, policy_end - now)
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
     default_output = policy.output_tokens(wanted.model, 0)
     planned = reservations.plan(key, context.budgets, now) if context.budgets else []

@@ -83,9 +83,14 @@ class Policy:
         mine = None if not key_models else frozenset(key_models)
         return _narrower(mine, self.allowed_models, lambda a, b: a & b)
 
+    def key_end(self, key: ApiKey) -> datetime | None:
+        """When the key outlives the longest lifetime (None: never)."""
+        return None if self.max_key_lifetime is None else key.created_at + self.max_key_lifetime
+
     def outlived(self, key: ApiKey, now: datetime) -> bool:
         """Whether the key is older than the longest lifetime (a key made before the policy was set)."""
-        return self.max_key_lifetime is not None and key.created_at + self.max_key_lifetime <= now
+        end = self.key_end(key)
+        return end is not None and end <= now
 
 
 UNBOUNDED = Policy()
