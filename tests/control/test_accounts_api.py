@@ -24,11 +24,12 @@ from google.protobuf import empty_pb2, field_mask_pb2
 from claudeopus import keys
 from claudeopus.control.db import open_database
 from claudeopus.control.domain import accounts as accounts_domain
-from claudeopus.control.domain import passwords, validation
+from claudeopus.control.domain import logins, passwords, validation
 from claudeopus.control.domain.errors import InvalidArgument, Reason, Unauthenticated
+from claudeopus.control.domain.logins import LoginPolicy
 from claudeopus.control.domain.principal import authenticate_management
 from claudeopus.control.models import Account
-from claudeopus.control.server import ControlServer
+from claudeopus.control.server import ControlServer, throttles
 from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
     accounts_pb2,
@@ -143,8 +144,9 @@ class World:
     def resume(self, md: Metadata, name: str) -> Awaitable[accounts_pb2.Account]:
         return self.accounts.ResumeAccount(accounts_pb2.ResumeAccountRequest(name=name), metadata=md)
 
-    def set_password(self, md: Metadata, name: str, password: str = PASSWORD) -> Awaitable[object]:
-        return self.accounts.SetPassword(accounts_pb2.SetPasswordRequest(name=name, password=password), metadata=md)
+    def set_password(self, md: Metadata, name: str, password: str = PASSWORD, current: str = "") -> Awaitable[object]:
+        request = accounts_pb2.SetPasswordRequest(name=name, password=password, current_password=current)
+        return self.accounts.SetPassword(request, metadata=md)
 
     def login(self, email: str, password: str = PASSWORD) -> Awaitable[accounts_pb2.LoginResponse]:
         return self.accounts.Login(accounts_pb2.LoginRequest(email=email, password=password))
@@ -166,7 +168,9 @@ async def world(database_url: str) -> AsyncIterator[World]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", display_name="Root")
+            accounts_pb2.BootstrapAdminRequest(
+                email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
+            )
         )
         yield World(database_url, token, clock, channel, boot.account, bearer(boot.secret))
 
@@ -456,14 +460,15 @@ async def test_suspending_a_reseller_stops_every_key_of_its_subtree(world: World
     assert (await world.suspend(md, reseller.name)).state == SUSPENDED
     await expect(world.authorize(key.secret), *SUSPENDED_ERROR)
     await expect(world.get(reseller_md, reseller.name), *SUSPENDED_ERROR)
-    await expect(world.get(session, user.name), *SUSPENDED_ERROR)
+    await expect(world.get(session, user.name), *SESSION_INVALID)  # every session of the subtree ended
     await expect(world.login(user.email), *SUSPENDED_ERROR)
     # The user itself was never suspended: its own state is unchanged.
     assert (await world.get(md, user.name)).state == ACTIVE
 
     assert (await world.resume(md, reseller.name)).state == ACTIVE
     assert (await world.authorize(key.secret)).account == user.name
-    assert (await world.get(session, user.name)).name == user.name
+    await expect(world.get(session, user.name), *SESSION_INVALID)  # a resume brings no session back
+    assert (await world.get(bearer((await world.login(user.email)).session_token), user.name)).name == user.name
     assert (await world.get(reseller_md, user.name)).name == user.name
 
 
@@ -531,7 +536,21 @@ async def test_login_opens_a_session_that_works_for_management(world: World) -> 
     world.clock.now = START
     assert (await world.get(session, reseller.name)).name == reseller.name
     other = bearer((await world.login("shop@example.com")).session_token)
-    await world.set_password(session, "", PASSWORD + "!")
+    # Changing one's own password needs the current one: a stolen session cannot lock its owner out.
+    await expect(
+        world.set_password(session, "", PASSWORD + "!"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_INVALID",
+        ["current_password"],
+    )
+    await expect(
+        world.set_password(session, reseller.name, PASSWORD + "!", current="not the password"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "CURRENT_PASSWORD_INVALID",
+    )
+    assert (await world.get(other, reseller.name)).name == reseller.name  # nothing changed
+    assert (await world.login("shop@example.com")).account.name == reseller.name
+    await world.set_password(session, "", PASSWORD + "!", current=PASSWORD)
     await expect(world.get(session, reseller.name), *SESSION_INVALID)
     await expect(world.get(other, reseller.name), *SESSION_INVALID)
     await expect(world.login("shop@example.com"), *LOGIN_FAILED)
@@ -659,6 +678,10 @@ async def test_no_user_and_no_deleted_account_ever_gets_a_child(world: World) ->
 # -- domain details ------------------------------------------------------------
 
 
+def _policy(pool: passwords.PasswordPool) -> LoginPolicy:
+    return LoginPolicy(pool, throttles(ControlSettings(service_token="t" * 32)), timedelta(hours=12))
+
+
 async def test_a_login_for_an_unknown_email_still_verifies_a_hash(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -671,15 +694,18 @@ async def test_a_login_for_an_unknown_email_still_verifies_a_hash(
 
     monkeypatch.setattr(passwords, "_verify", spy)
     async with open_database(database_url):
-        boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
-        for email in ("nobody@example.com", "root@example.com", "not an email"):  # the root has no password
-            with pytest.raises(Unauthenticated) as caught:
-                await accounts_domain.login(email, PASSWORD, START)
-            assert caught.value.reason is Reason.LOGIN_FAILED
-        assert checked == [passwords.DUMMY_HASH] * 3
-        await accounts_domain.set_password(await authenticate_management(boot.key.secret, START), None, PASSWORD, START)
-        await accounts_domain.login("root@example.com", PASSWORD, START)
-        assert checked[-1].startswith("$argon2id$") and checked[-1] != passwords.DUMMY_HASH
+        with passwords.PasswordPool(1) as pool:
+            policy = _policy(pool)
+            boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
+            for email in ("nobody@example.com", "root@example.com", "not an email"):  # the root has no password
+                with pytest.raises(Unauthenticated) as caught:
+                    await logins.login(email, PASSWORD, START, policy=policy, client="127.0.0.1")
+                assert caught.value.reason is Reason.LOGIN_FAILED
+            assert checked == [passwords.DUMMY_HASH] * 3
+            principal = await authenticate_management(boot.key.secret, START)
+            await logins.set_password(principal, None, PASSWORD, "", START, policy=policy)
+            await logins.login("root@example.com", PASSWORD, START, policy=policy, client="127.0.0.1")
+            assert checked[-1].startswith("$argon2id$") and checked[-1] != passwords.DUMMY_HASH
 
 
 def test_the_dummy_hash_uses_the_current_parameters() -> None:
@@ -690,22 +716,24 @@ def test_the_dummy_hash_uses_the_current_parameters() -> None:
 
 async def test_login_rehashes_an_outdated_hash(database_url: str) -> None:
     async with open_database(database_url):
-        boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
-        weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
-        await Account.filter(id=boot.account.id).update(password_hash=weak)
-        assert await passwords.verify(weak, PASSWORD) and passwords.needs_rehash(weak)
+        with passwords.PasswordPool(1) as pool:
+            policy = _policy(pool)
+            boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
+            weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+            await Account.filter(id=boot.account.id).update(password_hash=weak)
+            assert await pool.verify(weak, PASSWORD) and passwords.needs_rehash(weak)
 
-        done = await accounts_domain.login("root@example.com", PASSWORD, START)
-        assert done.account.id == boot.account.id and done.session.expires_at == START + timedelta(hours=12)
-        stored = (await Account.get(id=boot.account.id)).password_hash
-        assert stored is not None and stored != weak and not passwords.needs_rehash(stored)
-        assert await passwords.verify(stored, PASSWORD)
+            done = await logins.login("root@example.com", PASSWORD, START, policy=policy, client="127.0.0.1")
+            assert done.account.id == boot.account.id and done.session.expires_at == START + timedelta(hours=12)
+            stored = (await Account.get(id=boot.account.id)).password_hash
+            assert stored is not None and stored != weak and not passwords.needs_rehash(stored)
+            assert await pool.verify(stored, PASSWORD)
 
-        # A stored hash that is not an argon2 hash never matches.
-        await Account.filter(id=boot.account.id).update(password_hash="garbage")
-        with pytest.raises(Unauthenticated) as caught:
-            await accounts_domain.login("root@example.com", PASSWORD, START)
-        assert caught.value.reason is Reason.LOGIN_FAILED
+            # A stored hash that is not an argon2 hash never matches.
+            await Account.filter(id=boot.account.id).update(password_hash="garbage")
+            with pytest.raises(Unauthenticated) as caught:
+                await logins.login("root@example.com", PASSWORD, START, policy=policy, client="127.0.0.1")
+            assert caught.value.reason is Reason.LOGIN_FAILED
 
 
 def test_a_tombstone_is_never_a_valid_email() -> None:

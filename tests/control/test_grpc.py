@@ -65,7 +65,7 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         assert server.port > 0
         target = f"127.0.0.1:{server.port}"
         async with ClaudeOpusClient(target) as anonymous:
-            boot = await anonymous.bootstrap_admin("root@example.com", "Root")
+            boot = await anonymous.bootstrap_admin("root@example.com", "Root", token=server.bootstrap_token or "")
         async with grpc.aio.insecure_channel(target) as channel:
             yield Control(target, token, boot.secret, boot.account, channel)
 
@@ -356,7 +356,7 @@ async def test_bootstrap_is_accepted_over_ipv6_loopback(database_url: str) -> No
         grpc_address="[::1]:0", database_url=database_url, service_token=secrets.token_urlsafe(32)
     )
     async with ControlServer(settings) as server, ClaudeOpusClient(f"[::1]:{server.port}") as client:
-        boot = await client.bootstrap_admin("root@example.com")
+        boot = await client.bootstrap_admin("root@example.com", token=server.bootstrap_token or "")
     assert boot.account.role == accounts_pb2.ROLE_ADMIN
 
 

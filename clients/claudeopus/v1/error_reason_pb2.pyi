@@ -82,6 +82,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A budget may not be larger than a budget of the same metric and period above it."""
     BUDGET_HELD_ABOVE: _ErrorReason.ValueType  # 28
     """The budget was set above the caller, so only that account (or one above it) may change it."""
+    BOOTSTRAP_TOKEN_INVALID: _ErrorReason.ValueType  # 40
+    """BootstrapAdmin on a separately run control needs the one-time token it wrote to its token file."""
+    RATE_LIMITED: _ErrorReason.ValueType  # 41
+    """Too many attempts from this caller, email or address; retry after the RetryInfo delay."""
+    CURRENT_PASSWORD_INVALID: _ErrorReason.ValueType  # 42
+    """Changing one's own password needs the current one, and it did not match."""
+    NOT_A_SESSION: _ErrorReason.ValueType  # 43
+    """Logout ends a session: the call was made with another kind of credential."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -149,4 +157,12 @@ BUDGET_ABOVE_PARENT: ErrorReason.ValueType  # 27
 """A budget may not be larger than a budget of the same metric and period above it."""
 BUDGET_HELD_ABOVE: ErrorReason.ValueType  # 28
 """The budget was set above the caller, so only that account (or one above it) may change it."""
+BOOTSTRAP_TOKEN_INVALID: ErrorReason.ValueType  # 40
+"""BootstrapAdmin on a separately run control needs the one-time token it wrote to its token file."""
+RATE_LIMITED: ErrorReason.ValueType  # 41
+"""Too many attempts from this caller, email or address; retry after the RetryInfo delay."""
+CURRENT_PASSWORD_INVALID: ErrorReason.ValueType  # 42
+"""Changing one's own password needs the current one, and it did not match."""
+NOT_A_SESSION: ErrorReason.ValueType  # 43
+"""Logout ends a session: the call was made with another kind of credential."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -50,6 +50,7 @@ async def issue_key(
     allowed_models: Sequence[str] = (),
     expires_at: datetime | None = None,
     request_id: str | None = None,
+    minted_by_session: int | None = None,
 ) -> IssuedKey:
     secret = keys.new_secret()
     key = await ApiKey.create(
@@ -61,6 +62,7 @@ async def issue_key(
         allowed_models=list(allowed_models) or None,
         expires_at=expires_at,
         create_request_id=request_id,
+        minted_by_session=minted_by_session,
     )
     return IssuedKey(key=key, secret=secret)
 
@@ -95,7 +97,6 @@ async def create_api_key(
     now: datetime,
 ) -> IssuedKey:
     """Issue a key for ``account`` (already checked to be in the caller's subtree)."""
-    del principal  # the subtree check happened when ``account`` was resolved
     name = validation.display_name("api_key.display_name", display_name)
     mask = _scopes(scopes)
     models = _models(allowed_models)
@@ -119,6 +120,7 @@ async def create_api_key(
                 allowed_models=models,
                 expires_at=expires_at,
                 request_id=rid,
+                minted_by_session=principal.session_id,
             )
     except IntegrityError:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
