@@ -73,12 +73,16 @@ SERVICE_NAMES = (
 STOP_GRACE_SECONDS = 5.0
 
 
-def throttles(settings: ControlSettings) -> Throttles:
-    """The attempt limits of one control process, from its settings."""
+def throttles(settings: ControlSettings, clock: Clock = utc_now) -> Throttles:
+    """The attempt limits of one control process, from its settings, on the server's clock."""
+
+    def seconds() -> float:
+        return clock().timestamp()
+
     return Throttles(
-        login_per_address=Throttle(settings.login_attempts_per_minute, 60.0),
-        login_per_email=Throttle(settings.login_failures_per_hour, 3600.0),
-        email_probes=Throttle(settings.email_probes_per_hour, 3600.0),
+        login_per_address=Throttle(settings.login_attempts_per_minute, 60.0, clock=seconds),
+        login_per_email=Throttle(settings.login_failures_per_hour, 3600.0, clock=seconds),
+        email_probes=Throttle(settings.email_probes_per_hour, 3600.0, clock=seconds),
     )
 
 
@@ -173,7 +177,9 @@ class ControlServer:
             await self._bootstrap()
             pool = PasswordPool(self._settings.password_workers)
             self._stack.callback(pool.close)  # after the server stopped: no call hashes any more
-            logins = LoginPolicy(pool, throttles(self._settings), timedelta(seconds=self._settings.session_ttl))
+            logins = LoginPolicy(
+                pool, throttles(self._settings, self._clock), timedelta(seconds=self._settings.session_ttl)
+            )
             server, health_servicer = build_server(self._settings, codec, self._clock, logins, self._gate)
             try:
                 self.port = self._add_port(server)

@@ -49,7 +49,7 @@ class Throttle:
 
     def _tokens(self, key: Hashable, now: float) -> float:
         tokens, at = self._buckets.get(key, (self._limit, now))
-        return min(self._limit, tokens + (now - at) * self._rate)
+        return min(self._limit, tokens + max(0.0, now - at) * self._rate)  # a clock set back regains nothing
 
     def retry_after(self, key: Hashable) -> float:
         """Seconds until ``key`` may try again; 0 when it may now (nothing is spent)."""
