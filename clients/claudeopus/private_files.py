@@ -20,8 +20,18 @@ DIRECTORY_MODE = 0o700
 
 
 def _parent(file: Path) -> None:
-    """A missing directory is created owner-only; an existing one is left as it is."""
-    file.parent.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    """Missing directories are created owner-only (0700, whatever the umask); existing ones are left as they are."""
+    missing = []
+    directory = file.parent.absolute()
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs to set
+        directory.chmod(DIRECTORY_MODE)
 
 
 def write_private(file: Path, text: str) -> None:
