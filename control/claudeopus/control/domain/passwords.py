@@ -1,10 +1,11 @@
 """Dashboard passwords: argon2id hashes (argon2-cffi's defaults), computed off the event loop.
 
-Hashing and verifying cost tens of milliseconds of CPU each, so both run in the
-:class:`PasswordPool`'s own few threads (``CLAUDEOPUS_PASSWORD_WORKERS``), never in
-the default executor that the rest of control uses: a flood of logins queues there
-and cannot take the CPU and threads that Authorize needs. A password or a hash never
-appears in an error message or a log line.
+Hashing and verifying cost tens of milliseconds of CPU each (on up to four cores: the
+hash's parallelism), so both run in the :class:`PasswordPool`'s own few threads
+(``CLAUDEOPUS_PASSWORD_WORKERS``), never in the default executor that the rest of control
+uses, and on Linux at the lowest CPU priority (nice 19, per thread; argon2's own threads
+inherit it): a flood of logins queues there and gets only the CPU that Authorize and the
+edges leave idle. A password or a hash never appears in an error message or a log line.
 
 Example::
 
@@ -17,6 +18,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -50,11 +55,23 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
+LOWEST_PRIORITY = 19
+
+
+def _lowest_priority() -> None:
+    """Run the calling worker thread, and the threads it starts, at the lowest CPU priority (Linux only)."""
+    if sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS would lower the whole process
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+
+
 class PasswordPool:
     """The bounded thread pool where every argon2 hash and verification runs; owned by the server."""
 
     def __init__(self, workers: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="claudeopus-argon2")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="claudeopus-argon2", initializer=_lowest_priority
+        )
 
     def __enter__(self) -> PasswordPool:
         return self
