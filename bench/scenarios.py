@@ -30,6 +30,8 @@ class Scenario:
     path: PathKind
     stream: bool
     budget: bool = False
+    # Measured while bench.login_flood keeps failing logins in flight against control.
+    login_flood: bool = False
 
 
 SCENARIOS = (
@@ -42,6 +44,14 @@ SCENARIOS = (
     Scenario("full-stream", "(d) full path, streaming", "full", stream=True, budget=True),
     Scenario("full-unleased", "(e) full path, leases off (authorize each)", "unleased", stream=False, budget=True),
     Scenario("full-unleased-stream", "(e) full path, leases off, streaming", "unleased", stream=True, budget=True),
+    Scenario(
+        "full-login-flood",
+        "(f) full path while a login flood hits control",
+        "full",
+        stream=False,
+        budget=True,
+        login_flood=True,
+    ),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 

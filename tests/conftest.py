@@ -61,7 +61,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             edge, edge_port = start_edge(control_port, upstream_server.url, token, log_dir, upstream_key=UPSTREAM_KEY)
             processes.append(edge)
             target = f"127.0.0.1:{control_port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
             yield Gateway(
                 database_url=url,
                 control_target=target,

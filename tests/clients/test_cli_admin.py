@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -12,7 +13,8 @@ import pytest
 
 from tests.clients.cli_support import SECRET_PATTERN, Result, run_cli
 from tests.conftest import Gateway
-from tests.support.processes import free_port
+from tests.support.databases import fresh_database
+from tests.support.processes import free_port, start_control
 
 
 def _admin(gateway: Gateway, *args: str) -> Result:
@@ -150,6 +152,40 @@ def test_bootstrap_is_refused_once_an_admin_exists(gateway: Gateway) -> None:
     _assert_clean_failure(human)
     assert "ADMIN_EXISTS" in human.stderr
     assert "sk-co-" not in human.stdout + human.stderr
+
+
+def test_a_fresh_control_bootstraps_only_with_its_token_file(tmp_path: Path) -> None:
+    """Another local process racing the operator to BootstrapAdmin gets nothing without the 0600 token file."""
+    with fresh_database(tmp_path) as url:
+        control, port = start_control(url, secrets.token_urlsafe(32), tmp_path, "control-fresh")
+        try:
+            target = f"127.0.0.1:{port}"
+            token_file = tmp_path / "claudeopus-bootstrap.token"
+            assert token_file.stat().st_mode & 0o777 == 0o600
+            token = token_file.read_text().strip()
+            assert str(token_file) in control.output() and token not in control.output()
+            for guess in ([], ["--token", "co-bootstrap-" + "A" * 43]):
+                racer = run_cli(
+                    ["admin", "bootstrap", "--email", "me@example.com", "--control", target, "--json", *guess]
+                )
+                assert racer.returncode == 1, racer.describe()
+                assert _json_error(racer)["reason"] == "BOOTSTRAP_TOKEN_INVALID"
+            done = run_cli(
+                [
+                    "admin",
+                    "bootstrap",
+                    "--email",
+                    "root@example.com",
+                    "--control",
+                    target,
+                    "--token-file",
+                    str(token_file),
+                ]
+            ).ok()
+            assert "management key (shown once): sk-co-" in done.stdout
+            assert not token_file.exists()
+        finally:
+            control.stop()
 
 
 def test_bad_email_is_field_invalid(gateway: Gateway) -> None:

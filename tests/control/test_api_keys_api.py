@@ -122,7 +122,9 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(accounts_pb2.BootstrapAdminRequest(email="root@example.com"))
+        boot = await accounts.BootstrapAdmin(
+            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
+        )
         yield Control(
             clock=clock,
             service_token=token,

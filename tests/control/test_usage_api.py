@@ -180,7 +180,9 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", display_name="Root")
+            accounts_pb2.BootstrapAdminRequest(
+                email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
+            )
         )
         yield Control(clock, token, boot.secret, boot.account.name, channel)
 

@@ -56,7 +56,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             )
             processes.append(process)
             target = f"127.0.0.1:{control_port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
             gateway = Gateway(
                 database_url=url,
                 control_target=target,

@@ -358,7 +358,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
                 processes.append(process)
                 edge_urls.append(f"http://127.0.0.1:{edge_port}/v1")
             target = f"127.0.0.1:{ports[0]}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
             yield Replicas(target, boot.secret, edge_urls, upstream, processes)
         finally:
             for process in reversed(processes):
@@ -541,7 +541,7 @@ def short_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShortStack
         control, port = start_control(url, token, log_dir, "control-short", env=env)
         stack = ShortStack(log_dir, token, port, f"127.0.0.1:{port}", "", upstream, upstream_server.url, [control])
         try:
-            boot = admin.call(stack.target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(stack.target, log_dir)
             stack.admin_key = boot.secret
             yield stack
         finally:

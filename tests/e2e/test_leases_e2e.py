@@ -68,7 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         control, port = start_control(url, token, log_dir, "control-leases", env=env)
         built = Stack(log_dir, token, port, upstream, upstream_server.url, processes=[control])
         try:
-            boot = admin.call(built.target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(built.target, log_dir)
             built.admin_key = boot.secret
             yield built
         finally:
@@ -253,7 +253,7 @@ def test_a_leasing_edge_fails_closed_soon_after_control_goes_away(tmp_path: Path
         edge: Process | None = None
         try:
             target = f"127.0.0.1:{port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, tmp_path)
             manager = Manager(target, boot.secret)
             try:
                 _, secret = manager.user_key()

@@ -841,7 +841,7 @@ def test_no_canary_and_no_secret_is_stored_or_logged_anywhere(
     _check_the_search_itself(c, scanner)
 
     with TreeWatcher(scanner, stack.root) as watcher:
-        boot = admin.call(stack.control_target, None, lambda client: client.bootstrap_admin("root@example.com"))
+        boot = admin.bootstrap(stack.control_target, stack.root, display_name="")
         keys = make_keys(stack, boot.secret, scanner)
 
         success_paths(stack, keys, c)

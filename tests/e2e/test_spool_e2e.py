@@ -108,7 +108,7 @@ def _stack(tmp_path: Path, edge_env: dict[str, str]) -> Iterator[Stack]:
         try:
             stack.start_control()
             stack.start_edge()
-            boot = admin.call(f"127.0.0.1:{stack.control_port}", None, lambda c: c.bootstrap_admin("r@example.com"))
+            boot = admin.bootstrap(f"127.0.0.1:{stack.control_port}", tmp_path, "r@example.com", "")
             stack.admin_key = boot.secret
             yield stack
         finally:

@@ -32,6 +32,7 @@ from claudeopus import keys
 from claudeopus.client import AsyncClient, Client, UnavailableError
 from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
 from tests.clients.cli_support import TIMEOUT, clean_env, run_cli
+from tests.support import admin as admin_calls
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.processes import CLI, Process, free_port, start_control, start_edge
@@ -205,7 +206,8 @@ def tls_gateway(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             )
 
             async def bootstrap(client: AsyncClient) -> str:
-                return (await client.bootstrap_admin("root@example.com", "Root")).secret
+                token = admin_calls.bootstrap_token(log_dir)
+                return (await client.bootstrap_admin("root@example.com", "Root", token=token)).secret
 
             async def anonymous() -> str:
                 async with gateway.client() as client:

@@ -90,7 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             silent = edge("silent", f"http://127.0.0.1:{silent_port}/v1")
             patient = edge("patient", late.url, CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES="40")
             target = f"127.0.0.1:{port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
             manager = Manager(target, boot.secret)
             try:
                 yield Stack(manager, upstream, late, main, silent, patient)

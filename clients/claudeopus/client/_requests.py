@@ -62,8 +62,8 @@ def role(name: str) -> accounts_pb2.Role.ValueType:
     return named(ROLES, "role", name)
 
 
-def bootstrap_admin(email: str, display_name: str) -> accounts_pb2.BootstrapAdminRequest:
-    return accounts_pb2.BootstrapAdminRequest(email=email, display_name=display_name)
+def bootstrap_admin(email: str, display_name: str, token: str) -> accounts_pb2.BootstrapAdminRequest:
+    return accounts_pb2.BootstrapAdminRequest(email=email, display_name=display_name, bootstrap_token=token.strip())
 
 
 def create_account(

@@ -182,19 +182,23 @@ class BootstrapAdminRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_TOKEN_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Email of the root admin."""
     display_name: _builtins.str
     """Human-readable name of the root admin."""
+    bootstrap_token: _builtins.str
+    """The one-time token from the control plane's bootstrap token file."""
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        bootstrap_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_token", b"bootstrap_token", "display_name", b"display_name", "email", b"email"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,19 +464,25 @@ class SetPasswordRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `accounts/{id}`; empty means the caller's own account."""
     password: _builtins.str
     """The new password: 12 to 1024 characters. Stored only as an argon2id hash."""
+    current_password: _builtins.str
+    """The caller's current password: required when it changes its own password
+    (and already has one); ignored when an account above resets it.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         password: _builtins.str = ...,
+        current_password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "name", b"name", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,3 +583,20 @@ class SetAccountPolicyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetAccountPolicyRequest: _TypeAlias = SetAccountPolicyRequest  # noqa: Y015
+
+@_typing.final
+class LogoutRequest(_message.Message):
+    """The request of AccountService.Logout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogoutRequest: _TypeAlias = LogoutRequest  # noqa: Y015

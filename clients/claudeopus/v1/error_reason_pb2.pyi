@@ -92,6 +92,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The account's policy was set above the caller: it may narrow it, not widen it."""
     ACCOUNT_POLICY_DENIED: _ErrorReason.ValueType  # 42
     """The key does not fit the policy in force on its account and the accounts above it."""
+    BOOTSTRAP_TOKEN_INVALID: _ErrorReason.ValueType  # 43
+    """BootstrapAdmin on a separately run control needs the one-time token it wrote to its token file."""
+    RATE_LIMITED: _ErrorReason.ValueType  # 44
+    """Too many attempts from this caller, email or address; retry after the RetryInfo delay."""
+    CURRENT_PASSWORD_INVALID: _ErrorReason.ValueType  # 45
+    """Changing one's own password needs the current one, and it did not match."""
+    NOT_A_SESSION: _ErrorReason.ValueType  # 46
+    """Logout ends a session: the call was made with another kind of credential."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -169,4 +177,12 @@ POLICY_SET_ABOVE: ErrorReason.ValueType  # 41
 """The account's policy was set above the caller: it may narrow it, not widen it."""
 ACCOUNT_POLICY_DENIED: ErrorReason.ValueType  # 42
 """The key does not fit the policy in force on its account and the accounts above it."""
+BOOTSTRAP_TOKEN_INVALID: ErrorReason.ValueType  # 43
+"""BootstrapAdmin on a separately run control needs the one-time token it wrote to its token file."""
+RATE_LIMITED: ErrorReason.ValueType  # 44
+"""Too many attempts from this caller, email or address; retry after the RetryInfo delay."""
+CURRENT_PASSWORD_INVALID: ErrorReason.ValueType  # 45
+"""Changing one's own password needs the current one, and it did not match."""
+NOT_A_SESSION: ErrorReason.ValueType  # 46
+"""Logout ends a session: the call was made with another kind of credential."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -130,12 +130,31 @@ def set_password(
             prompt=True, hide_input=True, confirmation_prompt=True, envvar="CLAUDEOPUS_PASSWORD", help="New password."
         ),
     ] = "",
+    current: Annotated[
+        bool,
+        typer.Option(
+            "--current",
+            help="Ask for your current password (never echoed): needed to change your own; implied without NAME.",
+        ),
+    ] = False,
+    current_password: Annotated[
+        str, typer.Option("--current-password", envvar="CLAUDEOPUS_CURRENT_PASSWORD", hidden=True)
+    ] = "",
     control: ControlOpt = DEFAULT_CONTROL,
     key: KeyOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Set the dashboard password (12+ characters) of an account; its sessions end."""
-    call(control, need_key(key), as_json, lambda c: c.set_password(password, name=name))
+    if (current or not name) and not current_password:
+        current_password = typer.prompt(
+            "Current password (empty if none is set)", default="", hide_input=True, show_default=False
+        )
+    call(
+        control,
+        need_key(key),
+        as_json,
+        lambda c: c.set_password(password, name=name, current_password=current_password),
+    )
     if as_json:
         emit_json({"password_set": name or "own account"})
     else:

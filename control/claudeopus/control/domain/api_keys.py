@@ -60,6 +60,7 @@ async def issue_key(
     expires_at: datetime | None = None,
     request_id: str | None = None,
     issued_by: int | None = None,
+    minted_by_session: int | None = None,
 ) -> IssuedKey:
     """Store a new key; ``issued_by`` (default: ``account``) also becomes the setter of its limits
     when it is an account above ``account``."""
@@ -79,6 +80,7 @@ async def issue_key(
         models_set_by=above if allowed_models else None,
         expiry_set_by=above if expires_at is not None else None,
         scopes_set_by=above,
+        minted_by_session=minted_by_session,
     )
     return IssuedKey(key=key, secret=secret)
 
@@ -143,6 +145,7 @@ async def create_api_key(
                 expires_at=expires_at,
                 request_id=rid,
                 issued_by=principal.account_id,
+                minted_by_session=principal.session_id,
             )
     except IntegrityError:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)

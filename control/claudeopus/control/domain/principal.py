@@ -26,6 +26,12 @@ class Principal:
     role: Role
     credential: str
 
+    @property
+    def session_id(self) -> int | None:
+        """The id of the session the caller authenticated with; None for a key."""
+        kind, _, ident = self.credential.partition(":")
+        return int(ident) if kind == "session" else None
+
     def owns(self, account: Account) -> bool:
         return account.deleted_at is None and account.path.startswith(self.account_path)
 
