@@ -202,7 +202,8 @@ def _policy(message: accounts_pb2.AccountPolicy) -> policies.Policy:
     if lifetime.nanos or lifetime.seconds < 0:
         raise InvalidArgument.field("policy.max_key_lifetime", "must be a whole, positive number of seconds")
     return policies.Policy(
-        allowed_models=frozenset(message.allowed_models) or None,
+        # Checked in the caller's order, so a bad name's index is the one it sent.
+        allowed_models=frozenset(policies.valid_models(message.allowed_models, "policy.allowed_models")) or None,
         management_keys=not message.deny_management_keys,
         max_key_lifetime=timedelta(seconds=lifetime.seconds) if message.HasField("max_key_lifetime") else None,
     )
