@@ -409,10 +409,9 @@ def test_serve_over_https(pki: Pki, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, err.read_text()
             time.sleep(0.1)
         assert f"edge https://127.0.0.1:{http_port}" in err.read_text()
-        demo_key = next(
-            line.split(":", 1)[1].strip() for line in out.read_text().splitlines() if "demo API key" in line
-        )
-        assert f"https://127.0.0.1:{http_port}/v1" in out.read_text()
+        first_start = (tmp_path / "claudeopus-first-start.txt").read_text()  # stdout is no terminal here
+        demo_key = next(line.split(":", 1)[1].strip() for line in first_start.splitlines() if "demo API key" in line)
+        assert f"https://127.0.0.1:{http_port}/v1" in first_start
         client = openai.OpenAI(
             base_url=f"https://127.0.0.1:{http_port}/v1",
             api_key=demo_key,
