@@ -118,6 +118,7 @@ def build_app(
                 connect_retries=settings.upstream_connect_retries,
                 max_duration=settings.upstream_max_duration,
                 leases=leases,
+                max_choices=settings.max_choices,
             )
             app.services.register(Forwarder, instance=forwarder)
             try:
@@ -141,5 +142,5 @@ def build_app(
 
     app.exceptions_handlers[errors.OpenAIError] = openai_error
     app.exceptions_handlers[500] = internal_error
-    register_routes(app, settings.max_body_bytes)
+    register_routes(app, settings.max_body_bytes, settings.max_choices)
     return app

@@ -19,9 +19,10 @@ import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.completions import CompletionRequest, parse_completion, with_output_cap
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
 from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Leased, Outcome, key_hash
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
+from claudeopus.edge.key_check import KeyCheck
 from claudeopus.edge.leases import LeaseBook
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
@@ -57,6 +58,7 @@ class Forwarder:
         forwarder = Forwarder(
             upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
         )
+        await forwarder.authenticate(secret)  # before the body is read
         reply = await forwarder.chat_completions(secret, raw_body, receive)
     """
 
@@ -72,6 +74,8 @@ class Forwarder:
         connect_retries: int = 1,
         max_duration: float = 600.0,
         leases: LeaseBook | None = None,
+        key_check: KeyCheck | None = None,
+        max_choices: int = DEFAULT_MAX_CHOICES,
     ) -> None:
         self._upstream = upstream
         self._control = control
@@ -82,15 +86,21 @@ class Forwarder:
         self._connect_retries = connect_retries
         self._max_duration = max_duration
         self._leases = leases
+        self._key_check = key_check or KeyCheck(control)
+        self._max_choices = max_choices
+
+    async def authenticate(self, secret: str) -> None:
+        """Refuse a key control does not know before its request's body is read (see key_check.py)."""
+        await self._key_check.check(secret)
 
     async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
         started = time.perf_counter()
-        completion = parse_completion(raw)
+        completion = parse_completion(raw, self._max_choices)
         if self._settler.spool_full:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
         leased: Leased | None = None
-        hashed = key_hash(secret) if self._leases is not None else b""
+        hashed = key_hash(secret)
         admission = self._leases.admit(hashed, completion, request_id) if self._leases is not None else None
         if admission is not None:
             leased, cap = admission.leased, admission.cap
@@ -104,6 +114,7 @@ class Forwarder:
                 raise
             if self._leases is not None:
                 self._leases.want(hashed, completion)
+        self._key_check.remember(hashed)
         if cap and not completion.max_output_tokens:
             completion = with_output_cap(completion, cap, self._cap_field)
         try:

@@ -182,7 +182,7 @@ class StreamRelay:
         # carried text, never zero for produced output, never above the request's cap.
         produced = self._relayed_events > 0
         estimate = max(-(-self._relayed_chars // CHARS_PER_TOKEN), self._relayed_events if produced else 0)
-        cap = self._completion.max_output_tokens
+        cap = self._completion.reserved_output_tokens
         return Outcome(
             input_tokens=self._completion.estimated_input_tokens if produced else 0,
             output_tokens=min(estimate, cap) if cap else estimate,

@@ -90,10 +90,11 @@ def error_response(error: errors.OpenAIError) -> Response:
     return response
 
 
-def register_routes(app: Application, max_body_bytes: int) -> None:
+def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> None:
     async def chat_completions(request: Request, forwarder: Forwarder) -> Response:
         secret = bearer_secret(request)
         require_json(request)
+        await forwarder.authenticate(secret)  # an unknown key never has its body read
         receive = _receive(request)
         raw = await read_body(request, max_body_bytes)
         return to_response(await forwarder.chat_completions(secret, raw, receive))
@@ -101,7 +102,7 @@ def register_routes(app: Application, max_body_bytes: int) -> None:
     async def list_models(request: Request, forwarder: Forwarder) -> Response:
         return to_response(await forwarder.models(bearer_secret(request)))
 
-    document = openapi_json(max_body_bytes)
+    document = openapi_json(max_body_bytes, max_choices)
 
     async def openapi_document(request: Request) -> Response:
         return Response(200, None, Content(b"application/json", document))

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from claudeopus import tls
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
@@ -67,6 +68,8 @@ class EdgeSettings:
     # The request field that carries a budget's default output cap to the upstream, when the
     # client named none: max_completion_tokens (OpenAI) or max_tokens (older compatible servers).
     upstream_max_tokens_field: str = "max_completion_tokens"
+    # The most choices (n, best_of) one request may ask for; each reserves the output cap.
+    max_choices: int = DEFAULT_MAX_CHOICES
     # The durable spool of settles that could not reach control (see spool.py): its directory
     # (relative paths are taken from the edge's working directory; one edge per directory) and
     # the size at which new completions are refused with 503 until replay has made room.
@@ -97,6 +100,8 @@ class EdgeSettings:
     def __post_init__(self) -> None:
         if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
             raise SettingsError("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD must be max_completion_tokens or max_tokens")
+        if not 1 <= self.max_choices <= MAX_CHOICES:
+            raise SettingsError(f"CLAUDEOPUS_MAX_CHOICES must be a whole number from 1 to {MAX_CHOICES}")
         if not self.upstream_url.startswith(("http://", "https://")):
             raise SettingsError("CLAUDEOPUS_UPSTREAM_URL must start with http:// or https://")
         if len(self.service_token) < 32:
@@ -163,6 +168,7 @@ class EdgeSettings:
             control_timeout=_number(env, "CLAUDEOPUS_CONTROL_TIMEOUT", 5.0),
             max_body_bytes=int(_number(env, "CLAUDEOPUS_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             upstream_max_tokens_field=env.get("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD", "max_completion_tokens"),
+            max_choices=_count(env, "CLAUDEOPUS_MAX_CHOICES", DEFAULT_MAX_CHOICES),
             spool_dir=env.get("CLAUDEOPUS_SPOOL_DIR", "") or DEFAULT_SPOOL_DIR,
             spool_max_bytes=int(_number(env, "CLAUDEOPUS_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
             settle_linger=_seconds_or_zero(env, "CLAUDEOPUS_SETTLE_LINGER", DEFAULT_SETTLE_LINGER),
