@@ -154,6 +154,10 @@ def test_models_lists_upstream_models_for_a_valid_key(gateway: Gateway) -> None:
     _, secret = gateway.new_user_key()
     models = _client(gateway, secret).models.list()
     assert [m.id for m in models.data] == ["fake-1"]
+    listed = httpx.get(f"{gateway.edge_url}/models", headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    model = {"id": "fake-1", "object": "model", "created": 1700000000, "owned_by": "claudeopus"}
+    assert listed.json()["data"] == [model]
+    assert "org-operator-secret" not in listed.text, "nothing of the upstream's own object but id and created"
 
 
 def test_model_allow_list_is_enforced(gateway: Gateway) -> None:

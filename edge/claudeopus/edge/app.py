@@ -25,7 +25,7 @@ from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.lease_journal import LeaseJournal, old_journals
 from claudeopus.edge.lease_recovery import LeaseRecovery
 from claudeopus.edge.leases import LeaseBook
-from claudeopus.edge.routes import error_response, register_routes
+from claudeopus.edge.routes import ROUTES, error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.upstream import AiohttpUpstream
@@ -39,7 +39,8 @@ class EdgeApplication(Application):
     def __init__(self, *, access_log: AccessLog | None = None, **options: Any) -> None:
         super().__init__(**options)
         inner = super().__call__
-        self._asgi = AccessLogMiddleware(inner, access_log) if access_log and access_log.enabled else inner
+        logged = access_log is not None and access_log.enabled
+        self._asgi = AccessLogMiddleware(inner, access_log, routes=ROUTES) if access_log and logged else inner
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._asgi(scope, receive, send)
@@ -119,6 +120,7 @@ def build_app(
                 max_duration=settings.upstream_max_duration,
                 leases=leases,
                 max_choices=settings.max_choices,
+                models_owned_by=settings.models_owned_by,
             )
             app.services.register(Forwarder, instance=forwarder)
             try:
