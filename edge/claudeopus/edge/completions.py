@@ -36,6 +36,8 @@ BYTES_PER_TOKEN = 4
 # MAX_CHOICES is the most control reserves for.
 DEFAULT_MAX_CHOICES = 8
 MAX_CHOICES = 128
+# How deep a body may nest: orjson reads 1024 levels but writes 254, and the body is written again.
+MAX_DEPTH = 254
 # Request fields that multiply what the upstream generates: each choice may produce the output cap.
 MULTIPLIERS = ("n", "best_of")
 
@@ -204,7 +206,7 @@ _LIMIT_KEYS = ("max_completion_tokens", "max_tokens")
 
 
 def _written(body: dict[str, Any]) -> bytes:
-    """The body as the upstream gets it; orjson reads 1024 levels but writes 254: deeper is refused."""
+    """The body as the upstream gets it; nested deeper than MAX_DEPTH, it cannot be written: refused."""
     try:
         return orjson.dumps(body)
     except orjson.JSONEncodeError:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_MODEL_NAME, MAX_OUTPUT_TOKENS
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_DEPTH, MAX_MODEL_NAME, MAX_OUTPUT_TOKENS
 
 __all__ = ["OPENAPI_PATH", "openapi_document", "openapi_json"]
 
@@ -182,8 +182,8 @@ def openapi_document(max_body_bytes: int, max_choices: int = DEFAULT_MAX_CHOICES
             "requestBody": {
                 "required": True,
                 "description": (
-                    f"At most {max_body_bytes} bytes. A Content-Type other than JSON is refused with 415; "
-                    "a missing one is read as JSON."
+                    f"At most {max_body_bytes} bytes, nested at most {MAX_DEPTH} levels deep. A Content-Type "
+                    "other than JSON is refused with 415; a missing one is read as JSON."
                 ),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
             },
