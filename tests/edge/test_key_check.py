@@ -142,6 +142,7 @@ async def test_the_edge_refuses_an_unknown_key_before_reading_its_body(
         (401, "api_key_revoked"),
         (400, "invalid_json"),  # a known key's body is read and parsed
     ]
+    assert [a.headers.get("connection") for a in answers] == ["close"] * 3 + [None], "an unread body is not drained"
     assert [s.status_code for s in served] == [200, 200, 200]
     assert control.verified == [BAD, REVOKED, GOOD], "each key asked about once; authorized keys stay known"
     assert control.authorized == 3

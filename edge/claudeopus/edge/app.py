@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from blacksheep import Application, Request, Response
+from blacksheep.server.routing import Router
 
 from claudeopus import tls
 from claudeopus.edge import errors
@@ -80,7 +81,8 @@ def build_app(
     no setting or flag switches authorization or usage off.
     """
     access_log = AccessLog.from_settings(settings)
-    app = EdgeApplication(show_error_details=False, access_log=access_log)
+    # A router of its own: BlackSheep's default one is shared by every app of the process.
+    app = EdgeApplication(show_error_details=False, access_log=access_log, router=Router())
     app.lifespan(access_log.lifespan)  # type: ignore[no-untyped-call]
 
     async def resources(app: Application) -> AsyncIterator[None]:
