@@ -30,11 +30,20 @@ from bench.login_flood import LoginFlood
 from bench.machine import load_average, machine_info
 from bench.procs import Process, memory, wait_for_grpc, wait_for_http
 from bench.results import Cell, ProcessMemory, Results, RssRun, TtfbCell
-from bench.scenarios import BY_NAME, CONTROL_PATHS, LEASE_SECONDS, Options, Scenario, request_for
+from bench.scenarios import (
+    BY_NAME,
+    CONTROL_PATHS,
+    FLOOD_CONNECTIONS,
+    LEASE_SECONDS,
+    Options,
+    Scenario,
+    flood_request,
+    request_for,
+)
 from bench.tools import Tools, ensure_tools
 from bench.ttfb import run_ttfb
 from bench.upstream import NginxUpstream, check_answer
-from bench.wrk import Request, run_load
+from bench.wrk import LoadResult, Request, run_load
 
 Log = Callable[[str], None]
 WARMUP_CONNECTIONS = 16
@@ -253,7 +262,10 @@ def _cells(context: _Context, topology: _Topology, scenarios: list[Scenario]) ->
     options = context.options
     for connections in options.connections:
         for scenario in scenarios:
-            with _flooded(context, scenario, options.duration) as flood:
+            with (
+                _flooded(context, scenario, options.duration) as flood,
+                _body_flood(context, topology, scenario),
+            ):
                 if flood is not None:
                     time.sleep(FLOOD_RAMP_SECONDS)  # the flood is running before the cell starts
                 result = run_load(
@@ -275,6 +287,42 @@ def _cells(context: _Context, topology: _Topology, scenarios: list[Scenario]) ->
                 f"w={topology.workers} c={connections:<3} {scenario.name:<15} {cell.rps:>9.1f} req/s"
                 f"  p50 {cell.p50_ms:7.3f} ms  p99 {cell.p99_ms:7.3f} ms{errors}"
             )
+
+
+@contextlib.contextmanager
+def _body_flood(context: _Context, topology: _Topology, scenario: Scenario) -> Iterator[None]:
+    """For a scenario under an unauthenticated flood: the flood runs (unmeasured) while the block does."""
+    if not scenario.flood:
+        yield
+        return
+    flooded: list[LoadResult] = []
+
+    def flood() -> None:
+        flooded.append(
+            run_load(
+                context.tools.wrk,
+                topology.urls(scenario),
+                flood_request(scenario.flood),
+                context.workdir,
+                connections=FLOOD_CONNECTIONS,
+                seconds=1 if context.options.quick else context.options.duration,
+                threads=1,
+                name="flood",
+            )
+        )
+
+    thread = threading.Thread(target=flood, name="bench-flood", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if flooded:
+        refused = flooded[0].errors.get("status", 0)
+        context.log(
+            f"bench: flood alongside: {flooded[0].rps:.1f} unauthenticated req/s ({refused} refused), "
+            f"p50 {flooded[0].percentile_ms(50):.3f} ms"
+        )
 
 
 def _ttfb(context: _Context, topology: _Topology, scenarios: list[Scenario]) -> None:

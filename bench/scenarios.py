@@ -17,6 +17,8 @@ from bench.wrk import Request
 from claudeopus.keys import new_secret
 
 PathKind = Literal["direct", "bare", "full", "unleased"]
+# An unauthenticated flood sent alongside (see flood_request): none, one made-up key, a new one per request.
+FloodKind = Literal["", "one-key", "new-keys"]
 # The paths through control: as configured by default (budget leases of LEASE_SECONDS, the
 # edge's default), and with leases off (CLAUDEOPUS_LEASE_SECONDS=0: each request authorized alone).
 CONTROL_PATHS = ("full", "unleased")
@@ -32,6 +34,9 @@ class Scenario:
     budget: bool = False
     # Measured while bench.login_flood keeps failing logins in flight against control.
     login_flood: bool = False
+    # Sent alongside, unmeasured: requests with made-up keys and large bodies crafted to be costly to
+    # parse (see flood_request). The edge must refuse them from the key alone.
+    flood: FloodKind = ""
 
 
 SCENARIOS = (
@@ -52,6 +57,22 @@ SCENARIOS = (
         budget=True,
         login_flood=True,
     ),
+    Scenario(
+        "full-under-flood",
+        "(g) full path while one made-up key sends 650 KB crafted bodies",
+        "full",
+        stream=False,
+        budget=True,
+        flood="one-key",
+    ),
+    Scenario(
+        "full-under-key-flood",
+        "(g') full path while a new made-up key per request sends them",
+        "full",
+        stream=False,
+        budget=True,
+        flood="new-keys",
+    ),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
@@ -65,6 +86,20 @@ _BODY: dict[str, object] = {
 
 def body(*, stream: bool) -> bytes:
     return json.dumps({**_BODY, "stream": True} if stream else _BODY, separators=(",", ":")).encode()
+
+
+# The unauthenticated flood: connections (on top of the measured ones) and its body's top-level keys.
+FLOOD_CONNECTIONS = 4
+FLOOD_KEYS = 60_000
+
+
+def flood_request(kind: FloodKind) -> Request:
+    """A made-up key (``new-keys``: a new one each request) and a 650 KB body of 60,000 top-level keys
+    naming "model" twice: what a full parse, or a quadratic duplicate-key check, would spend seconds on."""
+    members = ",".join(f'"k{i}":0' for i in range(FLOOD_KEYS))
+    model = f'"model":"{MODEL}"'
+    raw = "{" + model + ',"messages":[{"role":"user","content":"x"}],' + members + "," + model + "}"
+    return Request(body=raw.encode(), api_key=new_secret(), random_key=kind == "new-keys")
 
 
 def request_for(scenario: Scenario, *, budgeted_key: str, unbudgeted_key: str) -> Request:

@@ -59,6 +59,20 @@ end
 """
 _THREAD_DONE = "BENCH-THREAD-DONE"
 
+# A new key of the API key's form per request (sk-co- and 43 URL-safe characters).
+_RANDOM_KEY = """
+local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+function request()
+  local chars = {}
+  for i = 1, 43 do
+    local at = math.random(1, 64)
+    chars[i] = alphabet:sub(at, at)
+  end
+  wrk.headers["Authorization"] = "Bearer sk-co-" .. table.concat(chars)
+  return wrk.format()
+end
+"""
+
 
 def lua_string(value: str) -> str:
     if not value.isascii() or not value.isprintable():
@@ -72,6 +86,8 @@ class Request:
 
     body: bytes
     api_key: str = field(default="", repr=False)
+    # A fresh made-up key (of the API key's form) on every request instead of ``api_key``.
+    random_key: bool = False
 
 
 def write_script(path: Path, request: Request, *, requests_per_thread: int = 0) -> Path:
@@ -85,6 +101,8 @@ def write_script(path: Path, request: Request, *, requests_per_thread: int = 0) 
     if request.api_key:
         lines.append(f'wrk.headers["Authorization"] = {lua_string("Bearer " + request.api_key)}')
     script = "\n".join(lines) + "\n"
+    if request.random_key:
+        script += _RANDOM_KEY
     if requests_per_thread:
         script += _LIMIT % requests_per_thread
     path.write_text(script + _DONE)
@@ -181,12 +199,14 @@ def run_load(
     seconds: int,
     requests: int = 0,
     threads: int = 2,
+    name: str = "load",
 ) -> LoadResult:
     """``connections`` spread over one wrk process per URL (never an idle one), run side by side.
 
     Each process runs for ``seconds``; with ``requests``, it stops as soon as each of its
     threads has had its share of responses (wrk itself only knows durations: each thread
     stops itself and says so on stderr, then we interrupt wrk, which reports and exits).
+    ``name`` names its scripts: loads that run side by side need different names.
     """
     urls = list(urls)[: max(1, connections)]
     shares = [connections // len(urls) + (1 if i < connections % len(urls) else 0) for i in range(len(urls))]
@@ -195,7 +215,7 @@ def run_load(
     for index, (url, share) in enumerate(zip(urls, shares, strict=True)):
         thread_count = min(share, per_process_threads)
         per_thread = math.ceil(requests / len(urls) / thread_count) if requests else 0
-        script = write_script(workdir / f"load-{index}.lua", request, requests_per_thread=per_thread)
+        script = write_script(workdir / f"{name}-{index}.lua", request, requests_per_thread=per_thread)
         argv = [
             wrk,
             f"--threads={thread_count}",

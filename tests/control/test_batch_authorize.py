@@ -55,6 +55,7 @@ def entry(
     max_output_tokens: int = OUT,
     model: str = "m-1",
     request_id: str | None = None,
+    choices: int = 0,
 ) -> AuthorizeInput:
     secret = key if isinstance(key, str) else key.secret
     return AuthorizeInput(
@@ -64,6 +65,7 @@ def entry(
         estimated_input_tokens=input_tokens,
         max_output_tokens=max_output_tokens,
         stream=False,
+        choices=choices,
     )
 
 
@@ -148,6 +150,30 @@ async def test_the_rows_are_those_single_authorizes_would_open(world: World) -> 
     assert [getattr(a, f) for f in fields if f != "stream"] == [getattr(b, f) for f in fields if f != "stream"]
     assert (a.reserved_counters, a.reserved_cost_micros) == (b.reserved_counters, b.reserved_cost_micros)
     assert batched.enforced_output_tokens == single.enforced_output_tokens == 4096
+    await assert_counters_match_rows()
+
+
+async def test_output_is_reserved_for_every_choice_and_the_cap_stays_per_choice(world: World) -> None:
+    budget = await set_budget(world, world.user, 100_000, key=world.key, metric=OUTPUT_TOKENS)
+    entries = [
+        entry(world.key, max_output_tokens=100, choices=4),
+        entry(world.key, max_output_tokens=0, choices=3),  # the model's default, per choice
+        entry(world.key, max_output_tokens=100, choices=0),  # 0: one choice
+    ]
+    results = await batch(entries)
+    caps = [r.authorized.enforced_output_tokens if r.authorized else None for r in results]
+    assert caps == [100, 4096, 100]
+    rows = [await UsageRecord.get(request_id=a.record.request_id) for a in admitted(results)]
+    assert [row.max_output_tokens for row in rows] == [400, 3 * 4096, 100]
+    assert await counter(budget) == (0, 400 + 3 * 4096 + 100)
+    [over] = await batch([entry(world.key, max_output_tokens=1000, choices=100)])  # one choice would fit
+    refused(over, ResourceExhausted, Reason.BUDGET_EXHAUSTED)
+    single = await authorize_batch([entry(world.key, max_output_tokens=7, choices=5)], NOW, POLICY)
+    assert single[0].authorized is not None and single[0].authorized.enforced_output_tokens == 7
+    assert (await UsageRecord.get(request_id=single[0].request_id)).max_output_tokens == 35
+    [too_many] = await batch([entry(world.key, choices=gateway.MAX_CHOICES + 1)])
+    error = refused(too_many, InvalidArgument, Reason.FIELD_INVALID)
+    assert [v.field for v in error.violations] == ["choices"]  # type: ignore[attr-defined]
     await assert_counters_match_rows()
 
 

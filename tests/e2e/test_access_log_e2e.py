@@ -20,7 +20,7 @@ from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.processes import CLI, Process, start_control, start_edge
 
 LINE = re.compile(
-    r"(?P<ip>\S+) (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<status>\d{3}|-) (?P<path>/\S*) "
+    r"(?P<ip>\S+) (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<status>\d{3}|-) (?P<path>/\S*|\(unmatched\)) "
     r"(?P<latency>\d+\.\d{3}) (?P<request_id>\S+)"
 )
 PROBE = ("/v1/models", "401", "-")  # what start_edge's readiness probe leaves behind
@@ -107,9 +107,9 @@ def test_one_line_per_request_with_status_and_request_id_and_nothing_else(edge: 
         assert listed.status_code == 200
         expected.append(("/v1/models", "200", "-"))
 
-        unknown = client.get(f"/v1/unknown?{canary}")
+        unknown = client.get(f"/v1/unknown/{canary}?{canary}")
         assert unknown.status_code == 404
-        expected.append(("/v1/unknown", "404", "-"))
+        expected.append(("(unmatched)", "404", "-"))
 
     lines = wait_for_lines(edge, before + len(expected))
     fields = [LINE.fullmatch(line) for line in lines]
@@ -127,6 +127,7 @@ def test_one_line_per_request_with_status_and_request_id_and_nothing_else(edge: 
     stderr = edge.process.stderr_path.read_text()
     assert not any(line in stderr for line in lines), "the application log stays separate"
     assert canary not in stderr
+    assert edge.access_log.stat().st_mode & 0o777 == 0o600, "the edge's log file is private"
 
 
 def test_bad_access_log_settings_stop_the_edge_with_one_line(tmp_path: Path) -> None:

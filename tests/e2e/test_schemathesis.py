@@ -377,9 +377,18 @@ def _nested(depth: int) -> bytes:
             b'{"model": "fake-1", "messages": [{"content": %s}], "stream": true, "stream_options": {}}' % _nested(300),
             400,
         ),
-        (b'{"model": "fake-1", "messages": [{"content": %s}]}' % _nested(300), 200),
+        (b'{"model": "fake-1", "messages": [{"content": %s}]}' % _nested(300), 400),  # the body is written again
+        (b'{"model": "fake-1", "messages": [{"content": %s}]}' % _nested(250), 200),
     ],
-    ids=["100k-deep", "1500-deep", "top-level-array", "deep-objects", "300-deep-rewritten", "300-deep-relayed"],
+    ids=[
+        "100k-deep",
+        "1500-deep",
+        "top-level-array",
+        "deep-objects",
+        "300-deep-rewritten",
+        "300-deep-relayed",
+        "250-deep-relayed",
+    ],
 )
 def test_deep_nesting(edge: str, secret: str, body: bytes, status: int) -> None:
     answer = _post(edge, secret, body)
@@ -398,5 +407,5 @@ def test_deep_nesting_under_a_default_output_cap_is_400_not_500(gateway: Gateway
         b'{"model": "fake-1", "messages": [{"content": %s, "max_tokens": 1}]}' % _nested(300),
     ):
         _refused(_post(edge, secret, body), 400, "invalid_json")
-    answer = _post(edge, secret, b'{"model": "fake-1", "messages": [{"content": %s}]}' % _nested(300))
-    assert answer.status == 200, "nothing to rewrite but a spliced cap: relayed"
+    answer = _post(edge, secret, b'{"model": "fake-1", "messages": [{"content": %s}]}' % _nested(250))
+    assert answer.status == 200, "deep, but not too deep to be written again with the cap"

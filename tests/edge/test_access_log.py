@@ -21,13 +21,14 @@ from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware, access_line
 from claudeopus.edge.app import build_app
 from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
+from claudeopus.edge.routes import ROUTES
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings, SettingsError
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
 TOKEN = "t" * 40
 LINE = re.compile(
-    r"(?P<ip>\S+) (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<status>\d{3}|-) (?P<path>/\S*) "
+    r"(?P<ip>\S+) (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<status>\d{3}|-) (?P<path>/\S*|\(unmatched\)) "
     r"(?P<latency>\d+\.\d{3}) (?P<request_id>\S+)"
 )
 
@@ -117,7 +118,7 @@ async def test_a_line_is_exactly_ip_time_status_path_latency_request_id() -> Non
         clock.advance(0.0125)
         await answering(200, b"{}", request_id=request_id)(scope, receive, send)
 
-    middleware = AccessLogMiddleware(app, lines, wall=clock.wall, monotonic=clock.monotonic)
+    middleware = AccessLogMiddleware(app, lines, routes=ROUTES, wall=clock.wall, monotonic=clock.monotonic)
     await drive(middleware, http_scope())
 
     assert lines == [f"203.0.113.7 2030-01-02T03:04:05.678Z 200 /v1/chat/completions 12.500 {request_id}"]
@@ -126,7 +127,9 @@ async def test_a_line_is_exactly_ip_time_status_path_latency_request_id() -> Non
 async def test_a_request_refused_before_authorize_has_no_request_id() -> None:
     clock = FakeClock(at(2030, 1, 2))
     lines = Lines()
-    middleware = AccessLogMiddleware(answering(401, b"{}"), lines, wall=clock.wall, monotonic=clock.monotonic)
+    middleware = AccessLogMiddleware(
+        answering(401, b"{}"), lines, routes=ROUTES, wall=clock.wall, monotonic=clock.monotonic
+    )
     await drive(middleware, http_scope("/v1/models", client=None))
     assert lines == ["- 2030-01-02T00:00:00.000Z 401 /v1/models 0.000 -"]
 
@@ -144,7 +147,7 @@ async def test_query_string_headers_and_body_never_reach_the_line() -> None:
         await receive()  # the body is the app's business, not the log's
         await answering(200, orjson.dumps({"echo": canary}), request_id="r-1")(scope, receive, send)
 
-    await drive(AccessLogMiddleware(app, lines), scope)
+    await drive(AccessLogMiddleware(app, lines, routes=ROUTES), scope)
 
     [line] = lines
     fields = LINE.fullmatch(line)
@@ -156,46 +159,36 @@ async def test_query_string_headers_and_body_never_reach_the_line() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw_path", "logged"),
+    ("path", "logged"),
     [
-        (b"/v1/models", "/v1/models"),
-        (b"/v1/a%20b", "/v1/a%20b"),
-        (b"/v1/a b\r\nforged 200 line\x00\xff", "/v1/a%20b%0D%0Aforged%20200%20line%00%FF"),
+        ("/v1/models", "/v1/models"),
+        ("/v1/models/", "/v1/models"),
+        ("/openapi.json", "/openapi.json"),
+        ("/v1/a b\r\nforged 200 line\x00\xff", "(unmatched)"),
+        ("/v1/models/sk-co-secretsecret", "(unmatched)"),
+        ("/v1/chat/completions/../../etc", "(unmatched)"),
+        ("/" + "a" * 10_000, "(unmatched)"),
+        ("", "(unmatched)"),
     ],
 )
-async def test_a_path_is_always_one_token_on_one_line(raw_path: bytes, logged: str) -> None:
+async def test_a_request_is_logged_by_the_route_it_matched_never_by_its_path(path: str, logged: str) -> None:
+    """Anything a client writes in a URL it may put a secret in: only the edge's own templates are kept."""
     lines = Lines()
-    await drive(AccessLogMiddleware(answering(404), lines), http_scope(raw_path=raw_path))
+    await drive(AccessLogMiddleware(answering(404), lines, routes=ROUTES), http_scope(path))
     [line] = lines
     assert line.split(" ")[3] == logged
-    assert "\n" not in line and "\r" not in line
-
-
-async def test_without_raw_path_the_decoded_path_is_encoded_again_and_long_paths_are_cut() -> None:
-    lines = Lines()
-    scope = http_scope("/v1/é x")
-    del scope["raw_path"]
-    await drive(AccessLogMiddleware(answering(404), lines), scope)
-    assert lines[0].split(" ")[3] == "/v1/%C3%A9%20x"
-
-    lines.clear()
-    await drive(AccessLogMiddleware(answering(404), lines), http_scope("/" + "a" * 10_000))
-    assert len(lines[0].split(" ")[3]) == 2048
-
-    lines.clear()
-    await drive(AccessLogMiddleware(answering(404), lines), http_scope("", raw_path=b""))
-    assert lines[0].split(" ")[3] == "/"
+    assert "\n" not in line and "\r" not in line and "secret" not in line and len(line.split(" ")) == 6
 
 
 async def test_an_odd_request_id_header_is_not_copied() -> None:
     lines = Lines()
-    await drive(AccessLogMiddleware(answering(200, request_id="two words"), lines), http_scope())
+    await drive(AccessLogMiddleware(answering(200, request_id="two words"), lines, routes=ROUTES), http_scope())
     assert lines[0].endswith(" -")
 
 
 def test_access_line_rounds_to_milliseconds() -> None:
     line = access_line(
-        client="::1", started_at=at(2030, 1, 2) + 0.9996, status=200, path=b"/v1/models", latency=0.0004996,
+        client="::1", started_at=at(2030, 1, 2) + 0.9996, status=200, route="/v1/models", latency=0.0004996,
         request_id=None,
     )  # fmt: skip
     assert line == "::1 2030-01-02T00:00:01.000Z 200 /v1/models 0.500 -"
@@ -219,7 +212,8 @@ async def test_a_stream_is_logged_once_after_its_last_chunk() -> None:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         clock.advance(5.0)  # work after the last byte (settling) is not the client's latency
 
-    await drive(AccessLogMiddleware(stream, lines, wall=clock.wall, monotonic=clock.monotonic), http_scope())
+    middleware = AccessLogMiddleware(stream, lines, routes=ROUTES, wall=clock.wall, monotonic=clock.monotonic)
+    await drive(middleware, http_scope())
 
     assert seen_while_streaming == [0, 0, 0]
     assert lines == ["203.0.113.7 2030-01-02T00:00:00.000Z 200 /v1/chat/completions 3250.000 s-1"]
@@ -236,7 +230,8 @@ async def test_a_client_that_leaves_mid_stream_gives_one_line_with_what_was_sent
         clock.advance(0.5)
         # the client is gone: the relay stops without a final chunk
 
-    await drive(AccessLogMiddleware(stream, lines, wall=clock.wall, monotonic=clock.monotonic), http_scope())
+    middleware = AccessLogMiddleware(stream, lines, routes=ROUTES, wall=clock.wall, monotonic=clock.monotonic)
+    await drive(middleware, http_scope())
     assert lines == ["203.0.113.7 2030-01-02T00:00:00.000Z 200 /v1/chat/completions 1000.000 s-2"]
 
 
@@ -251,7 +246,7 @@ async def test_a_failing_send_is_the_servers_business_and_still_logged_once() ->
         return {"type": "http.disconnect"}
 
     with pytest.raises(OSError, match="connection reset"):
-        await AccessLogMiddleware(answering(200, b"a", b"b"), lines)(http_scope(), receive, send)
+        await AccessLogMiddleware(answering(200, b"a", b"b"), lines, routes=ROUTES)(http_scope(), receive, send)
     assert len(lines) == 1 and lines[0].split(" ")[2] == "200"
 
 
@@ -262,7 +257,7 @@ async def test_an_app_failing_before_answering_is_logged_as_500_and_still_raises
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        await drive(AccessLogMiddleware(broken, lines), http_scope())
+        await drive(AccessLogMiddleware(broken, lines, routes=ROUTES), http_scope())
     assert [line.split(" ")[2] for line in lines] == ["500"]
 
 
@@ -275,7 +270,7 @@ async def test_an_app_failing_mid_stream_is_logged_with_the_status_it_sent() -> 
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        await drive(AccessLogMiddleware(broken, lines), http_scope())
+        await drive(AccessLogMiddleware(broken, lines, routes=ROUTES), http_scope())
     assert [line.split(" ")[2] for line in lines] == ["200"]
 
 
@@ -286,7 +281,7 @@ async def test_a_request_cancelled_before_answering_logs_no_status() -> None:
         raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
-        await drive(AccessLogMiddleware(cancelled, lines), http_scope())
+        await drive(AccessLogMiddleware(cancelled, lines, routes=ROUTES), http_scope())
     assert [line.split(" ")[2] for line in lines] == ["-"]
 
 
@@ -295,7 +290,7 @@ async def test_a_broken_log_never_breaks_a_request() -> None:
         def write(self, line: str) -> None:
             raise OSError("disk full")
 
-    sent = await drive(AccessLogMiddleware(answering(200, b"a", b"b"), Broken()), http_scope())
+    sent = await drive(AccessLogMiddleware(answering(200, b"a", b"b"), Broken(), routes=ROUTES), http_scope())
     assert [m.get("body") for m in sent] == [None, b"a", b"b"]
 
 
@@ -306,7 +301,7 @@ async def test_lifespan_and_other_scopes_pass_through_unlogged() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         called.append(scope["type"])
 
-    await AccessLogMiddleware(app, lines)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await AccessLogMiddleware(app, lines, routes=ROUTES)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
     assert called == ["lifespan"] and lines == []
 
 
@@ -372,6 +367,38 @@ def test_after_n_rotations_only_keep_rotated_files_remain(tmp_path: Path, window
     assert (tmp_path / "logs" / "access.log").read_text() == f"line {windows - 1}\n"
 
 
+def test_a_file_reaching_its_size_cap_is_rotated_early_and_the_oldest_parts_go_first(tmp_path: Path) -> None:
+    clock = FakeClock(at(2030, 1, 2, 10, 0, 1))
+    line = "x" * 99  # 100 bytes with its newline
+    log = AccessLog(tmp_path / "access.log", rotate_seconds=3600, keep=3, max_bytes=250, clock=clock.wall)
+    with log.opened():
+        for index in range(7):  # two lines a file: parts of 200 bytes
+            log.write(f"{index}{line[1:]}")
+        clock.advance(3600)
+        log.write("next window")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["access.log", *(f"access.log.2030-01-02_10.00000{n}" for n in (1, 2, 3))]
+    assert all(p.stat().st_size <= 250 for p in tmp_path.iterdir())
+    parts = [(tmp_path / name).read_text().split("\n")[0][0] for name in names[1:]]
+    assert parts == ["2", "4", "6"], "the window's first part (lines 0 and 1) was the oldest: deleted first"
+    assert (tmp_path / "access.log").read_text() == "next window\n"
+
+
+def test_log_files_and_the_directories_made_for_them_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        log = AccessLog(tmp_path / "new" / "logs" / "access.log", max_bytes=4096, clock=FakeClock(at(2030, 1, 2)).wall)
+        with log.opened():
+            log.write("x" * 3000)
+            log.write("y" * 3000)  # rotated: the next file is created too
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "new", tmp_path / "new" / "logs"):
+        assert directory.stat().st_mode & 0o777 == 0o700
+    files = list((tmp_path / "new" / "logs").iterdir())
+    assert len(files) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+
+
 def test_windows_are_aligned_and_an_idle_file_keeps_its_own_windows_name(tmp_path: Path) -> None:
     clock = FakeClock(at(2030, 1, 2, 10, 59, 59))
     log = AccessLog(tmp_path / "access.log", rotate_seconds=3600, keep=24, clock=clock.wall)
@@ -417,6 +444,8 @@ def test_from_the_environment_the_access_log_is_on_hourly_with_24_kept() -> None
     settings = EdgeSettings.from_env(env())
     assert settings.access_log_path == "logs/access.log"
     assert (settings.access_log_rotate_seconds, settings.access_log_keep) == (3600, 24)
+    assert settings.access_log_max_bytes == 64 * 1024 * 1024
+    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_MAX_BYTES="10000")).access_log_max_bytes == 10000
     assert settings.access_log_stdout is False
     assert EdgeSettings(upstream_url="http://x/v1", service_token=TOKEN).access_log_path is None
 
@@ -465,6 +494,10 @@ def test_the_stdout_flag_wins_over_the_environment() -> None:
         ("CLAUDEOPUS_ACCESS_LOG_KEEP", "1000000"),
         ("CLAUDEOPUS_ACCESS_LOG_STDOUT", "maybe"),
         ("CLAUDEOPUS_ACCESS_LOG", "   "),
+        ("CLAUDEOPUS_ACCESS_LOG_MAX_BYTES", "100"),
+        ("CLAUDEOPUS_ACCESS_LOG_MAX_BYTES", "lots"),
+        ("CLAUDEOPUS_MAX_CHOICES", "0"),
+        ("CLAUDEOPUS_MAX_CHOICES", "129"),
     ],
 )
 def test_bad_access_log_settings_name_the_variable(name: str, value: str) -> None:
@@ -553,7 +586,7 @@ async def test_the_edge_logs_each_request_once_and_nothing_from_inside_it(
         ("401", "-"),
         ("404", "-"),
     ]
-    assert [m["path"] for m in parsed if m] == ["/v1/chat/completions"] * 2 + ["/v1/models", "/v1/unknown"]
+    assert [m["path"] for m in parsed if m] == ["/v1/chat/completions"] * 2 + ["/v1/models", "(unmatched)"]
     assert all(m["ip"] == "127.0.0.1" for m in parsed if m)
     for forbidden in (canary, secret, "key=", "?", "Bearer", "upstream-", "model-", "content"):
         assert forbidden not in logged

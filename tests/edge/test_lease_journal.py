@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -52,6 +53,20 @@ def test_a_killed_process_leaves_its_unsettled_requests_and_held_leases(tmp_path
     assert journal.in_use == 4
     journal.close()
     assert journal.path.exists(), "kept: the next start recovers it"
+
+
+def test_the_journal_and_its_directory_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        journal = LeaseJournal.create(tmp_path / "new" / "spool", boot=BOOT)
+    finally:
+        os.umask(old)
+    try:
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "new" / "spool").stat().st_mode & 0o777 == 0o700
+        assert journal.path.stat().st_mode & 0o777 == 0o600
+    finally:
+        journal.close()
 
 
 def test_a_journal_from_another_boot_does_not_release_what_leases_hold(tmp_path: Path) -> None:

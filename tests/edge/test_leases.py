@@ -26,11 +26,13 @@ def rid() -> str:
 
 
 def completion(
-    max_tokens: int | None = 10, model: str = "m", text: str = "hi", stream: bool = False
+    max_tokens: int | None = 10, model: str = "m", text: str = "hi", stream: bool = False, n: int | None = None
 ) -> CompletionRequest:
     body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
+    if n is not None:
+        body["n"] = n
     return parse_completion(orjson.dumps(body))
 
 
@@ -115,6 +117,24 @@ async def test_a_request_without_max_tokens_reserves_and_caps_the_default() -> N
     admitted = book.admit(KEY, completion(max_tokens=None), rid())
     assert admitted is not None and (admitted.cap, admitted.leased.max_output_tokens) == (64, 64)
     await book.aclose()
+
+
+async def test_a_request_for_several_choices_takes_its_output_cap_for_each_of_them() -> None:
+    control = LeasingControl(lease(8, output_tokens=80))  # 80 output tokens: eight requests of 10
+    book = LeaseBook(control, 1.0)
+    book.want(KEY, completion())
+    await settled(book, control)
+    four = book.admit(KEY, completion(n=4), rid())
+    assert four is not None and (four.cap, four.leased.max_output_tokens) == (0, 40)
+    assert book.admit(KEY, completion(n=5), rid()) is None, "50 more would pass the 80 leased"
+    other = LeasingControl(lease(3, output_tokens=200))
+    defaulted = LeaseBook(other, 1.0)
+    defaulted.want(KEY, completion())
+    await settled(defaulted, other)
+    capped = defaulted.admit(KEY, completion(max_tokens=None, n=3), rid())
+    assert capped is not None and (capped.cap, capped.leased.max_output_tokens) == (64, 192), "the cap is per choice"
+    await book.aclose()
+    await defaulted.aclose()
 
 
 async def test_a_cost_budget_prices_each_request_at_the_leases_prices() -> None:

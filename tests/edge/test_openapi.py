@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 
 from claudeopus.edge import errors
-from claudeopus.edge.completions import MAX_MODEL_NAME, MAX_OUTPUT_TOKENS, parse_completion
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_MODEL_NAME, MAX_OUTPUT_TOKENS, parse_completion
 from claudeopus.edge.openapi import openapi_document, openapi_json
 
 LIMIT = 1234
@@ -52,6 +52,8 @@ M = [{"role": "user", "content": "x"}]
         {"model": "m", "messages": [{}], "stream": True, "stream_options": {"include_usage": None}},
         {"model": "m", "messages": M, "stream": None, "stream_options": None, "max_tokens": None, "extra": [1]},
         {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}], "tools": []},
+        {"model": "m", "messages": M, "n": DEFAULT_MAX_CHOICES, "best_of": 1},
+        {"model": "m", "messages": M, "n": None, "best_of": None},
     ],
 )
 def test_bodies_the_document_accepts_the_edge_accepts(body: dict[str, object]) -> None:
@@ -76,6 +78,9 @@ def test_bodies_the_document_accepts_the_edge_accepts(body: dict[str, object]) -
         {"model": "m", "messages": M, "max_tokens": 0},
         {"model": "m", "messages": M, "max_completion_tokens": MAX_OUTPUT_TOKENS + 1},
         {"model": "m", "messages": M, "max_tokens": "5"},
+        {"model": "m", "messages": M, "n": DEFAULT_MAX_CHOICES + 1},
+        {"model": "m", "messages": M, "n": 0},
+        {"model": "m", "messages": M, "best_of": "2"},
     ],
 )
 def test_bodies_the_document_refuses_the_edge_refuses(body: object) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from claudeopus.edge.completions import parse_completion
 from claudeopus.edge.disconnect import DisconnectWatcher
+from claudeopus.edge.redaction import Redactor
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.upstream import ConnectionBroken
 from claudeopus.v1 import usage_pb2
@@ -58,10 +59,16 @@ class Upstream:
 
 
 async def relay(
-    parts: list[bytes | BaseException], *, include_usage: bool = False, pause: float = 0.0, deadline: float = 0.0
+    parts: list[bytes | BaseException],
+    *,
+    include_usage: bool = False,
+    pause: float = 0.0,
+    deadline: float = 0.0,
+    redactor: Redactor | None = None,
+    **fields: object,
 ):
     upstream = Upstream(parts, pause)
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, **fields}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     settler = RecordingSettler()
@@ -73,6 +80,7 @@ async def relay(
         settler=settler,  # type: ignore[arg-type]
         watcher=DisconnectWatcher(None),
         deadline=deadline or float("inf"),
+        redactor=redactor,
     )
     return relayed, settler, upstream
 
@@ -121,6 +129,47 @@ async def test_upstream_failure_mid_stream_ends_with_an_error_event_and_an_estim
     assert outcome.source == usage_pb2.USAGE_SOURCE_ESTIMATED
     assert outcome.output_tokens == 2
     assert upstream.closed
+
+
+UPSTREAM_KEY = "upstream-credential-XYZ"
+LEAKS = (UPSTREAM_KEY, "sk-ups****Z123", "org-SeCrEtOrG123", "proj_hidden", "sk-proj-abc123", "extra-field")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {
+            "error": {
+                "message": f"quota of org-SeCrEtOrG123 with {UPSTREAM_KEY} (sk-ups****Z123)",
+                "type": "server_error",
+                "param": "sk-proj-abc123",
+                "code": "x",
+                "org": "proj_hidden",
+            },
+            "extra": "extra-field",
+        },
+        {"object": "error", "message": f"bad key {UPSTREAM_KEY}", "type": "BadRequestError", "code": 400},
+        {"error": f"upstream key {UPSTREAM_KEY} failed for org-SeCrEtOrG123"},
+    ],
+    ids=["openai", "flat", "string"],
+)
+async def test_an_error_event_from_the_upstream_reaches_the_client_redacted(error: dict[str, object]) -> None:
+    event = b"data: " + orjson.dumps(error) + b"\n\n"
+    relayed, settler, _ = await relay([chunk("a"), event, USAGE + b"\n\n"], redactor=Redactor(UPSTREAM_KEY))
+    events = await collect(relayed)
+    assert events[0] == chunk("a") and len(events) == 2
+    assert all(leak.encode() not in events[1] for leak in LEAKS), events[1]
+    shown = orjson.loads(events[1].removeprefix(b"data: "))["error"]
+    assert set(shown) == {"message", "type", "param", "code"}
+    assert "[redacted]" in shown["message"]
+    assert settler.settled[0].output_tokens == 2
+
+
+async def test_an_estimate_without_usage_is_capped_at_the_output_of_every_choice() -> None:
+    words = [chunk("abcdefgh" * 5) for _ in range(30)]  # about 300 tokens of text
+    relayed, settler, _ = await relay([*words, ConnectionBroken("reset")], max_tokens=20, n=3)
+    await collect(relayed)
+    assert settler.settled[0].output_tokens == 60, "three choices of at most 20 tokens each"
 
 
 async def test_a_cancelled_relay_still_settles_once() -> None:

@@ -100,6 +100,22 @@ async def test_appends_are_durable_in_order_and_read_back(tmp_path: Path) -> Non
         await spool.aclose()
 
 
+async def test_the_spool_directory_and_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        spool = await Spool.open(tmp_path / "a" / "spool", max_bytes=1 << 20)
+        try:
+            await spool.append(settle(1))
+        finally:
+            await spool.aclose()
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "a", tmp_path / "a" / "spool"):
+        assert directory.stat().st_mode & 0o777 == 0o700
+    files = list((tmp_path / "a" / "spool").iterdir())
+    assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files), [oct(p.stat().st_mode) for p in files]
+
+
 async def test_concurrent_appends_share_one_fsync_per_group(tmp_path: Path) -> None:
     spool = await Spool.open(tmp_path, max_bytes=1 << 20, group_window=0.005)
     try:

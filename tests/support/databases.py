@@ -73,3 +73,31 @@ def dump_text(database_url: str) -> str:
             await connection.close()
 
     return asyncio.run(dump())
+
+
+def usage_row(database_url: str, request_id: str) -> dict[str, object] | None:
+    """The usage row of one request as stored (model, reserved and used tokens, status), or None."""
+    import asyncio
+
+    columns = "model, max_output_tokens, output_tokens, status, settled_at"
+    if database_url.startswith("sqlite://"):
+        connection = sqlite3.connect(database_url.removeprefix("sqlite://"))
+        try:
+            found = connection.execute(
+                f"SELECT {columns} FROM usage_record WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        finally:
+            connection.close()
+        return None if found is None else dict(zip(columns.split(", "), found, strict=True))
+
+    async def fetch() -> dict[str, object] | None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            row = await connection.fetchrow(
+                f"SELECT {columns} FROM usage_record WHERE request_id = $1::uuid", request_id
+            )
+        finally:
+            await connection.close()
+        return None if row is None else dict(row)
+
+    return asyncio.run(fetch())

@@ -88,7 +88,10 @@ class FakeUpstream:
         body = orjson.loads(raw) if raw else None
         self.received.append(Received(scope["path"], headers, body, raw))
         if scope["path"] == "/v1/models":
-            await _json(send, 200, {"object": "list", "data": [{"id": "fake-1", "object": "model"}]})
+            # What a real provider lists: its own organisation as owner, fine-tune details naming it.
+            model = {"id": "fake-1", "object": "model", "created": 1700000000, "owned_by": "org-operator-secret"}
+            model["permission"] = [{"organization": "org-operator-secret", "allow_fine_tuning": True}]
+            await _json(send, 200, {"object": "list", "data": [model]})
         elif scope["path"] == "/v1/chat/completions" and isinstance(body, dict):
             model = str(body.get("model", ""))
             echo_all = model.endswith(ECHO_ALL)

@@ -96,6 +96,7 @@ class AuthorizeRequest(_message.Message):
     ESTIMATED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id of this completion, chosen by the edge (a UUID)."""
     key_hash: _builtins.bytes
@@ -111,6 +112,11 @@ class AuthorizeRequest(_message.Message):
     """max_tokens / max_completion_tokens from the request; 0 when absent."""
     stream: _builtins.bool
     """Whether the client asked for a stream."""
+    choices: _builtins.int
+    """How many choices the request asks the upstream to generate (n, best_of):
+    output is reserved for each, max_output_tokens (or the model's default)
+    times choices. 0 means 1.
+    """
     def __init__(
         self,
         *,
@@ -120,10 +126,11 @@ class AuthorizeRequest(_message.Message):
         estimated_input_tokens: _builtins.int = ...,
         max_output_tokens: _builtins.int = ...,
         stream: _builtins.bool = ...,
+        choices: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_input_tokens", b"estimated_input_tokens", "key_hash", b"key_hash", "max_output_tokens", b"max_output_tokens", "model", b"model", "request_id", b"request_id", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "estimated_input_tokens", b"estimated_input_tokens", "key_hash", b"key_hash", "max_output_tokens", b"max_output_tokens", "model", b"model", "request_id", b"request_id", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -144,7 +151,7 @@ class AuthorizeResponse(_message.Message):
     account: _builtins.str
     """Resource name of the key's account, `accounts/{id}`."""
     max_output_tokens: _builtins.int
-    """Output tokens reserved. When the request named no max_tokens /
+    """Output tokens reserved per choice. When the request named no max_tokens /
     max_completion_tokens and a budget applies, this is the per-model default
     and the edge sends it upstream as max_completion_tokens, so the reservation
     bounds what can be spent. 0 when no budget applies.

@@ -5,21 +5,24 @@ A line has exactly six space-separated fields::
     127.0.0.1 2025-01-02T03:04:05.123Z 200 /v1/chat/completions 12.345 6f1c2d3e-...-9a8b
 
 client IP, the time the request arrived (UTC, ISO-8601, milliseconds), the status sent (``-`` if
-none was: the client left first; ``500`` if the app failed before answering), the path without
-its query string (bytes outside printable ASCII percent-encoded, so a line is always one line),
-the latency in milliseconds until the last byte of the response (streams included), and the
-``x-request-id`` the edge answered with (``-`` when the request was refused before authorize).
-No query string, header, body, key or model name is ever written.
+none was: the client left first; ``500`` if the app failed before answering), the route the
+request matched (one of the edge's own route templates, or ``(unmatched)``: nothing a client
+writes in a URL is ever kept), the latency in milliseconds until the last byte of the response
+(streams included), and the ``x-request-id`` the edge answered with (``-`` when the request was
+refused before authorize). No path, query string, header, body, key or model name is ever written.
 
 Lines go to a file rotated on a short window with the standard library's
 :class:`~logging.handlers.TimedRotatingFileHandler` (UTC, boundaries aligned to the window, the
 newest ``keep`` rotated files kept besides the current one) and/or to stdout, through a logger of
-their own that never propagates to the application's loggers.
+their own that never propagates to the application's loggers. A file that reaches ``max_bytes``
+is rotated out early, under its window's name (numbered ``.000001``, ... after the first part of a
+window), so no file grows past the cap and the oldest go first. Files are created 0600 in
+directories created 0700 (private_files.py).
 
 Example::
 
-    access_log = AccessLog("logs/access.log", rotate_seconds=3600, keep=24)
-    app = AccessLogMiddleware(asgi_app, access_log)
+    access_log = AccessLog("logs/access.log", rotate_seconds=3600, keep=24, max_bytes=64 * 1024 * 1024)
+    app = AccessLogMiddleware(asgi_app, access_log, routes=("/v1/models",))
     with access_log.opened():  # in the app's lifespan
         ...  # serve
 """
@@ -27,20 +30,23 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import logging.handlers
 import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from claudeopus.edge.private_files import open_private, private_directory
+from claudeopus.edge.settings import DEFAULT_ACCESS_LOG_MAX_BYTES as DEFAULT_MAX_BYTES
 from claudeopus.edge.settings import EdgeSettings
 
-__all__ = ["AccessLog", "AccessLogMiddleware", "AccessLogSink", "access_line"]
+__all__ = ["UNMATCHED", "AccessLog", "AccessLogMiddleware", "AccessLogSink", "access_line"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,7 +56,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Clock = Callable[[], float]
 
 _log = logging.getLogger(__name__)
-MAX_PATH_BYTES = 2048
+# What a request that matched none of the edge's routes is logged as.
+UNMATCHED = "(unmatched)"
 _PRINTABLE = re.compile(rb"[\x21-\x7e]*")
 _REQUEST_ID = re.compile(r"[0-9A-Za-z._:-]{1,128}")
 
@@ -62,9 +69,9 @@ class AccessLogSink(Protocol):
 
 
 def access_line(
-    *, client: str | None, started_at: float, status: int | None, path: bytes, latency: float, request_id: str | None
+    *, client: str | None, started_at: float, status: int | None, route: str, latency: float, request_id: str | None
 ) -> str:
-    """One access line; ``started_at`` is a POSIX time, ``latency`` in seconds."""
+    """One access line; ``route`` a route template (or UNMATCHED), ``started_at`` a POSIX time, ``latency`` seconds."""
     millis = round(started_at * 1000)
     moment = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
     return " ".join(
@@ -72,22 +79,33 @@ def access_line(
             _token(client),
             moment,
             "-" if status is None else str(status),
-            _path(path),
+            _printable(route.encode("utf-8", "replace")) or UNMATCHED,
             f"{max(latency, 0.0) * 1000:.3f}",
             request_id if request_id and _REQUEST_ID.fullmatch(request_id) else "-",
         )
     )
 
 
-def _path(raw: bytes) -> str:
-    raw = raw[:MAX_PATH_BYTES] or b"/"
+def _printable(raw: bytes) -> str:
+    """One token on one line: bytes outside printable ASCII percent-encoded."""
     if _PRINTABLE.fullmatch(raw):
         return raw.decode("ascii")
     return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in raw)
 
 
 def _token(value: str | None) -> str:
-    return _path(value.encode("utf-8", "replace")[:64]) if value else "-"
+    return _printable(value.encode("utf-8", "replace")[:64]) if value else "-"
+
+
+def _route(scope: Scope, routes: Collection[str]) -> str:
+    """The route template the request's path matched (a trailing slash aside), else UNMATCHED."""
+    path = scope.get("path")
+    if not isinstance(path, str):
+        return UNMATCHED
+    if path in routes:
+        return path
+    trimmed = path.rstrip("/")
+    return trimmed if trimmed in routes else UNMATCHED
 
 
 class _Exchange:
@@ -111,19 +129,27 @@ def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 class AccessLogMiddleware:
     """ASGI middleware: one line to ``sink`` per HTTP request, once its response is complete.
 
-    Other scopes (lifespan, websocket) pass through untouched. Logging never breaks a request:
-    any error while building or writing the line is swallowed.
+    ``routes`` are the app's route templates: a request's path is logged only as the one it
+    matched. Other scopes (lifespan, websocket) pass through untouched. Logging never breaks a
+    request: any error while building or writing the line is swallowed.
 
     Example::
 
-        app = AccessLogMiddleware(app, AccessLog(None, stdout=True))
+        app = AccessLogMiddleware(app, AccessLog(None, stdout=True), routes=("/v1/models",))
     """
 
     def __init__(
-        self, app: ASGIApp, sink: AccessLogSink, *, wall: Clock = time.time, monotonic: Clock = time.perf_counter
+        self,
+        app: ASGIApp,
+        sink: AccessLogSink,
+        *,
+        routes: Collection[str],
+        wall: Clock = time.time,
+        monotonic: Clock = time.perf_counter,
     ) -> None:
         self._app = app
         self._sink = sink
+        self._routes = frozenset(routes)
         self._wall = wall
         self._monotonic = monotonic
 
@@ -155,13 +181,12 @@ class AccessLogMiddleware:
                 finished = seen.finished if seen.finished is not None else self._monotonic()
                 status = seen.status if seen.status is not None else (500 if failed else None)
                 client = scope.get("client")
-                raw_path = scope.get("raw_path") or str(scope.get("path", "")).encode("utf-8", "replace")
                 self._sink.write(
                     access_line(
                         client=str(client[0]) if client else None,
                         started_at=started_at,
                         status=status,
-                        path=bytes(raw_path),
+                        route=_route(scope, self._routes),
                         latency=finished - started,
                         request_id=seen.request_id,
                     )
@@ -173,11 +198,14 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
 
     Aligned windows (every hour on the hour, every 10 minutes at :00, :10, ...) make each rotated
     file's suffix name exactly the window it covers. A file left by an earlier run is rotated
-    under its own window's name on the first line after a restart.
+    under its own window's name on the first line after a restart. A file that would pass
+    ``max_bytes`` is rotated at once, under its window's name; the later parts of one window are
+    numbered, so names sort oldest first and the oldest are the ones deleted.
     """
 
-    def __init__(self, path: Path, *, seconds: int, keep: int, clock: Clock) -> None:
+    def __init__(self, path: Path, *, seconds: int, keep: int, clock: Clock, max_bytes: int) -> None:
         when, count = _unit(seconds)
+        self._max_bytes = max_bytes
         super().__init__(path, when=when, interval=count, backupCount=keep, encoding="utf-8", utc=True)
         self._clock = clock
         stat = os.stat(self.baseFilename)
@@ -187,14 +215,30 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
     def computeRollover(self, currentTime: int) -> int:
         return (currentTime // self.interval + 1) * self.interval
 
+    def _open(self) -> io.TextIOWrapper:
+        fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND)
+        return open(fd, "a", encoding="utf-8")
+
     def shouldRollover(self, record: logging.LogRecord) -> bool:
-        now = int(self._clock())
-        if now < self.rolloverAt:
-            return False
         if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
-            self.rolloverAt = self.computeRollover(now)  # /dev/stdout and friends: never renamed
+            self.rolloverAt = self.computeRollover(int(self._clock()))  # /dev/stdout and friends: never renamed
             return False
-        return True
+        if int(self._clock()) >= self.rolloverAt:
+            return True
+        if self.stream is None:
+            return False
+        line_bytes = len(self.format(record).encode("utf-8")) + 1
+        size = self.stream.tell()
+        return size > 0 and size + line_bytes > self._max_bytes
+
+    def rotation_filename(self, default_name: str) -> str:
+        """The window's own name for its first part; ``.000001``, ``.000002``... for the later ones."""
+        if not os.path.exists(default_name):
+            return default_name
+        number = 1
+        while os.path.exists(f"{default_name}.{number:06d}"):
+            number += 1
+        return f"{default_name}.{number:06d}"
 
     def doRollover(self) -> None:
         super().doRollover()
@@ -228,6 +272,7 @@ class AccessLog:
         *,
         rotate_seconds: int = 3600,
         keep: int = 24,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         stdout: bool = False,
         clock: Clock = time.time,
         stream: TextIO | None = None,
@@ -235,6 +280,7 @@ class AccessLog:
         self._path = None if path is None else Path(path)
         self._rotate_seconds = rotate_seconds
         self._keep = keep
+        self._max_bytes = max_bytes
         self._stdout = stdout
         self._clock = clock
         self._stream = stream
@@ -246,6 +292,7 @@ class AccessLog:
             settings.access_log_path,
             rotate_seconds=settings.access_log_rotate_seconds,
             keep=settings.access_log_keep,
+            max_bytes=settings.access_log_max_bytes,
             stdout=settings.access_log_stdout,
         )
 
@@ -267,15 +314,20 @@ class AccessLog:
         logger.propagate = False
         try:
             if self._path is not None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
+                private_directory(self._path.parent)
                 rotating = _UtcWindowHandler(
-                    self._path, seconds=self._rotate_seconds, keep=self._keep, clock=self._clock
+                    self._path,
+                    seconds=self._rotate_seconds,
+                    keep=self._keep,
+                    clock=self._clock,
+                    max_bytes=self._max_bytes,
                 )
                 logger.addHandler(rotating)
                 _log.info(
-                    "access log: %s, rotated every %ss (UTC), %s rotated files kept",
+                    "access log: %s, rotated every %ss (UTC) or at %s bytes, %s rotated files kept",
                     rotating.baseFilename,
                     self._rotate_seconds,
+                    self._max_bytes,
                     self._keep,
                 )
             if self._stdout:

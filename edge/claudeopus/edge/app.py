@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from blacksheep import Application, Request, Response
+from blacksheep.server.routing import Router
 
 from claudeopus import tls
 from claudeopus.edge import errors
@@ -25,7 +26,7 @@ from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.lease_journal import LeaseJournal, old_journals
 from claudeopus.edge.lease_recovery import LeaseRecovery
 from claudeopus.edge.leases import LeaseBook
-from claudeopus.edge.routes import error_response, register_routes
+from claudeopus.edge.routes import ROUTES, error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.upstream import AiohttpUpstream
@@ -39,7 +40,8 @@ class EdgeApplication(Application):
     def __init__(self, *, access_log: AccessLog | None = None, **options: Any) -> None:
         super().__init__(**options)
         inner = super().__call__
-        self._asgi = AccessLogMiddleware(inner, access_log) if access_log and access_log.enabled else inner
+        logged = access_log is not None and access_log.enabled
+        self._asgi = AccessLogMiddleware(inner, access_log, routes=ROUTES) if access_log and logged else inner
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._asgi(scope, receive, send)
@@ -79,7 +81,8 @@ def build_app(
     no setting or flag switches authorization or usage off.
     """
     access_log = AccessLog.from_settings(settings)
-    app = EdgeApplication(show_error_details=False, access_log=access_log)
+    # A router of its own: BlackSheep's default one is shared by every app of the process.
+    app = EdgeApplication(show_error_details=False, access_log=access_log, router=Router())
     app.lifespan(access_log.lifespan)  # type: ignore[no-untyped-call]
 
     async def resources(app: Application) -> AsyncIterator[None]:
@@ -118,6 +121,8 @@ def build_app(
                 connect_retries=settings.upstream_connect_retries,
                 max_duration=settings.upstream_max_duration,
                 leases=leases,
+                max_choices=settings.max_choices,
+                models_owned_by=settings.models_owned_by,
             )
             app.services.register(Forwarder, instance=forwarder)
             try:
@@ -141,5 +146,5 @@ def build_app(
 
     app.exceptions_handlers[errors.OpenAIError] = openai_error
     app.exceptions_handlers[500] = internal_error
-    register_routes(app, settings.max_body_bytes)
+    register_routes(app, settings.max_body_bytes, settings.max_choices)
     return app

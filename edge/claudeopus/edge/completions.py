@@ -1,19 +1,25 @@
 """Reading a chat-completion request: just enough to authorize and forward it.
 
 Only the fields the gateway needs are looked at (model, stream, stream_options,
-max_tokens / max_completion_tokens, that messages is a non-empty list). Message
-contents are never inspected, copied into an error, or logged.
+max_tokens / max_completion_tokens, the multipliers n and best_of, that messages is a
+non-empty list). Message contents are never inspected, copied into an error, or logged.
+
+What goes upstream is the parsed object written again (orjson), not the client's bytes: a
+key the client wrote twice, or spelt with escapes (``"mod\\u0065l"``), is read once here
+and sent once, so the upstream serves exactly the model, output cap and number of choices
+that were authorized, whichever duplicate its own parser would have kept. Every other field
+passes with its value unchanged (numbers keep their value; only the JSON spelling may differ).
+Everything here is one linear pass of orjson each way.
 
 Example::
 
     request = parse_completion(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
-    assert request.model == "m" and not request.stream
+    assert request.model == "m" and not request.stream and request.choices == 1
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -26,6 +32,14 @@ MAX_OUTPUT_TOKENS = 100_000_000
 # Rough bytes-per-token of English JSON chat payloads; used only for the
 # reservation estimate, never for billing.
 BYTES_PER_TOKEN = 4
+# How many choices (n, best_of) one request may ask for, unless the edge's settings say fewer or more;
+# MAX_CHOICES is the most control reserves for.
+DEFAULT_MAX_CHOICES = 8
+MAX_CHOICES = 128
+# How deep a body may nest: orjson reads 1024 levels but writes 254, and the body is written again.
+MAX_DEPTH = 254
+# Request fields that multiply what the upstream generates: each choice may produce the output cap.
+MULTIPLIERS = ("n", "best_of")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +48,7 @@ class CompletionRequest:
     stream: bool
     # The client asked for the final usage chunk itself.
     include_usage: bool
+    # The output cap of each choice (0: none named).
     max_output_tokens: int
     # Rough input tokens (bytes / 4): billed only when the upstream reports no usage.
     estimated_input_tokens: int
@@ -41,8 +56,17 @@ class CompletionRequest:
     # (no tokenizer spends less than a byte per token, and the JSON framing of each message is
     # longer than the chat template's per-message tokens).
     input_token_bound: int
-    # What goes to the upstream (for streams: with include_usage forced on).
-    upstream_body: bytes
+    # What goes to the upstream: ``body`` written again (for streams: with include_usage forced on).
+    upstream_body: bytes = field(repr=False)
+    # How many choices the upstream generates (the larger of n and best_of; 1 when neither is given).
+    choices: int = 1
+    # The parsed body (never shown: it holds the prompt).
+    body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def reserved_output_tokens(self) -> int:
+        """The most output the upstream may produce in all: the cap of each choice times the choices."""
+        return self.max_output_tokens * self.choices
 
 
 def _object(raw: bytes) -> dict[str, Any]:
@@ -92,17 +116,30 @@ def _bool(body: dict[str, Any], name: str) -> bool:
 
 
 def _max_tokens(body: dict[str, Any]) -> int:
-    best = 0
-    for name in ("max_completion_tokens", "max_tokens"):
+    """The output cap: the larger of the two limits when both are given (an upstream may honour either)."""
+    most = 0
+    for name in _LIMIT_KEYS:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
-            raise BadRequest(
-                f"'{name}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}.", param=name, code="invalid_value"
-            )
-        best = best or value
-    return best
+        most = max(most, _bounded(name, value, MAX_OUTPUT_TOKENS))
+    return most
+
+
+def _choices(body: dict[str, Any], max_choices: int) -> int:
+    """How many choices the upstream generates: the larger of n and best_of (1 when neither is given)."""
+    most = 1
+    for name in MULTIPLIERS:
+        value = body.get(name)
+        if value is not None:
+            most = max(most, _bounded(name, value, max_choices))
+    return most
+
+
+def _bounded(name: str, value: object, most: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise BadRequest(f"'{name}' must be an integer from 1 to {most}.", param=name, code="invalid_value")
+    return value
 
 
 def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, dict[str, Any]]:
@@ -127,26 +164,19 @@ def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, dict[str,
     return bool(include), options
 
 
-def parse_completion(raw: bytes) -> CompletionRequest:
+def parse_completion(raw: bytes, max_choices: int = DEFAULT_MAX_CHOICES) -> CompletionRequest:
     """Check a ``/v1/chat/completions`` body; raise :class:`BadRequest` with OpenAI's wording."""
     body = _object(raw)
     model = _model(body)
     _messages(body)
     stream = _bool(body, "stream")
     max_output = _max_tokens(body)
+    choices = _choices(body, max_choices)
     include_usage, options = _stream_options(body, stream)
-    if any(raw.count(name) > 1 for name in _CHECKED_KEYS):
-        # Parsers disagree on which duplicate wins: the reserved output cap must be the upstream's.
-        _reject_duplicate_top_level_keys(raw)
-    if not max_output and any(name in raw for name in _LIMIT_NAMES):
-        # with_output_cap would have to rewrite this body after authorize (a null or nested limit
-        # key): refuse now, before anything is reserved, a body too deep to be written again.
-        _check_rewritable(body)
-    upstream_body = raw
     if stream and not include_usage:
         # Always ask the upstream for usage: billing needs it; the extra chunk is
         # removed again on the way back.
-        upstream_body = _with_usage_requested(raw, body, options)
+        body["stream_options"] = {**options, "include_usage": True}
     return CompletionRequest(
         model=model,
         stream=stream,
@@ -154,69 +184,30 @@ def parse_completion(raw: bytes) -> CompletionRequest:
         max_output_tokens=max_output,
         estimated_input_tokens=len(raw) // BYTES_PER_TOKEN + 1,
         input_token_bound=len(raw),
-        upstream_body=upstream_body,
+        upstream_body=_written(body),
+        choices=choices,
+        body=body,
     )
 
 
 def with_output_cap(completion: CompletionRequest, tokens: int, field: str) -> CompletionRequest:
     """The request with ``field`` (max_completion_tokens or max_tokens) set to the reserved ``tokens``.
 
-    Used when the client named no limit but a budget holds a default one: the
-    upstream must not produce more than was reserved. The key is spliced in
-    before the closing brace, so everything the client wrote stays as it was.
+    Used when the client named no limit but a budget holds a default one (per choice): the
+    upstream must not produce more than was reserved. A limit the client sent as null is dropped,
+    so the upstream sees exactly one limit.
     """
-    body = completion.upstream_body.rstrip()
-    if any(name in body for name in _LIMIT_NAMES):
-        # The client sent a limit key as null: set it in place (and drop null ones), so the
-        # upstream sees exactly one limit whatever its parser does with repeated keys.
-        parsed = {k: v for k, v in orjson.loads(body).items() if k not in _LIMIT_KEYS or v is not None}
-        parsed[field] = tokens
-        return replace(completion, upstream_body=orjson.dumps(parsed), max_output_tokens=tokens)
-    capped = body[:-1].rstrip() + b',"' + field.encode() + b'":' + str(tokens).encode() + b"}"
-    return replace(completion, upstream_body=capped, max_output_tokens=tokens)
+    body = {k: v for k, v in completion.body.items() if k not in _LIMIT_KEYS or v is not None}
+    body[field] = tokens
+    return replace(completion, upstream_body=_written(body), max_output_tokens=tokens, body=body)
 
 
-_LIMIT_KEYS = ("max_tokens", "max_completion_tokens")
-_LIMIT_NAMES = (b'"max_tokens"', b'"max_completion_tokens"')
-_CHECKED_KEYS = (b'"model"', b'"max_tokens"', b'"max_completion_tokens"')
-_USAGE_OPTION = b'"stream_options":{"include_usage":true}'
+_LIMIT_KEYS = ("max_completion_tokens", "max_tokens")
 
 
-def _with_usage_requested(raw: bytes, body: dict[str, Any], options: dict[str, Any]) -> bytes:
-    """The body with ``stream_options.include_usage`` on, the client's bytes kept where possible."""
-    if "stream_options" not in body:
-        # Splice one key in before the closing brace: numbers, key order and
-        # anything else the client wrote reach the upstream unchanged.
-        end = raw.rstrip()
-        return end[:-1].rstrip() + b"," + _USAGE_OPTION + b"}"
-    body["stream_options"] = {**options, "include_usage": True}
+def _written(body: dict[str, Any]) -> bytes:
+    """The body as the upstream gets it; nested deeper than MAX_DEPTH, it cannot be written: refused."""
     try:
         return orjson.dumps(body)
     except orjson.JSONEncodeError:
         raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
-
-
-def _check_rewritable(body: dict[str, Any]) -> None:
-    """Refuse a body orjson can read but not write: it nests deeper than orjson writes (254 levels)."""
-    try:
-        orjson.dumps(body)
-    except orjson.JSONEncodeError:
-        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
-
-
-def _reject_duplicate_top_level_keys(raw: bytes) -> None:
-    """Refuse a body naming a top-level key twice: parsers disagree on which one wins."""
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        return dict(pairs) | {"__pairs__": pairs}
-
-    try:
-        top = json.loads(raw, object_pairs_hook=pairs_hook)
-    except (ValueError, RecursionError):
-        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
-    names = [name for name, _ in top["__pairs__"]]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise BadRequest(
-            f"The request body repeats the key '{duplicates[0]}'.", param=duplicates[0], code="invalid_json"
-        )

@@ -129,6 +129,7 @@ class ControlClient:
                     estimated_input_tokens=call.completion.input_token_bound,
                     max_output_tokens=call.completion.max_output_tokens,
                     stream=call.completion.stream,
+                    choices=call.completion.choices,
                 )
                 for call in calls
             ]

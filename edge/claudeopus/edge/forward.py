@@ -9,22 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.completions import CompletionRequest, parse_completion, with_output_cap
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
 from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Leased, Outcome, key_hash
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
+from claudeopus.edge.key_check import KeyCheck
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
+from claudeopus.edge.settings import DEFAULT_MODELS_OWNED_BY
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
 from claudeopus.edge.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -39,14 +41,11 @@ NOTHING_USED = Outcome(
     http_status=503,
 )
 
-REDACTED = "[redacted]"
 # The pause before another attempt at a connection that failed (refused, unreachable).
 CONNECT_RETRY_DELAY_SECONDS = 0.05
 _log = logging.getLogger(__name__)
 # Upstream statuses that are the client's own business: the error passes, redacted.
 CLIENT_ERRORS = frozenset({400, 404, 409, 413, 415, 422})
-# Key-like and account-like tokens in upstream messages (sk-..., sk-ab****yz, org-...).
-_SECRET_LIKE = re.compile(r"\b(?:sk|org|proj|key)-[A-Za-z0-9_*.\-]{3,}")
 
 
 class Forwarder:
@@ -57,6 +56,7 @@ class Forwarder:
         forwarder = Forwarder(
             upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
         )
+        await forwarder.authenticate(secret)  # before the body is read
         reply = await forwarder.chat_completions(secret, raw_body, receive)
     """
 
@@ -72,25 +72,35 @@ class Forwarder:
         connect_retries: int = 1,
         max_duration: float = 600.0,
         leases: LeaseBook | None = None,
+        key_check: KeyCheck | None = None,
+        max_choices: int = DEFAULT_MAX_CHOICES,
+        models_owned_by: str = DEFAULT_MODELS_OWNED_BY,
     ) -> None:
         self._upstream = upstream
         self._control = control
         self._authorizer = authorizer
         self._settler = settler
-        self._upstream_key = upstream_api_key.encode()
+        self._redactor = Redactor(upstream_api_key)
         self._cap_field = output_cap_field
         self._connect_retries = connect_retries
         self._max_duration = max_duration
         self._leases = leases
+        self._key_check = key_check or KeyCheck(control)
+        self._max_choices = max_choices
+        self._owned_by = models_owned_by
+
+    async def authenticate(self, secret: str) -> None:
+        """Refuse a key control does not know before its request's body is read (see key_check.py)."""
+        await self._key_check.check(secret)
 
     async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
         started = time.perf_counter()
-        completion = parse_completion(raw)
+        completion = parse_completion(raw, self._max_choices)
         if self._settler.spool_full:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
         leased: Leased | None = None
-        hashed = key_hash(secret) if self._leases is not None else b""
+        hashed = key_hash(secret)
         admission = self._leases.admit(hashed, completion, request_id) if self._leases is not None else None
         if admission is not None:
             leased, cap = admission.leased, admission.cap
@@ -104,6 +114,7 @@ class Forwarder:
                 raise
             if self._leases is not None:
                 self._leases.want(hashed, completion)
+        self._key_check.remember(hashed)
         if cap and not completion.max_output_tokens:
             completion = with_output_cap(completion, cap, self._cap_field)
         try:
@@ -141,6 +152,7 @@ class Forwarder:
                 watcher=DisconnectWatcher(receive),
                 deadline=deadline,
                 leased=leased,
+                redactor=self._redactor,
             )
             return StreamReply(events=relay.events, headers=[*headers, (b"cache-control", b"no-cache")])
         try:
@@ -184,7 +196,16 @@ class Forwarder:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise errors.upstream_broken("sent a malformed model list") from None
         models = [m for m in models if info.may_use(m.get("id"))]
-        return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": models}))
+        listed = [self._model_object(m) for m in models if isinstance(m.get("id"), str)]
+        return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": listed}))
+
+    def _model_object(self, upstream: dict[str, Any]) -> dict[str, Any]:
+        """A model as the gateway lists it: its id and creation time, owned by the gateway; nothing else
+        of the upstream's object (its owner, permissions or fine-tune details name the operator's accounts)."""
+        created = upstream.get("created")
+        if isinstance(created, bool) or not isinstance(created, int):
+            created = 0
+        return {"id": upstream["id"], "object": "model", "created": created, "owned_by": self._owned_by}
 
     async def _open(self, completion: CompletionRequest, deadline: float) -> UpstreamResponse:
         """The upstream's response head; a connection that failed before sending anything is tried again."""
@@ -223,22 +244,13 @@ class Forwarder:
                 "The upstream provider is rate limiting requests; please retry later.", code="upstream_rate_limited"
             )
         elif status in CLIENT_ERRORS and upstream is not None:
-            fields = {name: _text_or_none(upstream.get(name)) for name in ("type", "param", "code")}
-            message = self._redact(
-                _text_or_none(upstream.get("message")) or f"The request was refused (HTTP {status})."
-            )
-            payload = {"error": {"message": message, **fields, "type": fields["type"] or "invalid_request_error"}}
-            return BodyReply(status=status, body=orjson.dumps(payload))
+            body = self._redactor.error_body(upstream, f"The request was refused (HTTP {status}).")
+            return BodyReply(status=status, body=body)
         elif status in CLIENT_ERRORS:
             return BodyReply(status=status, body=errors.upstream_broken(f"refused the request (HTTP {status})").json())
         else:
             error = errors.upstream_broken(f"failed (HTTP {status})")
         return BodyReply(status=error.status, body=error.json())
-
-    def _redact(self, text: str) -> str:
-        if self._upstream_key:
-            text = text.replace(self._upstream_key.decode(errors="replace"), REDACTED)
-        return _SECRET_LIKE.sub(REDACTED, text)
 
     def _settle_failure(self, request_id: str, leased: Leased | None, started: float, http_status: int) -> None:
         outcome = Outcome(
@@ -265,20 +277,14 @@ def _upstream_call() -> Iterator[None]:
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
-    """The ``error`` object of an OpenAI-style error body, if that is what it is."""
+    """The error object of an OpenAI-style error body, if that is what it is."""
     with contextlib.suppress(orjson.JSONDecodeError):
-        parsed = orjson.loads(body)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            return cast(dict[str, Any], parsed["error"])
+        return error_object(orjson.loads(body))
     return None
 
 
 def _out_of_credit(upstream: dict[str, Any] | None) -> bool:
     return upstream is not None and "insufficient_quota" in (upstream.get("code"), upstream.get("type"))
-
-
-def _text_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome | None:

@@ -57,6 +57,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from claudeopus.edge.control import Leased, RecoveredLease
+from claudeopus.edge.private_files import open_private, private_directory
 
 __all__ = ["LeaseJournal", "boot_id", "old_journals", "read_journal"]
 
@@ -109,14 +110,13 @@ class LeaseJournal:
         cls, directory: str | os.PathLike[str], *, capacity: int = DEFAULT_SLOTS, boot: bytes | None = None
     ) -> LeaseJournal:
         """A new, empty journal numbered after every journal already in ``directory``."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_directory(directory)
         existing = old_journals(folder)
         number = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1  # type: ignore[union-attr]
         while True:
             path = folder / f"leases-{number:012d}.journal"
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = open_private(path, os.O_RDWR | os.O_EXCL)
                 break
             except FileExistsError:
                 number += 1

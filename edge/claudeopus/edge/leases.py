@@ -165,10 +165,14 @@ class LeaseBook:
         )
 
     def _take(self, held: _Held, completion: CompletionRequest) -> Admission | None:
-        """Count the request against ``held``; None when it does not fit."""
+        """Count the request against ``held``; None when it does not fit.
+
+        Its output is counted for every choice it asks for (n, best_of); an injected cap is per choice.
+        """
         lease = held.lease
         input_tokens = completion.input_token_bound
-        output_tokens = completion.max_output_tokens or lease.default_output_tokens
+        per_choice = completion.max_output_tokens or lease.default_output_tokens
+        output_tokens = per_choice * completion.choices
         cost = capped_cost_micros(input_tokens, output_tokens, *lease.prices) if lease.prices else 0
         if not lease.unlimited:
             if input_tokens > held.input_left or output_tokens > held.output_left or cost > held.cost_left:
@@ -181,7 +185,7 @@ class LeaseBook:
         held.used[1] += output_tokens
         held.used[2] += cost
         leased = Leased(lease.lease_id, input_tokens, output_tokens, cost, completion.stream, self._wall_ns())
-        cap = output_tokens if lease.caps_output and not completion.max_output_tokens else 0
+        cap = per_choice if lease.caps_output and not completion.max_output_tokens else 0
         return Admission(leased, cap)
 
     def want(self, key_hash: bytes, completion: CompletionRequest) -> None:

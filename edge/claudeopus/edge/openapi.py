@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from claudeopus.edge.completions import MAX_MODEL_NAME, MAX_OUTPUT_TOKENS
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_DEPTH, MAX_MODEL_NAME, MAX_OUTPUT_TOKENS
 
 __all__ = ["OPENAPI_PATH", "openapi_document", "openapi_json"]
 
@@ -45,11 +45,23 @@ def _limit(note: str) -> dict[str, Any]:
         "type": ["integer", "null"],
         "minimum": 1,
         "maximum": MAX_OUTPUT_TOKENS,
-        "description": f"The most tokens to generate ({note}): an integer literal (5, not 5.0), given once.",
+        "description": (
+            f"The most tokens to generate per choice ({note}): an integer literal (5, not 5.0). "
+            "With both limits given, the larger is reserved."
+        ),
     }
 
 
-def _schemas() -> dict[str, Any]:
+def _multiplier(note: str, max_choices: int) -> dict[str, Any]:
+    return {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": max_choices,
+        "description": f"{note}: output is reserved for each; at most {max_choices} (CLAUDEOPUS_MAX_CHOICES).",
+    }
+
+
+def _schemas(max_choices: int) -> dict[str, Any]:
     return {
         "Error": {
             "type": "object",
@@ -72,7 +84,8 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "description": (
                 "What the gateway checks before forwarding; every other field (temperature, tools, ...) "
-                "goes to the upstream as sent, and message contents are never inspected."
+                "goes to the upstream with its value unchanged, and message contents are never inspected. "
+                "A key given twice counts once, as its last value, and reaches the upstream once."
             ),
             "required": ["model", "messages"],
             "additionalProperties": True,
@@ -95,6 +108,8 @@ def _schemas() -> dict[str, Any]:
                 },
                 "max_tokens": _limit("deprecated by OpenAI in favour of max_completion_tokens"),
                 "max_completion_tokens": _limit("preferred"),
+                "n": _multiplier("How many choices to generate", max_choices),
+                "best_of": _multiplier("How many candidates to generate (servers that support it)", max_choices),
             },
             # stream_options (an object, not null) only with "stream": true.
             "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
@@ -128,19 +143,32 @@ def _schemas() -> dict[str, Any]:
                 "object": {"const": "list"},
                 "data": {
                     "type": "array",
-                    "description": "The upstream's models this key may use.",
-                    "items": {"type": "object", "properties": {"id": {"type": "string"}}},
+                    "description": "The upstream's models this key may use, as the gateway lists them.",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "object", "created", "owned_by"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "id": {"type": "string"},
+                            "object": {"const": "model"},
+                            "created": {"type": "integer"},
+                            "owned_by": {"type": "string"},
+                        },
+                    },
                 },
             },
         },
     }
 
 
-def openapi_document(max_body_bytes: int) -> dict[str, Any]:
-    """The document for an edge that refuses bodies over ``max_body_bytes``."""
+def openapi_document(max_body_bytes: int, max_choices: int = DEFAULT_MAX_CHOICES) -> dict[str, Any]:
+    """The document for an edge that refuses bodies over ``max_body_bytes`` and more than ``max_choices``."""
     request_id = {"x-request-id": {"description": "The request's id in usage records.", "schema": {"type": "string"}}}
     unparseable = _error("The HTTP request could not be parsed (code invalid_http_request).")
-    unauthorized = _error("No key, a malformed one, or one that is unknown, revoked, rotated away or expired.")
+    unauthorized = _error(
+        "No key, a malformed one, or one that is unknown, revoked, rotated away or expired "
+        "(checked before the body is read)."
+    )
     forbidden = _error("The key may not use this model or operation, or its account is suspended.")
     unavailable = _error(
         "Control could not be reached in time (nothing was forwarded), the usage spool is full, "
@@ -154,8 +182,8 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
             "requestBody": {
                 "required": True,
                 "description": (
-                    f"At most {max_body_bytes} bytes. A Content-Type other than JSON is refused with 415; "
-                    "a missing one is read as JSON."
+                    f"At most {max_body_bytes} bytes, nested at most {MAX_DEPTH} levels deep. A Content-Type "
+                    "other than JSON is refused with 415; a missing one is read as JSON."
                 ),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
             },
@@ -231,7 +259,7 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {"/v1/chat/completions": completions, "/v1/models": models, OPENAPI_PATH: document},
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(max_choices),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "A ClaudeOpus API key (sk-co-...)."}
             },
@@ -239,6 +267,6 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
     }
 
 
-def openapi_json(max_body_bytes: int) -> bytes:
+def openapi_json(max_body_bytes: int, max_choices: int = DEFAULT_MAX_CHOICES) -> bytes:
     """:func:`openapi_document` serialized once, as the route serves it."""
-    return orjson.dumps(openapi_document(max_body_bytes))
+    return orjson.dumps(openapi_document(max_body_bytes, max_choices))

@@ -1,7 +1,9 @@
 """Relaying an upstream SSE stream to the client, event by event, and settling at the end.
 
 The upstream was asked for usage (``include_usage``); its extra usage-only
-chunk is dropped again unless the client asked for it. Whatever ends the
+chunk is dropped again unless the client asked for it. An error event the upstream
+sends mid-stream reaches the client redacted, as an error answer would (redaction.py):
+its message, type, param and code, with nothing key- or account-like. Whatever ends the
 stream (the upstream finishing, failing, or the client going away), the
 upstream response is closed and exactly one settle is submitted.
 """
@@ -19,6 +21,7 @@ from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.control import Leased, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
+from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import EventBuffer, Usage, event_data, is_done, text_length, usage_event
 from claudeopus.edge.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -54,6 +57,7 @@ class StreamRelay:
         watcher: DisconnectWatcher,
         deadline: float = float("inf"),
         leased: Leased | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended;
         ``leased``: the request was admitted from a lease (its settle carries the reservation)."""
@@ -65,6 +69,7 @@ class StreamRelay:
         self._watcher = watcher
         self._deadline = deadline
         self._leased = leased
+        self._redactor = redactor or Redactor("")
         self._usage: Usage | None = None
         self._relayed_events = 0
         self._relayed_chars = 0
@@ -78,11 +83,13 @@ class StreamRelay:
             async with contextlib.aclosing(self._chunks()) as chunks:
                 async for chunk in chunks:
                     for event in buffer.feed(chunk):
-                        if self._keep(event):
-                            yield event
+                        relayed = self._relayed(event)
+                        if relayed is not None:
+                            yield relayed
             tail = buffer.rest().rstrip(b"\r\n")
-            if tail.strip() and self._keep(tail + b"\n\n"):
-                yield tail + b"\n\n"
+            relayed = self._relayed(tail + b"\n\n") if tail.strip() else None
+            if relayed is not None:
+                yield relayed
             if not self._done and self._usage is None:
                 # Neither [DONE] nor the usage chunk (always asked for, always last): the upstream
                 # ended the stream early, perhaps cleanly closing mid-answer. Say so; do not bill it as whole.
@@ -116,24 +123,28 @@ class StreamRelay:
         finally:
             await self._finish()
 
-    def _keep(self, event: bytes) -> bool:
+    def _relayed(self, event: bytes) -> bytes | None:
+        """What of ``event`` the client gets: itself, its redacted error, or None (dropped)."""
         found = usage_event(event)
         if found is not None:
             self._usage = found.usage
-            return not found.usage_only or self._completion.include_usage
+            return event if not found.usage_only or self._completion.include_usage else None
         if b"[DONE]" in event and is_done(event):
             self._done = True
-            return True
+            return event
         data = event_data(event)
         if not data:
-            return True  # a comment (keep-alive) or an event without data: nothing generated
+            return event  # a comment (keep-alive) or an event without data: nothing generated
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise MalformedEvent from None
+        upstream_error = error_object(payload)
+        if upstream_error is not None:
+            return b"data: " + self._redactor.error_body(upstream_error) + b"\n\n"
         self._relayed_events += 1
         self._relayed_chars += text_length(payload)
-        return True
+        return event
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         """Upstream chunks, raced against the client disconnecting."""
@@ -182,7 +193,7 @@ class StreamRelay:
         # carried text, never zero for produced output, never above the request's cap.
         produced = self._relayed_events > 0
         estimate = max(-(-self._relayed_chars // CHARS_PER_TOKEN), self._relayed_events if produced else 0)
-        cap = self._completion.max_output_tokens
+        cap = self._completion.reserved_output_tokens
         return Outcome(
             input_tokens=self._completion.estimated_input_tokens if produced else 0,
             output_tokens=min(estimate, cap) if cap else estimate,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from blacksheep import Application, Content, Request, Response, StreamedContent
 from blacksheep.contents import ASGIContent
 from blacksheep.exceptions import MessageAborted
@@ -14,6 +16,8 @@ from claudeopus.edge.openapi import OPENAPI_PATH, openapi_json
 from claudeopus.edge.replies import BodyReply, Reply
 
 _BEARER = b"bearer "
+# Every route the edge serves, with its method: the access log names a request by its template.
+ROUTES = MappingProxyType({"/v1/chat/completions": "POST", "/v1/models": "GET", OPENAPI_PATH: "GET"})
 
 
 def bearer_secret(request: Request) -> str:
@@ -90,10 +94,16 @@ def error_response(error: errors.OpenAIError) -> Response:
     return response
 
 
-def register_routes(app: Application, max_body_bytes: int) -> None:
+def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> None:
     async def chat_completions(request: Request, forwarder: Forwarder) -> Response:
-        secret = bearer_secret(request)
-        require_json(request)
+        try:
+            secret = bearer_secret(request)
+            require_json(request)
+            await forwarder.authenticate(secret)  # an unknown key never has its body read
+        except errors.OpenAIError as refused:
+            # The body stays unread: close the connection rather than receive it only to drop it.
+            refused.headers.append((b"connection", b"close"))
+            raise
         receive = _receive(request)
         raw = await read_body(request, max_body_bytes)
         return to_response(await forwarder.chat_completions(secret, raw, receive))
@@ -101,15 +111,13 @@ def register_routes(app: Application, max_body_bytes: int) -> None:
     async def list_models(request: Request, forwarder: Forwarder) -> Response:
         return to_response(await forwarder.models(bearer_secret(request)))
 
-    document = openapi_json(max_body_bytes)
+    document = openapi_json(max_body_bytes, max_choices)
 
     async def openapi_document(request: Request) -> Response:
         return Response(200, None, Content(b"application/json", document))
 
-    routes = {"/v1/chat/completions": "POST", "/v1/models": "GET", OPENAPI_PATH: "GET"}
-
     async def not_found(request: Request) -> Response:
-        allowed = routes.get(request.path.rstrip("/"))
+        allowed = ROUTES.get(request.path.rstrip("/"))
         if allowed is not None:
             error: errors.OpenAIError = errors.MethodNotAllowed(
                 f"{request.method} is not supported on {request.path}; use {allowed}.", code="method_not_allowed"

@@ -8,11 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from claudeopus import tls
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
 DEFAULT_SPOOL_DIR = "spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+# The size at which an access log file is rotated out early (besides its window).
+DEFAULT_ACCESS_LOG_MAX_BYTES = 64 * 1024 * 1024
+MIN_ACCESS_LOG_MAX_BYTES = 4096
+# What /v1/models names as the owner of every model it lists.
+DEFAULT_MODELS_OWNED_BY = "claudeopus"
 MAX_CONNECT_RETRIES = 100
 # Settles wait this long for others to join their batch (see settler.py); at most MAX_SETTLE_LINGER.
 DEFAULT_SETTLE_LINGER = 0.01
@@ -67,6 +73,10 @@ class EdgeSettings:
     # The request field that carries a budget's default output cap to the upstream, when the
     # client named none: max_completion_tokens (OpenAI) or max_tokens (older compatible servers).
     upstream_max_tokens_field: str = "max_completion_tokens"
+    # The most choices (n, best_of) one request may ask for; each reserves the output cap.
+    max_choices: int = DEFAULT_MAX_CHOICES
+    # The owned_by of every model /v1/models lists (never the upstream's own).
+    models_owned_by: str = DEFAULT_MODELS_OWNED_BY
     # The durable spool of settles that could not reach control (see spool.py): its directory
     # (relative paths are taken from the edge's working directory; one edge per directory) and
     # the size at which new completions are refused with 503 until replay has made room.
@@ -79,11 +89,13 @@ class EdgeSettings:
     # price change waits for leases to end; 0 = off (every request authorized with control).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     # Access log (see access_log.py): a file rotated every access_log_rotate_seconds at aligned UTC
-    # boundaries, keeping access_log_keep rotated files besides the current one; None = no file.
+    # boundaries or once it reaches access_log_max_bytes, keeping access_log_keep rotated files
+    # besides the current one; None = no file.
     # Built here None; from the environment, logs/access.log unless CLAUDEOPUS_ACCESS_LOG=off.
     access_log_path: str | None = None
     access_log_rotate_seconds: int = 3600
     access_log_keep: int = 24
+    access_log_max_bytes: int = DEFAULT_ACCESS_LOG_MAX_BYTES
     access_log_stdout: bool = False
     # HTTPS on the edge's port with this certificate and key (PEM files); plain HTTP when unset.
     tls_cert: str = ""
@@ -97,6 +109,10 @@ class EdgeSettings:
     def __post_init__(self) -> None:
         if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
             raise SettingsError("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD must be max_completion_tokens or max_tokens")
+        if not (0 < len(self.models_owned_by) <= 64 and self.models_owned_by.isprintable()):
+            raise SettingsError("CLAUDEOPUS_MODELS_OWNED_BY must be 1 to 64 printable characters")
+        if not 1 <= self.max_choices <= MAX_CHOICES:
+            raise SettingsError(f"CLAUDEOPUS_MAX_CHOICES must be a whole number from 1 to {MAX_CHOICES}")
         if not self.upstream_url.startswith(("http://", "https://")):
             raise SettingsError("CLAUDEOPUS_UPSTREAM_URL must start with http:// or https://")
         if len(self.service_token) < 32:
@@ -124,6 +140,8 @@ class EdgeSettings:
             raise SettingsError("CLAUDEOPUS_ACCESS_LOG_ROTATE must be at least 1s")
         if self.access_log_keep < 1:
             raise SettingsError("CLAUDEOPUS_ACCESS_LOG_KEEP must be at least 1")
+        if self.access_log_max_bytes < MIN_ACCESS_LOG_MAX_BYTES:
+            raise SettingsError(f"CLAUDEOPUS_ACCESS_LOG_MAX_BYTES must be at least {MIN_ACCESS_LOG_MAX_BYTES}")
         tls.check_server(self.tls_cert, self.tls_key, names=(*TLS_SETTINGS, ""))
         tls.check_client(self.control_ca, self.control_client_cert, self.control_client_key, names=CONTROL_TLS_SETTINGS)
 
@@ -163,6 +181,8 @@ class EdgeSettings:
             control_timeout=_number(env, "CLAUDEOPUS_CONTROL_TIMEOUT", 5.0),
             max_body_bytes=int(_number(env, "CLAUDEOPUS_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             upstream_max_tokens_field=env.get("CLAUDEOPUS_UPSTREAM_MAX_TOKENS_FIELD", "max_completion_tokens"),
+            max_choices=_count(env, "CLAUDEOPUS_MAX_CHOICES", DEFAULT_MAX_CHOICES),
+            models_owned_by=env.get("CLAUDEOPUS_MODELS_OWNED_BY", "") or DEFAULT_MODELS_OWNED_BY,
             spool_dir=env.get("CLAUDEOPUS_SPOOL_DIR", "") or DEFAULT_SPOOL_DIR,
             spool_max_bytes=int(_number(env, "CLAUDEOPUS_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
             settle_linger=_seconds_or_zero(env, "CLAUDEOPUS_SETTLE_LINGER", DEFAULT_SETTLE_LINGER),
@@ -170,6 +190,7 @@ class EdgeSettings:
             access_log_path=_access_log_path(env.get("CLAUDEOPUS_ACCESS_LOG", "")),
             access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
             access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),
+            access_log_max_bytes=int(_number(env, "CLAUDEOPUS_ACCESS_LOG_MAX_BYTES", DEFAULT_ACCESS_LOG_MAX_BYTES)),
             access_log_stdout=_flag(env, "CLAUDEOPUS_ACCESS_LOG_STDOUT"),
             tls_cert=env.get(TLS_SETTINGS[0], ""),
             tls_key=env.get(TLS_SETTINGS[1], ""),

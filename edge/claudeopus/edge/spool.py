@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from claudeopus.edge.control import Leased
+from claudeopus.edge.private_files import open_private, private_directory
 
 __all__ = ["Spool", "SpoolError", "SpooledSettle", "decode_records", "encode_record", "read_spool"]
 
@@ -194,8 +195,8 @@ class _Segment:
 
 
 def _lock_directory(directory: Path) -> int:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    private_directory(directory)
+    fd = open_private(directory / "LOCK", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -211,7 +212,7 @@ def _lock_directory(directory: Path) -> int:
 
 def _create_segment(directory: Path, seq: int) -> _Segment:
     path = directory / f"settles-{seq:012d}.log"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
     _fsync_directory(directory)  # the new name itself must survive a crash
     return _Segment(seq, path, 0, fd)
 

@@ -50,6 +50,7 @@ class AuthorizeInput:
     estimated_input_tokens: int
     max_output_tokens: int
     stream: bool
+    choices: int = 0  # n / best_of; 0 means 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ class _Candidate:
     index: int
     data: AuthorizeInput
     key: ApiKey
-    output_tokens: int
+    output_tokens: int  # the cap per choice
     row: dict[str, Any]
     planned: list[tuple[Budget, reservations.Hold]]
     amounts: reservations.Amounts
@@ -133,6 +134,7 @@ async def authorize_one(
         now=now,
         policy=policy,
         cache=cache,
+        choices=data.choices,
     )
 
 
@@ -158,17 +160,19 @@ async def _candidate(
     rid = validation.uuid_value("request_id", data.request_id)
     if rid in seen:
         raise InvalidArgument.field("request_id", "appears twice in this batch")
-    wanted = gateway.Wanted.checked(data.model, data.estimated_input_tokens, data.max_output_tokens, data.stream)
+    wanted = gateway.Wanted.checked(
+        data.model, data.estimated_input_tokens, data.max_output_tokens, data.stream, data.choices
+    )
     hex_hash = gateway.key_hash_hex(data.key_hash)
     found = await (cache.context_at(epoch, hex_hash) if cache is not None else load_context(hex_hash))
     context: KeyContext = gateway.usable(found, hex_hash, now)
     key = context.key
-    await gateway.check_served(context, wanted.model)
-    output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
+    await check_served(context, wanted.model)
+    per_choice, output_tokens = policy.reserved(wanted)
     amounts = await gateway.reserved_amounts_of(context, wanted, output_tokens)
     planned = reservations.plan(key, context.budgets, now)
     row = gateway.reservation_row(rid, key, wanted, output_tokens, now, amounts, [hold for _, hold in planned])
-    return _Candidate(index, data, key, output_tokens, row, planned, amounts)
+    return _Candidate(index, data, key, per_choice, row, planned, amounts)
 
 
 async def _reserve_all(candidates: list[_Candidate], epoch: int) -> dict[int, AuthorizeResult]:

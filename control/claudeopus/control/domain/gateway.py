@@ -35,6 +35,8 @@ from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, 
 from claudeopus.costs import capped_cost_micros
 
 KEY_HASH_BYTES = 32
+# The most choices (n, best_of) one request may reserve output for; the edge's own limit is lower.
+MAX_CHOICES = 128
 EXPIRE_BATCH = 500
 SETTLED_STATES = (UsageStatus.SUCCEEDED, UsageStatus.UPSTREAM_ERROR, UsageStatus.CLIENT_DISCONNECTED)
 
@@ -146,6 +148,11 @@ class OutputPolicy:
             return requested
         return dict(self.per_model).get(model, self.default)
 
+    def reserved(self, wanted: Wanted) -> tuple[int, int]:
+        """(the output cap per choice, the output reserved for all of the request's choices)."""
+        per_choice = self.output_tokens(wanted.model, wanted.max_output_tokens)
+        return per_choice, per_choice * wanted.choices
+
 
 @dataclass(frozen=True, slots=True)
 class Authorized:
@@ -163,14 +170,21 @@ class Wanted:
     estimated_input_tokens: int
     max_output_tokens: int
     stream: bool
+    # How many choices the upstream generates (n, best_of): each may produce max_output_tokens.
+    choices: int = 1
 
     @classmethod
-    def checked(cls, model: str, estimated_input_tokens: int, max_output_tokens: int, stream: bool) -> Wanted:
+    def checked(
+        cls, model: str, estimated_input_tokens: int, max_output_tokens: int, stream: bool, choices: int = 0
+    ) -> Wanted:
+        if not 0 <= choices <= MAX_CHOICES:
+            raise InvalidArgument.field("choices", f"must be from 0 (one) to {MAX_CHOICES}")
         return cls(
             validation.model_name("model", model),
             validation.non_negative("estimated_input_tokens", estimated_input_tokens),
             validation.non_negative("max_output_tokens", max_output_tokens),
             stream,
+            choices or 1,
         )
 
 
@@ -185,6 +199,7 @@ async def authorize(
     now: datetime,
     policy: OutputPolicy,
     cache: AuthCache | None = None,
+    choices: int = 0,
 ) -> Authorized:
     """Check the key for ``model``, reserve the worst case in every budget, open the usage record.
 
@@ -196,7 +211,7 @@ async def authorize(
     and a refusal is confirmed against the epoch before it is given.
     """
     rid = validation.uuid_value("request_id", request_id)
-    wanted = Wanted.checked(model, estimated_input_tokens, max_output_tokens, stream)
+    wanted = Wanted.checked(model, estimated_input_tokens, max_output_tokens, stream, choices)
     hex_hash = key_hash_hex(key_hash)
     hit = cache.cached(hex_hash) if cache is not None else None
     if cache is not None and hit is not None:
@@ -226,7 +241,7 @@ async def _authorize(
     context = usable(found, hex_hash, now)
     key = context.key
     await check_served(context, wanted.model)
-    output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
+    per_choice, output_tokens = policy.reserved(wanted)
     try:
         if not context.budgets:
             fields = reservation_row(rid, key, wanted, output_tokens, now)
@@ -244,10 +259,10 @@ async def _authorize(
             if record is None:
                 raise _EpochMoved  # nothing was written: the transaction ends empty
             await reservations.take(conn, key, planned, amounts)
-        return Authorized(record, output_tokens)
+        return Authorized(record, per_choice)
     except IntegrityError:
         earlier = await _repeated_authorize(rid, key)
-        return Authorized(earlier, earlier.max_output_tokens if earlier.reserved_counters else 0)
+        return Authorized(earlier, earlier.max_output_tokens // wanted.choices if earlier.reserved_counters else 0)
 
 
 def reservation_row(

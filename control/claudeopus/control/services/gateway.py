@@ -187,6 +187,7 @@ def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> batch_authorize.A
         estimated_input_tokens=request.estimated_input_tokens,
         max_output_tokens=request.max_output_tokens,
         stream=request.stream,
+        choices=request.choices,
     )
 
 
