@@ -42,6 +42,7 @@ from claudeopus.v1 import (
 )
 from tests.control.test_grpc import assert_error, bearer, field_violations, rpc_error
 from tests.support.databases import dump_text
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 PASSWORD = "correct horse battery"
@@ -168,6 +169,7 @@ async def world(database_url: str) -> AsyncIterator[World]:
         boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
             accounts_pb2.BootstrapAdminRequest(email="root@example.com", display_name="Root")
         )
+        await serve_free_over(channel, boot.secret)  # only priced models are served
         yield World(database_url, token, clock, channel, boot.account, bearer(boot.secret))
 
 

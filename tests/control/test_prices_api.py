@@ -224,6 +224,13 @@ def amounts(message: prices_pb2.Price | prices_pb2.ResolvePriceResponse) -> tupl
     return message.input_micros_per_million, message.output_micros_per_million
 
 
+def inherited(resolved: prices_pb2.ResolvePriceResponse) -> tuple[int, int] | None:
+    """The figure set above the caller, or None when nothing is."""
+    if not resolved.HasField("inherited"):
+        return None
+    return resolved.inherited.input_micros_per_million, resolved.inherited.output_micros_per_million
+
+
 def expected_cost(input_tokens: int, output_tokens: int, input_price: int, output_price: int) -> int:
     """ceil((in * ip + out * op) / 1e6), written independently of the implementation."""
     total = input_tokens * input_price + output_tokens * output_price
@@ -336,13 +343,17 @@ async def test_resolve_an_unpriced_model_and_the_callers_own_account(control: Co
     reseller = await control.new_manager(admin)
     unpriced = await control.resolve(reseller, "nothing")
     assert (unpriced.priced, amounts(unpriced), list(unpriced.sources)) == (False, (0, 0), [])
+    assert not unpriced.HasField("inherited")
 
-    base = await control.create(admin, "gpt-x", 100, 200)
+    await control.create(admin, "gpt-x", 100, 200)
     resolved = await control.resolve(reseller, "gpt-x")  # empty account: the caller's own
-    assert (resolved.priced, amounts(resolved), list(resolved.sources)) == (True, (100, 200), [base])
+    # The admin's price is set above the reseller: one inherited figure, not a source.
+    assert (resolved.priced, amounts(resolved), list(resolved.sources)) == (True, (100, 200), [])
+    assert inherited(resolved) == (100, 200)
     free = await control.create(admin, "free", 0, 0)
     resolved = await control.resolve(admin, "free", admin.name)
     assert (resolved.priced, amounts(resolved), list(resolved.sources)) == (True, (0, 0), [free])
+    assert not resolved.HasField("inherited")
 
 
 # -- the markup rule -----------------------------------------------------------
@@ -379,7 +390,9 @@ async def test_a_reseller_marks_up_and_the_highest_price_on_the_chain_is_in_forc
 
     resolved = await control.resolve(reseller, "gpt-x", user.name)
     assert (resolved.priced, amounts(resolved)) == (True, (180, 300))
-    assert list(resolved.sources) == [base, markup, on_user]  # root first
+    # What the reseller set (its account first); the admin's base is set above it: inherited.
+    assert list(resolved.sources) == [markup, on_user]
+    assert inherited(resolved) == amounts(base) == (100, 200)
     assert amounts(await control.resolve(reseller, "gpt-x")) == (150, 250)
 
     # Updates follow the same rule.
@@ -393,7 +406,8 @@ async def test_a_reseller_marks_up_and_the_highest_price_on_the_chain_is_in_forc
     raised = await control.update(admin, base.name, 400, 260)
     resolved = await control.resolve(reseller, "gpt-x", user.name)
     assert amounts(resolved) == (400, 300)
-    assert list(resolved.sources) == [raised, markup, on_user]
+    assert list(resolved.sources) == [markup, on_user]
+    assert inherited(resolved) == amounts(raised) == (400, 260)
     assert amounts(await control.resolve(admin, "gpt-x", reseller.name)) == (400, 260)
 
     # A change of one component is checked on that component only.
@@ -515,7 +529,12 @@ async def test_a_user_reads_prices_but_cannot_set_them(control: Control) -> None
     markup = await control.create(reseller, "gpt-x", 150, 250, parent=user.name)
 
     assert amounts(await control.resolve(user, "gpt-x")) == (150, 250)
-    assert await control.get(user, markup.name) == markup
+    # Set above the user: shown without who set it.
+    seen = prices_pb2.Price()
+    seen.CopyFrom(markup)
+    seen.set_by, seen.set_above = "", True
+    assert (markup.set_by, markup.set_above) == (reseller.name, False)
+    assert await control.get(user, markup.name) == seen
     assert [p.name for p in (await control.list(user)).prices] == [markup.name]
     denied = grpc.StatusCode.PERMISSION_DENIED
     assert_error(await rpc_error(control.create(user, "gpt-y", 500, 500)), denied, "ROLE_DENIED")
@@ -599,8 +618,9 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
     assert repeated.already_settled
     assert repeated.usage_record.cost_micros == first_cost
 
-    unpriced = await control.complete(secret, "no-price", 1000, 1000)
-    assert unpriced.usage_record.cost_micros == 0
+    # A model without a price is not served at all (it would cost nothing).
+    refused = await rpc_error(control.complete(secret, "no-price", 1000, 1000))
+    assert_error(refused, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_AVAILABLE")
     tiny = await control.complete(secret, "gpt-y", 1, 0)  # 0.001 micros rounds up to 1
     assert tiny.usage_record.cost_micros == 1
     elsewhere = await control.complete(other_secret, "gpt-x", 1234, 567)  # only the admin's base applies there
@@ -619,7 +639,6 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
     costs = {r.request_id: r.cost_micros for r in listed.usage_records}
     assert costs == {
         first.usage_record.request_id: first_cost,  # settled before the change: its cost stays
-        unpriced.usage_record.request_id: 0,
         tiny.usage_record.request_id: 1,
         second.usage_record.request_id: second_cost,
     }
@@ -634,13 +653,12 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
     assert {(s.model, s.requests, s.cost_micros) for s in by_model.summaries} == {
         ("gpt-x", 2, first_cost + second_cost),
         ("gpt-y", 1, 1),
-        ("no-price", 1, 0),
     }
     total = await control.usage.SummarizeUsage(
         usage_pb2.SummarizeUsageRequest(start_time=start, end_time=end), metadata=bearer(admin.secret)
     )
     [everything] = total.summaries
-    assert everything.requests == 5
+    assert everything.requests == 4
     assert everything.cost_micros == first_cost + second_cost + 1 + elsewhere.usage_record.cost_micros
 
 
