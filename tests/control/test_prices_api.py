@@ -35,6 +35,7 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    error_reason_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     prices_pb2,
@@ -542,6 +543,125 @@ async def test_a_user_reads_prices_but_cannot_set_them(control: Control) -> None
     assert_error(await rpc_error(control.update(user, markup.name, 150, 250)), denied, "ROLE_DENIED")
     assert_error(await rpc_error(control.delete(user, markup.name)), denied, "ROLE_DENIED")
     assert amounts(await control.get(reseller, markup.name)) == (150, 250)
+
+
+# -- who set a price ------------------------------------------------------------
+
+
+async def test_a_sub_reseller_cannot_remove_or_lower_what_its_parent_set_on_it(control: Control) -> None:
+    admin = control.admin
+    await control.create(admin, "gpt-x", 100, 200)
+    parent = await control.new_manager(admin)
+    sub = await control.new_manager(parent, accounts_pb2.ROLE_RESELLER)
+    user = await control.new_account(sub)
+    on_sub = await control.create(parent, "gpt-x", 300, 400, parent=sub.name)
+    assert (on_sub.account, on_sub.set_by, on_sub.set_above) == (sub.name, parent.name, False)
+
+    # The sub-reseller sees the price on its own account, but not who set it above it.
+    [listed] = (await control.list(sub)).prices
+    assert (listed.name, listed.set_by, listed.set_above) == (on_sub.name, "", True)
+    assert f'"{parent.name}"' not in str(listed) + str(await control.get(sub, on_sub.name))
+
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    for attempt in (
+        control.delete(sub, on_sub.name),
+        control.update(sub, on_sub.name, 100, 200),  # down to the admin's price
+        control.update(sub, on_sub.name, 300, 0, OUTPUT),
+        control.update(sub, on_sub.name, 999, 999),  # even up: the price is not the sub-reseller's
+    ):
+        assert_error(await rpc_error(attempt), denied, "PRICE_SET_ABOVE")
+    # No way around it: no second price on the account, no cheaper one below it.
+    error = await rpc_error(control.create(sub, "gpt-x", 100, 200))
+    assert_error(error, grpc.StatusCode.ALREADY_EXISTS, "RESOURCE_EXISTS")
+    error = await rpc_error(control.create(sub, "gpt-x", 100, 200, parent=user.name))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "PRICE_BELOW_PARENT")
+
+    # Nothing changed, for anybody.
+    assert await control.get(parent, on_sub.name) == on_sub
+    assert amounts(await control.resolve(parent, "gpt-x", sub.name)) == (300, 400)
+    assert amounts(await control.resolve(sub, "gpt-x", user.name)) == (300, 400)
+
+    # Its own markup below it is its own to change, and the parent can take it over.
+    markup = await control.create(sub, "gpt-x", 350, 450, parent=user.name)
+    assert (markup.set_by, markup.set_above) == (sub.name, False)
+    assert amounts(await control.update(sub, markup.name, 360, 0, INPUT)) == (360, 450)
+    taken = await control.update(parent, markup.name, 370, 0, INPUT)
+    assert (taken.set_by, amounts(taken)) == (parent.name, (370, 450))
+    assert_error(await rpc_error(control.delete(sub, markup.name)), denied, "PRICE_SET_ABOVE")
+    assert_error(await rpc_error(control.update(sub, markup.name, 400, 500)), denied, "PRICE_SET_ABOVE")
+    assert amounts(await control.resolve(sub, "gpt-x", user.name)) == (370, 450)
+    # The setter and the accounts above it still may.
+    await control.delete(admin, markup.name)
+    await control.delete(parent, on_sub.name)
+    assert amounts(await control.resolve(sub, "gpt-x", user.name)) == (100, 200)
+
+
+async def test_resolve_shows_a_customer_what_it_pays_but_not_its_resellers_margin(control: Control) -> None:
+    admin = control.admin
+    reseller = await control.new_manager(admin)
+    customer = await control.new_manager(reseller, accounts_pb2.ROLE_RESELLER)
+    user = await control.new_account(customer)
+    await control.create(admin, "gpt-x", 100, 200)  # the reseller's wholesale cost
+    await control.create(reseller, "gpt-x", 150, 220)  # its own price
+    await control.create(reseller, "gpt-x", 180, 230, parent=customer.name)  # what it charges the customer
+    own = await control.create(customer, "gpt-x", 190, 260, parent=user.name)
+
+    mine = await control.resolve(customer, "gpt-x")
+    assert (mine.priced, amounts(mine), inherited(mine), list(mine.sources)) == (True, (180, 230), (180, 230), [])
+    below = await control.resolve(customer, "gpt-x", user.name)
+    assert (amounts(below), inherited(below), list(below.sources)) == ((190, 260), (180, 230), [own])
+    for reply in (mine, below):
+        text = str(reply)
+        assert f'"{admin.name}"' not in text and f'"{reseller.name}"' not in text, "no account above is named"
+
+    # The reseller sees its own prices as sources, and the admin's only as the inherited figure.
+    seen = await control.resolve(reseller, "gpt-x", user.name)
+    assert [(p.account, amounts(p)) for p in seen.sources] == [
+        (reseller.name, (150, 220)),
+        (customer.name, (180, 230)),
+        (user.name, (190, 260)),
+    ]
+    assert inherited(seen) == (100, 200) and f'"{admin.name}"' not in str(seen)
+
+
+async def test_an_unpriced_model_is_not_served_and_a_zero_price_is(control: Control) -> None:
+    admin = control.admin
+    reseller = await control.new_manager(admin)
+    user = await control.new_account(reseller)
+    secret = await control.new_key(reseller, user.name, api_keys_pb2.SCOPE_INFERENCE)
+    service = bearer(control.service_token)
+    key_hash = keys.hash_secret_bytes(secret)
+
+    def authorize(model: str) -> gateway_pb2.AuthorizeRequest:
+        return gateway_pb2.AuthorizeRequest(request_id=str(uuid.uuid4()), key_hash=key_hash, model=model)
+
+    lease = gateway_pb2.GrantLeaseRequest(key_hash=key_hash, model="gpt-x", ttl=duration_pb2.Duration(seconds=1))
+    for attempt in (
+        control.gateway.Authorize(authorize("gpt-x"), metadata=service),
+        control.gateway.GrantLease(lease, metadata=service),
+    ):
+        assert_error(await rpc_error(attempt), grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_AVAILABLE")
+    batch = await control.gateway.BatchAuthorize(
+        gateway_pb2.BatchAuthorizeRequest(requests=[authorize("gpt-x"), authorize("gpt-y")]), metadata=service
+    )
+    assert [r.error_reason for r in batch.results] == [error_reason_pb2.MODEL_NOT_AVAILABLE] * 2
+    verified = await control.gateway.VerifyApiKey(gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash), metadata=service)
+    assert list(verified.priced_models) == []
+    assert await UsageRecord.all().count() == 0
+
+    # An explicit zero price serves the model (for free); the reseller's own price serves another.
+    await control.create(admin, "gpt-x", 0, 0)
+    await control.create(reseller, "gpt-y", 5, 5, parent=user.name)
+    settled = await control.complete(secret, "gpt-x", 1000, 1000)
+    assert settled.usage_record.cost_micros == 0
+    assert (await control.complete(secret, "gpt-y", 1_000_000, 0)).usage_record.cost_micros == 5
+    verified = await control.gateway.VerifyApiKey(gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash), metadata=service)
+    assert list(verified.priced_models) == ["gpt-x", "gpt-y"]
+    assert_error(
+        await rpc_error(control.gateway.Authorize(authorize("gpt-z"), metadata=service)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "MODEL_NOT_AVAILABLE",
+    )
 
 
 # -- isolation -----------------------------------------------------------------
