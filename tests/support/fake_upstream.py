@@ -36,6 +36,8 @@ SLOW_CHUNK_SECONDS = 0.05
 GREEDY_WORDS = 12
 PAUSE_SECONDS = 3.0
 ECHO_ALL = "-echo-all"
+# Listed and answered like fake-1, but priced by no test world (tests/support/prices.py): not served.
+UNPRICED_MODEL = "fake-unpriced"
 ECHO_HEADER_CHARS = 4096
 
 
@@ -88,7 +90,8 @@ class FakeUpstream:
         body = orjson.loads(raw) if raw else None
         self.received.append(Received(scope["path"], headers, body, raw))
         if scope["path"] == "/v1/models":
-            await _json(send, 200, {"object": "list", "data": [{"id": "fake-1", "object": "model"}]})
+            listed = [{"id": model, "object": "model"} for model in ("fake-1", UNPRICED_MODEL)]
+            await _json(send, 200, {"object": "list", "data": listed})
         elif scope["path"] == "/v1/chat/completions" and isinstance(body, dict):
             model = str(body.get("model", ""))
             echo_all = model.endswith(ECHO_ALL)

@@ -13,11 +13,13 @@ from datetime import datetime
 
 import grpc
 
+from claudeopus.client import ClaudeOpusClient
 from claudeopus.control.domain import prices
 from claudeopus.control.domain.clock import utc_now
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Price
 from claudeopus.v1 import prices_pb2, prices_pb2_grpc
+from tests.support import admin
 
 # The models the control tests call; each is free on the root unless a test prices it.
 FREE_MODELS = (
@@ -81,3 +83,51 @@ async def serve_free_over(channel: grpc.aio.Channel, secret: str, models: tuple[
     metadata = (("authorization", f"Bearer {secret}"),)
     for model in models:
         await stub.CreatePrice(prices_pb2.CreatePriceRequest(price=prices_pb2.Price(model=model)), metadata=metadata)
+
+
+_FAKE_UPSTREAM_MODELS = (
+    "fake-1",
+    "fake-2",
+    "fake-slow",
+    "fake-greedy",
+    "fake-capped",
+    "fake-hold",
+    "fake-malformed",
+    "fake-pause-first",
+    "fake-pause-usage",
+    "fake-pause-done",
+    *(
+        f"fault-{fault}"
+        for fault in (
+            "ok",
+            "hang",
+            "reset",
+            "close",
+            "stall",
+            "reset-mid",
+            "truncated",
+            "early",
+            "endless",
+            "malformed",
+            "slow",
+            "status-429",
+            "status-503",
+        )
+    ),
+    "other",
+    *(f"fake-status-{status}" for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 502, 503)),
+    "fake-status-429-quota",
+)
+# The models the end-to-end tests call on the fake upstreams (tests/support/fake_upstream.py and
+# fault_upstream.py), each also in its ``-echo-all`` form.
+FAKE_MODELS = _FAKE_UPSTREAM_MODELS + tuple(f"{model}-echo-all" for model in _FAKE_UPSTREAM_MODELS)
+
+
+def serve_fake_models(target: str, admin_key: str, models: tuple[str, ...] = FAKE_MODELS) -> None:
+    """Price the fake upstreams' models at zero on the admin's account of a running control, so they are served."""
+
+    async def create(client: ClaudeOpusClient) -> None:
+        for model in models:
+            await client.create_price(model=model, input_micros=0, output_micros=0)
+
+    admin.call(target, admin_key, create)
