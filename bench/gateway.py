@@ -29,6 +29,7 @@ import grpc
 
 from bench.login_flood import FLOOD_CONTROL_ENV
 from bench.procs import Process, free_port
+from bench.upstream import MODEL
 from claudeopus.client import ClaudeOpusClient
 from claudeopus.control.settings import DEFAULT_BOOTSTRAP_TOKEN_FILE
 from claudeopus.v1 import budgets_pb2, budgets_pb2_grpc
@@ -169,6 +170,8 @@ async def _provision(target: str, token: str) -> Keys:
         budgeted = await client.create_api_key(parent=user.name, display_name="bench, budgets")
         loner = await client.create_account(email="no-budget@bench.invalid", role="user")
         unbudgeted = await client.create_api_key(parent=loner.name, display_name="bench, no budget")
+        # Only priced models are served: the benchmark's model is priced (for free) on the root.
+        await client.create_price(model=MODEL, input_micros=0, output_micros=0)
     names = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = budgets_pb2_grpc.BudgetServiceStub(channel)

@@ -46,6 +46,7 @@ from claudeopus.v1 import (
 )
 from tests.control.test_grpc import assert_error, bearer, error_info, field_violations, rpc_error
 from tests.support.databases import dump_text
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 PASSWORD = "correct horse battery"
@@ -175,6 +176,7 @@ async def world(database_url: str) -> AsyncIterator[World]:
                 email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
             )
         )
+        await serve_free_over(channel, boot.secret)  # only priced models are served
         yield World(database_url, token, clock, channel, boot.account, bearer(boot.secret))
 
 

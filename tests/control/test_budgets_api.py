@@ -48,6 +48,7 @@ from claudeopus.v1 import (
     prices_pb2_grpc,
     usage_pb2,
 )
+from tests.support.prices import FREE_MODELS, serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, 12, tzinfo=UTC)
@@ -214,6 +215,8 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         boot = await accounts.BootstrapAdmin(
             accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
         )
+        # Only priced models are served; the tests price gpt-x themselves.
+        await serve_free_over(channel, boot.secret, tuple(m for m in FREE_MODELS if m != "gpt-x"))
         yield Control(
             clock=clock,
             service_token=token,

@@ -49,6 +49,7 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -79,6 +80,7 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         async with ClaudeOpusClient(target) as anonymous:
             boot = await anonymous.bootstrap_admin("root@example.com", "Root", token=server.bootstrap_token or "")
         async with grpc.aio.insecure_channel(target) as channel:
+            await serve_free_over(channel, boot.secret)  # only priced models are served
             yield Control(target, token, boot.secret, boot.account, channel)
 
 

@@ -39,6 +39,7 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, tzinfo=UTC)
@@ -184,6 +185,7 @@ async def control(database_url: str) -> AsyncIterator[Control]:
                 email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
             )
         )
+        await serve_free_over(channel, boot.secret)  # only priced models are served
         yield Control(clock, token, boot.secret, boot.account.name, channel)
 
 

@@ -31,6 +31,7 @@ from tests.conftest import Gateway
 from tests.support import admin
 from tests.support.databases import engine, fresh_database
 from tests.support.fake_upstream import GREEDY_WORDS, PAUSE_SECONDS, FakeUpstream, Reported, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 
 INPUT = budgets_pb2.BUDGET_METRIC_INPUT_TOKENS
@@ -359,6 +360,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
                 edge_urls.append(f"http://127.0.0.1:{edge_port}/v1")
             target = f"127.0.0.1:{ports[0]}"
             boot = admin.bootstrap(target, log_dir)
+            serve_fake_models(target, boot.secret)  # only priced models are served
             yield Replicas(target, boot.secret, edge_urls, upstream, processes)
         finally:
             for process in reversed(processes):
@@ -542,6 +544,7 @@ def short_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShortStack
         stack = ShortStack(log_dir, token, port, f"127.0.0.1:{port}", "", upstream, upstream_server.url, [control])
         try:
             boot = admin.bootstrap(stack.target, log_dir)
+            serve_fake_models(stack.target, boot.secret)  # only priced models are served
             stack.admin_key = boot.secret
             yield stack
         finally:

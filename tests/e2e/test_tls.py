@@ -214,6 +214,11 @@ def tls_gateway(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     return await bootstrap(client)
 
             gateway.admin_key = asyncio.run(anonymous())
+
+            async def price(client: AsyncClient) -> None:  # only priced models are served
+                await client.create_price(model="fake-1", input_micros=0, output_micros=0)
+
+            gateway.call(price)
             yield gateway
         finally:
             for process in reversed(processes):
