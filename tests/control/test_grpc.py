@@ -427,6 +427,7 @@ async def test_a_busy_method_is_refused_while_the_gateway_keeps_serving(database
                 async with ClaudeOpusClient(target, key=boot.secret) as admin:
                     account = await admin.create_account(email="u@example.com", role="user")
                     created = await admin.create_api_key(parent=account.name)
+                    await admin.create_price(model="m-1", input_micros=0, output_micros=0)  # only priced models
                 async with grpc.aio.insecure_channel(target) as channel:
                     request = gateway_pb2.AuthorizeRequest(
                         request_id=str(uuid.uuid4()),
