@@ -429,13 +429,8 @@ async def test_a_busy_method_is_refused_while_the_gateway_keeps_serving(database
                     created = await admin.create_api_key(parent=account.name)
                     await admin.create_price(model="m-1", input_micros=0, output_micros=0)  # only priced models
                 async with grpc.aio.insecure_channel(target) as channel:
-                    request = gateway_pb2.AuthorizeRequest(
-                        request_id=str(uuid.uuid4()),
-                        key_hash=keys.hash_secret_bytes(created.secret),
-                        model="m-1",
-                        max_output_tokens=8,
-                    )
-                    reply = await gateway_pb2_grpc.GatewayServiceStub(channel).Authorize(
+                    request = gateway_pb2.VerifyApiKeyRequest(key_hash=keys.hash_secret_bytes(created.secret))
+                    reply = await gateway_pb2_grpc.GatewayServiceStub(channel).VerifyApiKey(
                         request, metadata=bearer(token)
                     )
                     assert reply.account == account.name

@@ -336,7 +336,6 @@ async def _set_state(principal: Principal, account_id: int, state: AccountState,
             )
     elif target.state == state:
         return target
-    revoked: list[int] = []
     async with in_transaction():
         updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
             state=state, suspended_by=suspender, updated_at=now
@@ -346,9 +345,9 @@ async def _set_state(principal: Principal, account_id: int, state: AccountState,
         if state is AccountState.SUSPENDED:
             # A resume must not bring back what may have been stolen: every session of the
             # subtree ends, and so do the management keys minted through them.
+            # The keys it revokes belong to the subtree, whose leases suspend_account outlives.
             subtree = Account.filter(path__startswith=target.path).values("id")
-            revoked = await sessions.end_sessions(Session.filter(account_id__in=Subquery(subtree)), now)
-    await sessions.outlive_keys(revoked, now)
+            await sessions.end_sessions(Session.filter(account_id__in=Subquery(subtree)), now)
     target.state, target.suspended_by = state, suspender
     return target
 

@@ -31,6 +31,8 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         self._overrides = dict(overrides)
         self._exempt = exempt
         self._running: dict[str, int] = {}  # method -> calls in progress (one event loop: no lock needed)
+        # Built once: a flood is refused at the cost of the call itself, nothing more.
+        self._busy = to_status(Throttled("Too many calls of this method at once; retry shortly.", RETRY_AFTER_SECONDS))
 
     async def intercept_service(
         self,
@@ -46,8 +48,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             running = self._running.get(method, 0)
             if running >= limit:
-                busy = Throttled("Too many calls of this method at once; retry shortly.", RETRY_AFTER_SECONDS)
-                await context.abort_with_status(to_status(busy))
+                await context.abort_with_status(self._busy)
             self._running[method] = running + 1
             try:
                 return await behavior(request, context)  # type: ignore[arg-type]  # an aio handler
