@@ -719,6 +719,34 @@ async def test_a_reset_from_above_ends_the_sessions_and_the_keys_they_minted(wor
     assert (await world.authorize(minted_inference.secret)).account == reseller.name
 
 
+async def test_a_secret_rotated_or_enabled_through_a_session_is_revoked_with_it(world: World) -> None:
+    md = world.admin_md
+    reseller, reseller_md = await world.manager(md, ROLE_RESELLER)
+    await world.set_password(md, reseller.name)
+    made_by_key = await world.key(reseller_md, reseller.name)
+    widened = await world.key(reseller_md, reseller.name, api_keys_pb2.SCOPE_INFERENCE)
+    session = bearer((await world.login(reseller.email)).session_token)
+    # Through the session: a new secret for a management key made with a key, and the management
+    # scope added to an inference key.
+    rotated = await world.api_keys.RotateApiKey(
+        api_keys_pb2.RotateApiKeyRequest(name=made_by_key.api_key.name), metadata=session
+    )
+    spec = api_keys_pb2.ApiKey(
+        name=widened.api_key.name, scopes=[api_keys_pb2.SCOPE_INFERENCE, api_keys_pb2.SCOPE_MANAGEMENT]
+    )
+    await world.api_keys.UpdateApiKey(
+        api_keys_pb2.UpdateApiKeyRequest(api_key=spec, update_mask=field_mask_pb2.FieldMask(paths=["scopes"])),
+        metadata=session,
+    )
+    assert (await world.get(bearer(rotated.secret), reseller.name)).name == reseller.name
+    assert (await world.get(bearer(widened.secret), reseller.name)).name == reseller.name
+
+    await world.set_password(md, reseller.name, PASSWORD + "!")
+    await expect(world.get(bearer(rotated.secret), reseller.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+    await expect(world.get(bearer(widened.secret), reseller.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+    assert (await world.get(reseller_md, reseller.name)).name == reseller.name
+
+
 async def test_a_suspension_ends_the_subtree_sessions_and_their_management_keys_for_good(world: World) -> None:
     md = world.admin_md
     reseller, reseller_md = await world.manager(md, ROLE_RESELLER)

@@ -317,6 +317,8 @@ async def update_api_key(
         raise _not_live()
     await _fit(key, changes)
     setters = _setters(principal, key, changes)
+    if "scopes" in changes:
+        changes |= _minted(principal, changes["scopes"])
     # Conditional on the key still being live and on the setters the check read, so a concurrent
     # revoke is never undone and a limit set from above meanwhile is never widened or taken over.
     held: dict[str, Any] = {}
@@ -331,6 +333,18 @@ async def update_api_key(
     await key.refresh_from_db()
     await outlive_leases(api_key_id=key.id, now=now)  # a narrower key holds on every edge on return
     return key
+
+
+def _minted(principal: Principal, scopes: int) -> dict[str, int]:
+    """``minted_by_session`` for a management secret a session caller is handed or enables.
+
+    A password reset or a suspension revokes the management keys minted through the account's
+    sessions: a secret rotated through a session, or a key given the management scope through one,
+    counts as minted there, or a stolen session could keep a management key past the reset.
+    """
+    if principal.session_id is None or not scopes & Scope.MANAGEMENT:
+        return {}
+    return {"minted_by_session": principal.session_id}
 
 
 # -- rotate --------------------------------------------------------------------
@@ -381,6 +395,7 @@ async def rotate_api_key(principal: Principal, key_id: int, *, grace: timedelta,
         previous_key_hash=key.key_hash,
         previous_expires_at=now + grace,
         rotated_at=now,
+        **_minted(principal, key.scopes),
     )
     if not swapped:
         latest = await ApiKey.get_or_none(id=key.id)
