@@ -10,7 +10,7 @@ Example::
     with fresh_database("postgres://postgres@127.0.0.1:5432", workdir) as url:
         control = start_control(url, token, workdir)
         wait_for_grpc(control.process, control.address)
-        keys = provision(control.address)
+        keys = provision(control.address, workdir)
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import grpc
 
+from bench.login_flood import FLOOD_CONTROL_ENV
 from bench.procs import Process, free_port
+from bench.upstream import MODEL
 from claudeopus.client import ClaudeOpusClient
+from claudeopus.control.settings import DEFAULT_BOOTSTRAP_TOKEN_FILE
 from claudeopus.v1 import budgets_pb2, budgets_pb2_grpc
 
 # Far more than any run can spend (about 190 tokens reserved and 21 settled per request);
@@ -95,9 +98,13 @@ class Server:
 
 
 def start_control(database_url: str, token: str, log_dir: Path) -> Server:
-    """``claudeopus control`` on ``database_url`` (migrations run at start); not waited for."""
+    """``claudeopus control`` on ``database_url`` (migrations run at start); not waited for.
+
+    It starts in ``log_dir``, where it writes its bootstrap token; logins are not limited per
+    address or email (see :mod:`bench.login_flood`).
+    """
     target = f"127.0.0.1:{free_port()}"
-    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url}
+    env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url, **FLOOD_CONTROL_ENV}
     argv = [*claudeopus_argv(), "control", "--grpc", target, "--log-level", "warning"]
     return Server(Process("control", argv, env, log_dir), target)
 
@@ -148,20 +155,23 @@ class Keys:
     budgets: tuple[str, ...]
 
 
-def provision(control_target: str) -> Keys:
-    """Bootstrap the admin, then the accounts, keys and budgets of the full path."""
-    return asyncio.run(_provision(control_target))
+def provision(control_target: str, control_dir: Path) -> Keys:
+    """Bootstrap the admin (with the token control wrote in ``control_dir``), then the accounts, keys and budgets."""
+    token = (control_dir / DEFAULT_BOOTSTRAP_TOKEN_FILE).read_text().strip()
+    return asyncio.run(_provision(control_target, token))
 
 
-async def _provision(target: str) -> Keys:
+async def _provision(target: str, token: str) -> Keys:
     async with ClaudeOpusClient(target) as anonymous:
-        admin = await anonymous.bootstrap_admin("admin@bench.invalid", "Benchmark admin")
+        admin = await anonymous.bootstrap_admin("admin@bench.invalid", "Benchmark admin", token=token)
     async with ClaudeOpusClient(target, key=admin.secret) as client:
         reseller = await client.create_account(email="reseller@bench.invalid", role="reseller")
         user = await client.create_account(email="user@bench.invalid", role="user", parent=reseller.name)
         budgeted = await client.create_api_key(parent=user.name, display_name="bench, budgets")
         loner = await client.create_account(email="no-budget@bench.invalid", role="user")
         unbudgeted = await client.create_api_key(parent=loner.name, display_name="bench, no budget")
+        # Only priced models are served: the benchmark's model is priced (for free) on the root.
+        await client.create_price(model=MODEL, input_micros=0, output_micros=0)
     names = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = budgets_pb2_grpc.BudgetServiceStub(channel)

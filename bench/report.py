@@ -25,6 +25,8 @@ MAX_ADDED_P99_MS = 2.0
 MAX_TTFB_OVERHEAD_MS = 1.0
 MAX_RSS_GROWTH_PCT = 10.0
 MAX_RSS_MB = 150.0
+# The full path's p99 under a login flood against control, over its p99 without one.
+MAX_P99_UNDER_LOGIN_FLOOD = 1.20
 NOT_MEASURED = "-"
 
 _RATIOS = (
@@ -69,6 +71,9 @@ def ratios(results: Results) -> list[dict[str, object]]:
             row: dict[str, object] = {"workers": workers, "connections": connections}
             for label, top, bottom in _RATIOS:
                 row[label] = _ratio(cell_value(top, "rps"), cell_value(bottom, "rps"))
+            row["p99 full-login-flood / full"] = _ratio(
+                cell_value("full-login-flood", "p99_ms"), cell_value("full", "p99_ms")
+            )
             for base in ("direct", "bare"):
                 for percentile in ("p50", "p99"):
                     attribute = f"{percentile}_ms"
@@ -130,6 +135,15 @@ def targets(results: Results) -> list[dict[str, object]]:
             MAX_TTFB_OVERHEAD_MS,
             at_most=True,
         )
+    for c in connections:
+        flooded = get("full-login-flood", c, "p99_ms")
+        if flooded is not None:
+            add(
+                f"full path p99 at {c} connection(s) under a login flood / without",
+                _ratio(flooded, get("full", c, "p99_ms")),
+                MAX_P99_UNDER_LOGIN_FLOOD,
+                at_most=True,
+            )
     for run in results.rss:
         add(
             f"RSS growth of {run.process} over {run.requests:,} requests, %",

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench import gateway
+from bench.login_flood import LoginFlood
 from bench.machine import load_average, machine_info
 from bench.procs import Process, memory, wait_for_grpc, wait_for_http
 from bench.results import Cell, ProcessMemory, Results, RssRun, TtfbCell
@@ -49,6 +50,8 @@ WARMUP_CONNECTIONS = 16
 CHECK_REQUESTS = 3
 # Upper bound on the RSS run: a gateway slower than this many requests/s is broken anyway.
 RSS_MIN_RPS = 20
+# Seconds a login flood runs before its cell starts, so the cell measures it at full strength.
+FLOOD_RAMP_SECONDS = 1.0
 
 
 @dataclass
@@ -128,7 +131,7 @@ def _with_control(context: _Context, scenarios: list[Scenario], database_url: st
 
     def prepare() -> None:
         wait_for_grpc(control.process, control.address)
-        context.keys = gateway.provision(control.address)
+        context.keys = gateway.provision(control.address, context.workdir)
         context.log("bench: control ready on a fresh database; admin, accounts, keys and budgets created")
 
     try:
@@ -231,10 +234,19 @@ def _check(context: _Context, topology: _Topology, scenarios: list[Scenario]) ->
                         raise RuntimeError(f"{scenario.name} at {url} answers wrongly: {problem}")
 
 
+def _flooded(context: _Context, scenario: Scenario, seconds: float) -> contextlib.AbstractContextManager[object]:
+    """A login flood against control for the scenarios measured under one; nothing for the others."""
+    if not scenario.login_flood or context.control is None:
+        return contextlib.nullcontext()
+    return LoginFlood(context.control.address, context.workdir, seconds=seconds + FLOOD_RAMP_SECONDS)
+
+
 def _warm_up(context: _Context, topology: _Topology, scenarios: list[Scenario]) -> None:
     if not context.options.warmup:
         return
     for scenario in scenarios:
+        if scenario.login_flood:
+            continue  # the same requests as its scenario without the flood, warmed up there
         run_load(
             context.tools.wrk,
             topology.urls(scenario),
@@ -250,7 +262,12 @@ def _cells(context: _Context, topology: _Topology, scenarios: list[Scenario]) ->
     options = context.options
     for connections in options.connections:
         for scenario in scenarios:
-            with _flood(context, topology, scenario):
+            with (
+                _flooded(context, scenario, options.duration) as flood,
+                _body_flood(context, topology, scenario),
+            ):
+                if flood is not None:
+                    time.sleep(FLOOD_RAMP_SECONDS)  # the flood is running before the cell starts
                 result = run_load(
                     context.tools.wrk,
                     topology.urls(scenario),
@@ -261,6 +278,8 @@ def _cells(context: _Context, topology: _Topology, scenarios: list[Scenario]) ->
                     requests=options.cell_requests,
                     threads=options.wrk_threads,
                 )
+            if isinstance(flood, LoginFlood):
+                context.log(f"bench: login flood during the cell: {flood.outcomes}")
             cell = Cell.of(topology.workers, scenario.name, connections, result)
             context.results.cells.append(cell)
             errors = f"  ERRORS {cell.errors}" if cell.error_count else ""
@@ -271,7 +290,7 @@ def _cells(context: _Context, topology: _Topology, scenarios: list[Scenario]) ->
 
 
 @contextlib.contextmanager
-def _flood(context: _Context, topology: _Topology, scenario: Scenario) -> Iterator[None]:
+def _body_flood(context: _Context, topology: _Topology, scenario: Scenario) -> Iterator[None]:
     """For a scenario under an unauthenticated flood: the flood runs (unmeasured) while the block does."""
     if not scenario.flood:
         yield

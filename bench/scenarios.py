@@ -32,6 +32,8 @@ class Scenario:
     path: PathKind
     stream: bool
     budget: bool = False
+    # Measured while bench.login_flood keeps failing logins in flight against control.
+    login_flood: bool = False
     # Sent alongside, unmeasured: requests with made-up keys and large bodies crafted to be costly to
     # parse (see flood_request). The edge must refuse them from the key alone.
     flood: FloodKind = ""
@@ -48,8 +50,16 @@ SCENARIOS = (
     Scenario("full-unleased", "(e) full path, leases off (authorize each)", "unleased", stream=False, budget=True),
     Scenario("full-unleased-stream", "(e) full path, leases off, streaming", "unleased", stream=True, budget=True),
     Scenario(
+        "full-login-flood",
+        "(f) full path while a login flood hits control",
+        "full",
+        stream=False,
+        budget=True,
+        login_flood=True,
+    ),
+    Scenario(
         "full-under-flood",
-        "(f) full path while one made-up key sends 650 KB crafted bodies",
+        "(g) full path while one made-up key sends 650 KB crafted bodies",
         "full",
         stream=False,
         budget=True,
@@ -57,7 +67,7 @@ SCENARIOS = (
     ),
     Scenario(
         "full-under-key-flood",
-        "(f') full path while a new made-up key per request sends them",
+        "(g') full path while a new made-up key per request sends them",
         "full",
         stream=False,
         budget=True,

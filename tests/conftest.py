@@ -12,6 +12,7 @@ import pytest
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 
 UPSTREAM_KEY = "upstream-secret-" + "k" * 24
@@ -61,7 +62,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             edge, edge_port = start_edge(control_port, upstream_server.url, token, log_dir, upstream_key=UPSTREAM_KEY)
             processes.append(edge)
             target = f"127.0.0.1:{control_port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
+            serve_fake_models(target, boot.secret)  # only priced models are served
             yield Gateway(
                 database_url=url,
                 control_target=target,

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from collections.abc import Sequence
@@ -110,6 +111,50 @@ def check_client(
     return _pair(cert, key, names[1], names[2]) or bool(ca)
 
 
+class PlainTextRefused(ValueError):
+    """A client was asked for plain-text gRPC to a host that is not this machine."""
+
+
+def is_loopback_target(target: str) -> bool:
+    """Whether a gRPC ``target`` can only reach this machine (loopback addresses, localhost, Unix sockets)."""
+    text = target.strip()
+    if text.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+            break
+    return bool(text) and all(_loopback_host(_host(part)) for part in text.split(","))
+
+
+def _host(address: str) -> str:
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    if address.count(":") == 1:
+        return address.partition(":")[0]
+    return address  # a bare IPv6 address, or a name without a port
+
+
+def _loopback_host(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plain_text(target: str, *, insecure: bool) -> None:
+    """Refuse plain text to another machine unless the caller said ``insecure``: keys would cross in the clear."""
+    if not insecure and not is_loopback_target(target):
+        raise PlainTextRefused(
+            f"refusing plain-text gRPC to {target!r}: management keys and passwords would cross the network "
+            "unencrypted. Set a CA (tls_ca / CLAUDEOPUS_CONTROL_CA) for TLS, or pass insecure=True (--insecure) "
+            "if this network is trusted."
+        )
+
+
 def server_credentials(cert: PathLike, key: PathLike, client_ca: PathLike | None = None) -> grpc.ServerCredentials:
     """gRPC server credentials; with ``client_ca`` every client must present a certificate it signed."""
     return grpc.ssl_server_credentials(
@@ -156,13 +201,16 @@ RECONNECT_OPTIONS = (("grpc.max_reconnect_backoff_ms", 2000),)
 
 
 __all__ = [
+    "PlainTextRefused",
     "TLSConfigError",
     "aio_channel",
     "channel_credentials",
     "check_ca",
     "check_client",
     "check_key_pair",
+    "check_plain_text",
     "check_server",
+    "is_loopback_target",
     "read_pem",
     "server_credentials",
 ]

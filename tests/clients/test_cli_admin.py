@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -12,7 +13,8 @@ import pytest
 
 from tests.clients.cli_support import SECRET_PATTERN, Result, run_cli
 from tests.conftest import Gateway
-from tests.support.processes import free_port
+from tests.support.databases import fresh_database
+from tests.support.processes import free_port, start_control
 
 
 def _admin(gateway: Gateway, *args: str) -> Result:
@@ -152,6 +154,40 @@ def test_bootstrap_is_refused_once_an_admin_exists(gateway: Gateway) -> None:
     assert "sk-co-" not in human.stdout + human.stderr
 
 
+def test_a_fresh_control_bootstraps_only_with_its_token_file(tmp_path: Path) -> None:
+    """Another local process racing the operator to BootstrapAdmin gets nothing without the 0600 token file."""
+    with fresh_database(tmp_path) as url:
+        control, port = start_control(url, secrets.token_urlsafe(32), tmp_path, "control-fresh")
+        try:
+            target = f"127.0.0.1:{port}"
+            token_file = tmp_path / "claudeopus-bootstrap.token"
+            assert token_file.stat().st_mode & 0o777 == 0o600
+            token = token_file.read_text().strip()
+            assert str(token_file) in control.output() and token not in control.output()
+            for guess in ([], ["--token", "co-bootstrap-" + "A" * 43]):
+                racer = run_cli(
+                    ["admin", "bootstrap", "--email", "me@example.com", "--control", target, "--json", *guess]
+                )
+                assert racer.returncode == 1, racer.describe()
+                assert _json_error(racer)["reason"] == "BOOTSTRAP_TOKEN_INVALID"
+            done = run_cli(
+                [
+                    "admin",
+                    "bootstrap",
+                    "--email",
+                    "root@example.com",
+                    "--control",
+                    target,
+                    "--token-file",
+                    str(token_file),
+                ]
+            ).ok()
+            assert "management key (shown once): sk-co-" in done.stdout
+            assert not token_file.exists()
+        finally:
+            control.stop()
+
+
 def test_bad_email_is_field_invalid(gateway: Gateway) -> None:
     as_json = _admin(gateway, "accounts", "create", "--email", "not-an-email", "--json")
     error = _json_error(as_json)
@@ -227,3 +263,40 @@ def test_usage_list_human_output_does_not_truncate_the_request_id(gateway: Gatew
     result = _admin(gateway, "usage", "list", "--api-key", key_name).ok()  # COLUMNS=120, see cli_support
     assert record["request_id"] in result.stdout, result.stdout
     assert record["status"] in result.stdout, result.stdout
+
+
+def test_accounts_policy_bounds_the_keys_created_below(gateway: Gateway) -> None:
+    account = _create_account(gateway)
+    updated = (
+        _admin(
+            gateway,
+            "accounts",
+            "policy",
+            account["name"],
+            "--allowed-models",
+            "m-a,m-b",
+            "--no-management-keys",
+            "--max-key-lifetime",
+            "30d",
+            "--json",
+        )
+        .ok()
+        .json()
+    )
+    assert updated["policy"] == {
+        "allowed_models": ["m-a", "m-b"],
+        "deny_management_keys": True,
+        "max_key_lifetime": "2592000s",
+    }, updated
+    # An unrestricted key (no expiry) and a management key are refused with the policy's reason.
+    refused = _admin(gateway, "keys", "create", "--account", account["name"], "--json")
+    assert _json_error(refused)["reason"] == "ACCOUNT_POLICY_DENIED"
+    soon = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 86_400))
+    refused = _admin(
+        gateway, "keys", "create", "--account", account["name"], "--scope", "management", "--expires", soon, "--json"
+    )
+    assert _json_error(refused)["reason"] == "ACCOUNT_POLICY_DENIED"
+    made = _admin(gateway, "keys", "create", "--account", account["name"], "--expires", soon, "--json").ok().json()
+    assert made["api_key"]["allowed_models"] == ["m-a", "m-b"]
+    # Bad durations are a usage error, not a traceback.
+    _assert_clean_failure(_admin(gateway, "accounts", "policy", account["name"], "--max-key-lifetime", "soon"))

@@ -81,6 +81,38 @@ def test_password_login_and_a_session_token_as_the_credential(gateway: Gateway) 
     assert wrong.returncode == 1 and wrong.json()["error"]["reason"] == "LOGIN_FAILED"
     assert password not in login.stdout + login.stderr
 
+    # Changing one's own password needs the current one (prompted, never echoed; here from the environment).
+    new = "a brand new passphrase"
+    refused = admin(
+        gateway,
+        "accounts",
+        "set-password",
+        "--current",
+        "--json",
+        key=token,
+        env={"CLAUDEOPUS_PASSWORD": new, "CLAUDEOPUS_CURRENT_PASSWORD": "not the password at all"},
+    )
+    assert refused.returncode == 1 and refused.json()["error"]["reason"] == "CURRENT_PASSWORD_INVALID"
+    admin(
+        gateway,
+        "accounts",
+        "set-password",
+        key=token,
+        env={"CLAUDEOPUS_PASSWORD": new, "CLAUDEOPUS_CURRENT_PASSWORD": password},
+    ).ok()
+    ended = admin(gateway, "accounts", "get", account["name"], "--json", key=token)
+    assert ended.returncode == 1 and ended.json()["error"]["reason"] == "SESSION_INVALID"
+
+    # Logout ends the session it is given.
+    again = run_cli(
+        ["admin", "login", "--email", address, "--control", gateway.control_target, "--json"],
+        env=clean_env({"CLAUDEOPUS_PASSWORD": new}),
+    ).ok()
+    session = again.json()["session_token"]
+    assert "logged out" in admin(gateway, "logout", key=session).ok().stdout
+    gone = admin(gateway, "accounts", "get", account["name"], "--json", key=session)
+    assert gone.returncode == 1 and gone.json()["error"]["reason"] == "SESSION_INVALID"
+
 
 def test_keys_list_update_and_rotate_with_grace(gateway: Gateway) -> None:
     user = admin(gateway, "accounts", "create", "--email", email("k"), "--json").ok().json()

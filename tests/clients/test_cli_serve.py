@@ -12,16 +12,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 
+from claudeopus.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.clients.cli_support import SECRET_PATTERN, TIMEOUT, Result, clean_env, run_cli
 from tests.support.processes import CLI, free_port
 
@@ -77,6 +80,10 @@ class Served:
     def describe(self) -> str:
         return f"--- stdout\n{self.stdout()}\n--- stderr\n{self.stderr()}"
 
+    def first_start(self) -> str:
+        """The secrets and examples of the first start: stdout is a file here, so they went to a 0600 file."""
+        return (self.cwd / "claudeopus-first-start.txt").read_text()
+
     def start(self) -> Served:
         self.http_port, self.grpc_port = _two_ports()
         args = [CLI, "serve", "--http", f"127.0.0.1:{self.http_port}", "--grpc", self.control_target]
@@ -120,6 +127,7 @@ class FirstStart:
     served: Served
     admin_key: str
     demo_key: str
+    racer_answers: list[str] = field(default_factory=list)
 
 
 def _printed_key(stdout: str, label: str) -> str:
@@ -129,8 +137,46 @@ def _printed_key(stdout: str, label: str) -> str:
 
 
 def _keys(served: Served) -> FirstStart:
-    stdout = served.stdout()
-    return FirstStart(served, _printed_key(stdout, "admin management key"), _printed_key(stdout, "demo API key"))
+    text = served.first_start()
+    return FirstStart(served, _printed_key(text, "admin management key"), _printed_key(text, "demo API key"))
+
+
+class BootstrapRacer:
+    """Another local process calling BootstrapAdmin in a loop while ``serve`` starts: it must never win."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.answers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BootstrapRacer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(TIMEOUT)  # serve listens by now: the racer has its answer
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and not self.served.grpc_port:
+            time.sleep(0.001)
+        request = accounts_pb2.BootstrapAdminRequest(email="attacker@example.com")
+        # Retry connecting every few milliseconds (gRPC's default back-off would wait seconds).
+        options = [("grpc.initial_reconnect_backoff_ms", 5), ("grpc.max_reconnect_backoff_ms", 20)]
+        with grpc.insecure_channel(self.served.control_target, options=options) as channel:
+            stub = accounts_pb2_grpc.AccountServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    reply = stub.BootstrapAdmin(request, timeout=2)
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.UNAVAILABLE:
+                        time.sleep(0.005)  # not listening yet
+                        continue
+                    self.answers.append(error.code().name)
+                else:
+                    self.answers.append(f"WON {reply.account.email}")
+                return
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +184,11 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstStart]:
     cwd, log_dir = tmp_path_factory.mktemp("serve-cwd"), tmp_path_factory.mktemp("serve-logs")
     served = Served(cwd, log_dir, "serve")
     try:
-        yield _keys(served.start())
+        with BootstrapRacer(served) as racer:
+            served.start()
+        first = _keys(served)
+        first.racer_answers = racer.answers
+        yield first
     finally:
         served.stop()
 
@@ -178,21 +228,33 @@ def test_no_upstream_means_a_loud_demo_banner(first: FirstStart) -> None:
     assert "CLAUDEOPUS_UPSTREAM_URL" in stderr, "the banner says how to configure a real upstream"
 
 
-def test_first_start_prints_both_keys_once_and_creates_the_database(first: FirstStart) -> None:
+def test_first_start_writes_both_keys_once_to_a_private_file_and_creates_the_database(first: FirstStart) -> None:
     stdout = first.served.stdout()
     assert re.fullmatch(SECRET_PATTERN, first.admin_key), first.admin_key
     assert re.fullmatch(SECRET_PATTERN, first.demo_key), first.demo_key
     assert first.admin_key != first.demo_key
-    assert "shown ONCE" in stdout
-    assert (first.served.cwd / "claudeopus.db").is_file(), "the default database is ./claudeopus.db"
+    # stdout is not a terminal here (a service manager would collect it): the secrets are not on it,
+    # but in an owner-only file whose path it prints.
+    secrets_file = first.served.cwd / "claudeopus-first-start.txt"
+    assert str(secrets_file) in stdout and "sk-co-" not in stdout
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    assert "shown ONCE" in first.served.first_start()
+    database = first.served.cwd / "claudeopus.db"
+    assert database.is_file(), "the default database is ./claudeopus.db"
+    assert database.stat().st_mode & 0o777 == 0o600, "the database holds account data: owner-only"
     assert not (first.served.log_dir / "claudeopus.db").exists()
-    # Neither secret is logged: they are printed to stdout only.
+    # Neither secret is logged.
     assert first.admin_key not in first.served.stderr()
     assert first.demo_key not in first.served.stderr()
 
 
+def test_no_other_process_can_bootstrap_while_serve_starts(first: FirstStart) -> None:
+    """serve makes its admin before the gRPC port listens: a racing BootstrapAdmin's first answer is a refusal."""
+    assert first.racer_answers == ["ALREADY_EXISTS"], first.racer_answers
+
+
 def test_printed_curl_example_works(first: FirstStart) -> None:
-    stdout = first.served.stdout()
+    stdout = first.served.first_start()
     joined = stdout.replace("\\\n", " ")
     [line] = [candidate.strip() for candidate in joined.splitlines() if candidate.strip().startswith("curl ")]
     argv = shlex.split(line)
@@ -216,7 +278,7 @@ def test_printed_curl_example_works(first: FirstStart) -> None:
 
 
 def test_printed_python_example_works(first: FirstStart) -> None:
-    [line] = [candidate.strip() for candidate in first.served.stdout().splitlines() if "python -c" in candidate]
+    [line] = [candidate.strip() for candidate in first.served.first_start().splitlines() if "python -c" in candidate]
     argv = shlex.split(line)
     assert argv[:2] == ["python", "-c"], argv
     done = subprocess.run(
@@ -272,7 +334,7 @@ def test_demo_key_cannot_manage(first: FirstStart) -> None:
 
 
 def test_printed_management_command_works(first: FirstStart) -> None:
-    [line] = [c.strip() for c in first.served.stdout().splitlines() if "claudeopus admin" in c]
+    [line] = [c.strip() for c in first.served.first_start().splitlines() if "claudeopus admin" in c]
     argv = shlex.split(line)
     env = {}
     while "=" in argv[0]:

@@ -10,9 +10,10 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from claudeopus import tls
-from claudeopus.client import Client, TLSConfigError
+from claudeopus.client import AsyncClient, Client, TLSConfigError
 from claudeopus.control.settings import ControlSettings
 from claudeopus.edge.settings import EdgeSettings
+from tests.clients.cli_support import run_cli
 
 TOKEN = "s" * 40
 
@@ -123,3 +124,37 @@ def test_client_takes_tls_files_or_credentials_not_both(files: dict[str, str]) -
     with pytest.raises(TLSConfigError, match="tls_ca: cannot read"):
         Client("127.0.0.1:1", tls_ca=files["missing.pem"])
     Client("127.0.0.1:1", tls_ca=files["ca.pem"]).close()  # nothing is dialled until the first call
+
+
+# -- plain text only to this machine ----------------------------------------------------------------
+
+REMOTE = ("control.invalid:50051", "192.0.2.10:50051", "[2001:db8::1]:50051", "dns:///control.invalid:443")
+LOCAL = ("127.0.0.1:50051", "localhost:50051", "[::1]:50051", "127.8.9.10:1", "unix:/tmp/c.sock", "ipv4:127.0.0.1:1")
+
+
+@pytest.mark.parametrize("target", REMOTE)
+def test_a_client_refuses_plain_text_to_another_host_unless_insecure(target: str, files: dict[str, str]) -> None:
+    assert not tls.is_loopback_target(target)
+    with pytest.raises(tls.PlainTextRefused, match="insecure"):
+        Client(target, key="sk-co-" + "x" * 43)
+    Client(target, insecure=True).close()  # said explicitly; nothing is dialled until the first call
+    Client(target, tls_ca=files["ca.pem"]).close()  # TLS: always fine
+
+
+async def test_the_async_client_refuses_alike() -> None:
+    with pytest.raises(tls.PlainTextRefused):
+        AsyncClient(REMOTE[0])
+    await AsyncClient(REMOTE[0], insecure=True).close()
+
+
+@pytest.mark.parametrize("target", LOCAL)
+def test_plain_text_to_this_machine_needs_no_flag(target: str) -> None:
+    assert tls.is_loopback_target(target)
+    Client(target).close()
+
+
+def test_the_cli_refuses_plain_text_to_another_host_without_insecure() -> None:
+    result = run_cli(["admin", "accounts", "list", "--control", REMOTE[0], "--key", "sk-co-" + "x" * 43])
+    assert result.returncode == 2, result.describe()
+    assert "--insecure" in result.stderr and "Traceback" not in result.stderr
+    assert "sk-co-" not in result.stderr

@@ -20,15 +20,19 @@ import grpc
 import pytest
 from argon2 import PasswordHasher
 from google.protobuf import empty_pb2, field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from claudeopus import keys
 from claudeopus.control.db import open_database
 from claudeopus.control.domain import accounts as accounts_domain
-from claudeopus.control.domain import passwords, validation
-from claudeopus.control.domain.errors import InvalidArgument, Reason, Unauthenticated
+from claudeopus.control.domain import logins, passwords, validation
+from claudeopus.control.domain.errors import InvalidArgument, Reason, Throttled, Unauthenticated
+from claudeopus.control.domain.logins import LoginPolicy
 from claudeopus.control.domain.principal import authenticate_management
+from claudeopus.control.domain.throttle import Throttle, Throttles
 from claudeopus.control.models import Account
-from claudeopus.control.server import ControlServer
+from claudeopus.control.server import ControlServer, throttles
 from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
     accounts_pb2,
@@ -40,8 +44,9 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
-from tests.control.test_grpc import assert_error, bearer, field_violations, rpc_error
+from tests.control.test_grpc import assert_error, bearer, error_info, field_violations, rpc_error
 from tests.support.databases import dump_text
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 PASSWORD = "correct horse battery"
@@ -143,8 +148,9 @@ class World:
     def resume(self, md: Metadata, name: str) -> Awaitable[accounts_pb2.Account]:
         return self.accounts.ResumeAccount(accounts_pb2.ResumeAccountRequest(name=name), metadata=md)
 
-    def set_password(self, md: Metadata, name: str, password: str = PASSWORD) -> Awaitable[object]:
-        return self.accounts.SetPassword(accounts_pb2.SetPasswordRequest(name=name, password=password), metadata=md)
+    def set_password(self, md: Metadata, name: str, password: str = PASSWORD, current: str = "") -> Awaitable[object]:
+        request = accounts_pb2.SetPasswordRequest(name=name, password=password, current_password=current)
+        return self.accounts.SetPassword(request, metadata=md)
 
     def login(self, email: str, password: str = PASSWORD) -> Awaitable[accounts_pb2.LoginResponse]:
         return self.accounts.Login(accounts_pb2.LoginRequest(email=email, password=password))
@@ -166,8 +172,11 @@ async def world(database_url: str) -> AsyncIterator[World]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", display_name="Root")
+            accounts_pb2.BootstrapAdminRequest(
+                email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
+            )
         )
+        await serve_free_over(channel, boot.secret)  # only priced models are served
         yield World(database_url, token, clock, channel, boot.account, bearer(boot.secret))
 
 
@@ -187,6 +196,7 @@ NOT_EMPTY = (grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_EMPTY")
 SUSPENDED_ERROR = (grpc.StatusCode.PERMISSION_DENIED, "ACCOUNT_SUSPENDED")
 LOGIN_FAILED = (grpc.StatusCode.UNAUTHENTICATED, "LOGIN_FAILED")
 SESSION_INVALID = (grpc.StatusCode.UNAUTHENTICATED, "SESSION_INVALID")
+TAKEN = (grpc.StatusCode.ALREADY_EXISTS, "RESOURCE_EXISTS")
 
 
 # -- ListAccounts --------------------------------------------------------------
@@ -456,14 +466,15 @@ async def test_suspending_a_reseller_stops_every_key_of_its_subtree(world: World
     assert (await world.suspend(md, reseller.name)).state == SUSPENDED
     await expect(world.authorize(key.secret), *SUSPENDED_ERROR)
     await expect(world.get(reseller_md, reseller.name), *SUSPENDED_ERROR)
-    await expect(world.get(session, user.name), *SUSPENDED_ERROR)
+    await expect(world.get(session, user.name), *SESSION_INVALID)  # every session of the subtree ended
     await expect(world.login(user.email), *SUSPENDED_ERROR)
     # The user itself was never suspended: its own state is unchanged.
     assert (await world.get(md, user.name)).state == ACTIVE
 
     assert (await world.resume(md, reseller.name)).state == ACTIVE
     assert (await world.authorize(key.secret)).account == user.name
-    assert (await world.get(session, user.name)).name == user.name
+    await expect(world.get(session, user.name), *SESSION_INVALID)  # a resume brings no session back
+    assert (await world.get(bearer((await world.login(user.email)).session_token), user.name)).name == user.name
     assert (await world.get(reseller_md, user.name)).name == user.name
 
 
@@ -531,7 +542,21 @@ async def test_login_opens_a_session_that_works_for_management(world: World) -> 
     world.clock.now = START
     assert (await world.get(session, reseller.name)).name == reseller.name
     other = bearer((await world.login("shop@example.com")).session_token)
-    await world.set_password(session, "", PASSWORD + "!")
+    # Changing one's own password needs the current one: a stolen session cannot lock its owner out.
+    await expect(
+        world.set_password(session, "", PASSWORD + "!"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_INVALID",
+        ["current_password"],
+    )
+    await expect(
+        world.set_password(session, reseller.name, PASSWORD + "!", current="not the password"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "CURRENT_PASSWORD_INVALID",
+    )
+    assert (await world.get(other, reseller.name)).name == reseller.name  # nothing changed
+    assert (await world.login("shop@example.com")).account.name == reseller.name
+    await world.set_password(session, "", PASSWORD + "!", current=PASSWORD)
     await expect(world.get(session, reseller.name), *SESSION_INVALID)
     await expect(world.get(other, reseller.name), *SESSION_INVALID)
     await expect(world.login("shop@example.com"), *LOGIN_FAILED)
@@ -578,6 +603,172 @@ async def test_every_failed_login_looks_the_same(world: World, caplog: pytest.Lo
     assert PASSWORD not in caplog.text and "argon2" not in caplog.text
     stored = await asyncio.to_thread(dump_text, world.database_url)
     assert PASSWORD not in stored and "$argon2id$" in stored
+
+
+RATE_LIMITED = (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay (seconds) a throttled call carries."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return float(retry.retry_delay.ToNanoseconds() / 1e9)
+    raise AssertionError(f"no RetryInfo in {status}")
+
+
+async def test_a_login_flood_is_throttled_before_any_hash_is_computed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    real_verify = passwords._verify
+
+    def spy(stored: str, password: str) -> bool:
+        checked.append(stored)
+        return real_verify(stored, password)
+
+    monkeypatch.setattr(passwords, "_verify", spy)
+    limit = ControlSettings(service_token="t" * 32).login_attempts_per_minute
+    for attempt in range(limit):
+        await expect(world.login(f"guess-{attempt}@example.com", f"guess number {attempt}"), *LOGIN_FAILED)
+    assert len(checked) == limit
+    # From this address, every further attempt is refused at once (right or wrong, any email),
+    # and costs no argon2 work.
+    for email in ("guess-x@example.com", "root@example.com"):
+        error = await expect(world.login(email, "another guess here"), *RATE_LIMITED)
+        assert 0 < retry_delay(error) <= 60
+    assert len(checked) == limit
+
+
+async def test_failed_logins_are_throttled_per_email_whatever_the_address(database_url: str) -> None:
+    """Domain level: the email's budget of failures, then the same refusal for a known and an unknown email."""
+    moments = [0.0]
+    throttles = Throttles(
+        login_per_address=Throttle(1000, 60.0, clock=lambda: moments[0]),
+        login_per_email=Throttle(3, 3600.0, clock=lambda: moments[0]),
+        email_probes=Throttle(1, 3600.0),
+    )
+    async with open_database(database_url):
+        with passwords.PasswordPool(1) as pool:
+            policy = LoginPolicy(pool, throttles, timedelta(hours=12))
+            boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
+            principal = await authenticate_management(boot.key.secret, START)
+            await logins.set_password(principal, None, PASSWORD, "", START, policy=policy)
+            for email in ("root@example.com", "nobody@example.com"):
+                for attempt in range(3):
+                    with pytest.raises(Unauthenticated):
+                        await logins.login(email, "wrong password!", START, policy=policy, client=f"10.0.0.{attempt}")
+                with pytest.raises(Throttled) as caught:
+                    await logins.login(email, PASSWORD, START, policy=policy, client="10.0.0.9")
+                assert caught.value.message == logins.TOO_MANY_LOGINS and caught.value.retry_after == 1200.0
+            moments[0] = 1200.0  # one attempt regained
+            done = await logins.login("root@example.com", PASSWORD, START, policy=policy, client="10.0.0.9")
+            assert done.account.id == boot.account.id
+
+
+def test_a_throttle_refills_and_remembers_a_bounded_number_of_keys() -> None:
+    moments = [0.0]
+    throttle = Throttle(2, 10.0, max_keys=2, clock=lambda: moments[0])
+    throttle.take("a", "slow down")
+    throttle.take("a", "slow down")
+    with pytest.raises(Throttled) as caught:
+        throttle.take("a", "slow down")
+    assert caught.value.retry_after == 5.0 and caught.value.reason is Reason.RATE_LIMITED
+    moments[0] = 5.0
+    throttle.take("a", "slow down")  # one attempt back after window / limit seconds
+    throttle.spend("b")
+    throttle.spend("c")  # a third key: the least recently used ("a") is forgotten
+    assert throttle.retry_after("a") == 0.0 and throttle.retry_after("c") == 0.0
+
+
+async def test_logout_ends_only_the_calling_session(world: World) -> None:
+    md = world.admin_md
+    user = await world.create(md, ROLE_USER)
+    await world.set_password(md, user.name)
+    first = bearer((await world.login(user.email)).session_token)
+    second = bearer((await world.login(user.email)).session_token)
+    assert await world.accounts.Logout(accounts_pb2.LogoutRequest(), metadata=first) == empty_pb2.Empty()
+    await expect(world.get(first, user.name), *SESSION_INVALID)
+    assert (await world.get(second, user.name)).name == user.name
+    await expect(
+        world.accounts.Logout(accounts_pb2.LogoutRequest(), metadata=md),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NOT_A_SESSION",
+    )
+    await expect(world.accounts.Logout(accounts_pb2.LogoutRequest(), metadata=first), *SESSION_INVALID)
+
+
+async def test_a_reset_from_above_ends_the_sessions_and_the_keys_they_minted(world: World) -> None:
+    md = world.admin_md
+    reseller, reseller_md = await world.manager(md, ROLE_RESELLER)
+    await world.set_password(md, reseller.name)
+    session = bearer((await world.login(reseller.email)).session_token)
+    minted = await world.key(session, reseller.name)  # a management key made through the session
+    minted_inference = await world.key(session, reseller.name, api_keys_pb2.SCOPE_INFERENCE)
+    minted_md = bearer(minted.secret)
+    assert (await world.get(minted_md, reseller.name)).name == reseller.name
+
+    # The account above resets the password: no current password is needed.
+    await world.set_password(md, reseller.name, PASSWORD + "!")
+    await expect(world.get(session, reseller.name), *SESSION_INVALID)
+    await expect(world.get(minted_md, reseller.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+    # Keys made with a key, and inference keys, stay.
+    assert (await world.get(reseller_md, reseller.name)).name == reseller.name
+    assert (await world.authorize(minted_inference.secret)).account == reseller.name
+
+
+async def test_a_suspension_ends_the_subtree_sessions_and_their_management_keys_for_good(world: World) -> None:
+    md = world.admin_md
+    reseller, reseller_md = await world.manager(md, ROLE_RESELLER)
+    user = await world.create(reseller_md, ROLE_USER)
+    await world.set_password(md, user.name)
+    session = bearer((await world.login(user.email)).session_token)
+    minted_md = bearer((await world.key(session, user.name)).secret)
+    assert (await world.get(minted_md, user.name)).name == user.name
+
+    await world.suspend(md, reseller.name)
+    # Right after SuspendAccount returns, neither the session nor the key it minted is accepted...
+    await expect(world.get(session, user.name), *SESSION_INVALID)
+    await expect(world.get(minted_md, user.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+    # ... and a resume gives neither back (whoever stole the session kept nothing).
+    await world.resume(md, reseller.name)
+    await expect(world.get(session, user.name), *SESSION_INVALID)
+    await expect(world.get(minted_md, user.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+    assert (await world.get(reseller_md, user.name)).name == user.name  # keys made with keys are untouched
+
+
+async def test_a_taken_email_answers_alike_wherever_it_is_used_and_probing_is_throttled(world: World) -> None:
+    md = world.admin_md
+    reseller_a, a_md = await world.manager(md, ROLE_RESELLER)
+    reseller_b, b_md = await world.manager(md, ROLE_RESELLER)
+    await world.create(b_md, ROLE_USER, email="theirs@example.com")  # another reseller's customer
+    mine = await world.create(a_md, ROLE_USER, email="mine@example.com")  # reseller A's own customer
+
+    def answer(error: grpc.aio.AioRpcError) -> tuple[object, ...]:
+        return (error.code(), error.details(), error_info(error), field_violations(error))
+
+    foreign = await expect(world.create(a_md, ROLE_USER, email="theirs@example.com"), *TAKEN)
+    own = await expect(world.create(a_md, ROLE_USER, email="mine@example.com"), *TAKEN)
+    assert answer(foreign) == answer(own)
+    changed = await expect(world.update(a_md, mine.name, ("email",), email="theirs@example.com"), *TAKEN)
+    assert (changed.code(), changed.details()) == (own.code(), own.details())
+
+    limit = ControlSettings(service_token="t" * 32).email_probes_per_hour
+    for attempt in range(limit - 3):
+        await expect(
+            world.create(a_md, ROLE_USER, email="theirs@example.com" if attempt % 2 else "mine@example.com"), *TAKEN
+        )
+    # Probes spent: every creation (and email change) by this caller now waits, whatever the address.
+    for email in ("theirs@example.com", "mine@example.com", "fresh@example.com"):
+        error = await expect(world.create(a_md, ROLE_USER, email=email), *RATE_LIMITED)
+        assert retry_delay(error) > 0
+    await expect(world.update(a_md, mine.name, ("email",), email="theirs@example.com"), *RATE_LIMITED)
+    assert await world.children(a_md) == [mine.name]
+    # Other callers are not held back by A's probing.
+    assert (await world.create(b_md, ROLE_USER, email="fresh@example.com")).parent == reseller_b.name
+    del reseller_a
 
 
 # -- isolation -----------------------------------------------------------------
@@ -659,6 +850,10 @@ async def test_no_user_and_no_deleted_account_ever_gets_a_child(world: World) ->
 # -- domain details ------------------------------------------------------------
 
 
+def _policy(pool: passwords.PasswordPool) -> LoginPolicy:
+    return LoginPolicy(pool, throttles(ControlSettings(service_token="t" * 32)), timedelta(hours=12))
+
+
 async def test_a_login_for_an_unknown_email_still_verifies_a_hash(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -671,15 +866,18 @@ async def test_a_login_for_an_unknown_email_still_verifies_a_hash(
 
     monkeypatch.setattr(passwords, "_verify", spy)
     async with open_database(database_url):
-        boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
-        for email in ("nobody@example.com", "root@example.com", "not an email"):  # the root has no password
-            with pytest.raises(Unauthenticated) as caught:
-                await accounts_domain.login(email, PASSWORD, START)
-            assert caught.value.reason is Reason.LOGIN_FAILED
-        assert checked == [passwords.DUMMY_HASH] * 3
-        await accounts_domain.set_password(await authenticate_management(boot.key.secret, START), None, PASSWORD, START)
-        await accounts_domain.login("root@example.com", PASSWORD, START)
-        assert checked[-1].startswith("$argon2id$") and checked[-1] != passwords.DUMMY_HASH
+        with passwords.PasswordPool(1) as pool:
+            policy = _policy(pool)
+            boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
+            for email in ("nobody@example.com", "root@example.com", "not an email"):  # the root has no password
+                with pytest.raises(Unauthenticated) as caught:
+                    await logins.login(email, PASSWORD, START, policy=policy, client="127.0.0.1")
+                assert caught.value.reason is Reason.LOGIN_FAILED
+            assert checked == [passwords.DUMMY_HASH] * 3
+            principal = await authenticate_management(boot.key.secret, START)
+            await logins.set_password(principal, None, PASSWORD, "", START, policy=policy)
+            await logins.login("root@example.com", PASSWORD, START, policy=policy, client="127.0.0.1")
+            assert checked[-1].startswith("$argon2id$") and checked[-1] != passwords.DUMMY_HASH
 
 
 def test_the_dummy_hash_uses_the_current_parameters() -> None:
@@ -690,22 +888,24 @@ def test_the_dummy_hash_uses_the_current_parameters() -> None:
 
 async def test_login_rehashes_an_outdated_hash(database_url: str) -> None:
     async with open_database(database_url):
-        boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
-        weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
-        await Account.filter(id=boot.account.id).update(password_hash=weak)
-        assert await passwords.verify(weak, PASSWORD) and passwords.needs_rehash(weak)
+        with passwords.PasswordPool(1) as pool:
+            policy = _policy(pool)
+            boot = await accounts_domain.bootstrap_admin("root@example.com", "", peer_is_local=True)
+            weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+            await Account.filter(id=boot.account.id).update(password_hash=weak)
+            assert await pool.verify(weak, PASSWORD) and passwords.needs_rehash(weak)
 
-        done = await accounts_domain.login("root@example.com", PASSWORD, START)
-        assert done.account.id == boot.account.id and done.session.expires_at == START + timedelta(hours=12)
-        stored = (await Account.get(id=boot.account.id)).password_hash
-        assert stored is not None and stored != weak and not passwords.needs_rehash(stored)
-        assert await passwords.verify(stored, PASSWORD)
+            done = await logins.login("root@example.com", PASSWORD, START, policy=policy, client="127.0.0.1")
+            assert done.account.id == boot.account.id and done.session.expires_at == START + timedelta(hours=12)
+            stored = (await Account.get(id=boot.account.id)).password_hash
+            assert stored is not None and stored != weak and not passwords.needs_rehash(stored)
+            assert await pool.verify(stored, PASSWORD)
 
-        # A stored hash that is not an argon2 hash never matches.
-        await Account.filter(id=boot.account.id).update(password_hash="garbage")
-        with pytest.raises(Unauthenticated) as caught:
-            await accounts_domain.login("root@example.com", PASSWORD, START)
-        assert caught.value.reason is Reason.LOGIN_FAILED
+            # A stored hash that is not an argon2 hash never matches.
+            await Account.filter(id=boot.account.id).update(password_hash="garbage")
+            with pytest.raises(Unauthenticated) as caught:
+                await logins.login("root@example.com", PASSWORD, START, policy=policy, client="127.0.0.1")
+            assert caught.value.reason is Reason.LOGIN_FAILED
 
 
 def test_a_tombstone_is_never_a_valid_email() -> None:

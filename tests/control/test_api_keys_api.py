@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from grpc_status import rpc_status
 from claudeopus import keys
 from claudeopus.control.domain import api_keys as api_keys_domain
 from claudeopus.control.domain.principal import Principal
-from claudeopus.control.models import ApiKey
+from claudeopus.control.models import Account, ApiKey
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
@@ -121,7 +122,9 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(accounts_pb2.BootstrapAdminRequest(email="root@example.com"))
+        boot = await accounts.BootstrapAdmin(
+            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
+        )
         yield Control(
             clock=clock,
             service_token=token,
@@ -596,3 +599,251 @@ async def test_a_reseller_cannot_touch_keys_outside_its_subtree(control: Control
             api_keys_pb2.ApiKey(name=own.api_key.name, display_name="ok"), "display_name", caller=r1_secret
         )
     ).display_name == "ok"
+
+
+# -- limits set from above ---------------------------------------------------------------
+
+
+def ident(name: str) -> int:
+    return int(name.rsplit("/", 1)[1])
+
+
+async def key_row(name: str) -> ApiKey:
+    return await ApiKey.get(id=ident(name))
+
+
+@dataclass
+class Tree:
+    """admin → reseller → sub-reseller → user, each with a management key (the user's minted by the sub-reseller)."""
+
+    reseller: accounts_pb2.Account
+    reseller_secret: str
+    sub: accounts_pb2.Account
+    sub_secret: str
+    user: accounts_pb2.Account
+    user_secret: str
+
+
+async def tree(control: Control) -> Tree:
+    reseller = await control.new_account(control.admin_secret, accounts_pb2.ROLE_RESELLER)
+    reseller_key = await control.new_key(control.admin_secret, reseller.name, MANAGEMENT)
+    sub = await control.new_account(reseller_key.secret, accounts_pb2.ROLE_RESELLER)
+    sub_key = await control.new_key(reseller_key.secret, sub.name, MANAGEMENT)
+    user = await control.new_account(sub_key.secret)
+    user_key = await control.new_key(sub_key.secret, user.name, MANAGEMENT, INFERENCE)
+    return Tree(reseller, reseller_key.secret, sub, sub_key.secret, user, user_key.secret)
+
+
+def limited(name: str = "", models: tuple[str, ...] = (), expires: datetime | None = None, **fields: object):  # type: ignore[no-untyped-def]
+    key = api_keys_pb2.ApiKey(name=name, allowed_models=models, **fields)  # type: ignore[arg-type]
+    if expires is not None:
+        key.expire_time.CopyFrom(stamp(expires))
+    return key
+
+
+async def create(
+    control: Control, caller: str, parent: str, key: api_keys_pb2.ApiKey
+) -> api_keys_pb2.CreateApiKeyResponse:
+    request = api_keys_pb2.CreateApiKeyRequest(parent=parent, api_key=key)
+    return await control.keys.CreateApiKey(request, metadata=bearer(caller))
+
+
+async def test_the_owner_narrows_but_never_widens_a_limit_set_above(control: Control) -> None:
+    world = await tree(control)
+    expires = control.clock.now + timedelta(days=7)
+    made = await create(control, world.sub_secret, world.user.name, limited(models=("m-a", "m-b"), expires=expires))
+    name = made.api_key.name
+    row = await key_row(name)
+    sub_id = ident(world.sub.name)
+    assert (row.issued_by, row.models_set_by, row.expiry_set_by, row.scopes_set_by) == (sub_id,) * 4
+
+    # The key's own account (its management key) tries every widening: each refused, nothing changed.
+    widenings = [
+        (limited(name), "allowed_models"),  # no list: every model
+        (limited(name, ("m-a", "m-b", "m-c")), "allowed_models"),
+        (limited(name), "expire_time"),  # no expiry
+        (limited(name, expires=expires + timedelta(days=1)), "expire_time"),
+        (limited(name, scopes=[INFERENCE, MANAGEMENT]), "scopes"),
+        (limited(name, scopes=[INFERENCE], display_name="x"), "*"),  # a full replacement clears models and expiry
+    ]
+    for key, path in widenings:
+        error = await rpc_error(control.update(key, path, caller=world.user_secret))
+        assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_LIMIT_SET_ABOVE")
+    after = await control.get(name)
+    assert (list(after.allowed_models), when(after.expire_time), list(after.scopes)) == (
+        ["m-a", "m-b"],
+        expires,
+        [INFERENCE],
+    )
+
+    # Narrowing is the owner's right, and keeps the setter above: it cannot widen back.
+    narrowed = await control.update(limited(name, ("m-a",)), "allowed_models", caller=world.user_secret)
+    assert list(narrowed.allowed_models) == ["m-a"]
+    sooner = expires - timedelta(days=1)
+    assert (
+        when((await control.update(limited(name, expires=sooner), "expire_time", caller=world.user_secret)).expire_time)
+        == sooner
+    )
+    row = await key_row(name)
+    assert (row.models_set_by, row.expiry_set_by) == (sub_id, sub_id)
+    error = await rpc_error(control.update(limited(name, ("m-a", "m-b")), "allowed_models", caller=world.user_secret))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_LIMIT_SET_ABOVE")
+
+    # Rotating is no way around them: same limits, same setters, still no widening.
+    await control.rotate(name, caller=world.user_secret)
+    rotated = await key_row(name)
+    assert (rotated.allowed_models, rotated.expires_at, rotated.models_set_by) == (["m-a"], sooner, sub_id)
+    error = await rpc_error(control.update(limited(name), "expire_time", caller=world.user_secret))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_LIMIT_SET_ABOVE")
+
+    # The setter widens; so may an account above it.
+    assert list((await control.update(limited(name), "allowed_models", caller=world.sub_secret)).allowed_models) == []
+    assert not (await control.update(limited(name), "expire_time", caller=world.reseller_secret)).HasField(
+        "expire_time"
+    )
+    assert (await key_row(name)).expiry_set_by == ident(world.reseller.name)
+
+    # A key the user made itself holds nothing from above: the user widens it at will.
+    own = await create(control, world.user_secret, "", limited(models=("m-a",), expires=expires))
+    own_row = await key_row(own.api_key.name)
+    assert (own_row.issued_by, own_row.models_set_by, own_row.expiry_set_by) == (ident(world.user.name), None, None)
+    assert (
+        list(
+            (await control.update(limited(own.api_key.name), "allowed_models", caller=world.user_secret)).allowed_models
+        )
+        == []
+    )
+
+
+async def test_a_sub_reseller_cannot_widen_what_its_parent_set(control: Control) -> None:
+    world = await tree(control)
+    made = await create(control, world.reseller_secret, world.user.name, limited(models=("m-a", "m-b")))
+    name = made.api_key.name
+    error = await rpc_error(control.update(limited(name, ("m-a", "m-c")), "allowed_models", caller=world.sub_secret))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_LIMIT_SET_ABOVE")
+    error = await rpc_error(control.update(limited(name, scopes=[MANAGEMENT]), "scopes", caller=world.sub_secret))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_LIMIT_SET_ABOVE")
+    # The sub-reseller narrows; the setter stays the reseller, who alone widens again.
+    await control.update(limited(name, ("m-b",)), "allowed_models", caller=world.sub_secret)
+    assert (await key_row(name)).models_set_by == ident(world.reseller.name)
+    error = await rpc_error(control.update(limited(name, ("m-a", "m-b")), "allowed_models", caller=world.sub_secret))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "KEY_LIMIT_SET_ABOVE")
+    widened = await control.update(limited(name, ("m-a", "m-b", "m-c")), "allowed_models", caller=world.reseller_secret)
+    assert list(widened.allowed_models) == ["m-a", "m-b", "m-c"]
+
+
+# -- account policies --------------------------------------------------------------------
+
+
+async def set_policy(
+    control: Control, caller: str, account: str, *paths: str, lifetime: timedelta | None = None, **fields: object
+) -> accounts_pb2.Account:
+    policy = accounts_pb2.AccountPolicy(**fields)  # type: ignore[arg-type]
+    if lifetime is not None:
+        policy.max_key_lifetime.CopyFrom(duration_pb2.Duration(seconds=int(lifetime.total_seconds())))
+    request = accounts_pb2.SetAccountPolicyRequest(
+        name=account, policy=policy, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+    return await control.accounts.SetAccountPolicy(request, metadata=bearer(caller))
+
+
+async def test_a_customer_mints_only_keys_that_fit_the_policy_above(control: Control) -> None:
+    world = await tree(control)
+    month = timedelta(days=30)
+    updated = await set_policy(
+        control, world.sub_secret, world.user.name, allowed_models=["m-a", "m-b"], lifetime=month
+    )
+    assert list(updated.policy.allowed_models) == ["m-a", "m-b"]
+    assert updated.policy.max_key_lifetime.seconds == month.total_seconds()
+    assert (await control.as_manager(world.user_secret, world.user.name)).policy == updated.policy  # readable by it
+    soon = control.clock.now + timedelta(days=1)
+    denied = grpc.StatusCode.PERMISSION_DENIED
+
+    # Unrestricted keys: refused (no expiry, too long a life, a model outside the policy).
+    for key in (
+        limited(),
+        limited(expires=control.clock.now + month + timedelta(seconds=1)),
+        limited(models=("m-a", "m-c"), expires=soon),
+    ):
+        assert_error(await rpc_error(create(control, world.user_secret, "", key)), denied, "ACCOUNT_POLICY_DENIED")
+    # A key naming no model gets the policy's list; a narrower one keeps its own.
+    made = await create(control, world.user_secret, "", limited(expires=soon))
+    assert list(made.api_key.allowed_models) == ["m-a", "m-b"]
+    narrower = await create(control, world.user_secret, "", limited(models=("m-b",), expires=soon))
+    assert list(narrower.api_key.allowed_models) == ["m-b"]
+    # Changes are checked too.
+    error = await rpc_error(
+        control.update(limited(made.api_key.name, ("m-c",)), "allowed_models", caller=world.user_secret)
+    )
+    assert_error(error, denied, "ACCOUNT_POLICY_DENIED")
+    error = await rpc_error(control.update(limited(made.api_key.name), "expire_time", caller=world.user_secret))
+    assert_error(error, denied, "ACCOUNT_POLICY_DENIED")
+
+    # No management keys: neither minted (by the user or from above) nor, for one made before, usable.
+    assert (await create(control, world.user_secret, "", limited(expires=soon, scopes=[MANAGEMENT]))).secret
+    await set_policy(control, world.reseller_secret, world.sub.name, "deny_management_keys", deny_management_keys=True)
+    for caller in (world.user_secret, world.sub_secret):
+        error = await rpc_error(create(control, caller, world.user.name, limited(expires=soon, scopes=[MANAGEMENT])))
+        # The sub-reseller's own management key is under the same policy: it no longer manages at all.
+        assert error.code() == denied
+    error = await rpc_error(control.as_manager(world.user_secret, world.user.name))
+    assert_error(error, denied, "ACCOUNT_POLICY_DENIED")
+    error = await rpc_error(
+        create(control, world.reseller_secret, world.user.name, limited(expires=soon, scopes=[MANAGEMENT]))
+    )
+    assert_error(error, denied, "ACCOUNT_POLICY_DENIED")
+    # Inference keys are still minted there (from above, as the management keys below stopped).
+    assert (await create(control, world.reseller_secret, world.user.name, limited(expires=soon))).secret
+
+
+async def test_a_policy_is_set_from_above_and_widened_only_by_its_setter_or_above(control: Control) -> None:
+    world = await tree(control)
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    # Never by the account itself.
+    error = await rpc_error(set_policy(control, world.sub_secret, world.sub.name, allowed_models=["m-a"]))
+    assert_error(error, denied, "SELF_CHANGE_DENIED")
+    # The reseller sets it on the sub-reseller's user; the sub-reseller may narrow, not widen it.
+    await set_policy(control, world.reseller_secret, world.user.name, allowed_models=["m-a", "m-b"])
+    for fields in ({"allowed_models": ["m-a", "m-c"]}, {}):
+        error = await rpc_error(set_policy(control, world.sub_secret, world.user.name, **fields))
+        assert_error(error, denied, "POLICY_SET_ABOVE")
+    narrowed = await set_policy(control, world.sub_secret, world.user.name, allowed_models=["m-a"])
+    assert list(narrowed.policy.allowed_models) == ["m-a"]
+    assert (await accounts_row(world.user.name)).policy_set_by == ident(world.reseller.name)
+    error = await rpc_error(set_policy(control, world.sub_secret, world.user.name, allowed_models=["m-a", "m-b"]))
+    assert_error(error, denied, "POLICY_SET_ABOVE")
+    # The setter (or the admin above it) widens it.
+    assert list((await set_policy(control, control.admin_secret, world.user.name)).policy.allowed_models) == []
+    # Bad values are refused clearly.
+    error = await rpc_error(set_policy(control, world.sub_secret, world.user.name, allowed_models=[""]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = await rpc_error(set_policy(control, world.sub_secret, world.user.name, "nothing"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def accounts_row(name: str) -> Account:
+    return await Account.get(id=ident(name))
+
+
+async def test_narrowing_a_policy_holds_for_the_existing_keys_of_the_subtree(control: Control) -> None:
+    world = await tree(control)
+    made = await create(control, world.sub_secret, world.user.name, limited())
+    assert list((await control.verify(made.secret)).allowed_models) == []
+    # A policy on the sub-reseller (set by the reseller) bounds the user's key below it, at once.
+    await set_policy(control, world.reseller_secret, world.sub.name, allowed_models=["m-a", "m-b"])
+    assert list((await control.verify(made.secret)).allowed_models) == ["m-a", "m-b"]
+    request = gateway_pb2.AuthorizeRequest(
+        request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(made.secret), model="m-c", max_output_tokens=1
+    )
+    error = await rpc_error(control.gateway.Authorize(request, metadata=bearer(control.service_token)))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
+    # Within the key's own list too: the intersection holds.
+    own = await create(control, world.sub_secret, world.user.name, limited(models=("m-b",)))
+    await set_policy(control, world.sub_secret, world.user.name, allowed_models=["m-a"])
+    error = await rpc_error(control.verify(own.secret))
+    assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
+    # A lifetime set later ends the keys older than it.
+    await set_policy(control, world.reseller_secret, world.sub.name, "max_key_lifetime", lifetime=timedelta(days=1))
+    control.clock.advance(timedelta(days=2).total_seconds())
+    error = await rpc_error(control.verify(made.secret))
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "KEY_EXPIRED")

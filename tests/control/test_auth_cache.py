@@ -28,6 +28,7 @@ from tests.control.test_reservations import (
     fails,
     set_budget,
 )
+from tests.support.prices import set_price
 
 # The fixtures of test_reservations, used here too.
 db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
@@ -176,9 +177,7 @@ async def test_budgets_created_changed_and_removed_hold_the_next_request(
 async def test_a_cost_budget_reserves_at_the_price_in_force_now(world: World) -> None:
     cache = AuthCache()
     budget = await set_budget(world, world.reseller, 10**9, metric=COST)
-    price = await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_000_000, output_micros=1_000_000, request_id=""
-    )
+    price = await set_price(world.admin, "m-1", 1_000_000, 1_000_000)
     first = await authorize_with(cache, world.key.secret)
     assert first.record.reserved_cost_micros == 33
     await prices.update_price(
@@ -187,8 +186,10 @@ async def test_a_cost_budget_reserves_at_the_price_in_force_now(world: World) ->
     second = await authorize_with(cache, world.key.secret)
     assert second.record.reserved_cost_micros == 33 + 22
     await prices.delete_price(world.admin, price.id)
-    third = await authorize_with(cache, world.key.secret)
-    assert third.record.reserved_cost_micros == 0
+    # Without a price the model is not served any more: the cache does not keep serving it.
+    with pytest.raises(PermissionDenied) as refused:
+        await authorize_with(cache, world.key.secret)
+    assert refused.value.reason is Reason.MODEL_NOT_AVAILABLE
     assert await counter(budget) == (0, 33 + 55)
 
 

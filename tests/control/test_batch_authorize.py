@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import api_keys, batch_authorize, gateway, prices
+from claudeopus.control.domain import api_keys, batch_authorize, gateway
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.batch_authorize import MAX_BATCH, AuthorizeInput, AuthorizeResult, authorize_batch
@@ -42,6 +42,7 @@ from tests.control.test_reservations import (
     counter,
     set_budget,
 )
+from tests.support.prices import set_price
 
 # The fixtures of test_reservations, used here too.
 db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
@@ -209,9 +210,7 @@ async def test_each_refusal_is_the_single_calls_and_holds_the_others_back_in_not
 
 
 async def test_a_cost_budget_holds_the_worst_case_at_the_price_in_force(world: World) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=2_000_000, output_micros=3_000_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 2_000_000, 3_000_000)
     budget = await set_budget(world, world.reseller, 3 * (IN * 2 + OUT * 3), metric=COST)
     results = await batch([entry(world.key), entry(world.sibling_key), entry(world.other_key), entry(world.key)])
     assert [r.authorized is not None for r in results] == [True, True, True, False]

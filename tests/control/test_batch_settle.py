@@ -33,6 +33,7 @@ from tests.control.test_reservations import (
     set_budget,
     settle_input,
 )
+from tests.support.prices import set_price
 
 # The fixtures of test_reservations, used here too.
 db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
@@ -109,12 +110,8 @@ async def test_entries_control_refuses_are_reported_alone_and_hold_no_one_back(w
 
 
 async def test_batched_and_single_settles_leave_the_same_rows_and_counters(world: World) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_500_000, output_micros=2_000_000, request_id=""
-    )
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-2", input_micros=300_000, output_micros=700_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
+    await set_price(world.admin, "m-2", 300_000, 700_000)
     await prices.create_price(
         world.admin,
         parent_id=world.reseller.id,
@@ -131,7 +128,7 @@ async def test_batched_and_single_settles_leave_the_same_rows_and_counters(world
     pairs = []
     for _ in range(40):
         key = rng.choice(keys)
-        model = rng.choice(["m-1", "m-2", "unpriced"])
+        model = rng.choice(["m-1", "m-2", "m-free"])
         a = await authorize(key, model=model, input_tokens=rng.randint(1, 50), max_output_tokens=rng.randint(1, 50))
         b = await authorize(key, model=model, input_tokens=a.record.estimated_input_tokens, max_output_tokens=50)
         pairs.append((a, b, rng.randint(0, 60), rng.randint(0, 60)))

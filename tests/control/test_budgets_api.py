@@ -48,6 +48,7 @@ from claudeopus.v1 import (
     prices_pb2_grpc,
     usage_pb2,
 )
+from tests.support.prices import FREE_MODELS, serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, 12, tzinfo=UTC)
@@ -211,7 +212,11 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(accounts_pb2.BootstrapAdminRequest(email="root@example.com"))
+        boot = await accounts.BootstrapAdmin(
+            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
+        )
+        # Only priced models are served; the tests price gpt-x themselves.
+        await serve_free_over(channel, boot.secret, tuple(m for m in FREE_MODELS if m != "gpt-x"))
         yield Control(
             clock=clock,
             service_token=token,
@@ -729,22 +734,41 @@ async def test_a_budget_may_not_be_larger_than_the_same_budget_above_it(control:
     error = await rpc_error(control.create(user, user.key, INPUT, MONTHLY, 10**9 + 1))
     assert_error(error, failed, "BUDGET_ABOVE_PARENT")
     assert (await control.create(user, user.key, INPUT, MONTHLY, 10**9)).limit == 10**9
-    # ... and, without one there, at most the limit of any account above it (which the user may not see).
+    # ... but a budget above the caller's own account is not compared: the user may not read the
+    # reseller's budget, so neither a refusal nor its message may tell its limit. It caps the key anyway.
     await control.delete(reseller, on_user.name)
-    error = await rpc_error(control.create(user, user.key, COST, MONTHLY, 1001))
-    assert_error(error, failed, "BUDGET_ABOVE_PARENT")
-    assert reseller.name not in (error.details() or "") and "above you" in (error.details() or "")
-    on_key = await control.create(user, user.key, COST, MONTHLY, 1000)
+    on_key = await control.create(user, user.key, COST, MONTHLY, 1001)
+    assert (await control.update(user, on_key.name, 5000, "limit")).limit == 5000
 
     # Updates follow the same rule; lowering the budget above leaves the ones below as they are.
+    on_user = await control.create(reseller, user.name, COST, MONTHLY, 1000)
     error = await rpc_error(control.update(user, on_key.name, 1001, "limit"))
     assert_error(error, failed, "BUDGET_ABOVE_PARENT")
+    assert user.name in (error.details() or "")  # the user's own account's budget: the user may read it
     [on_reseller] = (await control.list(admin, parent=reseller.name)).budgets
     assert (await control.update(admin, on_reseller.name, 10, "limit")).limit == 10
-    assert (await control.get(user, on_key.name)).limit == 1000
-    assert (await control.update(user, on_key.name, 10, "limit")).limit == 10
-    error = await rpc_error(control.update(user, on_key.name, 11, "limit"))
-    assert_error(error, failed, "BUDGET_ABOVE_PARENT")
+    assert (await control.get(reseller, on_user.name)).limit == 1000
+
+
+async def test_a_budget_refusal_never_tells_a_limit_the_caller_cannot_read(control: Control) -> None:
+    """A sub-reseller cannot learn its parent's own budget by trying limits on its sub-user's budgets."""
+    admin = control.admin
+    outer = await control.new_manager(admin)
+    inner = await control.new_manager(outer, accounts_pb2.ROLE_RESELLER)
+    user = await control.new_account(inner)
+    await control.create(admin, outer.name, TOKENS, DAILY, 777)  # on outer: inner cannot read it
+    for limit in (778, 10**6):
+        created = await control.create(inner, user.name, TOKENS, DAILY, limit)
+        assert created.limit == limit
+        await control.delete(inner, created.name)
+    key_name, _ = await control.new_key(inner, user.name)
+    assert (await control.create(inner, key_name, TOKENS, DAILY, 10**6)).limit == 10**6
+    # What the caller can read still bounds it, and the message names that budget only.
+    on_inner = await control.create(outer, inner.name, TOKENS, DAILY, 500)
+    error = await rpc_error(control.create(inner, user.name, TOKENS, DAILY, 501))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "BUDGET_ABOVE_PARENT")
+    assert "777" not in (error.details() or "") and outer.name not in (error.details() or "")
+    assert on_inner.owner == inner.name and inner.name in (error.details() or "")
 
 
 async def test_the_hierarchy_rule_reads_every_ancestor(control: Control) -> None:
@@ -754,13 +778,14 @@ async def test_the_hierarchy_rule_reads_every_ancestor(control: Control) -> None
     user = await control.new_account(inner)
     failed = grpc.StatusCode.FAILED_PRECONDITION
     await control.create(admin, outer.name, TOKENS, DAILY, 100)
-    # No budget on the inner reseller: the outer one caps its user all the same.
-    assert_error(await rpc_error(control.create(inner, user.name, TOKENS, DAILY, 101)), failed, "BUDGET_ABOVE_PARENT")
-    on_user = await control.create(inner, user.name, TOKENS, DAILY, 100)
-    await control.delete(inner, on_user.name)
+    # No budget on the inner reseller: the outer one caps its user all the same (for outer, who reads it).
+    assert_error(await rpc_error(control.create(outer, user.name, TOKENS, DAILY, 101)), failed, "BUDGET_ABOVE_PARENT")
+    on_user = await control.create(outer, user.name, TOKENS, DAILY, 100)
+    await control.delete(outer, on_user.name)
     # The tightest budget on the chain is the one that counts.
     await control.create(outer, inner.name, TOKENS, DAILY, 50)
     assert_error(await rpc_error(control.create(inner, user.name, TOKENS, DAILY, 51)), failed, "BUDGET_ABOVE_PARENT")
+    assert_error(await rpc_error(control.create(admin, user.name, TOKENS, DAILY, 51)), failed, "BUDGET_ABOVE_PARENT")
     assert (await control.create(inner, user.name, TOKENS, DAILY, 50)).limit == 50
 
 

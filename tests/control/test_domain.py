@@ -35,6 +35,7 @@ from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_se
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.domain.principal import Principal, authenticate_management
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope, UsageRecord, UsageSource, UsageStatus
+from tests.support.prices import serve_free
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -61,6 +62,7 @@ class Root:
 @pytest.fixture
 async def root(db: None) -> Root:
     boot = await accounts.bootstrap_admin("root@example.com", "Root", peer_is_local=True)
+    await serve_free(boot.account.id)  # only priced models are served
     return Root(boot=boot, principal=await authenticate_management(boot.key.secret, NOW))
 
 

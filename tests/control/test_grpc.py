@@ -6,11 +6,16 @@ Errors are checked on the wire: status code, ``google.rpc.ErrorInfo`` (domain
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import secrets
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +26,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from claudeopus import keys
-from claudeopus.client import ClaudeOpusClient, ClaudeOpusError, InvalidArgumentError, NotFoundError
+from claudeopus.client import (
+    ClaudeOpusClient,
+    ClaudeOpusError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from claudeopus.control.domain import passwords
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
 from claudeopus.edge.completions import parse_completion
@@ -37,6 +49,7 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -65,8 +78,9 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         assert server.port > 0
         target = f"127.0.0.1:{server.port}"
         async with ClaudeOpusClient(target) as anonymous:
-            boot = await anonymous.bootstrap_admin("root@example.com", "Root")
+            boot = await anonymous.bootstrap_admin("root@example.com", "Root", token=server.bootstrap_token or "")
         async with grpc.aio.insecure_channel(target) as channel:
+            await serve_free_over(channel, boot.secret)  # only priced models are served
             yield Control(target, token, boot.secret, boot.account, channel)
 
 
@@ -339,6 +353,97 @@ async def test_authorize_settle_then_list_usage(control: Control) -> None:
 # -- bootstrap from loopback ---------------------------------------------------
 
 
+async def test_a_fresh_control_bootstraps_only_with_the_token_from_its_0600_file(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local process racing the operator to BootstrapAdmin gets nothing without the token file's content."""
+    caplog.set_level(logging.DEBUG, logger="claudeopus")
+    token_file = tmp_path / "private" / "bootstrap.token"
+    old_umask = os.umask(0o000)  # the file is owner-only whatever the umask
+    try:
+        settings = ControlSettings(
+            grpc_address="127.0.0.1:0",
+            database_url=database_url,
+            service_token=secrets.token_urlsafe(32),
+            bootstrap_token_file=str(token_file),
+        )
+        server = ControlServer(settings)
+        await server.__aenter__()
+    finally:
+        os.umask(old_umask)
+    try:
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert token_file.parent.stat().st_mode & 0o777 == 0o700
+        token = token_file.read_text().strip()
+        assert token == server.bootstrap_token and token.startswith("co-bootstrap-")
+        assert str(token_file) in caplog.text and token not in caplog.text  # the path is logged, never the token
+        async with ClaudeOpusClient(f"127.0.0.1:{server.port}") as racer:
+            for guess in ("", "co-bootstrap-" + "A" * 43, token + "x"):
+                with pytest.raises(ClaudeOpusError) as caught:
+                    await racer.bootstrap_admin("attacker@example.com", "Me", token=guess)
+                assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+                assert caught.value.reason == "BOOTSTRAP_TOKEN_INVALID"
+            boot = await racer.bootstrap_admin("root@example.com", "Root", token=token)
+            assert boot.account.email == "root@example.com"
+            assert not token_file.exists(), "the token is used up: its file is gone"
+            with pytest.raises(ClaudeOpusError) as caught:
+                await racer.bootstrap_admin("attacker@example.com", "Me", token=token)
+            assert caught.value.reason == "ADMIN_EXISTS"
+    finally:
+        await server.__aexit__(None, None, None)
+    # A restart with an admin writes no token file.
+    async with ControlServer(settings) as again:
+        assert again.bootstrap_token is None and not token_file.exists()
+
+
+async def test_a_busy_method_is_refused_while_the_gateway_keeps_serving(database_url: str) -> None:
+    """Login calls beyond CLAUDEOPUS_LOGIN_CONCURRENCY are refused at once; Authorize is never bounded."""
+    entered, release = threading.Event(), threading.Event()
+    real_verify = passwords._verify
+
+    def slow_verify(stored: str, password: str) -> bool:
+        entered.set()
+        release.wait(30)
+        return real_verify(stored, password)
+
+    token = secrets.token_urlsafe(32)
+    settings = ControlSettings(
+        grpc_address="127.0.0.1:0", database_url=database_url, service_token=token, login_concurrency=1
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(passwords, "_verify", slow_verify)
+        async with ControlServer(settings) as server:
+            target = f"127.0.0.1:{server.port}"
+            async with ClaudeOpusClient(target) as anonymous:
+                boot = await anonymous.bootstrap_admin("root@example.com", token=server.bootstrap_token or "")
+                first = asyncio.ensure_future(anonymous.login("root@example.com", "x" * 12))
+                await asyncio.to_thread(entered.wait, 30)
+                with pytest.raises(ClaudeOpusError) as caught:
+                    await anonymous.login("root@example.com", "y" * 12)
+                assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert caught.value.reason == "RATE_LIMITED"
+                assert isinstance(caught.value, ResourceExhaustedError) and caught.value.retry_after
+                # Management and the gateway still answer while Login is saturated.
+                async with ClaudeOpusClient(target, key=boot.secret) as admin:
+                    account = await admin.create_account(email="u@example.com", role="user")
+                    created = await admin.create_api_key(parent=account.name)
+                async with grpc.aio.insecure_channel(target) as channel:
+                    request = gateway_pb2.AuthorizeRequest(
+                        request_id=str(uuid.uuid4()),
+                        key_hash=keys.hash_secret_bytes(created.secret),
+                        model="m-1",
+                        max_output_tokens=8,
+                    )
+                    reply = await gateway_pb2_grpc.GatewayServiceStub(channel).Authorize(
+                        request, metadata=bearer(token)
+                    )
+                    assert reply.account == account.name
+                release.set()
+                with pytest.raises(ClaudeOpusError) as caught:
+                    await first
+                assert caught.value.reason == "LOGIN_FAILED"
+
+
 def _ipv6_loopback() -> bool:
     if not socket.has_ipv6:
         return False
@@ -356,7 +461,7 @@ async def test_bootstrap_is_accepted_over_ipv6_loopback(database_url: str) -> No
         grpc_address="[::1]:0", database_url=database_url, service_token=secrets.token_urlsafe(32)
     )
     async with ControlServer(settings) as server, ClaudeOpusClient(f"[::1]:{server.port}") as client:
-        boot = await client.bootstrap_admin("root@example.com")
+        boot = await client.bootstrap_admin("root@example.com", token=server.bootstrap_token or "")
     assert boot.account.role == accounts_pb2.ROLE_ADMIN
 
 

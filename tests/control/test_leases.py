@@ -58,6 +58,7 @@ from tests.control.test_reservations import (
     set_budget,
     settle_input,
 )
+from tests.support.prices import set_price
 
 db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 POLICY = gateway.OutputPolicy(default=4096)
@@ -153,9 +154,7 @@ async def test_a_key_without_budgets_gets_a_lease_that_counts_nothing(world: Wor
 
 
 async def test_a_cost_budget_prices_the_lease_and_hands_the_edge_the_price(world: World) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=2_000_000, output_micros=3_000_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 2_000_000, 3_000_000)
     one_cost = IN * 2 + OUT * 3
     budget = await set_budget(world, world.reseller, 4 * LEASE_SHARE * one_cost, metric=COST)
     granted = await grant(world.key)
@@ -259,17 +258,13 @@ async def test_lowering_a_limit_or_changing_a_price_returns_once_leases_on_the_o
 
     assert await grant(world.key, ttl=ttl, now=NOW + SECOND) is not None
     started = time.monotonic()
-    price = await prices.create_price(
-        world.admin, parent_id=None, model="m-2", input_micros=1, output_micros=1, request_id="", now=NOW + SECOND
-    )
+    price = await set_price(world.admin, "m-2", 1, 1, now=NOW + SECOND)
     assert time.monotonic() - started < 0.2, "another model's price: no wait"
     await prices.update_price(
         world.admin, price.id, paths=["input_micros_per_million"], input_micros=2, output_micros=0, now=NOW + SECOND
     )
     assert time.monotonic() - started < 0.2
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1, output_micros=1, request_id="", now=NOW + SECOND
-    )
+    await set_price(world.admin, "m-1", 1, 1, now=NOW + SECOND)
     assert time.monotonic() - started >= 0.25, "no edge reserves at the old price of m-1 once create returns"
 
 

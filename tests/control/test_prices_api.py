@@ -35,6 +35,7 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
+    error_reason_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     prices_pb2,
@@ -183,7 +184,9 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(accounts_pb2.BootstrapAdminRequest(email="root@example.com"))
+        boot = await accounts.BootstrapAdmin(
+            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
+        )
         yield Control(
             clock=clock,
             service_token=token,
@@ -222,6 +225,13 @@ def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str
 
 def amounts(message: prices_pb2.Price | prices_pb2.ResolvePriceResponse) -> tuple[int, int]:
     return message.input_micros_per_million, message.output_micros_per_million
+
+
+def inherited(resolved: prices_pb2.ResolvePriceResponse) -> tuple[int, int] | None:
+    """The figure set above the caller, or None when nothing is."""
+    if not resolved.HasField("inherited"):
+        return None
+    return resolved.inherited.input_micros_per_million, resolved.inherited.output_micros_per_million
 
 
 def expected_cost(input_tokens: int, output_tokens: int, input_price: int, output_price: int) -> int:
@@ -336,13 +346,17 @@ async def test_resolve_an_unpriced_model_and_the_callers_own_account(control: Co
     reseller = await control.new_manager(admin)
     unpriced = await control.resolve(reseller, "nothing")
     assert (unpriced.priced, amounts(unpriced), list(unpriced.sources)) == (False, (0, 0), [])
+    assert not unpriced.HasField("inherited")
 
-    base = await control.create(admin, "gpt-x", 100, 200)
+    await control.create(admin, "gpt-x", 100, 200)
     resolved = await control.resolve(reseller, "gpt-x")  # empty account: the caller's own
-    assert (resolved.priced, amounts(resolved), list(resolved.sources)) == (True, (100, 200), [base])
+    # The admin's price is set above the reseller: one inherited figure, not a source.
+    assert (resolved.priced, amounts(resolved), list(resolved.sources)) == (True, (100, 200), [])
+    assert inherited(resolved) == (100, 200)
     free = await control.create(admin, "free", 0, 0)
     resolved = await control.resolve(admin, "free", admin.name)
     assert (resolved.priced, amounts(resolved), list(resolved.sources)) == (True, (0, 0), [free])
+    assert not resolved.HasField("inherited")
 
 
 # -- the markup rule -----------------------------------------------------------
@@ -379,7 +393,9 @@ async def test_a_reseller_marks_up_and_the_highest_price_on_the_chain_is_in_forc
 
     resolved = await control.resolve(reseller, "gpt-x", user.name)
     assert (resolved.priced, amounts(resolved)) == (True, (180, 300))
-    assert list(resolved.sources) == [base, markup, on_user]  # root first
+    # What the reseller set (its account first); the admin's base is set above it: inherited.
+    assert list(resolved.sources) == [markup, on_user]
+    assert inherited(resolved) == amounts(base) == (100, 200)
     assert amounts(await control.resolve(reseller, "gpt-x")) == (150, 250)
 
     # Updates follow the same rule.
@@ -393,7 +409,8 @@ async def test_a_reseller_marks_up_and_the_highest_price_on_the_chain_is_in_forc
     raised = await control.update(admin, base.name, 400, 260)
     resolved = await control.resolve(reseller, "gpt-x", user.name)
     assert amounts(resolved) == (400, 300)
-    assert list(resolved.sources) == [raised, markup, on_user]
+    assert list(resolved.sources) == [markup, on_user]
+    assert inherited(resolved) == amounts(raised) == (400, 260)
     assert amounts(await control.resolve(admin, "gpt-x", reseller.name)) == (400, 260)
 
     # A change of one component is checked on that component only.
@@ -515,7 +532,12 @@ async def test_a_user_reads_prices_but_cannot_set_them(control: Control) -> None
     markup = await control.create(reseller, "gpt-x", 150, 250, parent=user.name)
 
     assert amounts(await control.resolve(user, "gpt-x")) == (150, 250)
-    assert await control.get(user, markup.name) == markup
+    # Set above the user: shown without who set it.
+    seen = prices_pb2.Price()
+    seen.CopyFrom(markup)
+    seen.set_by, seen.set_above = "", True
+    assert (markup.set_by, markup.set_above) == (reseller.name, False)
+    assert await control.get(user, markup.name) == seen
     assert [p.name for p in (await control.list(user)).prices] == [markup.name]
     denied = grpc.StatusCode.PERMISSION_DENIED
     assert_error(await rpc_error(control.create(user, "gpt-y", 500, 500)), denied, "ROLE_DENIED")
@@ -523,6 +545,125 @@ async def test_a_user_reads_prices_but_cannot_set_them(control: Control) -> None
     assert_error(await rpc_error(control.update(user, markup.name, 150, 250)), denied, "ROLE_DENIED")
     assert_error(await rpc_error(control.delete(user, markup.name)), denied, "ROLE_DENIED")
     assert amounts(await control.get(reseller, markup.name)) == (150, 250)
+
+
+# -- who set a price ------------------------------------------------------------
+
+
+async def test_a_sub_reseller_cannot_remove_or_lower_what_its_parent_set_on_it(control: Control) -> None:
+    admin = control.admin
+    await control.create(admin, "gpt-x", 100, 200)
+    parent = await control.new_manager(admin)
+    sub = await control.new_manager(parent, accounts_pb2.ROLE_RESELLER)
+    user = await control.new_account(sub)
+    on_sub = await control.create(parent, "gpt-x", 300, 400, parent=sub.name)
+    assert (on_sub.account, on_sub.set_by, on_sub.set_above) == (sub.name, parent.name, False)
+
+    # The sub-reseller sees the price on its own account, but not who set it above it.
+    [listed] = (await control.list(sub)).prices
+    assert (listed.name, listed.set_by, listed.set_above) == (on_sub.name, "", True)
+    assert f'"{parent.name}"' not in str(listed) + str(await control.get(sub, on_sub.name))
+
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    for attempt in (
+        control.delete(sub, on_sub.name),
+        control.update(sub, on_sub.name, 100, 200),  # down to the admin's price
+        control.update(sub, on_sub.name, 300, 0, OUTPUT),
+        control.update(sub, on_sub.name, 999, 999),  # even up: the price is not the sub-reseller's
+    ):
+        assert_error(await rpc_error(attempt), denied, "PRICE_SET_ABOVE")
+    # No way around it: no second price on the account, no cheaper one below it.
+    error = await rpc_error(control.create(sub, "gpt-x", 100, 200))
+    assert_error(error, grpc.StatusCode.ALREADY_EXISTS, "RESOURCE_EXISTS")
+    error = await rpc_error(control.create(sub, "gpt-x", 100, 200, parent=user.name))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "PRICE_BELOW_PARENT")
+
+    # Nothing changed, for anybody.
+    assert await control.get(parent, on_sub.name) == on_sub
+    assert amounts(await control.resolve(parent, "gpt-x", sub.name)) == (300, 400)
+    assert amounts(await control.resolve(sub, "gpt-x", user.name)) == (300, 400)
+
+    # Its own markup below it is its own to change, and the parent can take it over.
+    markup = await control.create(sub, "gpt-x", 350, 450, parent=user.name)
+    assert (markup.set_by, markup.set_above) == (sub.name, False)
+    assert amounts(await control.update(sub, markup.name, 360, 0, INPUT)) == (360, 450)
+    taken = await control.update(parent, markup.name, 370, 0, INPUT)
+    assert (taken.set_by, amounts(taken)) == (parent.name, (370, 450))
+    assert_error(await rpc_error(control.delete(sub, markup.name)), denied, "PRICE_SET_ABOVE")
+    assert_error(await rpc_error(control.update(sub, markup.name, 400, 500)), denied, "PRICE_SET_ABOVE")
+    assert amounts(await control.resolve(sub, "gpt-x", user.name)) == (370, 450)
+    # The setter and the accounts above it still may.
+    await control.delete(admin, markup.name)
+    await control.delete(parent, on_sub.name)
+    assert amounts(await control.resolve(sub, "gpt-x", user.name)) == (100, 200)
+
+
+async def test_resolve_shows_a_customer_what_it_pays_but_not_its_resellers_margin(control: Control) -> None:
+    admin = control.admin
+    reseller = await control.new_manager(admin)
+    customer = await control.new_manager(reseller, accounts_pb2.ROLE_RESELLER)
+    user = await control.new_account(customer)
+    await control.create(admin, "gpt-x", 100, 200)  # the reseller's wholesale cost
+    await control.create(reseller, "gpt-x", 150, 220)  # its own price
+    await control.create(reseller, "gpt-x", 180, 230, parent=customer.name)  # what it charges the customer
+    own = await control.create(customer, "gpt-x", 190, 260, parent=user.name)
+
+    mine = await control.resolve(customer, "gpt-x")
+    assert (mine.priced, amounts(mine), inherited(mine), list(mine.sources)) == (True, (180, 230), (180, 230), [])
+    below = await control.resolve(customer, "gpt-x", user.name)
+    assert (amounts(below), inherited(below), list(below.sources)) == ((190, 260), (180, 230), [own])
+    for reply in (mine, below):
+        text = str(reply)
+        assert f'"{admin.name}"' not in text and f'"{reseller.name}"' not in text, "no account above is named"
+
+    # The reseller sees its own prices as sources, and the admin's only as the inherited figure.
+    seen = await control.resolve(reseller, "gpt-x", user.name)
+    assert [(p.account, amounts(p)) for p in seen.sources] == [
+        (reseller.name, (150, 220)),
+        (customer.name, (180, 230)),
+        (user.name, (190, 260)),
+    ]
+    assert inherited(seen) == (100, 200) and f'"{admin.name}"' not in str(seen)
+
+
+async def test_an_unpriced_model_is_not_served_and_a_zero_price_is(control: Control) -> None:
+    admin = control.admin
+    reseller = await control.new_manager(admin)
+    user = await control.new_account(reseller)
+    secret = await control.new_key(reseller, user.name, api_keys_pb2.SCOPE_INFERENCE)
+    service = bearer(control.service_token)
+    key_hash = keys.hash_secret_bytes(secret)
+
+    def authorize(model: str) -> gateway_pb2.AuthorizeRequest:
+        return gateway_pb2.AuthorizeRequest(request_id=str(uuid.uuid4()), key_hash=key_hash, model=model)
+
+    lease = gateway_pb2.GrantLeaseRequest(key_hash=key_hash, model="gpt-x", ttl=duration_pb2.Duration(seconds=1))
+    for attempt in (
+        control.gateway.Authorize(authorize("gpt-x"), metadata=service),
+        control.gateway.GrantLease(lease, metadata=service),
+    ):
+        assert_error(await rpc_error(attempt), grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_AVAILABLE")
+    batch = await control.gateway.BatchAuthorize(
+        gateway_pb2.BatchAuthorizeRequest(requests=[authorize("gpt-x"), authorize("gpt-y")]), metadata=service
+    )
+    assert [r.error_reason for r in batch.results] == [error_reason_pb2.MODEL_NOT_AVAILABLE] * 2
+    verified = await control.gateway.VerifyApiKey(gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash), metadata=service)
+    assert list(verified.priced_models) == []
+    assert await UsageRecord.all().count() == 0
+
+    # An explicit zero price serves the model (for free); the reseller's own price serves another.
+    await control.create(admin, "gpt-x", 0, 0)
+    await control.create(reseller, "gpt-y", 5, 5, parent=user.name)
+    settled = await control.complete(secret, "gpt-x", 1000, 1000)
+    assert settled.usage_record.cost_micros == 0
+    assert (await control.complete(secret, "gpt-y", 1_000_000, 0)).usage_record.cost_micros == 5
+    verified = await control.gateway.VerifyApiKey(gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash), metadata=service)
+    assert list(verified.priced_models) == ["gpt-x", "gpt-y"]
+    assert_error(
+        await rpc_error(control.gateway.Authorize(authorize("gpt-z"), metadata=service)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "MODEL_NOT_AVAILABLE",
+    )
 
 
 # -- isolation -----------------------------------------------------------------
@@ -599,8 +740,9 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
     assert repeated.already_settled
     assert repeated.usage_record.cost_micros == first_cost
 
-    unpriced = await control.complete(secret, "no-price", 1000, 1000)
-    assert unpriced.usage_record.cost_micros == 0
+    # A model without a price is not served at all (it would cost nothing).
+    refused = await rpc_error(control.complete(secret, "no-price", 1000, 1000))
+    assert_error(refused, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_AVAILABLE")
     tiny = await control.complete(secret, "gpt-y", 1, 0)  # 0.001 micros rounds up to 1
     assert tiny.usage_record.cost_micros == 1
     elsewhere = await control.complete(other_secret, "gpt-x", 1234, 567)  # only the admin's base applies there
@@ -619,7 +761,6 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
     costs = {r.request_id: r.cost_micros for r in listed.usage_records}
     assert costs == {
         first.usage_record.request_id: first_cost,  # settled before the change: its cost stays
-        unpriced.usage_record.request_id: 0,
         tiny.usage_record.request_id: 1,
         second.usage_record.request_id: second_cost,
     }
@@ -634,13 +775,12 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
     assert {(s.model, s.requests, s.cost_micros) for s in by_model.summaries} == {
         ("gpt-x", 2, first_cost + second_cost),
         ("gpt-y", 1, 1),
-        ("no-price", 1, 0),
     }
     total = await control.usage.SummarizeUsage(
         usage_pb2.SummarizeUsageRequest(start_time=start, end_time=end), metadata=bearer(admin.secret)
     )
     [everything] = total.summaries
-    assert everything.requests == 5
+    assert everything.requests == 4
     assert everything.cost_micros == first_cost + second_cost + 1 + elsewhere.usage_record.cost_micros
 
 

@@ -25,7 +25,14 @@ from claudeopus.control.db import open_database
 from claudeopus.control.domain import accounts, api_keys, budgets, gateway, prices, reservations
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.domain.api_keys import IssuedKey
-from claudeopus.control.domain.errors import AlreadyExists, DomainError, FailedPrecondition, Reason, ResourceExhausted
+from claudeopus.control.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+)
 from claudeopus.control.domain.periods import period_bounds, period_index
 from claudeopus.control.domain.principal import Principal, authenticate_management
 from claudeopus.control.models import (
@@ -41,6 +48,7 @@ from claudeopus.control.models import (
     UsageStatus,
 )
 from claudeopus.control.sweeper import ReservationSweeper
+from tests.support.prices import serve_free, set_price
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=3)
@@ -79,6 +87,7 @@ class Root:
 @pytest.fixture
 async def root(db: None) -> Root:
     boot = await accounts.bootstrap_admin("root@example.com", "Root", peer_is_local=True)
+    await serve_free(boot.account.id)  # only priced models are served
     return Root(boot=boot, principal=await authenticate_management(boot.key.secret, NOW))
 
 
@@ -387,11 +396,16 @@ async def test_a_budget_admits_exactly_n_requests(world: World, scope: str, metr
     if scope != "reseller":
         expected["budget"] = budget_name(budget)
     assert error.metadata == expected
-    whose = {"key": "this API key's", "account": "your account's", "reseller": "your reseller's"}[scope]
-    words = {INPUT_TOKENS: "input-token", OUTPUT_TOKENS: "output-token", TOTAL_TOKENS: "token"}[metric]
-    assert error.message == (
-        f"You exceeded {whose} total {words} budget ({scope} budget): this request was not sent upstream."
-    )
+    if scope == "reseller":  # a budget above: that one is exhausted, nothing about it (no kind, no limit)
+        assert error.message == (
+            "You exceeded a budget set by your reseller (reseller budget): this request was not sent upstream."
+        )
+    else:
+        whose = {"key": "this API key's", "account": "your account's"}[scope]
+        words = {INPUT_TOKENS: "input-token", OUTPUT_TOKENS: "output-token", TOTAL_TOKENS: "token"}[metric]
+        assert error.message == (
+            f"You exceeded {whose} total {words} budget ({scope} budget): this request was not sent upstream."
+        )
 
     # The refusal left nothing: no row, no hold.
     assert not await UsageRecord.filter(request_id=request_id).exists()
@@ -487,7 +501,8 @@ async def test_the_reseller_budget_caps_its_whole_subtree(world: World) -> None:
     error = await exhausted(authorize(world.key))
     assert error.metadata == {"budget_scope": "reseller", "metric": "TOTAL_TOKENS", "period": "TOTAL"}
     assert "budget" not in error.metadata
-    assert "your reseller's" in error.message
+    assert "set by your reseller" in error.message
+    assert "token" not in error.message and "total" not in error.message, "not even the kind of the budget above"
     error = await exhausted(authorize(world.sibling_key))
     assert error.metadata["budget_scope"] == "reseller"
     # For the reseller's own key the same budget is its account's.
@@ -567,9 +582,7 @@ async def test_settles_racing_the_sweeper_end_at_the_real_usage(world: World) ->
 
 
 async def test_a_cost_budget_reserves_and_charges_at_the_price_in_force(world: World) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_500_000, output_micros=2_000_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
     budget = await set_budget(world, world.user, 1000, metric=COST)
     tokens = await set_budget(world, world.user, 1000, key=world.key)
 
@@ -605,20 +618,24 @@ async def test_a_cost_budget_reserves_and_charges_at_the_price_in_force(world: W
 
 
 async def test_a_cost_budget_admits_exactly_what_it_can_pay_for(world: World) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_500_000, output_micros=2_000_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
     budget = await set_budget(world, world.reseller, 2 * 61, metric=COST, period=MONTHLY)
     await authorize(world.key)
     await authorize(world.sibling_key)
     error = await exhausted(authorize(world.key))
     assert error.metadata == {"budget_scope": "reseller", "metric": "COST_MICROS", "period": "MONTHLY"}
-    assert "monthly cost budget" in error.message
+    assert "set by your reseller" in error.message and "cost" not in error.message
     assert await counter(budget) == (0, 122)
-    # A model without a price costs nothing, so a cost budget never refuses it.
+    # A model priced at zero costs nothing, so a cost budget never refuses it.
     free = await authorize(world.key, model="m-free")
     assert (free.record.reserved_cost_micros, free.enforced_output_tokens) == (0, 22)
     assert await counter(budget) == (0, 122)
+    # A model without any price is not served at all: unpriced, it would escape the cost budget.
+    with pytest.raises(PermissionDenied) as refused:
+        await authorize(world.key, model="unpriced")
+    assert refused.value.reason is Reason.MODEL_NOT_AVAILABLE
+    assert await counter(budget) == (0, 122)
+    assert not await UsageRecord.filter(model="unpriced").exists()
     await assert_counters_match_rows()
 
 
@@ -846,9 +863,7 @@ def test_period_bounds_at_boundaries() -> None:
 
 
 async def test_expire_stale_charges_stale_reservations_and_a_late_settle_replaces_the_charge(world: World) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_500_000, output_micros=2_000_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
     tokens = await set_budget(world, world.user, 1000, key=world.key, period=DAILY)
     cost = await set_budget(world, world.reseller, 10_000, metric=COST)
     stale = await authorize(world.key)
@@ -913,9 +928,7 @@ async def test_a_late_settle_above_the_reservation_charges_the_real_usage(world:
 
 
 async def test_expiry_charges_the_reserved_cost_even_after_a_price_change(world: World) -> None:
-    price = await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_500_000, output_micros=2_000_000, request_id=""
-    )
+    price = await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
     budget = await set_budget(world, world.user, 61, metric=COST)
     authorized = await authorize(world.key)
     assert await counter(budget) == (0, 61)
@@ -929,9 +942,7 @@ async def test_expiry_charges_the_reserved_cost_even_after_a_price_change(world:
 
 @pytest.mark.parametrize("metric", [TOTAL_TOKENS, COST])
 async def test_a_settle_with_absurd_usage_still_closes_the_reservation(world: World, metric: BudgetMetric) -> None:
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=10**12, output_micros=10**12, request_id=""
-    )
+    await set_price(world.admin, "m-1", 10**12, 10**12)
     budget = await set_budget(world, world.user, reservations.AMOUNT_CAP, metric=metric)
     await settle(await authorize(world.key))  # something spent already
     authorized = await authorize(world.key)
@@ -1055,9 +1066,7 @@ async def spend_before_any_budget(world: World) -> None:
 
     Costs are at 1 micro-unit per input and 3 per output token.
     """
-    await prices.create_price(
-        world.admin, parent_id=None, model="m-1", input_micros=1_000_000, output_micros=3_000_000, request_id=""
-    )
+    await set_price(world.admin, "m-1", 1_000_000, 3_000_000)
     await closed_row(world.key, at(2029, 12, 31, 23), 100, 200)  # last month (and day)
     await closed_row(world.key, at(2030, 1, 1), 5, 7)  # first moment of this month, previous day
     await closed_row(world.key, NOW - timedelta(hours=1), 3, 4)

@@ -45,8 +45,49 @@ def test_reservation_settings_are_read_from_the_environment() -> None:
         ("CLAUDEOPUS_RESERVATION_TIMEOUT", "soon"),
         ("CLAUDEOPUS_SWEEP_INTERVAL", "-1"),
         ("CLAUDEOPUS_SWEEP_INTERVAL", "nan"),
+        ("CLAUDEOPUS_SESSION_TTL", "0"),
+        ("CLAUDEOPUS_SESSION_TTL", "a day"),
+        ("CLAUDEOPUS_PASSWORD_WORKERS", "0"),
+        ("CLAUDEOPUS_PASSWORD_WORKERS", "65"),
+        ("CLAUDEOPUS_LOGIN_ATTEMPTS_PER_MINUTE", "many"),
+        ("CLAUDEOPUS_LOGIN_FAILURES_PER_HOUR", "0"),
+        ("CLAUDEOPUS_EMAIL_PROBES_PER_HOUR", "-1"),
+        ("CLAUDEOPUS_METHOD_CONCURRENCY", "0"),
+        ("CLAUDEOPUS_LOGIN_CONCURRENCY", "1.5"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         ControlSettings.from_env({**TOKEN, name: value})
+
+
+def test_credential_settings_have_defaults_and_are_read_from_the_environment() -> None:
+    defaults = ControlSettings.from_env(TOKEN)
+    assert defaults.session_ttl == 12 * 3600 and defaults.bootstrap_token_file == "claudeopus-bootstrap.token"
+    assert (defaults.password_workers, defaults.login_concurrency, defaults.method_concurrency) == (1, 4, 32)
+    assert (defaults.login_attempts_per_minute, defaults.login_failures_per_hour, defaults.email_probes_per_hour) == (
+        30,
+        20,
+        20,
+    )
+    assert ControlSettings(service_token="t" * 32).bootstrap_token_file == ""  # embedded: the token stays in memory
+    settings = ControlSettings.from_env(
+        {
+            **TOKEN,
+            "CLAUDEOPUS_SESSION_TTL": "900",
+            "CLAUDEOPUS_BOOTSTRAP_TOKEN_FILE": "/run/claudeopus/bootstrap.token",
+            "CLAUDEOPUS_PASSWORD_WORKERS": "2",
+            "CLAUDEOPUS_LOGIN_ATTEMPTS_PER_MINUTE": "5",
+            "CLAUDEOPUS_LOGIN_FAILURES_PER_HOUR": "6",
+            "CLAUDEOPUS_EMAIL_PROBES_PER_HOUR": "7",
+            "CLAUDEOPUS_METHOD_CONCURRENCY": "8",
+            "CLAUDEOPUS_LOGIN_CONCURRENCY": "3",
+        }
+    )
+    assert settings.session_ttl == 900.0 and settings.bootstrap_token_file == "/run/claudeopus/bootstrap.token"
+    assert (settings.password_workers, settings.login_attempts_per_minute, settings.login_failures_per_hour) == (
+        2,
+        5,
+        6,
+    )
+    assert (settings.email_probes_per_hour, settings.method_concurrency, settings.login_concurrency) == (7, 8, 3)

@@ -39,6 +39,7 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from tests.support.prices import serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, tzinfo=UTC)
@@ -180,8 +181,11 @@ async def control(database_url: str) -> AsyncIterator[Control]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", display_name="Root")
+            accounts_pb2.BootstrapAdminRequest(
+                email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
+            )
         )
+        await serve_free_over(channel, boot.secret)  # only priced models are served
         yield Control(clock, token, boot.secret, boot.account.name, channel)
 
 

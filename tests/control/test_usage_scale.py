@@ -143,7 +143,7 @@ async def big(database_url: str) -> AsyncIterator[Big]:
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com")
+            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
         )
         control = Control(clock, token, boot.secret, boot.account.name, channel)
         reseller_a = await control.new_account(control.admin, accounts_pb2.ROLE_RESELLER)

@@ -17,6 +17,7 @@ from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import CLI, Process, start_control, start_edge
 
 LINE = re.compile(
@@ -56,7 +57,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             )
             processes.append(process)
             target = f"127.0.0.1:{control_port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
+            serve_fake_models(target, boot.secret)  # only priced models are served
             gateway = Gateway(
                 database_url=url,
                 control_target=target,

@@ -31,6 +31,7 @@ from tests.conftest import Gateway
 from tests.support import admin
 from tests.support.databases import engine, fresh_database
 from tests.support.fake_upstream import GREEDY_WORDS, PAUSE_SECONDS, FakeUpstream, Reported, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 
 INPUT = budgets_pb2.BUDGET_METRIC_INPUT_TOKENS
@@ -358,7 +359,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
                 processes.append(process)
                 edge_urls.append(f"http://127.0.0.1:{edge_port}/v1")
             target = f"127.0.0.1:{ports[0]}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
+            serve_fake_models(target, boot.secret)  # only priced models are served
             yield Replicas(target, boot.secret, edge_urls, upstream, processes)
         finally:
             for process in reversed(processes):
@@ -409,6 +411,7 @@ def test_an_exhausted_reseller_budget_refuses_a_sub_user_before_the_upstream(
     message = str(body["message"])
     assert "reseller" in message and "not sent upstream" in message, message
     assert "budgets/" not in message, "a reseller's own budget is not the sub-user's business"
+    assert not any(c.isdigit() for c in message) and "output" not in message, "nor its limit or kind: " + message
     assert len(gateway.upstream.received) == calls_before and _calls(gateway.upstream, marker) == 0
     assert manager.counters(own) == (0, 0, 10), "the hold taken in the sub-user's own budget was rolled back"
     assert manager.counters(above) == (10, 0, 0)
@@ -540,7 +543,8 @@ def short_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShortStack
         control, port = start_control(url, token, log_dir, "control-short", env=env)
         stack = ShortStack(log_dir, token, port, f"127.0.0.1:{port}", "", upstream, upstream_server.url, [control])
         try:
-            boot = admin.call(stack.target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(stack.target, log_dir)
+            serve_fake_models(stack.target, boot.secret)  # only priced models are served
             stack.admin_key = boot.secret
             yield stack
         finally:

@@ -12,6 +12,7 @@ from claudeopus.v1 import usage_pb2
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support import admin
 from tests.support.databases import dump_text
+from tests.support.fake_upstream import UNPRICED_MODEL
 
 
 def _client(gateway: Gateway, secret: str) -> openai.OpenAI:
@@ -158,6 +159,34 @@ def test_models_lists_upstream_models_for_a_valid_key(gateway: Gateway) -> None:
     model = {"id": "fake-1", "object": "model", "created": 1700000000, "owned_by": "claudeopus"}
     assert listed.json()["data"] == [model]
     assert "org-operator-secret" not in listed.text, "nothing of the upstream's own object but id and created"
+
+
+def test_an_unpriced_model_is_403_model_not_available_and_not_listed(gateway: Gateway) -> None:
+    key_name, secret = gateway.new_user_key()
+    client = _client(gateway, secret)
+    before = len(gateway.upstream.received)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(model=UNPRICED_MODEL, messages=[{"role": "user", "content": "x"}])
+    assert isinstance(caught.value.body, dict)
+    assert (caught.value.body["code"], caught.value.body["param"]) == ("model_not_available", "model")
+    assert len(gateway.upstream.received) == before, "nothing was forwarded"
+    # The upstream lists it too; the key is shown only what it may use.
+    assert [m.id for m in client.models.list().data] == ["fake-1"]
+
+    # An explicit zero price serves it.
+    price = admin.call(
+        gateway.control_target,
+        gateway.admin_key,
+        lambda c: c.create_price(model=UNPRICED_MODEL, input_micros=0, output_micros=0),
+    )
+    try:
+        reply = client.chat.completions.create(model=UNPRICED_MODEL, messages=[{"role": "user", "content": "x"}])
+        assert reply.choices[0].message.content
+        assert [m.id for m in client.models.list().data] == ["fake-1", UNPRICED_MODEL]
+        [record] = _settled(gateway, key_name, 1)
+        assert (record.model, record.cost_micros) == (UNPRICED_MODEL, 0)
+    finally:
+        admin.call(gateway.control_target, gateway.admin_key, lambda c: c.delete_price(price.name))
 
 
 def test_model_allow_list_is_enforced(gateway: Gateway) -> None:

@@ -102,6 +102,7 @@ DESTRUCTIVE: dict[str, Operation] = {
     "resume_account": lambda c, t: c.resume_account(t.account),
     "delete_account": lambda c, t: c.delete_account(t.account),
     "set_password": lambda c, t: c.set_password("a long enough password", name=t.account),
+    "set_account_policy": lambda c, t: c.set_account_policy(t.account, allowed_models=["matrix-model"]),
     "revoke_api_key": lambda c, t: c.revoke_api_key(t.key),
     "rotate_api_key": lambda c, t: c.rotate_api_key(t.key),
     "create_account": lambda c, t: c.create_account(email=f"m-{secrets.token_hex(3)}@example.com", parent=t.account),

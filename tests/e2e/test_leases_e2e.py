@@ -28,6 +28,7 @@ from tests.e2e.test_budgets import EXPIRED, OUTPUT, REPORTED, SUCCEEDED, Manager
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 
 LEASE_SECONDS = 1.0
@@ -68,7 +69,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         control, port = start_control(url, token, log_dir, "control-leases", env=env)
         built = Stack(log_dir, token, port, upstream, upstream_server.url, processes=[control])
         try:
-            boot = admin.call(built.target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(built.target, log_dir)
+            serve_fake_models(built.target, boot.secret)  # only priced models are served
             built.admin_key = boot.secret
             yield built
         finally:
@@ -253,7 +255,8 @@ def test_a_leasing_edge_fails_closed_soon_after_control_goes_away(tmp_path: Path
         edge: Process | None = None
         try:
             target = f"127.0.0.1:{port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, tmp_path)
+            serve_fake_models(target, boot.secret)  # only priced models are served
             manager = Manager(target, boot.secret)
             try:
                 _, secret = manager.user_key()

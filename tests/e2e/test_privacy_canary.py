@@ -53,6 +53,7 @@ from claudeopus.edge.spool import read_spool
 from tests.support import admin
 from tests.support.databases import engine, fresh_database
 from tests.support.fake_upstream import ECHO_ALL, FakeUpstream, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, free_port, start_control, start_edge
 
 MAX_BODY_BYTES = 64 * 1024
@@ -842,7 +843,8 @@ def test_no_canary_and_no_secret_is_stored_or_logged_anywhere(
     _check_the_search_itself(c, scanner)
 
     with TreeWatcher(scanner, stack.root) as watcher:
-        boot = admin.call(stack.control_target, None, lambda client: client.bootstrap_admin("root@example.com"))
+        boot = admin.bootstrap(stack.control_target, stack.root, display_name="")
+        serve_fake_models(stack.control_target, boot.secret)  # only priced models are served
         keys = make_keys(stack, boot.secret, scanner)
 
         success_paths(stack, keys, c)

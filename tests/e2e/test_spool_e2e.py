@@ -31,6 +31,7 @@ from claudeopus.v1 import usage_pb2
 from tests.support import admin
 from tests.support.databases import dump_text, fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, free_port, start_control, start_edge
 
 IN_FLIGHT = 300
@@ -108,7 +109,8 @@ def _stack(tmp_path: Path, edge_env: dict[str, str]) -> Iterator[Stack]:
         try:
             stack.start_control()
             stack.start_edge()
-            boot = admin.call(f"127.0.0.1:{stack.control_port}", None, lambda c: c.bootstrap_admin("r@example.com"))
+            boot = admin.bootstrap(f"127.0.0.1:{stack.control_port}", tmp_path, "r@example.com", "")
+            serve_fake_models(f"127.0.0.1:{stack.control_port}", boot.secret)  # only priced models are served
             stack.admin_key = boot.secret
             yield stack
         finally:

@@ -32,6 +32,7 @@ from claudeopus import keys
 from claudeopus.client import AsyncClient, Client, UnavailableError
 from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
 from tests.clients.cli_support import TIMEOUT, clean_env, run_cli
+from tests.support import admin as admin_calls
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.processes import CLI, Process, free_port, start_control, start_edge
@@ -205,13 +206,19 @@ def tls_gateway(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             )
 
             async def bootstrap(client: AsyncClient) -> str:
-                return (await client.bootstrap_admin("root@example.com", "Root")).secret
+                token = admin_calls.bootstrap_token(log_dir)
+                return (await client.bootstrap_admin("root@example.com", "Root", token=token)).secret
 
             async def anonymous() -> str:
                 async with gateway.client() as client:
                     return await bootstrap(client)
 
             gateway.admin_key = asyncio.run(anonymous())
+
+            async def price(client: AsyncClient) -> None:  # only priced models are served
+                await client.create_price(model="fake-1", input_micros=0, output_micros=0)
+
+            gateway.call(price)
             yield gateway
         finally:
             for process in reversed(processes):
@@ -407,10 +414,9 @@ def test_serve_over_https(pki: Pki, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, err.read_text()
             time.sleep(0.1)
         assert f"edge https://127.0.0.1:{http_port}" in err.read_text()
-        demo_key = next(
-            line.split(":", 1)[1].strip() for line in out.read_text().splitlines() if "demo API key" in line
-        )
-        assert f"https://127.0.0.1:{http_port}/v1" in out.read_text()
+        first_start = (tmp_path / "claudeopus-first-start.txt").read_text()  # stdout is no terminal here
+        demo_key = next(line.split(":", 1)[1].strip() for line in first_start.splitlines() if "demo API key" in line)
+        assert f"https://127.0.0.1:{http_port}/v1" in first_start
         client = openai.OpenAI(
             base_url=f"https://127.0.0.1:{http_port}/v1",
             api_key=demo_key,

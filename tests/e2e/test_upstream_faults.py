@@ -27,6 +27,7 @@ from tests.e2e.test_budgets import Manager
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fault_upstream import FaultUpstream, unanswered_port
+from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 
 UPSTREAM_ERROR = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
@@ -90,7 +91,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             silent = edge("silent", f"http://127.0.0.1:{silent_port}/v1")
             patient = edge("patient", late.url, CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES="40")
             target = f"127.0.0.1:{port}"
-            boot = admin.call(target, None, lambda c: c.bootstrap_admin("root@example.com", "Root"))
+            boot = admin.bootstrap(target, log_dir)
+            serve_fake_models(target, boot.secret)  # only priced models are served
             manager = Manager(target, boot.secret)
             try:
                 yield Stack(manager, upstream, late, main, silent, patient)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from claudeopus.client import ClaudeOpusClient
-from claudeopus.v1 import usage_pb2
+from claudeopus.control.settings import DEFAULT_BOOTSTRAP_TOKEN_FILE
+from claudeopus.v1 import accounts_pb2, usage_pb2
 
 T = TypeVar("T")
 
@@ -19,6 +21,21 @@ def call(target: str, key: str | None, work: Callable[[ClaudeOpusClient], Awaita
             return await work(client)
 
     return asyncio.run(runner())
+
+
+def bootstrap_token(control_dir: Path) -> str:
+    """The one-time token a ``claudeopus control`` started in ``control_dir`` wrote there (0600)."""
+    file = control_dir / DEFAULT_BOOTSTRAP_TOKEN_FILE
+    assert file.stat().st_mode & 0o777 == 0o600, oct(file.stat().st_mode)
+    return file.read_text().strip()
+
+
+def bootstrap(
+    target: str, control_dir: Path, email: str = "root@example.com", display_name: str = "Root"
+) -> accounts_pb2.BootstrapAdminResponse:
+    """BootstrapAdmin on a control process started in ``control_dir``, with the token it wrote there."""
+    token = bootstrap_token(control_dir)
+    return call(target, None, lambda client: client.bootstrap_admin(email, display_name, token=token))
 
 
 def usage_records(target: str, key: str, *, api_key: str = "") -> list[usage_pb2.UsageRecord]:

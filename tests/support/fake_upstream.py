@@ -36,6 +36,8 @@ SLOW_CHUNK_SECONDS = 0.05
 GREEDY_WORDS = 12
 PAUSE_SECONDS = 3.0
 ECHO_ALL = "-echo-all"
+# Listed and answered like fake-1, but priced by no test world (tests/support/prices.py): not served.
+UNPRICED_MODEL = "fake-unpriced"
 ECHO_HEADER_CHARS = 4096
 
 
@@ -89,9 +91,12 @@ class FakeUpstream:
         self.received.append(Received(scope["path"], headers, body, raw))
         if scope["path"] == "/v1/models":
             # What a real provider lists: its own organisation as owner, fine-tune details naming it.
-            model = {"id": "fake-1", "object": "model", "created": 1700000000, "owned_by": "org-operator-secret"}
-            model["permission"] = [{"organization": "org-operator-secret", "allow_fine_tuning": True}]
-            await _json(send, 200, {"object": "list", "data": [model]})
+            listed = []
+            for name in ("fake-1", UNPRICED_MODEL):
+                model = {"id": name, "object": "model", "created": 1700000000, "owned_by": "org-operator-secret"}
+                model["permission"] = [{"organization": "org-operator-secret", "allow_fine_tuning": True}]
+                listed.append(model)
+            await _json(send, 200, {"object": "list", "data": listed})
         elif scope["path"] == "/v1/chat/completions" and isinstance(body, dict):
             model = str(body.get("model", ""))
             echo_all = model.endswith(ECHO_ALL)

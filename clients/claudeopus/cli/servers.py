@@ -9,9 +9,11 @@ import sys
 import urllib.parse
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from claudeopus.client import AlreadyExistsError, ClaudeOpusClient
+from claudeopus.client import ClaudeOpusClient
+from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
 from claudeopus.edge import https
@@ -19,10 +21,12 @@ from claudeopus.edge.app import build_app
 from claudeopus.edge.demo import MODELS, DemoUpstream
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings, split_address
+from claudeopus.private_files import write_private
 
 _log = logging.getLogger("claudeopus")
 ADMIN_EMAIL = "admin@claudeopus.local"
 DEMO_EMAIL = "demo@claudeopus.local"
+FIRST_START_FILE = "claudeopus-first-start.txt"
 
 
 async def run_control(settings: ControlSettings, stop: asyncio.Event) -> None:
@@ -104,7 +108,10 @@ async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
     token = secrets.token_urlsafe(32)  # in-process only: never leaves this process
     control_settings = options.control_settings(token)
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(ControlServer(control_settings))
+        # The admin is made before the gRPC port listens: no other process can bootstrap first.
+        control = await stack.enter_async_context(
+            ControlServer(control_settings, bootstrap_as=(ADMIN_EMAIL, "Administrator"))
+        )
         upstream_url = options.upstream_url
         if not upstream_url:
             demo = await stack.enter_async_context(HttpServer(DemoUpstream(), "127.0.0.1", 0))
@@ -117,7 +124,10 @@ async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
                 build_app(edge_settings), edge_settings.http_host, edge_settings.http_port, **_https(edge_settings)
             )
         )
-        await _first_start(control_target, edge_settings, demo_model=not options.upstream_url)
+        if control.bootstrapped is None:
+            _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
+        else:
+            await _first_start(control.bootstrapped, control_target, edge_settings, demo_model=not options.upstream_url)
         _log.info(
             "ClaudeOpus ready: edge %s://%s, control %s",
             _scheme(edge_settings),
@@ -169,32 +179,37 @@ def _banner_demo(url: str) -> None:
     )
 
 
-async def _first_start(control_target: str, edge: EdgeSettings, *, demo_model: bool) -> None:
-    """On the very first start: bootstrap the admin, a demo user and its key, and show how to call."""
+async def _first_start(admin: Bootstrapped, control_target: str, edge: EdgeSettings, *, demo_model: bool) -> None:
+    """On the very first start (the admin was just bootstrapped): a demo user and its key, and how to call.
 
-    def client(key: str | None = None) -> ClaudeOpusClient:
-        return ClaudeOpusClient(
-            control_target,
-            key=key,
-            tls_ca=edge.control_ca,
-            tls_cert=edge.control_client_cert,
-            tls_key=edge.control_client_key,
-        )
-
-    async with client() as anonymous:
-        try:
-            admin = await anonymous.bootstrap_admin(ADMIN_EMAIL, "Administrator")
-        except AlreadyExistsError:
-            _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
-            return
-    async with client(admin.secret) as management:
+    The secrets are printed when stdout is a terminal; otherwise (a service manager, a log
+    collector) they go to ``claudeopus-first-start.txt`` (0600) and only its path is printed.
+    """
+    async with ClaudeOpusClient(
+        control_target,
+        key=admin.key.secret,
+        tls_ca=edge.control_ca,
+        tls_cert=edge.control_client_cert,
+        tls_key=edge.control_client_key,
+    ) as management:
         user = await management.create_account(email=DEMO_EMAIL, role="user", display_name="Demo user")
         created = await management.create_api_key(parent=user.name, display_name="demo")
+        if demo_model:
+            # Only priced models are served: the demo's canned models are free.
+            for demo in MODELS:
+                await management.create_price(model=demo, input_micros=0, output_micros=0)
     model = MODELS[0] if demo_model else "gpt-4o-mini"
+    if not demo_model:
+        print(
+            "\nOnly models with a price are served. Set one before calling, e.g.\n"
+            f"  CLAUDEOPUS_CONTROL={control_target} CLAUDEOPUS_ADMIN_KEY=<the admin management key> "
+            f"claudeopus admin prices create --model {model} --input 150000 --output 600000\n",
+            flush=True,
+        )
     base = f"{_scheme(edge)}://{edge.http_address}/v1"
-    print(
-        "\nFirst start: bootstrapped the admin and a demo user. These secrets are shown ONCE.\n"
-        f"  admin management key : {admin.secret}\n"
+    text = (
+        "First start: bootstrapped the admin and a demo user. These secrets are shown ONCE.\n"
+        f"  admin management key : {admin.key.secret}\n"
         f"  demo API key         : {created.secret}\n\n"
         "Try it:\n"
         f"  curl {base}/chat/completions \\\n"
@@ -205,6 +220,20 @@ async def _first_start(control_target: str, edge: EdgeSettings, *, demo_model: b
         f'print(c.chat.completions.create(model="{model}", '
         'messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)\'\n\n'
         "Manage accounts and keys:\n"
-        f"  CLAUDEOPUS_CONTROL={control_target} CLAUDEOPUS_ADMIN_KEY={admin.secret} claudeopus admin usage list\n",
+        f"  CLAUDEOPUS_CONTROL={control_target} CLAUDEOPUS_ADMIN_KEY={admin.key.secret} claudeopus admin usage list\n"
+    )
+    if sys.stdout.isatty():
+        print("\n" + text, flush=True)
+        return
+    path = await asyncio.to_thread(_save_first_start, text)
+    print(
+        "\nFirst start: bootstrapped the admin and a demo user. stdout is not a terminal, so the secrets\n"
+        f"(shown once) and how to use them are in {path} (readable only by you): read it, then delete it.\n",
         flush=True,
     )
+
+
+def _save_first_start(text: str) -> Path:
+    path = Path(FIRST_START_FILE).absolute()
+    write_private(path, text)
+    return path

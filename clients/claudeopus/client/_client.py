@@ -38,6 +38,8 @@ class ClaudeOpusClient:
     :meth:`login`). ``tls_ca`` (the PEM bundle that signed control's certificate) makes
     the channel TLS; ``tls_cert`` / ``tls_key`` add a client certificate for a control plane
     that requires one (mutual TLS); ``credentials`` takes ready-made gRPC credentials instead.
+    Plain text to a host other than this machine is refused (:class:`claudeopus.tls.PlainTextRefused`)
+    unless ``insecure=True``.
     Every failed call raises a :class:`claudeopus.client.ClaudeOpusError` subclass carrying
     the ErrorInfo reason.
 
@@ -64,11 +66,14 @@ class ClaudeOpusClient:
         tls_ca: tls.PathLike | None = None,
         tls_cert: tls.PathLike | None = None,
         tls_key: tls.PathLike | None = None,
+        insecure: bool = False,
     ) -> None:
         if tls_ca or tls_cert or tls_key:
             if credentials is not None:
                 raise ValueError("pass either credentials or tls_ca / tls_cert / tls_key, not both")
             credentials = tls.channel_credentials(tls_ca, tls_cert, tls_key)
+        if credentials is None:
+            tls.check_plain_text(target, insecure=insecure)
         interceptors = [BearerAuthInterceptor(key)] if key else []
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
@@ -100,9 +105,14 @@ class ClaudeOpusClient:
 
     # -- accounts -------------------------------------------------------------
 
-    async def bootstrap_admin(self, email: str, display_name: str = "") -> accounts_pb2.BootstrapAdminResponse:
-        """Create the root admin and its management key (only once, only from the control host)."""
-        request = build.bootstrap_admin(email, display_name)
+    async def bootstrap_admin(
+        self, email: str, display_name: str = "", *, token: str = ""
+    ) -> accounts_pb2.BootstrapAdminResponse:
+        """Create the root admin and its management key (only once, only from the control host).
+
+        ``token`` is the one-time token from the file control named at start.
+        """
+        request = build.bootstrap_admin(email, display_name, token)
         return await self._call(self.accounts.BootstrapAdmin(request, timeout=self._timeout))
 
     async def login(self, email: str, password: str) -> accounts_pb2.LoginResponse:
@@ -164,9 +174,29 @@ class ClaudeOpusClient:
         request = accounts_pb2.ResumeAccountRequest(name=name)
         return await self._call(self.accounts.ResumeAccount(request, timeout=self._timeout))
 
-    async def set_password(self, password: str, *, name: str = "") -> None:
-        request = accounts_pb2.SetPasswordRequest(name=name, password=password)
+    async def set_password(self, password: str, *, name: str = "", current_password: str = "") -> None:
+        """Set ``name``'s password (default: yours; changing your own needs ``current_password``)."""
+        request = accounts_pb2.SetPasswordRequest(name=name, password=password, current_password=current_password)
         await self._call(self.accounts.SetPassword(request, timeout=self._timeout))
+
+    async def set_account_policy(
+        self,
+        name: str,
+        *,
+        allowed_models: Iterable[str] | None = None,
+        deny_management_keys: bool | None = None,
+        max_key_lifetime: timedelta | None = None,
+        clear_max_key_lifetime: bool = False,
+    ) -> accounts_pb2.Account:
+        """Set the key policy of an account below the caller; only the fields given change."""
+        request = build.set_account_policy(
+            name, allowed_models, deny_management_keys, max_key_lifetime, clear_max_key_lifetime
+        )
+        return await self._call(self.accounts.SetAccountPolicy(request, timeout=self._timeout))
+
+    async def logout(self) -> None:
+        """End the session this client authenticates with."""
+        await self._call(self.accounts.Logout(accounts_pb2.LogoutRequest(), timeout=self._timeout))
 
     # -- API keys -------------------------------------------------------------
 

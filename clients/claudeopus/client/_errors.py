@@ -9,7 +9,7 @@ Hierarchy::
     ├── NotFoundError            NOT_FOUND (also: outside your subtree)
     ├── AlreadyExistsError       ALREADY_EXISTS
     ├── FailedPreconditionError  FAILED_PRECONDITION
-    ├── ResourceExhaustedError   RESOURCE_EXHAUSTED
+    ├── ResourceExhaustedError   RESOURCE_EXHAUSTED (.retry_after: seconds to wait, for RATE_LIMITED)
     └── UnavailableError         UNAVAILABLE / DEADLINE_EXCEEDED (the server could not be reached)
 
 ``reason`` is the ``google.rpc.ErrorInfo.reason`` (a ``claudeopus.v1.ErrorReason``
@@ -66,7 +66,8 @@ class FailedPreconditionError(ClaudeOpusError):
 
 
 class ResourceExhaustedError(ClaudeOpusError):
-    pass
+    # google.rpc.RetryInfo's delay in seconds when the server sent one (RATE_LIMITED), else None.
+    retry_after: float | None = None
 
 
 class UnavailableError(ClaudeOpusError):
@@ -91,16 +92,23 @@ def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
     reason = ""
     metadata: dict[str, str] = {}
     violations: dict[str, str] = {}
+    retry_after: float | None = None
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     for detail in status.details if status is not None else ():
         info = error_details_pb2.ErrorInfo()
         bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             reason = info.reason
             metadata = dict(info.metadata)
         elif detail.Unpack(bad):
             violations.update({v.field: v.description for v in bad.field_violations})
-    return error_of(error.code(), error.details() or "", reason, violations, metadata)
+        elif detail.Unpack(retry):
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    typed = error_of(error.code(), error.details() or "", reason, violations, metadata)
+    if isinstance(typed, ResourceExhaustedError):
+        typed.retry_after = retry_after
+    return typed
 
 
 def error_of(

@@ -62,8 +62,8 @@ def role(name: str) -> accounts_pb2.Role.ValueType:
     return named(ROLES, "role", name)
 
 
-def bootstrap_admin(email: str, display_name: str) -> accounts_pb2.BootstrapAdminRequest:
-    return accounts_pb2.BootstrapAdminRequest(email=email, display_name=display_name)
+def bootstrap_admin(email: str, display_name: str, token: str) -> accounts_pb2.BootstrapAdminRequest:
+    return accounts_pb2.BootstrapAdminRequest(email=email, display_name=display_name, bootstrap_token=token.strip())
 
 
 def create_account(
@@ -99,6 +99,37 @@ def update_account(
     if not paths:
         raise ValueError("nothing to update: pass display_name, email or role")
     return accounts_pb2.UpdateAccountRequest(account=account, update_mask=field_mask_pb2.FieldMask(paths=paths))
+
+
+def set_account_policy(
+    name: str,
+    allowed_models: Iterable[str] | None,
+    deny_management_keys: bool | None,
+    max_key_lifetime: timedelta | None,
+    clear_max_key_lifetime: bool,
+) -> accounts_pb2.SetAccountPolicyRequest:
+    """Only the fields given change: ``allowed_models=[]`` allows every model again."""
+    policy = accounts_pb2.AccountPolicy()
+    paths: list[str] = []
+    if allowed_models is not None:
+        policy.allowed_models.extend(allowed_models)
+        paths.append("allowed_models")
+    if deny_management_keys is not None:
+        policy.deny_management_keys = deny_management_keys
+        paths.append("deny_management_keys")
+    if max_key_lifetime is not None and clear_max_key_lifetime:
+        raise ValueError("pass max_key_lifetime or clear_max_key_lifetime, not both")
+    if max_key_lifetime is not None:
+        policy.max_key_lifetime.FromTimedelta(max_key_lifetime)
+    if max_key_lifetime is not None or clear_max_key_lifetime:
+        paths.append("max_key_lifetime")
+    if not paths:
+        raise ValueError(
+            "nothing to set: pass allowed_models, deny_management_keys, max_key_lifetime or clear_max_key_lifetime"
+        )
+    return accounts_pb2.SetAccountPolicyRequest(
+        name=name, policy=policy, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
 
 
 def create_api_key(

@@ -56,11 +56,14 @@ class Client:
         tls_ca: tls.PathLike | None = None,
         tls_cert: tls.PathLike | None = None,
         tls_key: tls.PathLike | None = None,
+        insecure: bool = False,
     ) -> None:
         if tls_ca or tls_cert or tls_key:
             if credentials is not None:
                 raise ValueError("pass either credentials or tls_ca / tls_cert / tls_key, not both")
             credentials = tls.channel_credentials(tls_ca, tls_cert, tls_key)
+        if credentials is None:
+            tls.check_plain_text(target, insecure=insecure)
         if credentials is None:
             self._channel = grpc.insecure_channel(target)
         else:
@@ -92,8 +95,10 @@ class Client:
 
     # -- accounts -------------------------------------------------------------
 
-    def bootstrap_admin(self, email: str, display_name: str = "") -> accounts_pb2.BootstrapAdminResponse:
-        return self._call(self.accounts.BootstrapAdmin, build.bootstrap_admin(email, display_name))
+    def bootstrap_admin(
+        self, email: str, display_name: str = "", *, token: str = ""
+    ) -> accounts_pb2.BootstrapAdminResponse:
+        return self._call(self.accounts.BootstrapAdmin, build.bootstrap_admin(email, display_name, token))
 
     def login(self, email: str, password: str) -> accounts_pb2.LoginResponse:
         return self._call(self.accounts.Login, accounts_pb2.LoginRequest(email=email, password=password))
@@ -142,8 +147,27 @@ class Client:
     def resume_account(self, name: str) -> accounts_pb2.Account:
         return self._call(self.accounts.ResumeAccount, accounts_pb2.ResumeAccountRequest(name=name))
 
-    def set_password(self, password: str, *, name: str = "") -> None:
-        self._call(self.accounts.SetPassword, accounts_pb2.SetPasswordRequest(name=name, password=password))
+    def set_password(self, password: str, *, name: str = "", current_password: str = "") -> None:
+        request = accounts_pb2.SetPasswordRequest(name=name, password=password, current_password=current_password)
+        self._call(self.accounts.SetPassword, request)
+
+    def logout(self) -> None:
+        self._call(self.accounts.Logout, accounts_pb2.LogoutRequest())
+
+    def set_account_policy(
+        self,
+        name: str,
+        *,
+        allowed_models: Iterable[str] | None = None,
+        deny_management_keys: bool | None = None,
+        max_key_lifetime: timedelta | None = None,
+        clear_max_key_lifetime: bool = False,
+    ) -> accounts_pb2.Account:
+        """Set the key policy of an account below the caller; only the fields given change."""
+        request = build.set_account_policy(
+            name, allowed_models, deny_management_keys, max_key_lifetime, clear_max_key_lifetime
+        )
+        return self._call(self.accounts.SetAccountPolicy, request)
 
     # -- API keys -------------------------------------------------------------
 

@@ -23,50 +23,57 @@ _sym_db = _symbol_database.Default()
 
 
 from claudeopus.v1 import api_keys_pb2 as claudeopus_dot_v1_dot_api__keys__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63laudeopus/v1/accounts.proto\x12\rclaudeopus.v1\x1a\x1c\x63laudeopus/v1/api_keys.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12!\n\x04role\x18\x04 \x01(\x0e\x32\x13.claudeopus.v1.Role\x12\x0e\n\x06parent\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.claudeopus.v1.AccountState\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x15\x42ootstrapAdminRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"y\n\x16\x42ootstrapAdminResponse\x12\'\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x16.claudeopus.v1.Account\x12&\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x0e\n\x06secret\x18\x03 \x01(\t\"c\n\x14\x43reateAccountRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\'\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x16.claudeopus.v1.Account\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x11GetAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9b\x01\n\x13ListAccountsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12!\n\x04role\x18\x04 \x01(\x0e\x32\x13.claudeopus.v1.Role\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.claudeopus.v1.AccountState\"Y\n\x14ListAccountsResponse\x12(\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x16.claudeopus.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x14UpdateAccountRequest\x12\'\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x16.claudeopus.v1.Account\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"$\n\x14\x44\x65leteAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15SuspendAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14ResumeAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x12SetPasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x80\x01\n\rLoginResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07\x61\x63\x63ount\x18\x03 \x01(\x0b\x32\x16.claudeopus.v1.Account*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_RESELLER\x10\x02\x12\r\n\tROLE_USER\x10\x03*d\n\x0c\x41\x63\x63ountState\x12\x1d\n\x19\x41\x43\x43OUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43OUNT_STATE_ACTIVE\x10\x01\x12\x1b\n\x17\x41\x43\x43OUNT_STATE_SUSPENDED\x10\x02\x32\xa6\x06\n\x0e\x41\x63\x63ountService\x12]\n\x0e\x42ootstrapAdmin\x12$.claudeopus.v1.BootstrapAdminRequest\x1a%.claudeopus.v1.BootstrapAdminResponse\x12L\n\rCreateAccount\x12#.claudeopus.v1.CreateAccountRequest\x1a\x16.claudeopus.v1.Account\x12\x46\n\nGetAccount\x12 .claudeopus.v1.GetAccountRequest\x1a\x16.claudeopus.v1.Account\x12W\n\x0cListAccounts\x12\".claudeopus.v1.ListAccountsRequest\x1a#.claudeopus.v1.ListAccountsResponse\x12L\n\rUpdateAccount\x12#.claudeopus.v1.UpdateAccountRequest\x1a\x16.claudeopus.v1.Account\x12L\n\rDeleteAccount\x12#.claudeopus.v1.DeleteAccountRequest\x1a\x16.google.protobuf.Empty\x12N\n\x0eSuspendAccount\x12$.claudeopus.v1.SuspendAccountRequest\x1a\x16.claudeopus.v1.Account\x12L\n\rResumeAccount\x12#.claudeopus.v1.ResumeAccountRequest\x1a\x16.claudeopus.v1.Account\x12H\n\x0bSetPassword\x12!.claudeopus.v1.SetPasswordRequest\x1a\x16.google.protobuf.Empty\x12\x42\n\x05Login\x12\x1b.claudeopus.v1.LoginRequest\x1a\x1c.claudeopus.v1.LoginResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63laudeopus/v1/accounts.proto\x12\rclaudeopus.v1\x1a\x1c\x63laudeopus/v1/api_keys.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x01\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12!\n\x04role\x18\x04 \x01(\x0e\x32\x13.claudeopus.v1.Role\x12\x0e\n\x06parent\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.claudeopus.v1.AccountState\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06policy\x18\x08 \x01(\x0b\x32\x1c.claudeopus.v1.AccountPolicy\"z\n\rAccountPolicy\x12\x16\n\x0e\x61llowed_models\x18\x01 \x03(\t\x12\x1c\n\x14\x64\x65ny_management_keys\x18\x02 \x01(\x08\x12\x33\n\x10max_key_lifetime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\x15\x42ootstrapAdminRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x17\n\x0f\x62ootstrap_token\x18\x03 \x01(\t\"y\n\x16\x42ootstrapAdminResponse\x12\'\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x16.claudeopus.v1.Account\x12&\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.claudeopus.v1.ApiKey\x12\x0e\n\x06secret\x18\x03 \x01(\t\"c\n\x14\x43reateAccountRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\'\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x16.claudeopus.v1.Account\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x11GetAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9b\x01\n\x13ListAccountsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12!\n\x04role\x18\x04 \x01(\x0e\x32\x13.claudeopus.v1.Role\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.claudeopus.v1.AccountState\"Y\n\x14ListAccountsResponse\x12(\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x16.claudeopus.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x14UpdateAccountRequest\x12\'\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x16.claudeopus.v1.Account\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"$\n\x14\x44\x65leteAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15SuspendAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14ResumeAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x12SetPasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x03 \x01(\t\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x80\x01\n\rLoginResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07\x61\x63\x63ount\x18\x03 \x01(\x0b\x32\x16.claudeopus.v1.Account\"\x86\x01\n\x17SetAccountPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06policy\x18\x02 \x01(\x0b\x32\x1c.claudeopus.v1.AccountPolicy\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\x0f\n\rLogoutRequest*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_RESELLER\x10\x02\x12\r\n\tROLE_USER\x10\x03*d\n\x0c\x41\x63\x63ountState\x12\x1d\n\x19\x41\x43\x43OUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43OUNT_STATE_ACTIVE\x10\x01\x12\x1b\n\x17\x41\x43\x43OUNT_STATE_SUSPENDED\x10\x02\x32\xba\x07\n\x0e\x41\x63\x63ountService\x12]\n\x0e\x42ootstrapAdmin\x12$.claudeopus.v1.BootstrapAdminRequest\x1a%.claudeopus.v1.BootstrapAdminResponse\x12L\n\rCreateAccount\x12#.claudeopus.v1.CreateAccountRequest\x1a\x16.claudeopus.v1.Account\x12\x46\n\nGetAccount\x12 .claudeopus.v1.GetAccountRequest\x1a\x16.claudeopus.v1.Account\x12W\n\x0cListAccounts\x12\".claudeopus.v1.ListAccountsRequest\x1a#.claudeopus.v1.ListAccountsResponse\x12L\n\rUpdateAccount\x12#.claudeopus.v1.UpdateAccountRequest\x1a\x16.claudeopus.v1.Account\x12L\n\rDeleteAccount\x12#.claudeopus.v1.DeleteAccountRequest\x1a\x16.google.protobuf.Empty\x12N\n\x0eSuspendAccount\x12$.claudeopus.v1.SuspendAccountRequest\x1a\x16.claudeopus.v1.Account\x12L\n\rResumeAccount\x12#.claudeopus.v1.ResumeAccountRequest\x1a\x16.claudeopus.v1.Account\x12H\n\x0bSetPassword\x12!.claudeopus.v1.SetPasswordRequest\x1a\x16.google.protobuf.Empty\x12\x42\n\x05Login\x12\x1b.claudeopus.v1.LoginRequest\x1a\x1c.claudeopus.v1.LoginResponse\x12R\n\x10SetAccountPolicy\x12&.claudeopus.v1.SetAccountPolicyRequest\x1a\x16.claudeopus.v1.Account\x12>\n\x06Logout\x12\x1c.claudeopus.v1.LogoutRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.accounts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1413
-  _globals['_ROLE']._serialized_end=1491
-  _globals['_ACCOUNTSTATE']._serialized_start=1493
-  _globals['_ACCOUNTSTATE']._serialized_end=1593
-  _globals['_ACCOUNT']._serialized_start=174
-  _globals['_ACCOUNT']._serialized_end=378
-  _globals['_BOOTSTRAPADMINREQUEST']._serialized_start=380
-  _globals['_BOOTSTRAPADMINREQUEST']._serialized_end=440
-  _globals['_BOOTSTRAPADMINRESPONSE']._serialized_start=442
-  _globals['_BOOTSTRAPADMINRESPONSE']._serialized_end=563
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=565
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=664
-  _globals['_GETACCOUNTREQUEST']._serialized_start=666
-  _globals['_GETACCOUNTREQUEST']._serialized_end=699
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=702
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=857
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=859
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=948
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=950
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1062
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1064
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1100
-  _globals['_SUSPENDACCOUNTREQUEST']._serialized_start=1102
-  _globals['_SUSPENDACCOUNTREQUEST']._serialized_end=1139
-  _globals['_RESUMEACCOUNTREQUEST']._serialized_start=1141
-  _globals['_RESUMEACCOUNTREQUEST']._serialized_end=1177
-  _globals['_SETPASSWORDREQUEST']._serialized_start=1179
-  _globals['_SETPASSWORDREQUEST']._serialized_end=1231
-  _globals['_LOGINREQUEST']._serialized_start=1233
-  _globals['_LOGINREQUEST']._serialized_end=1280
-  _globals['_LOGINRESPONSE']._serialized_start=1283
-  _globals['_LOGINRESPONSE']._serialized_end=1411
-  _globals['_ACCOUNTSERVICE']._serialized_start=1596
-  _globals['_ACCOUNTSERVICE']._serialized_end=2402
+  _globals['_ROLE']._serialized_start=1820
+  _globals['_ROLE']._serialized_end=1898
+  _globals['_ACCOUNTSTATE']._serialized_start=1900
+  _globals['_ACCOUNTSTATE']._serialized_end=2000
+  _globals['_ACCOUNT']._serialized_start=206
+  _globals['_ACCOUNT']._serialized_end=456
+  _globals['_ACCOUNTPOLICY']._serialized_start=458
+  _globals['_ACCOUNTPOLICY']._serialized_end=580
+  _globals['_BOOTSTRAPADMINREQUEST']._serialized_start=582
+  _globals['_BOOTSTRAPADMINREQUEST']._serialized_end=667
+  _globals['_BOOTSTRAPADMINRESPONSE']._serialized_start=669
+  _globals['_BOOTSTRAPADMINRESPONSE']._serialized_end=790
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=792
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=891
+  _globals['_GETACCOUNTREQUEST']._serialized_start=893
+  _globals['_GETACCOUNTREQUEST']._serialized_end=926
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=929
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1084
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1086
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1175
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=1177
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1289
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1291
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1327
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_start=1329
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_end=1366
+  _globals['_RESUMEACCOUNTREQUEST']._serialized_start=1368
+  _globals['_RESUMEACCOUNTREQUEST']._serialized_end=1404
+  _globals['_SETPASSWORDREQUEST']._serialized_start=1406
+  _globals['_SETPASSWORDREQUEST']._serialized_end=1484
+  _globals['_LOGINREQUEST']._serialized_start=1486
+  _globals['_LOGINREQUEST']._serialized_end=1533
+  _globals['_LOGINRESPONSE']._serialized_start=1536
+  _globals['_LOGINRESPONSE']._serialized_end=1664
+  _globals['_SETACCOUNTPOLICYREQUEST']._serialized_start=1667
+  _globals['_SETACCOUNTPOLICYREQUEST']._serialized_end=1801
+  _globals['_LOGOUTREQUEST']._serialized_start=1803
+  _globals['_LOGOUTREQUEST']._serialized_end=1818
+  _globals['_ACCOUNTSERVICE']._serialized_start=2003
+  _globals['_ACCOUNTSERVICE']._serialized_end=2957
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from claudeopus.v1 import api_keys_pb2 as _api_keys_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -87,6 +88,7 @@ class Account(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `accounts/{id}`. Output only."""
     email: _builtins.str
@@ -103,6 +105,10 @@ class Account(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def policy(self) -> Global___AccountPolicy:
+        """The policy an account above set on this one; set it with SetAccountPolicy. Output only."""
+
     def __init__(
         self,
         *,
@@ -113,14 +119,60 @@ class Account(_message.Message):
         parent: _builtins.str = ...,
         state: Global___AccountState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        policy: Global___AccountPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "name", b"name", "parent", b"parent", "role", b"role", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "name", b"name", "parent", b"parent", "policy", b"policy", "role", b"role", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class AccountPolicy(_message.Message):
+    """Bounds that an account above sets on every API key created in an account's subtree. The
+    policy in force for a key is the intersection of the policies of its account and of every
+    account above it; keys are checked against it when created or changed
+    (ACCOUNT_POLICY_DENIED) and existing keys at every request. The zero value bounds nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_MODELS_FIELD_NUMBER: _builtins.int
+    DENY_MANAGEMENT_KEYS_FIELD_NUMBER: _builtins.int
+    MAX_KEY_LIFETIME_FIELD_NUMBER: _builtins.int
+    deny_management_keys: _builtins.bool
+    """Refuse the management scope: no key with it may be created, and existing ones no longer
+    authenticate for management.
+    """
+    @_builtins.property
+    def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models keys may be allowed; empty means any. A key created or changed with an empty
+        allowed_models gets the list in force (so it never allows more than the policy), and
+        requests for other models are refused (MODEL_NOT_ALLOWED) for keys made before.
+        """
+
+    @_builtins.property
+    def max_key_lifetime(self) -> _duration_pb2.Duration:
+        """The longest lifetime of a key, from its creation; unset means none. Keys then need an
+        expire_time at most this long after their creation; an older key is refused (KEY_EXPIRED).
+        """
+
+    def __init__(
+        self,
+        *,
+        allowed_models: _abc.Iterable[_builtins.str] | None = ...,
+        deny_management_keys: _builtins.bool = ...,
+        max_key_lifetime: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_key_lifetime", b"max_key_lifetime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_models", b"allowed_models", "deny_management_keys", b"deny_management_keys", "max_key_lifetime", b"max_key_lifetime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountPolicy: _TypeAlias = AccountPolicy  # noqa: Y015
 
 @_typing.final
 class BootstrapAdminRequest(_message.Message):
@@ -130,19 +182,23 @@ class BootstrapAdminRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_TOKEN_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Email of the root admin."""
     display_name: _builtins.str
     """Human-readable name of the root admin."""
+    bootstrap_token: _builtins.str
+    """The one-time token from the control plane's bootstrap token file."""
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        bootstrap_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_token", b"bootstrap_token", "display_name", b"display_name", "email", b"email"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,19 +464,25 @@ class SetPasswordRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `accounts/{id}`; empty means the caller's own account."""
     password: _builtins.str
     """The new password: 12 to 1024 characters. Stored only as an argon2id hash."""
+    current_password: _builtins.str
+    """The caller's current password: required when it changes its own password
+    (and already has one); ignored when an account above resets it.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         password: _builtins.str = ...,
+        current_password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "name", b"name", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,3 +547,56 @@ class LoginResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoginResponse: _TypeAlias = LoginResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountPolicyRequest(_message.Message):
+    """The request of AccountService.SetAccountPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `accounts/{id}`."""
+    @_builtins.property
+    def policy(self) -> Global___AccountPolicy:
+        """The new policy."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields of `policy` to set: allowed_models, deny_management_keys, max_key_lifetime.
+        Empty or `*` replaces the whole policy (like SetIamPolicy).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        policy: Global___AccountPolicy | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "policy", b"policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountPolicyRequest: _TypeAlias = SetAccountPolicyRequest  # noqa: Y015
+
+@_typing.final
+class LogoutRequest(_message.Message):
+    """The request of AccountService.Logout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogoutRequest: _TypeAlias = LogoutRequest  # noqa: Y015

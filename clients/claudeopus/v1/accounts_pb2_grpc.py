@@ -89,6 +89,16 @@ class AccountServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.FromString,
                 _registered_method=True)
+        self.SetAccountPolicy = channel.unary_unary(
+                '/claudeopus.v1.AccountService/SetAccountPolicy',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.SetAccountPolicyRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/claudeopus.v1.AccountService/Logout',
+                request_serializer=claudeopus_dot_v1_dot_accounts__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -100,7 +110,8 @@ class AccountServiceServicer:
 
     def BootstrapAdmin(self, request, context):
         """Creates the root admin and its first management key. Accepted only while
-        no admin exists and only from a loopback peer; needs no credential.
+        no admin exists, only from a loopback peer and only with the one-time
+        bootstrap token the control plane wrote to its token file at start.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,7 +168,9 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetPassword(self, request, context):
-        """Sets or replaces the dashboard password of the caller's own account or of one below it.
+        """Sets or replaces the dashboard password of the caller's own account (the
+        current password is then required) or of one below it. Every session of
+        the account ends and the management keys minted through them are revoked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +178,25 @@ class AccountServiceServicer:
 
     def Login(self, request, context):
         """Exchanges email and password for a short-lived session token; needs no credential.
+        Attempts are throttled per email and per client address (RESOURCE_EXHAUSTED with RetryInfo).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountPolicy(self, request, context):
+        """-- account policies (see AccountPolicy) --
+        Sets the policy of an account strictly below the caller (never the caller's own:
+        SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+        above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+        subtree's existing keys when the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Ends the calling session (the credential must be a session token from Login).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +254,16 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.Login,
                     request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.SerializeToString,
+            ),
+            'SetAccountPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountPolicy,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.SetAccountPolicyRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_accounts__pb2.Account.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=claudeopus_dot_v1_dot_accounts__pb2.LogoutRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +540,60 @@ class AccountService:
             '/claudeopus.v1.AccountService/Login',
             claudeopus_dot_v1_dot_accounts__pb2.LoginRequest.SerializeToString,
             claudeopus_dot_v1_dot_accounts__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/SetAccountPolicy',
+            claudeopus_dot_v1_dot_accounts__pb2.SetAccountPolicyRequest.SerializeToString,
+            claudeopus_dot_v1_dot_accounts__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claudeopus.v1.AccountService/Logout',
+            claudeopus_dot_v1_dot_accounts__pb2.LogoutRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,8 @@ class AccountServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AccountServiceAsyncStub: ...
     BootstrapAdmin: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.BootstrapAdminRequest, _accounts_pb2.BootstrapAdminResponse]
     """Creates the root admin and its first management key. Accepted only while
-    no admin exists and only from a loopback peer; needs no credential.
+    no admin exists, only from a loopback peer and only with the one-time
+    bootstrap token the control plane wrote to its token file at start.
     """
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CreateAccountRequest, _accounts_pb2.Account]
     """Creates an account below `parent`."""
@@ -59,9 +60,23 @@ class AccountServiceStub:
     ResumeAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ResumeAccountRequest, _accounts_pb2.Account]
     """Lifts a suspension."""
     SetPassword: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.SetPasswordRequest, _empty_pb2.Empty]
-    """Sets or replaces the dashboard password of the caller's own account or of one below it."""
+    """Sets or replaces the dashboard password of the caller's own account (the
+    current password is then required) or of one below it. Every session of
+    the account ends and the management keys minted through them are revoked.
+    """
     Login: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.LoginRequest, _accounts_pb2.LoginResponse]
-    """Exchanges email and password for a short-lived session token; needs no credential."""
+    """Exchanges email and password for a short-lived session token; needs no credential.
+    Attempts are throttled per email and per client address (RESOURCE_EXHAUSTED with RetryInfo).
+    """
+    SetAccountPolicy: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.SetAccountPolicyRequest, _accounts_pb2.Account]
+    """-- account policies (see AccountPolicy) --
+    Sets the policy of an account strictly below the caller (never the caller's own:
+    SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+    above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+    subtree's existing keys when the call returns.
+    """
+    Logout: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.LogoutRequest, _empty_pb2.Empty]
+    """Ends the calling session (the credential must be a session token from Login)."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -74,7 +89,8 @@ class AccountServiceAsyncStub(AccountServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     BootstrapAdmin: _aio.UnaryUnaryMultiCallable[_accounts_pb2.BootstrapAdminRequest, _accounts_pb2.BootstrapAdminResponse]  # type: ignore[assignment]
     """Creates the root admin and its first management key. Accepted only while
-    no admin exists and only from a loopback peer; needs no credential.
+    no admin exists, only from a loopback peer and only with the one-time
+    bootstrap token the control plane wrote to its token file at start.
     """
     CreateAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CreateAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
     """Creates an account below `parent`."""
@@ -93,9 +109,23 @@ class AccountServiceAsyncStub(AccountServiceStub):
     ResumeAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ResumeAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
     """Lifts a suspension."""
     SetPassword: _aio.UnaryUnaryMultiCallable[_accounts_pb2.SetPasswordRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Sets or replaces the dashboard password of the caller's own account or of one below it."""
+    """Sets or replaces the dashboard password of the caller's own account (the
+    current password is then required) or of one below it. Every session of
+    the account ends and the management keys minted through them are revoked.
+    """
     Login: _aio.UnaryUnaryMultiCallable[_accounts_pb2.LoginRequest, _accounts_pb2.LoginResponse]  # type: ignore[assignment]
-    """Exchanges email and password for a short-lived session token; needs no credential."""
+    """Exchanges email and password for a short-lived session token; needs no credential.
+    Attempts are throttled per email and per client address (RESOURCE_EXHAUSTED with RetryInfo).
+    """
+    SetAccountPolicy: _aio.UnaryUnaryMultiCallable[_accounts_pb2.SetAccountPolicyRequest, _accounts_pb2.Account]  # type: ignore[assignment]
+    """-- account policies (see AccountPolicy) --
+    Sets the policy of an account strictly below the caller (never the caller's own:
+    SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+    above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+    subtree's existing keys when the call returns.
+    """
+    Logout: _aio.UnaryUnaryMultiCallable[_accounts_pb2.LogoutRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Ends the calling session (the credential must be a session token from Login)."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts and the reseller hierarchy. Callers authenticate with a management
@@ -111,7 +141,8 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.BootstrapAdminResponse, _abc.Awaitable[_accounts_pb2.BootstrapAdminResponse]]:
         """Creates the root admin and its first management key. Accepted only while
-        no admin exists and only from a loopback peer; needs no credential.
+        no admin exists, only from a loopback peer and only with the one-time
+        bootstrap token the control plane wrote to its token file at start.
         """
 
     @_abc_1.abstractmethod
@@ -178,7 +209,10 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.SetPasswordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Sets or replaces the dashboard password of the caller's own account or of one below it."""
+        """Sets or replaces the dashboard password of the caller's own account (the
+        current password is then required) or of one below it. Every session of
+        the account ends and the management keys minted through them are revoked.
+        """
 
     @_abc_1.abstractmethod
     def Login(
@@ -186,6 +220,29 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.LoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.LoginResponse, _abc.Awaitable[_accounts_pb2.LoginResponse]]:
-        """Exchanges email and password for a short-lived session token; needs no credential."""
+        """Exchanges email and password for a short-lived session token; needs no credential.
+        Attempts are throttled per email and per client address (RESOURCE_EXHAUSTED with RetryInfo).
+        """
+
+    @_abc_1.abstractmethod
+    def SetAccountPolicy(
+        self,
+        request: _accounts_pb2.SetAccountPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
+        """-- account policies (see AccountPolicy) --
+        Sets the policy of an account strictly below the caller (never the caller's own:
+        SELF_CHANGE_DENIED). A policy set by account P may be widened only by P or an account
+        above it (POLICY_SET_ABOVE); any account above may narrow it. Narrowing holds for the
+        subtree's existing keys when the call returns.
+        """
+
+    @_abc_1.abstractmethod
+    def Logout(
+        self,
+        request: _accounts_pb2.LogoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Ends the calling session (the credential must be a session token from Login)."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -77,7 +77,9 @@ class ApiKey(_message.Message):
 
     @_builtins.property
     def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Models the key may use; empty means every model."""
+        """Models the key may use; empty means every model (within the account policy in force:
+        a key created or changed under a policy with models gets the policy's list).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

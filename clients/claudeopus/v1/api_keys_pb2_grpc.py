@@ -74,7 +74,9 @@ class ApiKeyServiceServicer:
     """
 
     def CreateApiKey(self, request, context):
-        """Creates a key for an account of the caller's subtree.
+        """Creates a key for an account of the caller's subtree; it must fit the account policy in
+        force (ACCOUNT_POLICY_DENIED, see AccountPolicy). Limits set by a caller above the key's
+        account are held by it (see UpdateApiKey).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +97,10 @@ class ApiKeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateApiKey(self, request, context):
-        """Changes display_name, scopes, allowed_models or expire_time.
+        """Changes display_name, scopes, allowed_models or expire_time. A limit (models, expiry,
+        scopes) set by an account above the key's own may be widened only by that account or one
+        above it (KEY_LIMIT_SET_ABOVE); anyone may narrow it. Changed limits must fit the account
+        policy in force (ACCOUNT_POLICY_DENIED, see AccountPolicy).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

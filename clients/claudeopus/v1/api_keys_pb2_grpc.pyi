@@ -36,13 +36,20 @@ class ApiKeyServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ApiKeyServiceAsyncStub: ...
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.CreateApiKeyRequest, _api_keys_pb2.CreateApiKeyResponse]
-    """Creates a key for an account of the caller's subtree."""
+    """Creates a key for an account of the caller's subtree; it must fit the account policy in
+    force (ACCOUNT_POLICY_DENIED, see AccountPolicy). Limits set by a caller above the key's
+    account are held by it (see UpdateApiKey).
+    """
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.GetApiKeyRequest, _api_keys_pb2.ApiKey]
     """Gets one key of the caller's subtree (never its secret)."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.ListApiKeysRequest, _api_keys_pb2.ListApiKeysResponse]
     """Lists the keys of one account, newest first."""
     UpdateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.UpdateApiKeyRequest, _api_keys_pb2.ApiKey]
-    """Changes display_name, scopes, allowed_models or expire_time."""
+    """Changes display_name, scopes, allowed_models or expire_time. A limit (models, expiry,
+    scopes) set by an account above the key's own may be widened only by that account or one
+    above it (KEY_LIMIT_SET_ABOVE); anyone may narrow it. Changed limits must fit the account
+    policy in force (ACCOUNT_POLICY_DENIED, see AccountPolicy).
+    """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.ApiKey]
     """Revokes a key; it is refused from the next request on."""
     RotateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RotateApiKeyRequest, _api_keys_pb2.RotateApiKeyResponse]
@@ -59,13 +66,20 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.CreateApiKeyRequest, _api_keys_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Creates a key for an account of the caller's subtree."""
+    """Creates a key for an account of the caller's subtree; it must fit the account policy in
+    force (ACCOUNT_POLICY_DENIED, see AccountPolicy). Limits set by a caller above the key's
+    account are held by it (see UpdateApiKey).
+    """
     GetApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.GetApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
     """Gets one key of the caller's subtree (never its secret)."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.ListApiKeysRequest, _api_keys_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the keys of one account, newest first."""
     UpdateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.UpdateApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
-    """Changes display_name, scopes, allowed_models or expire_time."""
+    """Changes display_name, scopes, allowed_models or expire_time. A limit (models, expiry,
+    scopes) set by an account above the key's own may be widened only by that account or one
+    above it (KEY_LIMIT_SET_ABOVE); anyone may narrow it. Changed limits must fit the account
+    policy in force (ACCOUNT_POLICY_DENIED, see AccountPolicy).
+    """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.ApiKey]  # type: ignore[assignment]
     """Revokes a key; it is refused from the next request on."""
     RotateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RotateApiKeyRequest, _api_keys_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
@@ -85,7 +99,10 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_keys_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_keys_pb2.CreateApiKeyResponse, _abc.Awaitable[_api_keys_pb2.CreateApiKeyResponse]]:
-        """Creates a key for an account of the caller's subtree."""
+        """Creates a key for an account of the caller's subtree; it must fit the account policy in
+        force (ACCOUNT_POLICY_DENIED, see AccountPolicy). Limits set by a caller above the key's
+        account are held by it (see UpdateApiKey).
+        """
 
     @_abc_1.abstractmethod
     def GetApiKey(
@@ -109,7 +126,11 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_keys_pb2.UpdateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_keys_pb2.ApiKey, _abc.Awaitable[_api_keys_pb2.ApiKey]]:
-        """Changes display_name, scopes, allowed_models or expire_time."""
+        """Changes display_name, scopes, allowed_models or expire_time. A limit (models, expiry,
+        scopes) set by an account above the key's own may be widened only by that account or one
+        above it (KEY_LIMIT_SET_ABOVE); anyone may narrow it. Changed limits must fit the account
+        policy in force (ACCOUNT_POLICY_DENIED, see AccountPolicy).
+        """
 
     @_abc_1.abstractmethod
     def RevokeApiKey(

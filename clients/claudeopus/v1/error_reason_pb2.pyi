@@ -82,6 +82,24 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A budget may not be larger than a budget of the same metric and period above it."""
     BUDGET_HELD_ABOVE: _ErrorReason.ValueType  # 28
     """The budget was set above the caller, so only that account (or one above it) may change it."""
+    PRICE_SET_ABOVE: _ErrorReason.ValueType  # 29
+    """The price was set above the caller, so only that account (or one above it) may change or remove it."""
+    MODEL_NOT_AVAILABLE: _ErrorReason.ValueType  # 30
+    """No price is in force for the model on the key's account or any account above it, so it is not served."""
+    KEY_LIMIT_SET_ABOVE: _ErrorReason.ValueType  # 40
+    """A limit of the API key (models, expiry, scopes) was set above the caller: it may narrow it, not widen it."""
+    POLICY_SET_ABOVE: _ErrorReason.ValueType  # 41
+    """The account's policy was set above the caller: it may narrow it, not widen it."""
+    ACCOUNT_POLICY_DENIED: _ErrorReason.ValueType  # 42
+    """The key does not fit the policy in force on its account and the accounts above it."""
+    BOOTSTRAP_TOKEN_INVALID: _ErrorReason.ValueType  # 43
+    """BootstrapAdmin on a separately run control needs the one-time token it wrote to its token file."""
+    RATE_LIMITED: _ErrorReason.ValueType  # 44
+    """Too many attempts from this caller, email or address; retry after the RetryInfo delay."""
+    CURRENT_PASSWORD_INVALID: _ErrorReason.ValueType  # 45
+    """Changing one's own password needs the current one, and it did not match."""
+    NOT_A_SESSION: _ErrorReason.ValueType  # 46
+    """Logout ends a session: the call was made with another kind of credential."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` carried in `google.rpc.ErrorInfo` (domain "claudeopus") on every
@@ -149,4 +167,22 @@ BUDGET_ABOVE_PARENT: ErrorReason.ValueType  # 27
 """A budget may not be larger than a budget of the same metric and period above it."""
 BUDGET_HELD_ABOVE: ErrorReason.ValueType  # 28
 """The budget was set above the caller, so only that account (or one above it) may change it."""
+PRICE_SET_ABOVE: ErrorReason.ValueType  # 29
+"""The price was set above the caller, so only that account (or one above it) may change or remove it."""
+MODEL_NOT_AVAILABLE: ErrorReason.ValueType  # 30
+"""No price is in force for the model on the key's account or any account above it, so it is not served."""
+KEY_LIMIT_SET_ABOVE: ErrorReason.ValueType  # 40
+"""A limit of the API key (models, expiry, scopes) was set above the caller: it may narrow it, not widen it."""
+POLICY_SET_ABOVE: ErrorReason.ValueType  # 41
+"""The account's policy was set above the caller: it may narrow it, not widen it."""
+ACCOUNT_POLICY_DENIED: ErrorReason.ValueType  # 42
+"""The key does not fit the policy in force on its account and the accounts above it."""
+BOOTSTRAP_TOKEN_INVALID: ErrorReason.ValueType  # 43
+"""BootstrapAdmin on a separately run control needs the one-time token it wrote to its token file."""
+RATE_LIMITED: ErrorReason.ValueType  # 44
+"""Too many attempts from this caller, email or address; retry after the RetryInfo delay."""
+CURRENT_PASSWORD_INVALID: ErrorReason.ValueType  # 45
+"""Changing one's own password needs the current one, and it did not match."""
+NOT_A_SESSION: ErrorReason.ValueType  # 46
+"""Logout ends a session: the call was made with another kind of credential."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

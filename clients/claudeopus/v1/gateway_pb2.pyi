@@ -53,6 +53,7 @@ class VerifyApiKeyResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     ALLOWED_MODELS_FIELD_NUMBER: _builtins.int
+    PRICED_MODELS_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """Resource name of the key, `apiKeys/{id}`."""
     account: _builtins.str
@@ -61,16 +62,23 @@ class VerifyApiKeyResponse(_message.Message):
     def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models the key may use; empty means every model."""
 
+    @_builtins.property
+    def priced_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models with a price in force on the key's account: only these are served
+        (further narrowed by `allowed_models`). Empty means none is.
+        """
+
     def __init__(
         self,
         *,
         api_key: _builtins.str = ...,
         account: _builtins.str = ...,
         allowed_models: _abc.Iterable[_builtins.str] | None = ...,
+        priced_models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "allowed_models", b"allowed_models", "api_key", b"api_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "allowed_models", b"allowed_models", "api_key", b"api_key", "priced_models", b"priced_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

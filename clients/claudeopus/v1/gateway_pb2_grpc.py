@@ -106,7 +106,8 @@ class GatewayServiceServicer:
         """Checks a key for a model and opens the request's usage record in state
         RESERVED. Denials are gRPC errors with an ErrorInfo reason
         (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-        ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED).
+        MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
+        BUDGET_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

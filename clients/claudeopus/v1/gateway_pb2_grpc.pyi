@@ -47,7 +47,8 @@ class GatewayServiceStub:
     """Checks a key for a model and opens the request's usage record in state
     RESERVED. Denials are gRPC errors with an ErrorInfo reason
     (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-    ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED).
+    MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
+    BUDGET_EXHAUSTED).
     """
     Settle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SettleRequest, _gateway_pb2.SettleResponse]
     """Closes a reservation with the real usage. Idempotent by request_id: a
@@ -114,7 +115,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Checks a key for a model and opens the request's usage record in state
     RESERVED. Denials are gRPC errors with an ErrorInfo reason
     (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-    ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED).
+    MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
+    BUDGET_EXHAUSTED).
     """
     Settle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SettleRequest, _gateway_pb2.SettleResponse]  # type: ignore[assignment]
     """Closes a reservation with the real usage. Idempotent by request_id: a
@@ -190,7 +192,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Checks a key for a model and opens the request's usage record in state
         RESERVED. Denials are gRPC errors with an ErrorInfo reason
         (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-        ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED).
+        MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
+        BUDGET_EXHAUSTED).
         """
 
     @_abc_1.abstractmethod

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63laudeopus/v1/prices.proto\x12\rclaudeopus.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x05Price\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12 \n\x18input_micros_per_million\x18\x04 \x01(\x03\x12!\n\x19output_micros_per_million\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x12\x43reatePriceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x05price\x18\x02 \x01(\x0b\x32\x14.claudeopus.v1.Price\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1f\n\x0fGetPriceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x11ListPricesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListPricesResponse\x12$\n\x06prices\x18\x01 \x03(\x0b\x32\x14.claudeopus.v1.Price\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x12UpdatePriceRequest\x12#\n\x05price\x18\x01 \x01(\x0b\x32\x14.claudeopus.v1.Price\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x12\x44\x65letePriceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x13ResolvePriceRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x92\x01\n\x14ResolvePriceResponse\x12\x0e\n\x06priced\x18\x01 \x01(\x08\x12 \n\x18input_micros_per_million\x18\x02 \x01(\x03\x12!\n\x19output_micros_per_million\x18\x03 \x01(\x03\x12%\n\x07sources\x18\x04 \x03(\x0b\x32\x14.claudeopus.v1.Price2\xd6\x03\n\x0cPriceService\x12\x46\n\x0b\x43reatePrice\x12!.claudeopus.v1.CreatePriceRequest\x1a\x14.claudeopus.v1.Price\x12@\n\x08GetPrice\x12\x1e.claudeopus.v1.GetPriceRequest\x1a\x14.claudeopus.v1.Price\x12Q\n\nListPrices\x12 .claudeopus.v1.ListPricesRequest\x1a!.claudeopus.v1.ListPricesResponse\x12\x46\n\x0bUpdatePrice\x12!.claudeopus.v1.UpdatePriceRequest\x1a\x14.claudeopus.v1.Price\x12H\n\x0b\x44\x65letePrice\x12!.claudeopus.v1.DeletePriceRequest\x1a\x16.google.protobuf.Empty\x12W\n\x0cResolvePrice\x12\".claudeopus.v1.ResolvePriceRequest\x1a#.claudeopus.v1.ResolvePriceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63laudeopus/v1/prices.proto\x12\rclaudeopus.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x01\n\x05Price\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12 \n\x18input_micros_per_million\x18\x04 \x01(\x03\x12!\n\x19output_micros_per_million\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06set_by\x18\x08 \x01(\t\x12\x11\n\tset_above\x18\t \x01(\x08\"]\n\x12\x43reatePriceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x05price\x18\x02 \x01(\x0b\x32\x14.claudeopus.v1.Price\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1f\n\x0fGetPriceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x11ListPricesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListPricesResponse\x12$\n\x06prices\x18\x01 \x03(\x0b\x32\x14.claudeopus.v1.Price\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x12UpdatePriceRequest\x12#\n\x05price\x18\x01 \x01(\x0b\x32\x14.claudeopus.v1.Price\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x12\x44\x65letePriceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x13ResolvePriceRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xc4\x01\n\x14ResolvePriceResponse\x12\x0e\n\x06priced\x18\x01 \x01(\x08\x12 \n\x18input_micros_per_million\x18\x02 \x01(\x03\x12!\n\x19output_micros_per_million\x18\x03 \x01(\x03\x12%\n\x07sources\x18\x04 \x03(\x0b\x32\x14.claudeopus.v1.Price\x12\x30\n\tinherited\x18\x05 \x01(\x0b\x32\x1d.claudeopus.v1.InheritedPrice\"U\n\x0eInheritedPrice\x12 \n\x18input_micros_per_million\x18\x01 \x01(\x03\x12!\n\x19output_micros_per_million\x18\x02 \x01(\x03\x32\xd6\x03\n\x0cPriceService\x12\x46\n\x0b\x43reatePrice\x12!.claudeopus.v1.CreatePriceRequest\x1a\x14.claudeopus.v1.Price\x12@\n\x08GetPrice\x12\x1e.claudeopus.v1.GetPriceRequest\x1a\x14.claudeopus.v1.Price\x12Q\n\nListPrices\x12 .claudeopus.v1.ListPricesRequest\x1a!.claudeopus.v1.ListPricesResponse\x12\x46\n\x0bUpdatePrice\x12!.claudeopus.v1.UpdatePriceRequest\x1a\x14.claudeopus.v1.Price\x12H\n\x0b\x44\x65letePrice\x12!.claudeopus.v1.DeletePriceRequest\x1a\x16.google.protobuf.Empty\x12W\n\x0cResolvePrice\x12\".claudeopus.v1.ResolvePriceRequest\x1a#.claudeopus.v1.ResolvePriceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.prices_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PRICE']._serialized_start=142
-  _globals['_PRICE']._serialized_end=362
-  _globals['_CREATEPRICEREQUEST']._serialized_start=364
-  _globals['_CREATEPRICEREQUEST']._serialized_end=457
-  _globals['_GETPRICEREQUEST']._serialized_start=459
-  _globals['_GETPRICEREQUEST']._serialized_end=490
-  _globals['_LISTPRICESREQUEST']._serialized_start=492
-  _globals['_LISTPRICESREQUEST']._serialized_end=566
-  _globals['_LISTPRICESRESPONSE']._serialized_start=568
-  _globals['_LISTPRICESRESPONSE']._serialized_end=651
-  _globals['_UPDATEPRICEREQUEST']._serialized_start=653
-  _globals['_UPDATEPRICEREQUEST']._serialized_end=759
-  _globals['_DELETEPRICEREQUEST']._serialized_start=761
-  _globals['_DELETEPRICEREQUEST']._serialized_end=795
-  _globals['_RESOLVEPRICEREQUEST']._serialized_start=797
-  _globals['_RESOLVEPRICEREQUEST']._serialized_end=850
-  _globals['_RESOLVEPRICERESPONSE']._serialized_start=853
-  _globals['_RESOLVEPRICERESPONSE']._serialized_end=999
-  _globals['_PRICESERVICE']._serialized_start=1002
-  _globals['_PRICESERVICE']._serialized_end=1472
+  _globals['_PRICE']._serialized_end=397
+  _globals['_CREATEPRICEREQUEST']._serialized_start=399
+  _globals['_CREATEPRICEREQUEST']._serialized_end=492
+  _globals['_GETPRICEREQUEST']._serialized_start=494
+  _globals['_GETPRICEREQUEST']._serialized_end=525
+  _globals['_LISTPRICESREQUEST']._serialized_start=527
+  _globals['_LISTPRICESREQUEST']._serialized_end=601
+  _globals['_LISTPRICESRESPONSE']._serialized_start=603
+  _globals['_LISTPRICESRESPONSE']._serialized_end=686
+  _globals['_UPDATEPRICEREQUEST']._serialized_start=688
+  _globals['_UPDATEPRICEREQUEST']._serialized_end=794
+  _globals['_DELETEPRICEREQUEST']._serialized_start=796
+  _globals['_DELETEPRICEREQUEST']._serialized_end=830
+  _globals['_RESOLVEPRICEREQUEST']._serialized_start=832
+  _globals['_RESOLVEPRICEREQUEST']._serialized_end=885
+  _globals['_RESOLVEPRICERESPONSE']._serialized_start=888
+  _globals['_RESOLVEPRICERESPONSE']._serialized_end=1084
+  _globals['_INHERITEDPRICE']._serialized_start=1086
+  _globals['_INHERITEDPRICE']._serialized_end=1171
+  _globals['_PRICESERVICE']._serialized_start=1174
+  _globals['_PRICESERVICE']._serialized_end=1644
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,8 @@ class Price(_message.Message):
     OUTPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    SET_ABOVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `prices/{id}`. Output only."""
     account: _builtins.str
@@ -43,6 +45,15 @@ class Price(_message.Message):
     """Micro-units per million input (prompt) tokens."""
     output_micros_per_million: _builtins.int
     """Micro-units per million output (completion) tokens."""
+    set_by: _builtins.str
+    """The account that set (or last changed) the price, `accounts/{id}`, when it
+    is the caller's account or one below it; empty when `set_above` is true.
+    Output only.
+    """
+    set_above: _builtins.bool
+    """True when the price was set by an account above the caller: the caller may
+    not change or remove it, and is not told which account that was. Output only.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
@@ -61,10 +72,12 @@ class Price(_message.Message):
         output_micros_per_million: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        set_by: _builtins.str = ...,
+        set_above: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "create_time", b"create_time", "input_micros_per_million", b"input_micros_per_million", "model", b"model", "name", b"name", "output_micros_per_million", b"output_micros_per_million", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "create_time", b"create_time", "input_micros_per_million", b"input_micros_per_million", "model", b"model", "name", b"name", "output_micros_per_million", b"output_micros_per_million", "set_above", b"set_above", "set_by", b"set_by", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,15 +285,25 @@ class ResolvePriceResponse(_message.Message):
     INPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
     OUTPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    INHERITED_FIELD_NUMBER: _builtins.int
     priced: _builtins.bool
-    """Whether any price is set for the model on the account's chain; false means requests cost 0."""
+    """Whether any price is in force for the model on the account; false means the
+    model is not served to the account's keys.
+    """
     input_micros_per_million: _builtins.int
     """Micro-units per million input tokens in force."""
     output_micros_per_million: _builtins.int
     """Micro-units per million output tokens in force."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Price]:
-        """The prices on the account's chain (root first) the amounts come from."""
+        """The prices on the account's chain set by the caller's account or below it,
+        from the caller's account down. Prices set above the caller are never
+        listed: they make up `inherited`.
+        """
+
+    @_builtins.property
+    def inherited(self) -> Global___InheritedPrice:
+        """What the prices set above the caller amount to; unset when none applies."""
 
     def __init__(
         self,
@@ -289,11 +312,40 @@ class ResolvePriceResponse(_message.Message):
         input_micros_per_million: _builtins.int = ...,
         output_micros_per_million: _builtins.int = ...,
         sources: _abc.Iterable[Global___Price] | None = ...,
+        inherited: Global___InheritedPrice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inherited", b"inherited"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_micros_per_million", b"input_micros_per_million", "output_micros_per_million", b"output_micros_per_million", "priced", b"priced", "sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inherited", b"inherited", "input_micros_per_million", b"input_micros_per_million", "output_micros_per_million", b"output_micros_per_million", "priced", b"priced", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolvePriceResponse: _TypeAlias = ResolvePriceResponse  # noqa: Y015
+
+@_typing.final
+class InheritedPrice(_message.Message):
+    """What the prices set above the caller amount to on an account's chain: per
+    component the highest of them, as one figure without the accounts it comes from.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
+    OUTPUT_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
+    input_micros_per_million: _builtins.int
+    """Micro-units per million input tokens."""
+    output_micros_per_million: _builtins.int
+    """Micro-units per million output tokens."""
+    def __init__(
+        self,
+        *,
+        input_micros_per_million: _builtins.int = ...,
+        output_micros_per_million: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_micros_per_million", b"input_micros_per_million", "output_micros_per_million", b"output_micros_per_million"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InheritedPrice: _TypeAlias = InheritedPrice  # noqa: Y015

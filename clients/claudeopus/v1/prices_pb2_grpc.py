@@ -31,7 +31,11 @@ class PriceServiceStub:
     its own prices (its markup) on its account or on accounts below it. The price
     in force for a request is, per component, the highest price set on the key's
     account or any of its ancestors for that model, so nobody in a subtree can be
-    charged less than what its reseller pays. Money is integer micro-units of the
+    charged less than what its reseller pays. A model is served to a key only when
+    a price (zero included) is in force for it on the key's account. Each price
+    records the account that set it: only that account or one above it may change
+    or remove it (PRICE_SET_ABOVE), so an account can add its markup but never
+    remove or lower what was set above it. Money is integer micro-units of the
     installation's currency (1 unit = 1,000,000 micros), per million tokens.
     """
 
@@ -78,7 +82,11 @@ class PriceServiceServicer:
     its own prices (its markup) on its account or on accounts below it. The price
     in force for a request is, per component, the highest price set on the key's
     account or any of its ancestors for that model, so nobody in a subtree can be
-    charged less than what its reseller pays. Money is integer micro-units of the
+    charged less than what its reseller pays. A model is served to a key only when
+    a price (zero included) is in force for it on the key's account. Each price
+    records the account that set it: only that account or one above it may change
+    or remove it (PRICE_SET_ABOVE), so an account can add its markup but never
+    remove or lower what was set above it. Money is integer micro-units of the
     installation's currency (1 unit = 1,000,000 micros), per million tokens.
     """
 
@@ -104,21 +112,23 @@ class PriceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePrice(self, request, context):
-        """Changes the amounts of a price.
+        """Changes the amounts of a price set by the caller's account or below it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeletePrice(self, request, context):
-        """Removes a price; the account falls back to its ancestors' prices.
+        """Removes a price set by the caller's account or below it; the account falls
+        back to its ancestors' prices.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolvePrice(self, request, context):
-        """The price in force for a model on an account (what its requests cost).
+        """The price in force for a model on an account (what its requests cost), and
+        where it comes from as far as the caller may know.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +180,11 @@ class PriceService:
     its own prices (its markup) on its account or on accounts below it. The price
     in force for a request is, per component, the highest price set on the key's
     account or any of its ancestors for that model, so nobody in a subtree can be
-    charged less than what its reseller pays. Money is integer micro-units of the
+    charged less than what its reseller pays. A model is served to a key only when
+    a price (zero included) is in force for it on the key's account. Each price
+    records the account that set it: only that account or one above it may change
+    or remove it (PRICE_SET_ABOVE), so an account can add its markup but never
+    remove or lower what was set above it. Money is integer micro-units of the
     installation's currency (1 unit = 1,000,000 micros), per million tokens.
     """
 

@@ -32,7 +32,11 @@ class PriceServiceStub:
     its own prices (its markup) on its account or on accounts below it. The price
     in force for a request is, per component, the highest price set on the key's
     account or any of its ancestors for that model, so nobody in a subtree can be
-    charged less than what its reseller pays. Money is integer micro-units of the
+    charged less than what its reseller pays. A model is served to a key only when
+    a price (zero included) is in force for it on the key's account. Each price
+    records the account that set it: only that account or one above it may change
+    or remove it (PRICE_SET_ABOVE), so an account can add its markup but never
+    remove or lower what was set above it. Money is integer micro-units of the
     installation's currency (1 unit = 1,000,000 micros), per million tokens.
     """
 
@@ -47,11 +51,15 @@ class PriceServiceStub:
     ListPrices: _grpc.UnaryUnaryMultiCallable[_prices_pb2.ListPricesRequest, _prices_pb2.ListPricesResponse]
     """Lists the prices set on one account, by model."""
     UpdatePrice: _grpc.UnaryUnaryMultiCallable[_prices_pb2.UpdatePriceRequest, _prices_pb2.Price]
-    """Changes the amounts of a price."""
+    """Changes the amounts of a price set by the caller's account or below it."""
     DeletePrice: _grpc.UnaryUnaryMultiCallable[_prices_pb2.DeletePriceRequest, _empty_pb2.Empty]
-    """Removes a price; the account falls back to its ancestors' prices."""
+    """Removes a price set by the caller's account or below it; the account falls
+    back to its ancestors' prices.
+    """
     ResolvePrice: _grpc.UnaryUnaryMultiCallable[_prices_pb2.ResolvePriceRequest, _prices_pb2.ResolvePriceResponse]
-    """The price in force for a model on an account (what its requests cost)."""
+    """The price in force for a model on an account (what its requests cost), and
+    where it comes from as far as the caller may know.
+    """
 
 @_typing.type_check_only
 class PriceServiceAsyncStub(PriceServiceStub):
@@ -59,7 +67,11 @@ class PriceServiceAsyncStub(PriceServiceStub):
     its own prices (its markup) on its account or on accounts below it. The price
     in force for a request is, per component, the highest price set on the key's
     account or any of its ancestors for that model, so nobody in a subtree can be
-    charged less than what its reseller pays. Money is integer micro-units of the
+    charged less than what its reseller pays. A model is served to a key only when
+    a price (zero included) is in force for it on the key's account. Each price
+    records the account that set it: only that account or one above it may change
+    or remove it (PRICE_SET_ABOVE), so an account can add its markup but never
+    remove or lower what was set above it. Money is integer micro-units of the
     installation's currency (1 unit = 1,000,000 micros), per million tokens.
     """
 
@@ -71,18 +83,26 @@ class PriceServiceAsyncStub(PriceServiceStub):
     ListPrices: _aio.UnaryUnaryMultiCallable[_prices_pb2.ListPricesRequest, _prices_pb2.ListPricesResponse]  # type: ignore[assignment]
     """Lists the prices set on one account, by model."""
     UpdatePrice: _aio.UnaryUnaryMultiCallable[_prices_pb2.UpdatePriceRequest, _prices_pb2.Price]  # type: ignore[assignment]
-    """Changes the amounts of a price."""
+    """Changes the amounts of a price set by the caller's account or below it."""
     DeletePrice: _aio.UnaryUnaryMultiCallable[_prices_pb2.DeletePriceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Removes a price; the account falls back to its ancestors' prices."""
+    """Removes a price set by the caller's account or below it; the account falls
+    back to its ancestors' prices.
+    """
     ResolvePrice: _aio.UnaryUnaryMultiCallable[_prices_pb2.ResolvePriceRequest, _prices_pb2.ResolvePriceResponse]  # type: ignore[assignment]
-    """The price in force for a model on an account (what its requests cost)."""
+    """The price in force for a model on an account (what its requests cost), and
+    where it comes from as far as the caller may know.
+    """
 
 class PriceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Price tables. The admin sets base prices on the root account; a reseller sets
     its own prices (its markup) on its account or on accounts below it. The price
     in force for a request is, per component, the highest price set on the key's
     account or any of its ancestors for that model, so nobody in a subtree can be
-    charged less than what its reseller pays. Money is integer micro-units of the
+    charged less than what its reseller pays. A model is served to a key only when
+    a price (zero included) is in force for it on the key's account. Each price
+    records the account that set it: only that account or one above it may change
+    or remove it (PRICE_SET_ABOVE), so an account can add its markup but never
+    remove or lower what was set above it. Money is integer micro-units of the
     installation's currency (1 unit = 1,000,000 micros), per million tokens.
     """
 
@@ -116,7 +136,7 @@ class PriceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prices_pb2.UpdatePriceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prices_pb2.Price, _abc.Awaitable[_prices_pb2.Price]]:
-        """Changes the amounts of a price."""
+        """Changes the amounts of a price set by the caller's account or below it."""
 
     @_abc_1.abstractmethod
     def DeletePrice(
@@ -124,7 +144,9 @@ class PriceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prices_pb2.DeletePriceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Removes a price; the account falls back to its ancestors' prices."""
+        """Removes a price set by the caller's account or below it; the account falls
+        back to its ancestors' prices.
+        """
 
     @_abc_1.abstractmethod
     def ResolvePrice(
@@ -132,6 +154,8 @@ class PriceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prices_pb2.ResolvePriceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prices_pb2.ResolvePriceResponse, _abc.Awaitable[_prices_pb2.ResolvePriceResponse]]:
-        """The price in force for a model on an account (what its requests cost)."""
+        """The price in force for a model on an account (what its requests cost), and
+        where it comes from as far as the caller may know.
+        """
 
 def add_PriceServiceServicer_to_server(servicer: PriceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

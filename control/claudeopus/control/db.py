@@ -1,9 +1,16 @@
-"""Database configuration and start-up: PostgreSQL through asyncpg, or a SQLite file."""
+"""Database configuration and start-up: PostgreSQL through asyncpg, or a SQLite file.
+
+A SQLite file holds account data and key hashes, so it is created owner-only (0600, its
+directory 0700 when missing) whatever the umask; SQLite gives its WAL and shared-memory
+files the database file's mode.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from tortoise.backends.base.config_generator import expand_db_url
@@ -11,6 +18,7 @@ from tortoise.context import TortoiseContext
 from tortoise.migrations.api import migrate
 
 from claudeopus.control.settings import DEFAULT_DATABASE_URL
+from claudeopus.private_files import create_private
 
 APP_LABEL = "control"
 MODELS_MODULE = "claudeopus.control.models"
@@ -56,6 +64,14 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 MIGRATIONS_CONFIG = tortoise_config(DEFAULT_DATABASE_URL)
 
 
+def sqlite_file(database_url: str) -> Path | None:
+    """The file of a ``sqlite://`` URL; None for PostgreSQL and for an in-memory database."""
+    if not database_url.startswith("sqlite://"):
+        return None
+    path = str(expand_db_url(database_url)["credentials"]["file_path"])
+    return None if path == ":memory:" or not path else Path(path)
+
+
 async def apply_migrations(database_url: str) -> None:
     """Bring the schema up to date (safe to run on every start, by every replica)."""
     async with TortoiseContext():
@@ -69,6 +85,9 @@ async def open_database(database_url: str) -> AsyncIterator[TortoiseContext]:
     Everything that queries the models must run inside the body (tasks started
     there inherit the context).
     """
+    file = sqlite_file(database_url)
+    if file is not None:
+        await asyncio.to_thread(create_private, file)
     await apply_migrations(database_url)
     async with TortoiseContext() as ctx:
         await ctx.init(config=tortoise_config(database_url))

@@ -10,6 +10,7 @@ from claudeopus import tls
 
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
+DEFAULT_BOOTSTRAP_TOKEN_FILE = "claudeopus-bootstrap.token"
 MAX_OUTPUT_TOKENS = 100_000_000
 MAX_CACHED_KEYS = 10_000_000
 TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_TLS_CERT", "CLAUDEOPUS_CONTROL_TLS_KEY", "CLAUDEOPUS_CONTROL_CLIENT_CA")
@@ -47,6 +48,22 @@ class ControlSettings:
     # Keys whose authorization context (key, account, suspension, budgets, prices) each control
     # process keeps between requests; any change to those rows empties it (see auth_cache). 0: none.
     auth_cache_keys: int = 10_000
+    # Where a control that starts with no admin writes the one-time BootstrapAdmin token (0600).
+    # Empty: the token stays in memory (an embedding program that bootstraps in-process).
+    bootstrap_token_file: str = ""
+    # How long a Login session lives, in seconds.
+    session_ttl: float = 12 * 3600.0
+    # Threads for argon2 hashing and verification (apart from the default executor).
+    password_workers: int = 1
+    # Login attempts per minute per client address; failed logins (and wrong current passwords)
+    # per hour per email; account creations refused for a taken email per hour per caller.
+    login_attempts_per_minute: int = 30
+    login_failures_per_hour: int = 20
+    email_probes_per_hour: int = 20
+    # Calls of one management method (or of Login) served at once; more are refused with
+    # RESOURCE_EXHAUSTED. The gateway service is never limited.
+    method_concurrency: int = 32
+    login_concurrency: int = 4
 
     def __post_init__(self) -> None:
         if len(self.service_token) < 32:
@@ -82,7 +99,35 @@ class ControlSettings:
             ),
             sweep_interval=_seconds("CLAUDEOPUS_SWEEP_INTERVAL", env.get("CLAUDEOPUS_SWEEP_INTERVAL", "30")),
             auth_cache_keys=_count("CLAUDEOPUS_AUTH_CACHE_KEYS", env.get("CLAUDEOPUS_AUTH_CACHE_KEYS", "10000")),
+            bootstrap_token_file=env.get("CLAUDEOPUS_BOOTSTRAP_TOKEN_FILE", DEFAULT_BOOTSTRAP_TOKEN_FILE),
+            session_ttl=_seconds("CLAUDEOPUS_SESSION_TTL", env.get("CLAUDEOPUS_SESSION_TTL", "43200")),
+            password_workers=_limit(env, "password_workers"),
+            login_attempts_per_minute=_limit(env, "login_attempts_per_minute"),
+            login_failures_per_hour=_limit(env, "login_failures_per_hour"),
+            email_probes_per_hour=_limit(env, "email_probes_per_hour"),
+            method_concurrency=_limit(env, "method_concurrency"),
+            login_concurrency=_limit(env, "login_concurrency"),
         )
+
+
+LIMITS = {
+    # setting: (environment variable, default, largest)
+    "password_workers": ("CLAUDEOPUS_PASSWORD_WORKERS", 1, 64),
+    "login_attempts_per_minute": ("CLAUDEOPUS_LOGIN_ATTEMPTS_PER_MINUTE", 30, 1_000_000),
+    "login_failures_per_hour": ("CLAUDEOPUS_LOGIN_FAILURES_PER_HOUR", 20, 1_000_000),
+    "email_probes_per_hour": ("CLAUDEOPUS_EMAIL_PROBES_PER_HOUR", 20, 1_000_000),
+    "method_concurrency": ("CLAUDEOPUS_METHOD_CONCURRENCY", 32, 100_000),
+    "login_concurrency": ("CLAUDEOPUS_LOGIN_CONCURRENCY", 4, 100_000),
+}
+
+
+def _limit(env: Mapping[str, str], setting: str) -> int:
+    name, default, largest = LIMITS[setting]
+    raw = env.get(name, str(default))
+    value = raw.strip()
+    if not (value.isascii() and value.isdecimal()) or not 1 <= int(value) <= largest:
+        raise SettingsError(f"{name} must be a whole number from 1 to {largest:,}, got {raw!r}")
+    return int(value)
 
 
 def _count(name: str, raw: str) -> int:

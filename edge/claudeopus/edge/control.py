@@ -34,7 +34,14 @@ class AuthorizeTimedOut(errors.ControlUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
+    """What a key may use: the models priced on its chain (None: not known), narrowed by its own list (empty: all)."""
+
     allowed_models: tuple[str, ...]
+    priced_models: frozenset[str] | None = None
+
+    def may_use(self, model: object) -> bool:
+        priced = self.priced_models is None or model in self.priced_models
+        return priced and (not self.allowed_models or model in self.allowed_models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,8 @@ def openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
         return errors.PermissionDenied(message, code=reason.lower())
     if reason == "MODEL_NOT_ALLOWED":
         return errors.PermissionDenied(message, code="model_not_allowed", param="model")
+    if reason == "MODEL_NOT_AVAILABLE":
+        return errors.PermissionDenied(message, code="model_not_available", param="model")
     if reason == "BUDGET_EXHAUSTED":
         return errors.QuotaExceeded(message, code="insufficient_quota")
     if reason == "FIELD_INVALID":
@@ -102,7 +111,7 @@ class ControlClient:
             reply = await self._stub.VerifyApiKey(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise openai_error(from_rpc_error(error)) from None
-        return KeyInfo(allowed_models=tuple(reply.allowed_models))
+        return KeyInfo(allowed_models=tuple(reply.allowed_models), priced_models=frozenset(reply.priced_models))
 
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         """Reserve many requests in one call: per request, the output cap the upstream must get

@@ -5,7 +5,8 @@ Hierarchy::
     OpenAIError                    any error the edge answers itself
     ├── BadRequest           400   invalid_request_error (malformed body, missing field)
     ├── AuthenticationFailed 401   invalid_request_error / invalid_api_key, api_key_revoked, api_key_expired
-    ├── PermissionDenied     403   model_not_allowed, account_suspended, key_scope_denied
+    ├── PermissionDenied     403   model_not_allowed, model_not_available (no price in force), account_suspended,
+    │                              key_scope_denied
     ├── RouteNotFound        404   unknown path
     ├── MethodNotAllowed     405   another method on a known path (with an Allow header)
     ├── PayloadTooLarge      413   body over the configured limit

@@ -195,8 +195,7 @@ class Forwarder:
             models = [m for m in listing["data"] if isinstance(m, dict)]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise errors.upstream_broken("sent a malformed model list") from None
-        if info.allowed_models:
-            models = [m for m in models if m.get("id") in info.allowed_models]
+        models = [m for m in models if info.may_use(m.get("id"))]
         listed = [self._model_object(m) for m in models if isinstance(m.get("id"), str)]
         return BodyReply(status=200, body=orjson.dumps({"object": "list", "data": listed}))
 

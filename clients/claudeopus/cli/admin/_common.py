@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
 from claudeopus import tls
@@ -48,18 +49,35 @@ class ControlTLS:
         return found
 
 
+@dataclass(frozen=True, slots=True)
+class AdminOptions:
+    """Options of ``claudeopus admin`` itself (before the sub-command), kept in the click context."""
+
+    insecure: bool = False
+
+
+def _insecure() -> bool:
+    context = click.get_current_context(silent=True)
+    found = context.find_object(AdminOptions) if context is not None else None
+    return found is not None and found.insecure
+
+
 def call(control: str, key: str | None, as_json: bool, work: Callable[[Client], T]) -> T:
     """Run ``work`` with a client; a failed call prints the error (JSON with --json) and exits 1.
 
-    Unusable TLS files (CLAUDEOPUS_CONTROL_CA and the client pair) print one line and exit 2.
+    Unusable TLS files (CLAUDEOPUS_CONTROL_CA and the client pair), and plain text to another
+    machine without ``claudeopus admin --insecure``, print one line and exit 2.
     """
     try:
         options = ControlTLS.from_env()
-    except tls.TLSConfigError as error:
+        client = Client(
+            control, key=key, tls_ca=options.ca, tls_cert=options.cert, tls_key=options.key, insecure=_insecure()
+        )
+    except (tls.TLSConfigError, tls.PlainTextRefused) as error:
         typer.echo(f"claudeopus: {error}", err=True)
         raise typer.Exit(2) from None
     try:
-        with Client(control, key=key, tls_ca=options.ca, tls_cert=options.cert, tls_key=options.key) as client:
+        with client:
             return work(client)
     except ClaudeOpusError as error:
         emit_error(error, as_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -129,13 +130,85 @@ def set_password(
             prompt=True, hide_input=True, confirmation_prompt=True, envvar="CLAUDEOPUS_PASSWORD", help="New password."
         ),
     ] = "",
+    current: Annotated[
+        bool,
+        typer.Option(
+            "--current",
+            help="Ask for your current password (never echoed): needed to change your own; implied without NAME.",
+        ),
+    ] = False,
+    current_password: Annotated[
+        str, typer.Option("--current-password", envvar="CLAUDEOPUS_CURRENT_PASSWORD", hidden=True)
+    ] = "",
     control: ControlOpt = DEFAULT_CONTROL,
     key: KeyOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Set the dashboard password (12+ characters) of an account; its sessions end."""
-    call(control, need_key(key), as_json, lambda c: c.set_password(password, name=name))
+    if (current or not name) and not current_password:
+        current_password = typer.prompt(
+            "Current password (empty if none is set)", default="", hide_input=True, show_default=False
+        )
+    call(
+        control,
+        need_key(key),
+        as_json,
+        lambda c: c.set_password(password, name=name, current_password=current_password),
+    )
     if as_json:
         emit_json({"password_set": name or "own account"})
     else:
         typer.echo("password set")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _lifetime(value: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s`` (or plain seconds) as a duration."""
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "s")
+    if not number.isdecimal() or int(number) == 0:
+        raise typer.BadParameter("a positive duration like 30d, 12h, 90m or 3600s", param_hint="--max-key-lifetime")
+    return timedelta(seconds=int(number) * _UNITS[unit])
+
+
+@app.command("policy")
+def policy(
+    name: NameArg,
+    allowed_models: Annotated[
+        str | None, typer.Option(help="Models keys below may use, comma-separated; '' allows every model.")
+    ] = None,
+    management_keys: Annotated[
+        bool | None,
+        typer.Option("--management-keys/--no-management-keys", help="Whether management keys may exist below."),
+    ] = None,
+    max_key_lifetime: Annotated[
+        str | None, typer.Option(help="Longest key lifetime, e.g. 30d; 'none' removes the bound.")
+    ] = None,
+    control: ControlOpt = DEFAULT_CONTROL,
+    key: KeyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the key policy of an account below yours; only the options given change.
+
+    The policy bounds every key of the account's subtree. You may narrow a policy an account above
+    you set, never widen it.
+    """
+    if allowed_models is None and management_keys is None and max_key_lifetime is None:
+        raise typer.BadParameter("give at least one of --allowed-models, --[no-]management-keys, --max-key-lifetime")
+    models = None if allowed_models is None else [m.strip() for m in allowed_models.split(",") if m.strip()]
+    clear = max_key_lifetime == "none"
+    lifetime = None if max_key_lifetime is None or clear else _lifetime(max_key_lifetime)
+    account = call(
+        control,
+        need_key(key),
+        as_json,
+        lambda c: c.set_account_policy(
+            name,
+            allowed_models=models,
+            deny_management_keys=None if management_keys is None else not management_keys,
+            max_key_lifetime=lifetime,
+            clear_max_key_lifetime=clear,
+        ),
+    )
+    emit_message("account", account, as_json)

@@ -13,6 +13,8 @@ app = typer.Typer(help="Prices per model: base prices (admin) and markups (resel
 NameArg = Annotated[str, typer.Argument(help="The price, prices/N.")]
 InputOpt = Annotated[int, typer.Option("--input", help="Micro-units per million input tokens.", min=0)]
 OutputOpt = Annotated[int, typer.Option("--output", help="Micro-units per million output tokens.", min=0)]
+# How a price set by an account above the caller's is shown: who set it is not the caller's business.
+SET_ABOVE = "(above you)"
 
 
 @app.command("create")
@@ -60,8 +62,8 @@ def list_(
     if as_json:
         emit_json({"prices": rows})
     else:
-        columns = ["name", "model", "input_micros_per_million", "output_micros_per_million", "update_time"]
-        emit_rows("prices", columns, rows)
+        columns = ["name", "model", "input_micros_per_million", "output_micros_per_million", "set_by", "update_time"]
+        emit_rows("prices", columns, [{**row, "set_by": row["set_by"] or SET_ABOVE} for row in rows])
 
 
 @app.command("update")
@@ -73,7 +75,7 @@ def update(
     key: KeyOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Change the input and/or output amount of a price."""
+    """Change the input and/or output amount of a price set by your account or below it."""
     if input_micros is None and output_micros is None:
         raise typer.BadParameter("give --input and/or --output")
     price = call(
@@ -87,7 +89,7 @@ def update(
 
 @app.command("delete")
 def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
-    """Remove a price; the account falls back to its ancestors' prices."""
+    """Remove a price set by your account or below it; the account falls back to its ancestors' prices."""
     call(control, need_key(key), as_json, lambda c: c.delete_price(name))
     if as_json:
         emit_json({"deleted": name})
@@ -103,17 +105,27 @@ def resolve(
     key: KeyOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """The price in force for MODEL on an account (what its requests cost)."""
+    """The price in force for MODEL on an account (what its requests cost) and where it comes from.
+
+    Prices set above your account show as one inherited figure; yours and those below you are listed.
+    """
     reply = call(control, need_key(key), as_json, lambda c: c.resolve_price(model=model, account=account))
     if as_json:
-        emit_json({**to_dict(reply), "sources": [to_dict(p) for p in reply.sources]})
+        emit_json(to_dict(reply))
         return
+    inherited = reply.inherited if reply.HasField("inherited") else None
     emit_record(
         f"price in force for {model}",
         {
             "priced": reply.priced,
             "input_micros_per_million": reply.input_micros_per_million,
             "output_micros_per_million": reply.output_micros_per_million,
-            "from": [p.name for p in reply.sources],
+            "inherited (set above you)": "none"
+            if inherited is None
+            else f"{inherited.input_micros_per_million} / {inherited.output_micros_per_million}",
+            "from": [
+                f"{p.name} on {p.account}: {p.input_micros_per_million} / {p.output_micros_per_million}"
+                for p in reply.sources
+            ],
         },
     )

@@ -1,4 +1,4 @@
-"""Accounts and the reseller hierarchy: bootstrap, create, read, change, delete, log in.
+"""Accounts and the reseller hierarchy: bootstrap, create, read, change, suspend, delete.
 
 Every lookup is confined to the caller's subtree; anything outside it is
 reported as not found, so callers cannot learn that it exists. A deleted
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Q
+from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import passwords, sessions, validation
+from claudeopus.control.domain import sessions, validation
 from claudeopus.control.domain.api_keys import IssuedKey, issue_key
 from claudeopus.control.domain.errors import (
     AlreadyExists,
@@ -27,12 +27,11 @@ from claudeopus.control.domain.errors import (
     NotFound,
     PermissionDenied,
     Reason,
-    Unauthenticated,
 )
 from claudeopus.control.domain.instance import ADMIN_BOOTSTRAPPED
 from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
-from claudeopus.control.domain.principal import Principal, ensure_not_suspended
+from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, AccountState, ApiKey, InstanceValue, Role, Scope, Session
 
 CREATABLE_ROLES = (Role.RESELLER, Role.USER)
@@ -337,11 +336,19 @@ async def _set_state(principal: Principal, account_id: int, state: AccountState,
             )
     elif target.state == state:
         return target
-    updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
-        state=state, suspended_by=suspender, updated_at=now
-    )
-    if not updated:
-        raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
+    revoked: list[int] = []
+    async with in_transaction():
+        updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
+            state=state, suspended_by=suspender, updated_at=now
+        )
+        if not updated:
+            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
+        if state is AccountState.SUSPENDED:
+            # A resume must not bring back what may have been stolen: every session of the
+            # subtree ends, and so do the management keys minted through them.
+            subtree = Account.filter(path__startswith=target.path).values("id")
+            revoked = await sessions.end_sessions(Session.filter(account_id__in=Subquery(subtree)), now)
+    await sessions.outlive_keys(revoked, now)
     target.state, target.suspended_by = state, suspender
     return target
 
@@ -367,63 +374,3 @@ async def suspend_account(principal: Principal, account_id: int, now: datetime) 
 async def resume_account(principal: Principal, account_id: int, now: datetime) -> Account:
     """Lift a suspension imposed by the caller or below it (a suspended ancestor still blocks the subtree)."""
     return await _set_state(principal, account_id, AccountState.ACTIVE, "resume", now)
-
-
-# -- passwords and login -------------------------------------------------------
-
-
-async def set_password(principal: Principal, account_id: int | None, password: str, now: datetime) -> None:
-    """Set the dashboard password of the caller's account (``None``) or one below it; ends its sessions."""
-    passwords.validate("password", password)
-    target = await account_in_subtree(principal, account_id, "name")
-    hashed = await passwords.hash_password(password)
-    async with in_transaction():
-        updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
-            password_hash=hashed, updated_at=now
-        )
-        if not updated:
-            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
-        await Session.filter(account_id=target.id).delete()
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedIn:
-    token: str
-    session: Session
-    account: Account
-
-
-def _login_failed() -> Unauthenticated:
-    return Unauthenticated(Reason.LOGIN_FAILED, "Incorrect email or password.")
-
-
-async def login(email: str, password: str, now: datetime) -> LoggedIn:
-    """Exchange email and password for a session.
-
-    Every mismatch (unknown email, deleted account, no password, wrong
-    password) fails alike and costs one argon2 verification, so neither the
-    answer nor its timing tells which emails exist. Suspension is reported only
-    to a caller that knows the password.
-    """
-    if len(password) > passwords.MAX_LENGTH:
-        raise _login_failed()
-    try:
-        address: str | None = validation.email("email", email)
-    except InvalidArgument:
-        address = None
-    account = None if address is None else await Account.get_or_none(email=address, deleted_at__isnull=True)
-    stored = None if account is None else account.password_hash
-    if not await passwords.verify(stored, password) or account is None or stored is None:
-        raise _login_failed()
-    await ensure_not_suspended(account)
-    rehashed = await passwords.hash_password(password) if passwords.needs_rehash(stored) else None
-    async with in_transaction():
-        # A concurrent SetPassword or delete either waits for this session (and
-        # then ends it) or has already changed the row, and this login fails.
-        current = await Account.filter(id=account.id, deleted_at__isnull=True, password_hash=stored).select_for_update()
-        if not current:
-            raise _login_failed()
-        if rehashed is not None:
-            await Account.filter(id=account.id).update(password_hash=rehashed, updated_at=now)
-        token, session = await sessions.open_session(current[0], now)
-    return LoggedIn(token=token, session=session, account=current[0])

@@ -3,11 +3,20 @@
 Every lookup is confined to the caller's subtree (anything outside it is not
 found). A revoked key is final: it can be read and listed, not changed or
 rotated (``KEY_NOT_LIVE``).
+
+Limits hold downward. A key records who issued it (``issued_by``) and who last set
+each of its limits (``models_set_by``, ``expiry_set_by``, ``scopes_set_by``; None: the
+key's own account). A limit set by an account above the key's own may be widened
+(models from a list to a superset or to none, a later expiry or none, one more scope)
+only by that account or one above it (``KEY_LIMIT_SET_ABOVE``); anyone with access,
+the owner included, may narrow it, and narrowing keeps the higher setter. Every key
+created or changed fits the policy in force on its account (:mod:`policies`).
+Rotation changes only the secret: limits and setters stay as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,12 +25,13 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from claudeopus import keys
-from claudeopus.control.domain import validation
+from claudeopus.control.domain import policies, validation
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Reason,
 )
 from claudeopus.control.domain.lease_fence import LONGEST_WAIT, outlive_leases
@@ -29,7 +39,6 @@ from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_s
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope
 
-MAX_ALLOWED_MODELS = 256
 MAX_GRACE_PERIOD = timedelta(days=30)
 UPDATABLE_FIELDS = ("display_name", "scopes", "allowed_models", "expire_time")
 
@@ -50,7 +59,13 @@ async def issue_key(
     allowed_models: Sequence[str] = (),
     expires_at: datetime | None = None,
     request_id: str | None = None,
+    issued_by: int | None = None,
+    minted_by_session: int | None = None,
 ) -> IssuedKey:
+    """Store a new key; ``issued_by`` (default: ``account``) also becomes the setter of its limits
+    when it is an account above ``account``."""
+    issuer = account.id if issued_by is None else issued_by
+    above = None if issuer == account.id else issuer
     secret = keys.new_secret()
     key = await ApiKey.create(
         account=account,
@@ -61,6 +76,11 @@ async def issue_key(
         allowed_models=list(allowed_models) or None,
         expires_at=expires_at,
         create_request_id=request_id,
+        issued_by=issuer,
+        models_set_by=above if allowed_models else None,
+        expiry_set_by=above if expires_at is not None else None,
+        scopes_set_by=above,
+        minted_by_session=minted_by_session,
     )
     return IssuedKey(key=key, secret=secret)
 
@@ -78,9 +98,7 @@ def _scopes(values: Sequence[int]) -> int:
 
 
 def _models(values: Sequence[str]) -> list[str]:
-    if len(values) > MAX_ALLOWED_MODELS:
-        raise InvalidArgument.field("api_key.allowed_models", f"at most {MAX_ALLOWED_MODELS} models")
-    return [validation.model_name(f"api_key.allowed_models[{i}]", v) for i, v in enumerate(values)]
+    return policies.valid_models(values, "api_key.allowed_models")
 
 
 async def create_api_key(
@@ -94,14 +112,21 @@ async def create_api_key(
     request_id: str,
     now: datetime,
 ) -> IssuedKey:
-    """Issue a key for ``account`` (already checked to be in the caller's subtree)."""
-    del principal  # the subtree check happened when ``account`` was resolved
+    """Issue a key for ``account`` (already checked to be in the caller's subtree).
+
+    The key fits the policy in force on ``account`` (an empty model list becomes the policy's);
+    the limits a caller above ``account`` sets are recorded as set by it.
+    """
     name = validation.display_name("api_key.display_name", display_name)
     mask = _scopes(scopes)
     models = _models(allowed_models)
     if expires_at is not None and expires_at <= now:
         raise InvalidArgument.field("api_key.expire_time", "must be in the future")
     rid = validation.request_id("request_id", request_id)
+    policy = await policies.policy_in_force(account)
+    policies.fit_scopes(policy, mask)
+    models = policies.fit_models(policy, models)
+    policies.fit_expiry(policy, expires_at, now)
     wanted = (name, mask, models or None, expires_at)
     if rid is not None:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
@@ -119,6 +144,8 @@ async def create_api_key(
                 allowed_models=models,
                 expires_at=expires_at,
                 request_id=rid,
+                issued_by=principal.account_id,
+                minted_by_session=principal.session_id,
             )
     except IntegrityError:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
@@ -235,6 +262,46 @@ def _changes(paths: frozenset[str], update: KeyUpdate, now: datetime) -> dict[st
     return changes
 
 
+# Each limit: its column, the column of its setter, the field named in errors, and whether a new
+# value is wider than the old one.
+_LIMITS: tuple[tuple[str, str, str, Callable[[Any, Any], bool]], ...] = (
+    ("allowed_models", "models_set_by", "allowed_models", lambda old, new: policies.wider_models(old, new)),
+    ("expires_at", "expiry_set_by", "expire_time", lambda old, new: old is not None and (new is None or new > old)),
+    ("scopes", "scopes_set_by", "scopes", lambda old, new: bool(new & ~old)),
+)
+
+
+async def _fit(key: ApiKey, changes: dict[str, Any]) -> None:
+    """Make the changed limits fit the policy in force on the key's account (in place)."""
+    if not {"allowed_models", "expires_at", "scopes"} & changes.keys():
+        return
+    policy = await policies.policy_in_force(key.account)
+    if "scopes" in changes:
+        policies.fit_scopes(policy, changes["scopes"])
+    if "allowed_models" in changes:
+        changes["allowed_models"] = policies.fit_models(policy, changes["allowed_models"] or []) or None
+    if "expires_at" in changes:
+        policies.fit_expiry(policy, changes["expires_at"], key.created_at)
+
+
+def _setters(principal: Principal, key: ApiKey, changes: dict[str, Any]) -> dict[str, int | None]:
+    """The new setter of each limit that changes, or KEY_LIMIT_SET_ABOVE for a widening the caller may not make."""
+    chain = key.account.ancestor_ids()
+    caller = None if principal.account_id == key.account.id else principal.account_id
+    setters: dict[str, int | None] = {}
+    for column, setter_column, field, wider in _LIMITS:
+        if column not in changes or changes[column] == getattr(key, column):
+            continue
+        set_by = getattr(key, setter_column)
+        if wider(getattr(key, column), changes[column]) and not policies.may_widen(chain, principal.account_id, set_by):
+            raise PermissionDenied(
+                Reason.KEY_LIMIT_SET_ABOVE,
+                f"api_key.{field}: this limit was set above you; you may narrow it, not widen it.",
+            )
+        setters[setter_column] = policies.higher(chain, set_by, caller)
+    return setters
+
+
 async def update_api_key(
     principal: Principal, key_id: int, *, paths: Sequence[str], update: KeyUpdate, now: datetime
 ) -> ApiKey:
@@ -248,8 +315,18 @@ async def update_api_key(
     key = await key_in_subtree(principal, key_id)
     if key.revoked_at is not None:
         raise _not_live()
-    # Conditional on the key still being live, so a concurrent revoke is never undone or overwritten.
-    if not await ApiKey.filter(id=key.id, revoked_at__isnull=True).update(**changes):
+    await _fit(key, changes)
+    setters = _setters(principal, key, changes)
+    # Conditional on the key still being live and on the setters the check read, so a concurrent
+    # revoke is never undone and a limit set from above meanwhile is never widened or taken over.
+    held: dict[str, Any] = {}
+    for column in setters:
+        held |= policies.setter_is(column, getattr(key, column))
+    if not await ApiKey.filter(id=key.id, revoked_at__isnull=True, **held).update(**changes, **setters):
+        if await ApiKey.filter(id=key.id, revoked_at__isnull=True).exists():
+            raise PermissionDenied(
+                Reason.KEY_LIMIT_SET_ABOVE, "api_key: a limit was changed above you meanwhile; read the key and retry."
+            )
         raise _not_live()
     await key.refresh_from_db()
     await outlive_leases(api_key_id=key.id, now=now)  # a narrower key holds on every edge on return

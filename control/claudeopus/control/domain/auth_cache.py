@@ -1,11 +1,12 @@
 """What Authorize reads about a key, cached per control process, never staler than the database.
 
 Authorizing needs the key (with its account), whether the account or an ancestor is
-suspended, the budgets on the key's chain and, for cost budgets, the model's price in
-force. Those rows change rarely; reading them costs four queries per request. So a
-control process keeps them per key hash, filed under the **auth epoch**: a counter that
-database triggers bump in every transaction that changes an account, a key, a budget or
-a price (:class:`~claudeopus.control.models.AuthEpoch`), whichever replica made it.
+suspended, the budgets on the key's chain and the model's price in force (a model
+without one is not served; cost budgets reserve at it). Those rows change rarely;
+reading them costs four queries per request. So a control process keeps them per key
+hash, filed under the **auth epoch**: a counter that database triggers bump in every
+transaction that changes an account, a key, a budget or a price
+(:class:`~claudeopus.control.models.AuthEpoch`), whichever replica made it.
 
 Each authorize checks the epoch (for a cached key, inside the INSERT of its usage row:
 no extra query). Same epoch: the cached context is exactly what a fresh read would give,
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from claudeopus.control.domain import prices, reservations
-from claudeopus.control.domain.principal import any_suspended, find_key
-from claudeopus.control.models import ApiKey, AuthEpoch, Budget
+from claudeopus.control.domain import policies, prices, reservations
+from claudeopus.control.domain.principal import find_key
+from claudeopus.control.models import Account, AccountState, ApiKey, AuthEpoch, Budget
 
 DEFAULT_MAX_KEYS = 10_000
 
@@ -43,7 +44,9 @@ class KeyContext:
     key: ApiKey
     suspended: bool
     budgets: list[Budget]
-    # Price in force per model, read on first use (only cost budgets need it).
+    # The account policies of the key's chain, together (models, management keys, lifetime).
+    policy: policies.Policy = policies.UNBOUNDED
+    # Price in force per model, read on first use: every authorize needs it (an unpriced model is not served).
     price_by_model: dict[str, prices.PriceInForce] = field(default_factory=dict)
 
     async def price(self, model: str) -> prices.PriceInForce:
@@ -59,10 +62,12 @@ async def load_context(key_hash_hex: str) -> KeyContext | None:
     key = await find_key(key_hash_hex)
     if key is None:
         return None
+    chain = await Account.filter(id__in=key.account.ancestor_ids())  # suspension and policies: one read
     return KeyContext(
         key=key,
-        suspended=await any_suspended(key.account),
+        suspended=any(account.state is AccountState.SUSPENDED for account in chain),
         budgets=await reservations.applicable_budgets(key),
+        policy=policies.chain_policy(chain),
     )
 
 

@@ -167,7 +167,7 @@ async def _candidate(
     found = await (cache.context_at(epoch, hex_hash) if cache is not None else load_context(hex_hash))
     context: KeyContext = gateway.usable(found, hex_hash, now)
     key = context.key
-    gateway.check_model(key, wanted.model)
+    await gateway.check_served(context, wanted.model)
     per_choice, output_tokens = policy.reserved(wanted)
     amounts = await gateway.reserved_amounts_of(context, wanted, output_tokens)
     planned = reservations.plan(key, context.budgets, now)

@@ -12,9 +12,10 @@ Rules:
   limit). Key budgets may be set on any key of the caller's subtree, its own
   keys included.
 - A budget may not be larger than a budget with the same metric and period on
-  the owner's ancestors (for a key: its account and the account's ancestors),
-  ``BUDGET_ABOVE_PARENT``. Those budgets cap it anyway; the check catches a
-  reseller promising more than it has.
+  the owner's ancestors (for a key: its account and the account's ancestors)
+  that the caller can read, ``BUDGET_ABOVE_PARENT``. Those budgets cap it anyway;
+  the check catches a reseller promising more than it has. Budgets above the
+  caller's own account are not compared: the refusal would tell their limits.
 - Only the account that set a budget, or one above it, may change or remove it
   (``BUDGET_HELD_ABOVE``): a user cannot lift a cap its reseller put on its key.
 - A budget created mid-period starts with what its owner already spent in that
@@ -192,22 +193,28 @@ async def _may_change(principal: Principal, budget: Budget) -> None:
 async def _check_not_above_parent(
     principal: Principal, owner: Owner, metric: BudgetMetric, period: BudgetPeriod, limit: int
 ) -> None:
+    """Refuse a limit above a budget of the same metric and period higher up that the caller can read.
+
+    Budgets on accounts above the caller's own are left out: comparing against them would let the
+    caller learn their limits (from the message, or by trying one limit after another). They cap
+    the owner's spending at authorize time all the same.
+    """
     chain = owner.account.ancestor_ids()
     above = chain if owner.api_key_id is not None else chain[:-1]
     caps = await Budget.filter(
-        account_id__in=above, api_key_id__isnull=True, metric=metric, period=period, limit_amount__lt=limit
+        account_id__in=above,
+        account__path__startswith=principal.account_path,
+        api_key_id__isnull=True,
+        metric=metric,
+        period=period,
+        limit_amount__lt=limit,
     ).select_related("account")
     if caps:
         tightest = min(caps, key=lambda b: b.limit_amount)
-        where = (
-            f"on {format_name(ACCOUNTS, tightest.account.id)}"
-            if tightest.account.path.startswith(principal.account_path)
-            else "above you"
-        )
         raise FailedPrecondition(
             Reason.BUDGET_ABOVE_PARENT,
             f"budget.limit {limit} is above {tightest.limit_amount}, the limit of the "
-            f"{period.name.lower()} {metric.name.lower()} budget {where}.",
+            f"{period.name.lower()} {metric.name.lower()} budget on {format_name(ACCOUNTS, tightest.account.id)}.",
         )
 
 

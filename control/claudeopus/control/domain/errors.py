@@ -10,6 +10,7 @@ Hierarchy (the service layer maps each class to one gRPC status code)::
     ├── AlreadyExists        ALREADY_EXISTS
     ├── FailedPrecondition   FAILED_PRECONDITION
     └── ResourceExhausted    RESOURCE_EXHAUSTED
+        └── Throttled        RESOURCE_EXHAUSTED with RetryInfo (too many attempts)
 
 Messages are written for the caller and never contain a secret or any content.
 """
@@ -51,6 +52,15 @@ class Reason(StrEnum):
     SUSPENSION_HELD_ABOVE = "SUSPENSION_HELD_ABOVE"
     BUDGET_ABOVE_PARENT = "BUDGET_ABOVE_PARENT"
     BUDGET_HELD_ABOVE = "BUDGET_HELD_ABOVE"
+    PRICE_SET_ABOVE = "PRICE_SET_ABOVE"
+    MODEL_NOT_AVAILABLE = "MODEL_NOT_AVAILABLE"
+    KEY_LIMIT_SET_ABOVE = "KEY_LIMIT_SET_ABOVE"
+    POLICY_SET_ABOVE = "POLICY_SET_ABOVE"
+    ACCOUNT_POLICY_DENIED = "ACCOUNT_POLICY_DENIED"
+    BOOTSTRAP_TOKEN_INVALID = "BOOTSTRAP_TOKEN_INVALID"
+    RATE_LIMITED = "RATE_LIMITED"
+    CURRENT_PASSWORD_INVALID = "CURRENT_PASSWORD_INVALID"
+    NOT_A_SESSION = "NOT_A_SESSION"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +118,11 @@ class ResourceExhausted(DomainError):
     ) -> None:
         super().__init__(reason, message, metadata)
         self.budget_id = budget_id  # BUDGET_EXHAUSTED: the budget that ran out (never sent: it may be a reseller's)
+
+
+class Throttled(ResourceExhausted):
+    """Too many attempts (logins, refused email probes): the caller may retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(Reason.RATE_LIMITED, message)
+        self.retry_after = retry_after

@@ -27,6 +27,7 @@ from claudeopus.control.domain.errors import (
     NotFound,
     PermissionDenied,
     Reason,
+    Unauthenticated,
 )
 from claudeopus.control.domain.principal import check_key, suspended
 from claudeopus.control.domain.usage_rows import open_fields, open_record
@@ -91,6 +92,8 @@ def usable(context: KeyContext | None, hex_hash: str, now: datetime) -> KeyConte
     assert context is not None  # check_key refused a missing key
     if context.suspended:
         raise suspended()
+    if context.policy.outlived(context.key, now):  # older than the longest lifetime set above it
+        raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")
     return context
 
 
@@ -102,10 +105,35 @@ async def verify_key(key_hash: bytes, now: datetime, cache: AuthCache | None = N
     return (await key_context(key_hash, now, cache)).key
 
 
-def check_model(key: ApiKey, model: str) -> None:
-    allowed = key.allowed_models
-    if allowed and model not in allowed:
+def allowed_models(context: KeyContext) -> list[str]:
+    """The models the key may use (empty: every model): its own list within its account policies."""
+    allowed = context.policy.models_for(context.key.allowed_models)
+    if allowed is None:
+        return []
+    if not allowed:
+        raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, "This API key may not use any model.")
+    return sorted(allowed)
+
+
+def check_model(context: KeyContext, model: str) -> None:
+    allowed = context.policy.models_for(context.key.allowed_models)
+    if allowed is not None and model not in allowed:
         raise PermissionDenied(Reason.MODEL_NOT_ALLOWED, f"This API key may not use the model '{model}'.")
+
+
+async def check_served(context: KeyContext, model: str) -> prices.PriceInForce:
+    """The price in force for ``model`` if the key may use it; a model without one is not served.
+
+    Unpriced, a model would cost nothing and escape every cost budget; an explicit zero price
+    serves it for free. The price comes from the key's context (read once per model and epoch).
+    """
+    check_model(context, model)
+    price = await context.price(model)
+    if not price.priced:
+        raise PermissionDenied(
+            Reason.MODEL_NOT_AVAILABLE, f"The model '{model}' does not exist or is not available to this API key."
+        )
+    return price
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +203,8 @@ async def authorize(
 ) -> Authorized:
     """Check the key for ``model``, reserve the worst case in every budget, open the usage record.
 
-    Without budgets this is the key check plus one INSERT; with budgets, the
+    Without budgets this is the key check (with the model's price: a model without one
+    is not served) plus one INSERT; with budgets, the
     holds and the INSERT share one transaction, so a refusal leaves nothing.
     With a ``cache`` holding the key, the key check costs no query: the INSERT
     itself confirms that nothing the check read has changed (else it starts over),
@@ -211,7 +240,7 @@ async def _authorize(
     """:func:`authorize` on one key context; with ``epoch``, raises _EpochMoved if that is no longer current."""
     context = usable(found, hex_hash, now)
     key = context.key
-    check_model(key, wanted.model)
+    await check_served(context, wanted.model)
     per_choice, output_tokens = policy.reserved(wanted)
     try:
         if not context.budgets:

@@ -33,11 +33,12 @@ async def outlive_leases(
     *,
     now: datetime,
     api_key_id: int | None = None,
+    api_key_ids: list[int] | None = None,
     account: Account | None = None,
     model: str | None = None,
     unlimited: bool | None = None,
 ) -> float:
-    """Wait until the live leases of the key (or of the account's whole subtree) have ended; seconds waited.
+    """Wait until the live leases of the key (the keys, or the account's whole subtree) have ended; seconds waited.
 
     ``model`` narrows it to leases for that model, ``unlimited`` to leases that count
     nothing (True) or that hold budget (False).
@@ -45,6 +46,8 @@ async def outlive_leases(
     query = BudgetLease.all()
     if api_key_id is not None:
         query = query.filter(api_key_id=api_key_id)
+    if api_key_ids is not None:
+        query = query.filter(api_key_id__in=api_key_ids)
     if account is not None:
         query = query.filter(account_id__in=Subquery(Account.filter(path__startswith=account.path).values("id")))
     if model is not None:

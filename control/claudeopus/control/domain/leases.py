@@ -119,8 +119,10 @@ async def grant(
     found = await (cache.context_at(epoch, hex_hash) if cache is not None else load_context(hex_hash))
     context = gateway.usable(found, hex_hash, now)
     key = context.key
-    gateway.check_model(key, wanted.model)
+    await gateway.check_served(context, wanted.model)
     ttl = min(ttl, _key_lifetime(key, hex_hash, now))
+    if (policy_end := context.policy.key_end(key)) is not None:  # the longest lifetime set above
+        ttl = min(ttl, policy_end - now)
     output_tokens = policy.output_tokens(wanted.model, wanted.max_output_tokens)
     default_output = policy.output_tokens(wanted.model, 0)
     planned = reservations.plan(key, context.budgets, now) if context.budgets else []

@@ -1,18 +1,29 @@
 """Dashboard passwords: argon2id hashes (argon2-cffi's defaults), computed off the event loop.
 
-Hashing and verifying cost tens of milliseconds of CPU each, so both run in a
-worker thread. A password or a hash never appears in an error message or a log line.
+Hashing and verifying cost tens of milliseconds of CPU each (on up to four cores: the
+hash's parallelism), so both run in the :class:`PasswordPool`'s own few threads
+(``CLAUDEOPUS_PASSWORD_WORKERS``), never in the default executor that the rest of control
+uses, and on Linux at the lowest CPU priority (nice 19, per thread; argon2's own threads
+inherit it): a flood of logins queues there and gets only the CPU that Authorize and the
+edges leave idle. A password or a hash never appears in an error message or a log line.
 
 Example::
 
-    stored = await hash_password("correct horse battery staple")
-    assert await verify(stored, "correct horse battery staple")
-    assert not await verify(None, "anything")  # costs as much as a real check
+    with PasswordPool(workers=1) as pool:
+        stored = await pool.hash("correct horse battery staple")
+        assert await pool.verify(stored, "correct horse battery staple")
+        assert not await pool.verify(None, "anything")  # costs as much as a real check
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -37,10 +48,6 @@ def validate(field: str, password: str) -> str:
     return password
 
 
-async def hash_password(password: str) -> str:
-    return await asyncio.to_thread(_hasher.hash, password)
-
-
 def _verify(stored: str, password: str) -> bool:
     try:
         return _hasher.verify(stored, password)
@@ -48,12 +55,45 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-async def verify(stored: str | None, password: str) -> bool:
-    """True when ``password`` matches ``stored``; with no stored hash, spend the same time and say no."""
-    if stored is None:
-        await asyncio.to_thread(_verify, DUMMY_HASH, password)
-        return False
-    return await asyncio.to_thread(_verify, stored, password)
+LOWEST_PRIORITY = 19
+
+
+def _lowest_priority() -> None:
+    """Run the calling worker thread, and the threads it starts, at the lowest CPU priority (Linux only)."""
+    if sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS would lower the whole process
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+
+
+class PasswordPool:
+    """The bounded thread pool where every argon2 hash and verification runs; owned by the server."""
+
+    def __init__(self, workers: int) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="claudeopus-argon2", initializer=_lowest_priority
+        )
+
+    def __enter__(self) -> PasswordPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads; hashes still queued are cancelled."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _hasher.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """True when ``password`` matches ``stored``; with no stored hash, spend the same time and say no."""
+        loop = asyncio.get_running_loop()
+        # Looked up at call time (not bound at import), so a test can watch which hash is checked.
+        matched = await loop.run_in_executor(self._executor, _verify, stored or DUMMY_HASH, password)
+        return matched and stored is not None
 
 
 def needs_rehash(stored: str) -> bool:
@@ -64,4 +104,4 @@ def needs_rehash(stored: str) -> bool:
         return True
 
 
-__all__ = ["DUMMY_HASH", "MAX_LENGTH", "MIN_LENGTH", "hash_password", "needs_rehash", "validate", "verify"]
+__all__ = ["DUMMY_HASH", "MAX_LENGTH", "MIN_LENGTH", "PasswordPool", "needs_rehash", "validate"]

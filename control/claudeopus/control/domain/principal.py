@@ -8,7 +8,7 @@ from datetime import datetime
 from tortoise.expressions import Q
 
 from claudeopus import keys
-from claudeopus.control.domain import sessions
+from claudeopus.control.domain import policies, sessions
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope
 
@@ -25,6 +25,12 @@ class Principal:
     account_path: str
     role: Role
     credential: str
+
+    @property
+    def session_id(self) -> int | None:
+        """The id of the session the caller authenticated with; None for a key."""
+        kind, _, ident = self.credential.partition(":")
+        return int(ident) if kind == "session" else None
 
     def owns(self, account: Account) -> bool:
         return account.deleted_at is None and account.path.startswith(self.account_path)
@@ -95,6 +101,12 @@ async def authenticate_management(secret: str | None, now: datetime) -> Principa
     if not keys.looks_like_secret(secret):
         raise Unauthenticated(Reason.KEY_INVALID, "Incorrect API key provided.")
     key = await usable_key(keys.hash_secret(secret), Scope.MANAGEMENT, now)
+    policy = await policies.policy_in_force(key.account)
+    if not policy.management_keys:
+        # A policy above forbids management keys: one minted before it no longer manages anything.
+        raise PermissionDenied(Reason.ACCOUNT_POLICY_DENIED, "The account's policy does not allow management keys.")
+    if policy.outlived(key, now):
+        raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")
     return _principal(key.account, f"key:{key.id}")
 
 

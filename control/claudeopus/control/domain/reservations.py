@@ -147,26 +147,26 @@ async def _ensure_counter(conn: BaseDBAsyncClient, budget: Budget, index: int) -
 
 
 def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
-    if budget.api_key_id is not None:  # type: ignore[attr-defined]
-        scope, whose = "key", "this API key's"
-    elif budget.account_id == key.account.id:  # type: ignore[attr-defined]
-        scope, whose = "account", "your account's"
-    else:
-        scope, whose = "reseller", "your reseller's"
+    """The refusal the key's holder reads (the edge relays the message).
+
+    A budget of the key or of its own account is named with its metric and period (the holder's
+    account can read it); one set on an account above says only that a budget above is exhausted.
+    """
+    above = budget.api_key_id is None and budget.account_id != key.account.id  # type: ignore[attr-defined]
+    scope = "key" if budget.api_key_id is not None else "reseller" if above else "account"  # type: ignore[attr-defined]
     metadata = {
         "budget_scope": scope,
         "metric": budget.metric.name,
         "period": budget.period.name,
     }
-    if scope != "reseller":  # a reseller's own budget is not the sub-user's business
+    if above:  # an ancestor's budget is not the sub-user's business: neither its name nor its kind
+        message = "You exceeded a budget set by your reseller (reseller budget): this request was not sent upstream."
+    else:
         metadata["budget"] = format_name(BUDGETS, budget.id)
-    words = f"{_PERIOD_WORDS[budget.period]} {_METRIC_WORDS[budget.metric]} budget"
-    return ResourceExhausted(
-        Reason.BUDGET_EXHAUSTED,
-        f"You exceeded {whose} {words} ({scope} budget): this request was not sent upstream.",
-        metadata,
-        budget_id=budget.id,
-    )
+        whose = "this API key's" if scope == "key" else "your account's"
+        words = f"{_PERIOD_WORDS[budget.period]} {_METRIC_WORDS[budget.metric]} budget"
+        message = f"You exceeded {whose} {words} ({scope} budget): this request was not sent upstream."
+    return ResourceExhausted(Reason.BUDGET_EXHAUSTED, message, metadata, budget_id=budget.id)
 
 
 def plan(key: ApiKey, budgets: Sequence[Budget], now: datetime) -> list[tuple[Budget, Hold]]:

@@ -39,17 +39,27 @@ def require_service(context: grpc.aio.ServicerContext[object, object], service_t
         )
 
 
-def peer_is_local(context: grpc.aio.ServicerContext[object, object]) -> bool:
-    """True for a loopback or Unix-socket peer (gRPC writes ``ipv6:%5B::1%5D:port``)."""
+def _peer(context: grpc.aio.ServicerContext[object, object]) -> tuple[str, str]:
+    """The peer's kind (``ipv4``, ``ipv6``, ``unix``, ...) and host, without its port."""
     peer = urllib.parse.unquote(context.peer() or "")
     kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return kind, rest.rpartition(":")[0].strip("[]")
+    return kind, rest
+
+
+def client_address(context: grpc.aio.ServicerContext[object, object]) -> str:
+    """The caller's address without its port (what login attempts are counted by)."""
+    kind, host = _peer(context)
+    return host if kind in ("ipv4", "ipv6") else kind
+
+
+def peer_is_local(context: grpc.aio.ServicerContext[object, object]) -> bool:
+    """True for a loopback or Unix-socket peer (gRPC writes ``ipv6:%5B::1%5D:port``)."""
+    kind, host = _peer(context)
     if kind == "unix":
         return True
-    if kind == "ipv4":
-        host = rest.rpartition(":")[0]
-    elif kind == "ipv6":
-        host = rest.rpartition(":")[0].strip("[]")
-    else:
+    if kind not in ("ipv4", "ipv6"):
         return False
     try:
         return ipaddress.ip_address(host).is_loopback

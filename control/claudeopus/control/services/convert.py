@@ -8,8 +8,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from claudeopus.control.domain.budgets import BudgetView
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, BUDGETS, PRICES, USAGE_RECORDS, format_name
+from claudeopus.control.domain.prices import PriceView
 from claudeopus.control.domain.usage import UsageSummary
-from claudeopus.control.models import Account, ApiKey, Price, Scope, UsageRecord
+from claudeopus.control.models import Account, ApiKey, Scope, UsageRecord
 from claudeopus.v1 import accounts_pb2, api_keys_pb2, budgets_pb2, prices_pb2, usage_pb2
 
 
@@ -31,6 +32,16 @@ def account(row: Account) -> accounts_pb2.Account:
         parent=format_name(ACCOUNTS, parent_id) if parent_id else "",
         state=int(row.state),  # type: ignore[arg-type]
         create_time=timestamp(row.created_at),
+        policy=account_policy(row),
+    )
+
+
+def account_policy(row: Account) -> accounts_pb2.AccountPolicy:
+    lifetime = row.policy_max_key_lifetime_seconds
+    return accounts_pb2.AccountPolicy(
+        allowed_models=row.policy_allowed_models or [],
+        deny_management_keys=not row.policy_management_keys,
+        max_key_lifetime=None if lifetime is None else duration_pb2.Duration(seconds=lifetime),
     )
 
 
@@ -102,7 +113,8 @@ def usage_summary(row: UsageSummary) -> usage_pb2.UsageSummary:
     )
 
 
-def price(row: Price) -> prices_pb2.Price:
+def price(view: PriceView) -> prices_pb2.Price:
+    row = view.price
     return prices_pb2.Price(
         name=format_name(PRICES, row.id),
         account=format_name(ACCOUNTS, row.account_id),  # type: ignore[attr-defined]
@@ -111,6 +123,8 @@ def price(row: Price) -> prices_pb2.Price:
         output_micros_per_million=row.output_micros_per_million,
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
+        set_by=format_name(ACCOUNTS, view.set_by) if view.set_by is not None else "",
+        set_above=view.set_by is None,
     )
 
 

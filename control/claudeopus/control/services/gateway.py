@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import grpc
 
-from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, reservations, validation
+from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, prices, reservations, validation
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.errors import InvalidArgument
@@ -33,11 +33,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.VerifyApiKeyRequest, context: Ctx[object, object]
     ) -> gateway_pb2.VerifyApiKeyResponse:
         require_service(context, self._token)
-        key = await gateway.verify_key(request.key_hash, self._clock(), self._cache)
+        found = await gateway.key_context(request.key_hash, self._clock(), self._cache)
         return gateway_pb2.VerifyApiKeyResponse(
-            api_key=format_name(API_KEYS, key.id),
-            account=format_name(ACCOUNTS, key.account.id),
-            allowed_models=key.allowed_models or [],
+            api_key=format_name(API_KEYS, found.key.id),
+            account=format_name(ACCOUNTS, found.key.account.id),
+            allowed_models=gateway.allowed_models(found),
+            priced_models=await prices.priced_models(found.key.account),
         )
 
     @rpc

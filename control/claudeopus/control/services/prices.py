@@ -38,13 +38,12 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
             request_id=request.request_id,
             now=now,
         )
-        return convert.price(row)
+        return convert.price(prices.seen_by(principal, row))
 
     @rpc
     async def GetPrice(self, request: prices_pb2.GetPriceRequest, context: Ctx[object, object]) -> prices_pb2.Price:
         principal = await management_principal(context, self._clock())
-        row = await prices.price_in_subtree(principal, parse_id("name", PRICES, request.name))
-        return convert.price(row)
+        return convert.price(await prices.get_price(principal, parse_id("name", PRICES, request.name)))
 
     @rpc
     async def ListPrices(
@@ -75,7 +74,7 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
             output_micros=request.price.output_micros_per_million,
             now=now,
         )
-        return convert.price(row)
+        return convert.price(prices.seen_by(principal, row))
 
     @rpc
     async def DeletePrice(
@@ -94,9 +93,16 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
         resolved = await prices.resolve(
             principal, account_id=parse_optional_id("account", ACCOUNTS, request.account), model=request.model
         )
+        inherited = resolved.inherited
         return prices_pb2.ResolvePriceResponse(
-            priced=resolved.priced,
-            input_micros_per_million=resolved.input_micros_per_million,
-            output_micros_per_million=resolved.output_micros_per_million,
-            sources=[convert.price(row) for row in resolved.sources],
+            priced=resolved.in_force.priced,
+            input_micros_per_million=resolved.in_force.input_micros_per_million,
+            output_micros_per_million=resolved.in_force.output_micros_per_million,
+            sources=[convert.price(view) for view in resolved.sources],
+            inherited=prices_pb2.InheritedPrice(
+                input_micros_per_million=inherited.input_micros_per_million,
+                output_micros_per_million=inherited.output_micros_per_million,
+            )
+            if inherited is not None
+            else None,
         )
