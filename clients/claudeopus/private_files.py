@@ -1,12 +1,15 @@
 """Files that hold secrets or account data, created owner-only whatever the umask.
 
-Used for the bootstrap token, ``claudeopus serve``'s first-start secrets and the
-SQLite database (shared by control and the CLI, like :mod:`claudeopus.tls`).
+Used for the bootstrap token, ``claudeopus serve``'s first-start secrets, the
+SQLite database, and the edge's access log, usage spool and lease journal (shared by
+control, the edge and the CLI, like :mod:`claudeopus.tls`).
 
 Example::
 
     write_private(Path("secrets.txt"), "admin key: sk-co-...\\n")   # 0600, atomically
     create_private(Path("claudeopus.db"))                           # 0600, contents untouched
+    private_directory(Path("spool"))                                # 0700 where it is made
+    fd = open_private(Path("spool") / "LOCK", os.O_RDWR)            # 0600 if made now
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ DIRECTORY_MODE = 0o700
 
 
 def _parent(file: Path) -> None:
-    """Missing directories are created owner-only (0700, whatever the umask); existing ones are left as they are."""
+    private_directory(file.parent)
+
+
+def private_directory(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a directory: missing levels are created owner-only (0700, whatever the umask);
+    existing ones are left as they are."""
     missing = []
-    directory = file.parent.absolute()
+    directory = Path(path).absolute()
     while not directory.exists():
         missing.append(directory)
         directory = directory.parent
@@ -32,6 +40,26 @@ def _parent(file: Path) -> None:
         except FileExistsError:
             continue  # made meanwhile by someone else: theirs to set
         directory.chmod(DIRECTORY_MODE)
+    return Path(path)
+
+
+def open_private(path: str | os.PathLike[str], flags: int) -> int:
+    """Open ``path`` with ``flags`` (with O_EXCL it must be new); made now, it is 0600 whatever the umask.
+
+    An existing file keeps its mode (it may be a device such as /dev/stdout, or its operator's choice).
+    """
+    try:
+        descriptor = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        if flags & os.O_EXCL:
+            raise
+        return os.open(path, flags & ~os.O_CREAT)
+    try:
+        os.fchmod(descriptor, FILE_MODE)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def write_private(file: Path, text: str) -> None:
@@ -61,4 +89,4 @@ def create_private(file: Path) -> None:
         os.close(descriptor)
 
 
-__all__ = ["create_private", "write_private"]
+__all__ = ["create_private", "open_private", "private_directory", "write_private"]

@@ -17,7 +17,7 @@ newest ``keep`` rotated files kept besides the current one) and/or to stdout, th
 their own that never propagates to the application's loggers. A file that reaches ``max_bytes``
 is rotated out early, under its window's name (numbered ``.000001``, ... after the first part of a
 window), so no file grows past the cap and the oldest go first. Files are created 0600 in
-directories created 0700 (private_files.py).
+directories created 0700 (claudeopus.private_files).
 
 Example::
 
@@ -42,9 +42,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from claudeopus.edge.private_files import open_private, private_directory
 from claudeopus.edge.settings import DEFAULT_ACCESS_LOG_MAX_BYTES as DEFAULT_MAX_BYTES
 from claudeopus.edge.settings import EdgeSettings
+from claudeopus.private_files import open_private, private_directory
 
 __all__ = ["UNMATCHED", "AccessLog", "AccessLogMiddleware", "AccessLogSink", "access_line"]
 

@@ -57,7 +57,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from claudeopus.edge.control import Leased, RecoveredLease
-from claudeopus.edge.private_files import open_private, private_directory
+from claudeopus.private_files import open_private, private_directory
 
 __all__ = ["LeaseJournal", "boot_id", "old_journals", "read_journal"]
 

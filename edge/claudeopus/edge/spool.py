@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from claudeopus.edge.control import Leased
-from claudeopus.edge.private_files import open_private, private_directory
+from claudeopus.private_files import open_private, private_directory
 
 __all__ = ["Spool", "SpoolError", "SpooledSettle", "decode_records", "encode_record", "read_spool"]
 
