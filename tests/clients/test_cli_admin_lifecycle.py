@@ -193,6 +193,11 @@ def test_prices_markup_and_cost_of_a_request(gateway: Gateway) -> None:
     resolved = admin(gateway, "prices", "resolve", "--model", model, "--account", user["name"], "--json").ok().json()
     assert resolved["priced"] is True
     assert (resolved["input_micros_per_million"], resolved["output_micros_per_million"]) == (3_000_000, 4_000_000)
+    # The root admin has nothing above it: every price is its own source, nothing is inherited.
+    assert [p["name"] for p in resolved["sources"]] == [base["name"], markup.json()["name"]]
+    assert "inherited" not in resolved
+    shown = admin(gateway, "prices", "resolve", "--model", model, "--account", user["name"]).ok().stdout
+    assert "inherited (set above you)" in shown and base["name"] in shown
 
     created = admin(gateway, "keys", "create", "--account", user["name"], "--json").ok().json()
     client = openai.OpenAI(base_url=gateway.edge_url, api_key=created["secret"], max_retries=0, timeout=30)

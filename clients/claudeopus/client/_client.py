@@ -355,7 +355,8 @@ class ClaudeOpusClient:
         await self._call(self.prices.DeletePrice(request, timeout=self._timeout))
 
     async def resolve_price(self, *, model: str, account: str = "") -> prices_pb2.ResolvePriceResponse:
-        """The price in force for ``model`` on ``account`` (default: yours)."""
+        """The price in force for ``model`` on ``account`` (default: yours): the prices set by you or
+        below you as ``sources``, everything set above you as one ``inherited`` figure."""
         request = prices_pb2.ResolvePriceRequest(account=account, model=model)
         return await self._call(self.prices.ResolvePrice(request, timeout=self._timeout))
 
