@@ -85,6 +85,14 @@ def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
 
 
+def seen_below(budget: budgets_pb2.Budget) -> budgets_pb2.Budget:
+    """``budget`` as an account below its setter reads it: set above, by an account it is not told."""
+    seen = budgets_pb2.Budget()
+    seen.CopyFrom(budget)
+    seen.set_by, seen.set_above = "", True
+    return seen
+
+
 @dataclass
 class Manager:
     """An account with a management key (``key`` is that key's resource name)."""
@@ -286,7 +294,7 @@ async def test_create_get_update_delete_a_budget(control: Control) -> None:
     assert created.set_by == admin.name
     assert created.HasField("create_time") and created.HasField("update_time")
     assert await control.get(admin, created.name) == created
-    assert await control.get(reseller, created.name) == created  # the owner reads what is set on it
+    assert await control.get(reseller, created.name) == seen_below(created)  # the owner reads what is set on it
 
     control.clock.now = T0 + timedelta(hours=1)
     changed = await control.update(admin, created.name, 70_000_000, "limit")
@@ -373,7 +381,7 @@ async def test_list_budgets_oldest_first_in_pages(control: Control) -> None:
     # An account's list holds its own budgets only; a key's list holds the key's.
     assert list((await control.list(admin, parent=key_name)).budgets) == [on_key]
     # Without a parent: the caller's own account (here: what the admin set on the reseller).
-    assert list((await control.list(reseller)).budgets) == made
+    assert list((await control.list(reseller)).budgets) == [seen_below(b) for b in made]
     assert (await control.list(admin)).budgets == []
 
 
@@ -650,13 +658,13 @@ async def test_nobody_sets_a_budget_on_its_own_account(control: Control) -> None
             assert_error(error, DENIED, "SELF_CHANGE_DENIED")
     # Nor raises or removes the one set on it from above.
     on_reseller = await control.create(admin, reseller.name, COST, MONTHLY, 100)
-    assert await control.get(reseller, on_reseller.name) == on_reseller
+    assert await control.get(reseller, on_reseller.name) == seen_below(on_reseller)
     assert_error(
         await rpc_error(control.update(reseller, on_reseller.name, 10**9, "limit")), DENIED, "SELF_CHANGE_DENIED"
     )
     assert_error(await rpc_error(control.delete(reseller, on_reseller.name)), DENIED, "SELF_CHANGE_DENIED")
     assert (await control.get(admin, on_reseller.name)).limit == 100
-    assert (await control.list(reseller)).budgets == [on_reseller]
+    assert (await control.list(reseller)).budgets == [seen_below(on_reseller)]
 
 
 async def test_a_caller_limits_its_own_keys_and_changes_what_it_set(control: Control) -> None:
@@ -684,8 +692,8 @@ async def test_a_user_cannot_lift_what_its_reseller_put_on_its_key(control: Cont
     key_name, _ = await control.new_key(user, user.name)
     cap = await control.create(reseller, key_name, COST, MONTHLY, 1000)
     on_own_key = await control.create(reseller, user.key, INPUT, DAILY, 1000)
-    assert await control.get(user, cap.name) == cap
-    assert list((await control.list(user, parent=key_name)).budgets) == [cap]
+    assert await control.get(user, cap.name) == seen_below(cap)
+    assert list((await control.list(user, parent=key_name)).budgets) == [seen_below(cap)]
     for held in (cap, on_own_key):
         error = await rpc_error(control.update(user, held.name, 10**9, "limit"))
         assert_error(error, DENIED, "BUDGET_HELD_ABOVE")
@@ -771,6 +779,22 @@ async def test_a_budget_refusal_never_tells_a_limit_the_caller_cannot_read(contr
     assert on_inner.owner == inner.name and inner.name in (error.details() or "")
 
 
+async def test_a_budget_set_above_the_caller_does_not_name_its_setter(control: Control) -> None:
+    """A customer reads the budget its reseller's parent put on it, but not which account that is."""
+    admin = control.admin
+    outer = await control.new_manager(admin)
+    inner = await control.new_manager(outer, accounts_pb2.ROLE_RESELLER)
+    on_inner = await control.create(outer, inner.name, TOKENS, DAILY, 500)
+    seen = await control.get(inner, on_inner.name)
+    listed = (await control.list(inner, parent=inner.name)).budgets
+    assert (seen.set_by, seen.set_above) == ("", True)
+    assert [(b.set_by, b.set_above) for b in listed] == [("", True)]
+    assert outer.name not in str(seen) + str(listed)
+    # The setter itself, and anyone above it, still sees who set it.
+    assert ((await control.get(outer, on_inner.name)).set_by, on_inner.set_above) == (outer.name, False)
+    assert (await control.get(admin, on_inner.name)).set_by == outer.name
+
+
 async def test_the_hierarchy_rule_reads_every_ancestor(control: Control) -> None:
     admin = control.admin
     outer = await control.new_manager(admin)
@@ -837,7 +861,7 @@ async def test_a_reseller_cannot_reach_the_budgets_of_another_subtree(control: C
     # Nothing of A's changed.
     assert await control.get(admin, on_a.name) == on_a
     assert await control.get(reseller_a, on_user_a.name) == on_user_a
-    assert await control.get(user_a, on_key_a.name) == on_key_a
+    assert await control.get(user_a, on_key_a.name) == seen_below(on_key_a)
 
 
 async def test_the_budgets_of_a_deleted_account_are_gone_from_view(control: Control) -> None:

@@ -27,31 +27,31 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/budgets.proto\x12\rclaudeopus.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x03\n\x06\x42udget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12+\n\x06metric\x18\x03 \x01(\x0e\x32\x1b.claudeopus.v1.BudgetMetric\x12+\n\x06period\x18\x04 \x01(\x0e\x32\x1b.claudeopus.v1.BudgetPeriod\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\r\n\x05spent\x18\x06 \x01(\x03\x12\x10\n\x08reserved\x18\x07 \x01(\x03\x12\x11\n\tremaining\x18\x08 \x01(\x03\x12\x35\n\x11period_start_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06set_by\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x13\x43reateBudgetRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12%\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x15.claudeopus.v1.Budget\x12\x12\n\nrequest_id\x18\x03 \x01(\t\" \n\x10GetBudgetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12ListBudgetsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListBudgetsResponse\x12&\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x15.claudeopus.v1.Budget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"m\n\x13UpdateBudgetRequest\x12%\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x15.claudeopus.v1.Budget\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"#\n\x13\x44\x65leteBudgetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xad\x01\n\x0c\x42udgetMetric\x12\x1d\n\x19\x42UDGET_METRIC_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x42UDGET_METRIC_INPUT_TOKENS\x10\x01\x12\x1f\n\x1b\x42UDGET_METRIC_OUTPUT_TOKENS\x10\x02\x12\x1e\n\x1a\x42UDGET_METRIC_TOTAL_TOKENS\x10\x03\x12\x1d\n\x19\x42UDGET_METRIC_COST_MICROS\x10\x04*z\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_TOTAL\x10\x01\x12\x17\n\x13\x42UDGET_PERIOD_DAILY\x10\x02\x12\x19\n\x15\x42UDGET_PERIOD_MONTHLY\x10\x03\x32\x8c\x03\n\rBudgetService\x12I\n\x0c\x43reateBudget\x12\".claudeopus.v1.CreateBudgetRequest\x1a\x15.claudeopus.v1.Budget\x12\x43\n\tGetBudget\x12\x1f.claudeopus.v1.GetBudgetRequest\x1a\x15.claudeopus.v1.Budget\x12T\n\x0bListBudgets\x12!.claudeopus.v1.ListBudgetsRequest\x1a\".claudeopus.v1.ListBudgetsResponse\x12I\n\x0cUpdateBudget\x12\".claudeopus.v1.UpdateBudgetRequest\x1a\x15.claudeopus.v1.Budget\x12J\n\x0c\x44\x65leteBudget\x12\".claudeopus.v1.DeleteBudgetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/budgets.proto\x12\rclaudeopus.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x03\n\x06\x42udget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12+\n\x06metric\x18\x03 \x01(\x0e\x32\x1b.claudeopus.v1.BudgetMetric\x12+\n\x06period\x18\x04 \x01(\x0e\x32\x1b.claudeopus.v1.BudgetPeriod\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\r\n\x05spent\x18\x06 \x01(\x03\x12\x10\n\x08reserved\x18\x07 \x01(\x03\x12\x11\n\tremaining\x18\x08 \x01(\x03\x12\x35\n\x11period_start_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06set_by\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tset_above\x18\x0e \x01(\x08\"`\n\x13\x43reateBudgetRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12%\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x15.claudeopus.v1.Budget\x12\x12\n\nrequest_id\x18\x03 \x01(\t\" \n\x10GetBudgetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12ListBudgetsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListBudgetsResponse\x12&\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x15.claudeopus.v1.Budget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"m\n\x13UpdateBudgetRequest\x12%\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x15.claudeopus.v1.Budget\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"#\n\x13\x44\x65leteBudgetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xad\x01\n\x0c\x42udgetMetric\x12\x1d\n\x19\x42UDGET_METRIC_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x42UDGET_METRIC_INPUT_TOKENS\x10\x01\x12\x1f\n\x1b\x42UDGET_METRIC_OUTPUT_TOKENS\x10\x02\x12\x1e\n\x1a\x42UDGET_METRIC_TOTAL_TOKENS\x10\x03\x12\x1d\n\x19\x42UDGET_METRIC_COST_MICROS\x10\x04*z\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_TOTAL\x10\x01\x12\x17\n\x13\x42UDGET_PERIOD_DAILY\x10\x02\x12\x19\n\x15\x42UDGET_PERIOD_MONTHLY\x10\x03\x32\x8c\x03\n\rBudgetService\x12I\n\x0c\x43reateBudget\x12\".claudeopus.v1.CreateBudgetRequest\x1a\x15.claudeopus.v1.Budget\x12\x43\n\tGetBudget\x12\x1f.claudeopus.v1.GetBudgetRequest\x1a\x15.claudeopus.v1.Budget\x12T\n\x0bListBudgets\x12!.claudeopus.v1.ListBudgetsRequest\x1a\".claudeopus.v1.ListBudgetsResponse\x12I\n\x0cUpdateBudget\x12\".claudeopus.v1.UpdateBudgetRequest\x1a\x15.claudeopus.v1.Budget\x12J\n\x0c\x44\x65leteBudget\x12\".claudeopus.v1.DeleteBudgetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.budgets_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BUDGETMETRIC']._serialized_start=1007
-  _globals['_BUDGETMETRIC']._serialized_end=1180
-  _globals['_BUDGETPERIOD']._serialized_start=1182
-  _globals['_BUDGETPERIOD']._serialized_end=1304
+  _globals['_BUDGETMETRIC']._serialized_start=1026
+  _globals['_BUDGETMETRIC']._serialized_end=1199
+  _globals['_BUDGETPERIOD']._serialized_start=1201
+  _globals['_BUDGETPERIOD']._serialized_end=1323
   _globals['_BUDGET']._serialized_start=143
-  _globals['_BUDGET']._serialized_end=559
-  _globals['_CREATEBUDGETREQUEST']._serialized_start=561
-  _globals['_CREATEBUDGETREQUEST']._serialized_end=657
-  _globals['_GETBUDGETREQUEST']._serialized_start=659
-  _globals['_GETBUDGETREQUEST']._serialized_end=691
-  _globals['_LISTBUDGETSREQUEST']._serialized_start=693
-  _globals['_LISTBUDGETSREQUEST']._serialized_end=768
-  _globals['_LISTBUDGETSRESPONSE']._serialized_start=770
-  _globals['_LISTBUDGETSRESPONSE']._serialized_end=856
-  _globals['_UPDATEBUDGETREQUEST']._serialized_start=858
-  _globals['_UPDATEBUDGETREQUEST']._serialized_end=967
-  _globals['_DELETEBUDGETREQUEST']._serialized_start=969
-  _globals['_DELETEBUDGETREQUEST']._serialized_end=1004
-  _globals['_BUDGETSERVICE']._serialized_start=1307
-  _globals['_BUDGETSERVICE']._serialized_end=1703
+  _globals['_BUDGET']._serialized_end=578
+  _globals['_CREATEBUDGETREQUEST']._serialized_start=580
+  _globals['_CREATEBUDGETREQUEST']._serialized_end=676
+  _globals['_GETBUDGETREQUEST']._serialized_start=678
+  _globals['_GETBUDGETREQUEST']._serialized_end=710
+  _globals['_LISTBUDGETSREQUEST']._serialized_start=712
+  _globals['_LISTBUDGETSREQUEST']._serialized_end=787
+  _globals['_LISTBUDGETSRESPONSE']._serialized_start=789
+  _globals['_LISTBUDGETSRESPONSE']._serialized_end=875
+  _globals['_UPDATEBUDGETREQUEST']._serialized_start=877
+  _globals['_UPDATEBUDGETREQUEST']._serialized_end=986
+  _globals['_DELETEBUDGETREQUEST']._serialized_start=988
+  _globals['_DELETEBUDGETREQUEST']._serialized_end=1023
+  _globals['_BUDGETSERVICE']._serialized_start=1326
+  _globals['_BUDGETSERVICE']._serialized_end=1722
 # @@protoc_insertion_point(module_scope)

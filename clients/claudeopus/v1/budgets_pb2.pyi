@@ -100,6 +100,7 @@ class Budget(_message.Message):
     SET_BY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SET_ABOVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `budgets/{id}`. Output only."""
     owner: _builtins.str
@@ -117,8 +118,13 @@ class Budget(_message.Message):
     remaining: _builtins.int
     """limit - spent - reserved, never below 0. Output only."""
     set_by: _builtins.str
-    """The account that set the budget, `accounts/{id}`; only it or an account
-    above it may change or remove the budget. Output only.
+    """The account that set the budget, `accounts/{id}`, when it is the caller's
+    account or one below it; empty when `set_above` is true. Only that account
+    or one above it may change or remove the budget. Output only.
+    """
+    set_above: _builtins.bool
+    """True when the budget was set by an account above the caller: the caller may
+    not change or remove it, and is not told which account that was. Output only.
     """
     @_builtins.property
     def period_start_time(self) -> _timestamp_pb2.Timestamp:
@@ -152,10 +158,11 @@ class Budget(_message.Message):
         set_by: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        set_above: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limit", b"limit", "metric", b"metric", "name", b"name", "owner", b"owner", "period", b"period", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "remaining", b"remaining", "reserved", b"reserved", "set_by", b"set_by", "spent", b"spent", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limit", b"limit", "metric", b"metric", "name", b"name", "owner", b"owner", "period", b"period", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "remaining", b"remaining", "reserved", b"reserved", "set_above", b"set_above", "set_by", b"set_by", "spent", b"spent", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,6 +35,10 @@ class Principal:
     def owns(self, account: Account) -> bool:
         return account.deleted_at is None and account.path.startswith(self.account_path)
 
+    def is_under(self, account_id: int) -> bool:
+        """Whether the caller's account is strictly below ``account_id``: an account it must not learn of."""
+        return account_id != self.account_id and f"/{account_id}/" in self.account_path
+
 
 async def ensure_not_suspended(account: Account) -> None:
     """Refuse when the account or any ancestor is suspended."""

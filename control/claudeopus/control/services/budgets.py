@@ -38,7 +38,7 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
             request_id=request.request_id,
             now=now,
         )
-        return convert.budget(view)
+        return convert.budget(view, principal)
 
     @rpc
     async def GetBudget(
@@ -46,7 +46,8 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
     ) -> budgets_pb2.Budget:
         now = self._clock()
         principal = await management_principal(context, now)
-        return convert.budget(await budgets.get_budget(principal, parse_id("name", BUDGETS, request.name), now))
+        view = await budgets.get_budget(principal, parse_id("name", BUDGETS, request.name), now)
+        return convert.budget(view, principal)
 
     @rpc
     async def ListBudgets(
@@ -63,7 +64,7 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
             now=now,
         )
         return budgets_pb2.ListBudgetsResponse(
-            budgets=[convert.budget(view) for view in page.budgets], next_page_token=page.next_page_token
+            budgets=[convert.budget(view, principal) for view in page.budgets], next_page_token=page.next_page_token
         )
 
     @rpc
@@ -79,7 +80,7 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
             limit=request.budget.limit,
             now=now,
         )
-        return convert.budget(view)
+        return convert.budget(view, principal)
 
     @rpc
     async def DeleteBudget(

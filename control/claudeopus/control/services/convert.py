@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from claudeopus.control.domain.budgets import BudgetView
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, BUDGETS, PRICES, USAGE_RECORDS, format_name
 from claudeopus.control.domain.prices import PriceView
+from claudeopus.control.domain.principal import Principal
 from claudeopus.control.domain.usage import UsageSummary
 from claudeopus.control.models import Account, ApiKey, Scope, UsageRecord
 from claudeopus.v1 import accounts_pb2, api_keys_pb2, budgets_pb2, prices_pb2, usage_pb2
@@ -128,8 +129,10 @@ def price(view: PriceView) -> prices_pb2.Price:
     )
 
 
-def budget(view: BudgetView) -> budgets_pb2.Budget:
+def budget(view: BudgetView, principal: Principal) -> budgets_pb2.Budget:
+    """A budget as ``principal`` may see it: who set it only when that is its own account or one below."""
     row = view.budget
+    set_above = principal.is_under(row.set_by)
     return budgets_pb2.Budget(
         name=format_name(BUDGETS, row.id),
         owner=row.owner,
@@ -141,7 +144,8 @@ def budget(view: BudgetView) -> budgets_pb2.Budget:
         remaining=view.remaining,
         period_start_time=timestamp(view.period_start),
         period_end_time=timestamp(view.period_end),
-        set_by=format_name(ACCOUNTS, row.set_by),
+        set_by="" if set_above else format_name(ACCOUNTS, row.set_by),
+        set_above=set_above,
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
     )
