@@ -137,7 +137,7 @@ def _host(address: str) -> str:
 
 def _loopback_host(host: str) -> bool:
     name = host.lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
+    if name == "localhost":  # not *.localhost: a resolver may still send those names to DNS
         return True
     try:
         return ipaddress.ip_address(name).is_loopback

@@ -128,7 +128,13 @@ def test_client_takes_tls_files_or_credentials_not_both(files: dict[str, str]) -
 
 # -- plain text only to this machine ----------------------------------------------------------------
 
-REMOTE = ("control.invalid:50051", "192.0.2.10:50051", "[2001:db8::1]:50051", "dns:///control.invalid:443")
+REMOTE = (
+    "control.invalid:50051",
+    "192.0.2.10:50051",
+    "[2001:db8::1]:50051",
+    "dns:///control.invalid:443",
+    "control.localhost:50051",
+)
 LOCAL = ("127.0.0.1:50051", "localhost:50051", "[::1]:50051", "127.8.9.10:1", "unix:/tmp/c.sock", "ipv4:127.0.0.1:1")
 
 

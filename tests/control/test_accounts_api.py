@@ -719,13 +719,16 @@ async def test_a_reset_from_above_ends_the_sessions_and_the_keys_they_minted(wor
     assert (await world.authorize(minted_inference.secret)).account == reseller.name
 
 
-async def test_a_secret_rotated_or_enabled_through_a_session_is_revoked_with_it(world: World) -> None:
+async def test_a_secret_rotated_enabled_or_made_through_a_session_is_revoked_with_it(world: World) -> None:
     md = world.admin_md
     reseller, reseller_md = await world.manager(md, ROLE_RESELLER)
     await world.set_password(md, reseller.name)
     made_by_key = await world.key(reseller_md, reseller.name)
     widened = await world.key(reseller_md, reseller.name, api_keys_pb2.SCOPE_INFERENCE)
     session = bearer((await world.login(reseller.email)).session_token)
+    # A key made through the session, and a key made with that key.
+    first = await world.key(session, reseller.name)
+    second = await world.key(bearer(first.secret), reseller.name)
     # Through the session: a new secret for a management key made with a key, and the management
     # scope added to an inference key.
     rotated = await world.api_keys.RotateApiKey(
@@ -744,6 +747,7 @@ async def test_a_secret_rotated_or_enabled_through_a_session_is_revoked_with_it(
     await world.set_password(md, reseller.name, PASSWORD + "!")
     await expect(world.get(bearer(rotated.secret), reseller.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
     await expect(world.get(bearer(widened.secret), reseller.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
+    await expect(world.get(bearer(second.secret), reseller.name), grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
     assert (await world.get(reseller_md, reseller.name)).name == reseller.name
 
 
@@ -773,6 +777,7 @@ async def test_a_taken_email_answers_alike_wherever_it_is_used_and_probing_is_th
     reseller_b, b_md = await world.manager(md, ROLE_RESELLER)
     await world.create(b_md, ROLE_USER, email="theirs@example.com")  # another reseller's customer
     mine = await world.create(a_md, ROLE_USER, email="mine@example.com")  # reseller A's own customer
+    sub, sub_md = await world.manager(a_md, ROLE_RESELLER)  # an account A made to probe through
 
     def answer(error: grpc.aio.AioRpcError) -> tuple[object, ...]:
         return (error.code(), error.details(), error_info(error), field_violations(error))
@@ -793,7 +798,9 @@ async def test_a_taken_email_answers_alike_wherever_it_is_used_and_probing_is_th
         error = await expect(world.create(a_md, ROLE_USER, email=email), *RATE_LIMITED)
         assert retry_delay(error) > 0
     await expect(world.update(a_md, mine.name, ("email",), email="theirs@example.com"), *RATE_LIMITED)
-    assert await world.children(a_md) == [mine.name]
+    # Nor through the accounts A made: the allowance is the tenant's, not each account's.
+    await expect(world.create(sub_md, ROLE_USER, email="theirs@example.com"), *RATE_LIMITED)
+    assert sorted(await world.children(a_md)) == sorted([mine.name, sub.name])
     # Other callers are not held back by A's probing.
     assert (await world.create(b_md, ROLE_USER, email="fresh@example.com")).parent == reseller_b.name
     del reseller_a

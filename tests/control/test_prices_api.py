@@ -381,6 +381,7 @@ async def test_a_reseller_marks_up_and_the_highest_price_on_the_chain_is_in_forc
     markup = await control.create(reseller, "gpt-x", 150, 250)
     assert (markup.account, amounts(markup)) == (reseller.name, (150, 250))
     # Equal to the parent's price in force is allowed.
+    await control.create(admin, "gpt-y", 0, 0)
     assert amounts(await control.create(reseller, "gpt-y", 0, 0)) == (0, 0)
 
     # On its user: at least the reseller's own price (the price in force on the user's parent).
@@ -425,10 +426,25 @@ async def test_a_reseller_marks_up_and_the_highest_price_on_the_chain_is_in_forc
 
 async def test_a_price_on_the_root_has_no_floor(control: Control) -> None:
     reseller = await control.new_manager(control.admin)
+    base = await control.create(control.admin, "gpt-x", 100, 100)
     await control.create(reseller, "gpt-x", 500, 500)
     # The root has no parent; prices below it do not constrain it.
-    assert amounts(await control.create(control.admin, "gpt-x", 1, 1)) == (1, 1)
+    assert amounts(await control.update(control.admin, base.name, 1, 1, "*")) == (1, 1)
     assert amounts(await control.resolve(control.admin, "gpt-x", reseller.name)) == (500, 500)
+
+
+async def test_only_the_admin_makes_a_model_available(control: Control) -> None:
+    """A reseller's price for a model nothing above it prices would serve it at whatever price it chose."""
+    admin = control.admin
+    reseller = await control.new_manager(admin)
+    user = await control.new_account(reseller)
+    for parent in ("", user.name):
+        error = await rpc_error(control.create(reseller, "gpt-new", 0, 0, parent=parent))
+        assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_NOT_AVAILABLE")
+    assert not (await control.resolve(admin, "gpt-new", user.name)).priced
+    # Once the admin prices it (on the root or on the reseller), the reseller adds its markup.
+    await control.create(admin, "gpt-new", 10, 10, parent=reseller.name)
+    assert amounts(await control.create(reseller, "gpt-new", 12, 12, parent=user.name)) == (12, 12)
 
 
 # -- errors --------------------------------------------------------------------
@@ -651,8 +667,9 @@ async def test_an_unpriced_model_is_not_served_and_a_zero_price_is(control: Cont
     assert list(verified.priced_models) == []
     assert await UsageRecord.all().count() == 0
 
-    # An explicit zero price serves the model (for free); the reseller's own price serves another.
+    # An explicit zero price serves the model (for free); the reseller's markup serves another.
     await control.create(admin, "gpt-x", 0, 0)
+    await control.create(admin, "gpt-y", 2, 2)
     await control.create(reseller, "gpt-y", 5, 5, parent=user.name)
     settled = await control.complete(secret, "gpt-x", 1000, 1000)
     assert settled.usage_record.cost_micros == 0

@@ -145,7 +145,7 @@ async def create_api_key(
                 expires_at=expires_at,
                 request_id=rid,
                 issued_by=principal.account_id,
-                minted_by_session=principal.session_id,
+                minted_by_session=principal.session_origin,
             )
     except IntegrityError:
         earlier = await ApiKey.get_or_none(account_id=account.id, create_request_id=rid)
@@ -336,15 +336,17 @@ async def update_api_key(
 
 
 def _minted(principal: Principal, scopes: int) -> dict[str, int]:
-    """``minted_by_session`` for a management secret a session caller is handed or enables.
+    """``minted_by_session`` for a management secret a caller whose rights come from a session
+    (see :attr:`Principal.session_origin`) is handed or enables.
 
     A password reset or a suspension revokes the management keys minted through the account's
-    sessions: a secret rotated through a session, or a key given the management scope through one,
-    counts as minted there, or a stolen session could keep a management key past the reset.
+    sessions: a secret rotated through a session, a key given the management scope through one,
+    and any key made by such keys count as minted there, or a stolen session could keep a
+    management key past the reset.
     """
-    if principal.session_id is None or not scopes & Scope.MANAGEMENT:
+    if principal.session_origin is None or not scopes & Scope.MANAGEMENT:
         return {}
-    return {"minted_by_session": principal.session_id}
+    return {"minted_by_session": principal.session_origin}
 
 
 # -- rotate --------------------------------------------------------------------

@@ -203,7 +203,8 @@ def _may_change(principal: Principal, price: Price) -> None:
 
 
 async def _check_not_below_parent(principal: Principal, account: Account, model: str, wanted: dict[str, int]) -> None:
-    """Each component in ``wanted`` is at least the price in force above ``account``.
+    """Each component in ``wanted`` is at least the price in force above ``account``, and only an
+    admin prices a model that nothing above ``account`` prices.
 
     That figure is one the caller can see anyway (ResolvePrice on the parent, or on its own
     account when ``account`` is the caller's own: then no price set above is on it).
@@ -211,6 +212,14 @@ async def _check_not_below_parent(principal: Principal, account: Account, model:
     parent_chain = account.ancestor_ids()[:-1]
     parent = in_force(await chain_prices(parent_chain, model))
     if not parent.priced:
+        if parent_chain and principal.role is not Role.ADMIN:
+            # A price makes a model available: a reseller adds its markup to a model priced above
+            # it, never opens one the admin did not (it would be served at whatever price it chose).
+            raise FailedPrecondition(
+                Reason.MODEL_NOT_AVAILABLE,
+                f"price.model: no price for '{model}' is set above this account; "
+                "a model is made available by the admin's prices, and a reseller adds its markup to one.",
+            )
         return
     floor = {INPUT: parent.input_micros_per_million, OUTPUT: parent.output_micros_per_million}
     below = [

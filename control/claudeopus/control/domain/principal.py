@@ -10,7 +10,7 @@ from tortoise.expressions import Q
 from claudeopus import keys
 from claudeopus.control.domain import policies, sessions
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
-from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope
+from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope, ids_on_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +25,32 @@ class Principal:
     account_path: str
     role: Role
     credential: str
+    # For a management key minted through a session (or through a key that was): that session.
+    minted_by_session: int | None = None
 
     @property
     def session_id(self) -> int | None:
         """The id of the session the caller authenticated with; None for a key."""
         kind, _, ident = self.credential.partition(":")
         return int(ident) if kind == "session" else None
+
+    @property
+    def session_origin(self) -> int | None:
+        """The session this caller's rights come from: its own, or the one its key was minted through.
+
+        Keys minted, rotated or given the management scope by such a caller carry it, so ending
+        the session (a password reset, a suspension) revokes every management key that descends
+        from it, however many keys deep.
+        """
+        session = self.session_id
+        return session if session is not None else self.minted_by_session
+
+    @property
+    def tenant_id(self) -> int:
+        """The account just below the root on the caller's chain (the root for the admin itself):
+        allowances that sub-accounts must not multiply are counted per tenant."""
+        ids = ids_on_path(self.account_path)
+        return ids[1] if len(ids) > 1 else ids[0]
 
     def owns(self, account: Account) -> bool:
         return account.deleted_at is None and account.path.startswith(self.account_path)
@@ -111,8 +131,14 @@ async def authenticate_management(secret: str | None, now: datetime) -> Principa
         raise PermissionDenied(Reason.ACCOUNT_POLICY_DENIED, "The account's policy does not allow management keys.")
     if policy.outlived(key, now):
         raise Unauthenticated(Reason.KEY_EXPIRED, "This API key has expired.")
-    return _principal(key.account, f"key:{key.id}")
+    return _principal(key.account, f"key:{key.id}", key.minted_by_session)
 
 
-def _principal(account: Account, credential: str) -> Principal:
-    return Principal(account_id=account.id, account_path=account.path, role=account.role, credential=credential)
+def _principal(account: Account, credential: str, minted_by_session: int | None = None) -> Principal:
+    return Principal(
+        account_id=account.id,
+        account_path=account.path,
+        role=account.role,
+        credential=credential,
+        minted_by_session=minted_by_session,
+    )

@@ -3,7 +3,9 @@
 A token is ``co-session-`` followed by 43 URL-safe characters (256 random bits). A session
 lives ``CLAUDEOPUS_SESSION_TTL`` (12 hours by default). Ending an account's sessions (a
 password reset, a suspension) also revokes the management keys minted through them
-(``ApiKey.minted_by_session``), so a stolen session leaves no credential behind.
+(``ApiKey.minted_by_session``: keys made, rotated or given the management scope through the
+session or through such keys), so a stolen session leaves no management credential behind;
+inference keys made through it stay (revoke them by hand if the session was stolen).
 
 Example::
 

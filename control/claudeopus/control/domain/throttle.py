@@ -92,6 +92,8 @@ async def email_probe(throttle: Throttle, caller: int, change: Callable[[], Awai
     Emails are unique across the installation, so "already exists" tells a reseller that an
     address belongs to somebody, maybe outside its subtree. The answer is the same wherever the
     address is used; after a few such refusals the caller must wait, whatever email it tries next.
+    ``caller`` is the caller's tenant (:attr:`Principal.tenant_id`), so a reseller cannot multiply
+    its allowance by probing through accounts it creates below it.
     """
     throttle.check(caller, TOO_MANY_TAKEN)
     try:

@@ -63,7 +63,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         principal = await management_principal(context, self._clock())
         row = await email_probe(
             self._policy.throttles.email_probes,
-            principal.account_id,
+            principal.tenant_id,
             lambda: accounts.create_account(
                 principal,
                 parent_id=parse_optional_id("parent", ACCOUNTS, request.parent),
@@ -109,7 +109,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         principal = await management_principal(context, now)
         row = await email_probe(
             self._policy.throttles.email_probes,
-            principal.account_id,
+            principal.tenant_id,
             lambda: accounts.update_account(
                 principal,
                 parse_id("account.name", ACCOUNTS, request.account.name),

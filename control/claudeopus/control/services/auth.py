@@ -49,9 +49,20 @@ def _peer(context: grpc.aio.ServicerContext[object, object]) -> tuple[str, str]:
 
 
 def client_address(context: grpc.aio.ServicerContext[object, object]) -> str:
-    """The caller's address without its port (what login attempts are counted by)."""
+    """What login attempts are counted by: an IPv4 address, an IPv6 client's /64 (one host usually
+    holds a whole /64, so counting single addresses would give it 2^64 allowances), else the kind."""
     kind, host = _peer(context)
-    return host if kind in ("ipv4", "ipv6") else kind
+    if kind == "ipv4":
+        return host
+    if kind == "ipv6":
+        try:
+            address = ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            return host
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return kind
 
 
 def peer_is_local(context: grpc.aio.ServicerContext[object, object]) -> bool:
