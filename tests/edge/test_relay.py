@@ -12,8 +12,8 @@ import pytest
 
 from claudeopus.edge.completions import parse_completion
 from claudeopus.edge.disconnect import DisconnectWatcher
-from claudeopus.edge.redaction import Redactor
-from claudeopus.edge.relay import StreamRelay
+from claudeopus.edge.redaction import FALLBACK, Redactor
+from claudeopus.edge.relay import KEEP_ALIVE, StreamRelay
 from claudeopus.edge.upstream import ConnectionBroken
 from claudeopus.v1 import usage_pb2
 
@@ -206,11 +206,86 @@ async def test_an_event_that_is_not_json_is_not_relayed_and_ends_the_stream() ->
     assert upstream.closed
 
 
-async def test_keep_alive_comments_pass_but_count_as_no_output() -> None:
+async def test_keep_alive_comments_become_the_gateways_own_and_count_as_no_output() -> None:
     relayed, settler, _ = await relay([b": keep-alive\n\n"] * 5 + [chunk("a"), b"data: [DONE]\n\n"])
-    assert len(await collect(relayed)) == 7
+    assert await collect(relayed) == [KEEP_ALIVE] * 5 + [chunk("a"), b"data: [DONE]\n\n"]
     [outcome] = settler.settled
     assert (outcome.status, outcome.output_tokens) == (usage_pb2.USAGE_STATUS_SUCCEEDED, 1)
+
+
+SECRETS = (b"AcmeCorp99", b"SECRET123", b"sk-upstream")
+
+
+def assert_nothing_upstream_leaks(events: list[bytes]) -> None:
+    stream = b"".join(events)
+    assert all(secret not in stream for secret in SECRETS), stream
+    for event in events:
+        # Only what the relay understood: a data line of JSON (or [DONE]), or its own keep-alive.
+        assert event == KEEP_ALIVE or (event.startswith(b"data: ") and event.count(b"\n") == 2), event
+
+
+async def test_upstream_comment_lines_are_never_relayed() -> None:
+    comment = b": upstream org-AcmeCorp99 key sk-upstream-SECRET123\n"
+    parts = [comment + b"\n", comment + chunk("a"), chunk("b") + comment, USAGE + b"\n\n", b"data: [DONE]\n\n"]
+    relayed, settler, _ = await relay(parts)
+    events = await collect(relayed)
+    assert_nothing_upstream_leaks(events)
+    assert events == [KEEP_ALIVE, chunk("a"), chunk("b"), b"data: [DONE]\n\n"]
+    assert settler.settled[0].output_tokens == 2
+
+
+async def test_event_and_id_fields_are_never_relayed() -> None:
+    fields = b"event: org-AcmeCorp99\nid: org-AcmeCorp99\nretry: 1000\n"
+    parts = [fields + chunk("a"), chunk("b").removesuffix(b"\n") + fields + b"\n", fields + b"\n", USAGE + b"\n\n"]
+    relayed, _, _ = await relay(parts, include_usage=True)
+    events = await collect(relayed)
+    assert_nothing_upstream_leaks(events)
+    assert events == [chunk("a"), chunk("b"), KEEP_ALIVE, USAGE + b"\n\n"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"error": ["sk-upstream-SECRET123"]},
+        {"error": 42, "detail": "org-AcmeCorp99"},
+        {"error": None, "choices": [{"delta": {"content": "org-AcmeCorp99"}}]},
+        {"object": "error", "detail": "sk-upstream-SECRET123"},
+    ],
+    ids=["list", "number", "null", "flat-without-message"],
+)
+async def test_any_error_member_is_an_error_and_relayed_redacted(payload: dict[str, object]) -> None:
+    event = b"data: " + orjson.dumps(payload) + b"\n\n"
+    relayed, _, _ = await relay([chunk("a"), event, USAGE + b"\n\n"])
+    events = await collect(relayed)
+    assert_nothing_upstream_leaks(events)
+    assert events[0] == chunk("a") and len(events) == 2
+    assert orjson.loads(events[1].removeprefix(b"data: ")) == {
+        "error": {"message": FALLBACK, "type": "invalid_request_error", "param": None, "code": None}
+    }
+
+
+async def test_multi_line_data_is_written_again_on_one_line() -> None:
+    event = b'data: {"choices": [{"delta":\r\ndata: {"content": "hi"}}]}\r\n\r\n'
+    relayed, settler, _ = await relay([event, b"data:[DONE]\r\n\r\n"])
+    assert await collect(relayed) == [chunk("hi"), b"data: [DONE]\n\n"]
+    assert settler.settled[0].output_tokens == 1
+
+
+@pytest.mark.parametrize("data", [b'"org-AcmeCorp99"', b'["sk-upstream-SECRET123"]', b"12"])
+async def test_data_that_is_no_json_object_is_not_relayed_and_ends_the_stream(data: bytes) -> None:
+    relayed, settler, _ = await relay([chunk("a"), b"data: " + data + b"\n\n", chunk("b")])
+    events = await collect(relayed)
+    assert_nothing_upstream_leaks(events)
+    assert events[0] == chunk("a") and len(events) == 2 and error_code(events[1]) == "upstream_error"
+    assert settler.settled[0].status == usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+
+
+async def test_usage_null_on_content_chunks_and_usage_beside_choices_are_handled() -> None:
+    null_usage = b'data: {"choices": [{"delta": {"content": "[DONE]"}}], "usage": null}\n\n'
+    with_choices = b'data: {"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
+    relayed, settler, _ = await relay([null_usage, with_choices])
+    assert await collect(relayed) == [null_usage, with_choices]
+    assert (settler.settled[0].input_tokens, settler.settled[0].output_tokens) == (1, 2)
 
 
 async def test_a_stream_past_its_deadline_ends_with_a_timeout_event() -> None:

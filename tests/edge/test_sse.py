@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from claudeopus.edge.sse import EventBuffer, Usage, is_done, parse_usage, usage_event
+from claudeopus.edge.sse import EventBuffer, Usage, event_data, parse_usage
 
 
 def test_buffer_returns_only_whole_events_in_order() -> None:
@@ -28,21 +28,8 @@ def test_byte_at_a_time_feeding_gives_the_same_events() -> None:
     assert len(events) == 3
 
 
-def test_usage_chunk_is_recognised_and_flagged_usage_only() -> None:
-    event = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}\n\n'
-    found = usage_event(event)
-    assert found is not None and found.usage == Usage(3, 4) and found.usage_only
-
-
-def test_null_usage_on_content_chunks_is_not_usage() -> None:
-    event = b'data: {"choices": [{"delta": {"content": "hi"}}], "usage": null}\n\n'
-    assert usage_event(event) is None
-
-
-def test_usage_on_a_chunk_with_choices_is_not_usage_only() -> None:
-    event = b'data: {"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
-    found = usage_event(event)
-    assert found is not None and not found.usage_only
+def test_usage_is_read_into_token_counts() -> None:
+    assert parse_usage({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}) == Usage(3, 4)
 
 
 @pytest.mark.parametrize(
@@ -59,10 +46,9 @@ def test_malformed_usage_is_ignored(usage: object) -> None:
     assert parse_usage(usage) is None
 
 
-def test_done_detection() -> None:
-    assert is_done(b"data: [DONE]\n\n")
-    assert is_done(b"data:[DONE]\r\n\r\n")
-    assert not is_done(b'data: {"text": "[DONE]"}\n\n')
+def test_event_data_joins_data_lines_and_ignores_every_other_line() -> None:
+    assert event_data(b': comment\nevent: x\nid: 7\ndata: {"a":\r\ndata:1}\n\n') == b'{"a":\n1}'
+    assert event_data(b": keep-alive\n\n") == b""
 
 
 def test_generated_text_length_counts_content_reasoning_refusal_and_tool_arguments() -> None:

@@ -51,15 +51,17 @@ class Redactor:
 
 
 def error_object(payload: object) -> dict[str, Any] | None:
-    """The error object of an upstream answer or event: ``{"error": {...}}``, or a flat
-    ``{"object": "error", "message": ...}`` as some compatible servers send; None for anything else."""
+    """The error object of an upstream answer or event: ``{"error": {...}}``, a flat
+    ``{"object": "error", "message": ...}`` as some compatible servers send, or any other
+    payload with an ``error`` member (a string becomes the message; anything else is dropped
+    and the fallback message used); None for a payload that is no error."""
     if not isinstance(payload, dict):
         return None
-    inner = payload.get("error")
-    if isinstance(inner, dict):
-        return inner
-    if isinstance(inner, str):
-        return {"message": inner}
+    if "error" in payload:
+        inner = payload["error"]
+        if isinstance(inner, dict):
+            return inner
+        return {"message": inner} if isinstance(inner, str) else {}
     if payload.get("object") == "error":
         return payload
     return None

@@ -1,9 +1,17 @@
 """Relaying an upstream SSE stream to the client, event by event, and settling at the end.
 
+The client gets only what the relay understood: every event is rebuilt as
+``data: <payload>\n\n`` from the event's parsed JSON data (the upstream's payload
+bytes as they came when the data is one line, so the common chunk is never
+re-serialised). The upstream's comments and its ``event:``, ``id:`` and ``retry:``
+fields are never relayed: an event without data becomes the gateway's own fixed
+keep-alive comment, and data that is not a JSON object (nor ``[DONE]``) ends the stream.
+
 The upstream was asked for usage (``include_usage``); its extra usage-only
 chunk is dropped again unless the client asked for it. An error event the upstream
-sends mid-stream reaches the client redacted, as an error answer would (redaction.py):
-its message, type, param and code, with nothing key- or account-like. Whatever ends the
+sends mid-stream (any payload with an ``error`` member, or ``"object": "error"``)
+reaches the client redacted, as an error answer would (redaction.py): its message,
+type, param and code, with nothing key- or account-like. Whatever ends the
 stream (the upstream finishing, failing, or the client going away), the
 upstream response is closed and exactly one settle is submitted.
 """
@@ -23,7 +31,7 @@ from claudeopus.edge.control import Leased, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
 from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.settler import Settler
-from claudeopus.edge.sse import EventBuffer, Usage, event_data, is_done, text_length, usage_event
+from claudeopus.edge.sse import DONE, EventBuffer, Usage, event_data, parse_usage, text_length
 from claudeopus.edge.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 from claudeopus.v1 import usage_pb2
 
@@ -33,7 +41,7 @@ class ClientGone(Exception):
 
 
 class MalformedEvent(Exception):
-    """The upstream sent an event whose data is not JSON (nor ``[DONE]``)."""
+    """The upstream sent an event whose data is not a JSON object (nor ``[DONE]``)."""
 
 
 class Overtime(Exception):
@@ -41,6 +49,9 @@ class Overtime(Exception):
 
 
 CHARS_PER_TOKEN = 4
+# What the client gets for an upstream event without data (a comment, a lone event: or id: field).
+KEEP_ALIVE = b": keep-alive\n\n"
+DONE_EVENT = b"data: " + DONE + b"\n\n"
 
 
 class StreamRelay:
@@ -124,27 +135,35 @@ class StreamRelay:
             await self._finish()
 
     def _relayed(self, event: bytes) -> bytes | None:
-        """What of ``event`` the client gets: itself, its redacted error, or None (dropped)."""
-        found = usage_event(event)
-        if found is not None:
-            self._usage = found.usage
-            return event if not found.usage_only or self._completion.include_usage else None
-        if b"[DONE]" in event and is_done(event):
-            self._done = True
-            return event
+        """What of ``event`` the client gets, rebuilt from its data alone: the chunk, its redacted
+        error, the fixed keep-alive, or None (dropped)."""
         data = event_data(event)
         if not data:
-            return event  # a comment (keep-alive) or an event without data: nothing generated
+            return KEEP_ALIVE  # comments and data-less fields: nothing generated, none of it relayed
+        if b"[DONE]" in data and data.strip() == DONE:
+            self._done = True
+            return DONE_EVENT
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise MalformedEvent from None
+        if not isinstance(payload, dict):
+            raise MalformedEvent
+        usage = parse_usage(payload.get("usage")) if "usage" in payload else None
+        if usage is not None:
+            self._usage = usage
         upstream_error = error_object(payload)
         if upstream_error is not None:
             return b"data: " + self._redactor.error_body(upstream_error) + b"\n\n"
-        self._relayed_events += 1
-        self._relayed_chars += text_length(payload)
-        return event
+        if usage is not None and not payload.get("choices"):
+            if not self._completion.include_usage:
+                return None  # the usage-only chunk the gateway asked for, not the client
+        else:
+            self._relayed_events += 1
+            self._relayed_chars += text_length(payload)
+        # One data line: its bytes are the payload as parsed. Several: joined by newlines that
+        # would break the framing, so the parsed object is written again on one line.
+        return b"data: " + (data if b"\n" not in data else orjson.dumps(payload)) + b"\n\n"
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         """Upstream chunks, raced against the client disconnecting."""

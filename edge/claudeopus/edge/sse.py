@@ -1,7 +1,6 @@
-"""Server-sent events from an upstream: split into whole events, find the usage.
+"""Server-sent events from an upstream: split into whole events, read their data and usage.
 
-The relay forwards each event as soon as it is complete; only events that
-mention ``"usage"`` are decoded, so the hot path stays a byte search.
+The relay (relay.py) handles each event as soon as it is complete, from its data alone.
 
 Example::
 
@@ -64,32 +63,6 @@ def event_data(event: bytes) -> bytes:
     """The joined ``data:`` lines of one event."""
     lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
     return b"\n".join(lines)
-
-
-def is_done(event: bytes) -> bool:
-    return event_data(event).strip() == DONE
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    usage: Usage
-    # True for the extra chunk that include_usage adds (no choices of its own).
-    usage_only: bool
-
-
-def usage_event(event: bytes) -> UsageEvent | None:
-    """The usage carried by this event, if any (``"usage": null`` does not count)."""
-    if b'"usage"' not in event:
-        return None
-    try:
-        payload = orjson.loads(event_data(event))
-    except orjson.JSONDecodeError:
-        return None
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    parsed = parse_usage(usage)
-    if parsed is None:
-        return None
-    return UsageEvent(usage=parsed, usage_only=not payload.get("choices"))
 
 
 def generated_text_length(event: bytes) -> int:
