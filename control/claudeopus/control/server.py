@@ -8,7 +8,7 @@ Example::
 
     # bootstrap the root admin in-process, before the port listens
     async with ControlServer(settings, bootstrap_as=("admin@example.com", "Administrator")) as server:
-        print(server.bootstrapped.key.secret if server.bootstrapped else "admin existed")
+        admin_key = server.bootstrapped.key.secret if server.bootstrapped else None  # hand it over once, never log it
 """
 
 from __future__ import annotations
