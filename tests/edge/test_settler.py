@@ -17,7 +17,7 @@ import pytest
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.control import AuthorizeCall, ControlClient, Outcome, Settle
+from claudeopus.edge.control import AuthorizeCall, ControlClient, Outcome, Settle, key_hash
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.replay import Replayer
 from claudeopus.edge.settler import Settler
@@ -294,7 +294,7 @@ async def test_a_full_spool_refuses_completions_before_authorize(control: FakeCo
     )
     raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     with pytest.raises(errors.ControlUnavailable) as caught:
-        await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
+        await forwarder.chat_completions("sk-co-" + "A" * 43, key_hash("sk-co-" + "A" * 43), raw, None)
     assert (caught.value.status, caught.value.code) == (503, "usage_spool_full")
     assert control.authorized == [] and upstream.calls == [], "nothing reserved, nothing forwarded"
     await authorizer.aclose()
@@ -336,7 +336,7 @@ async def test_an_authorize_past_its_deadline_releases_what_control_may_have_res
     )
     raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
-        await forwarder.chat_completions("sk-co-" + "A" * 43, raw, None)
+        await forwarder.chat_completions("sk-co-" + "A" * 43, key_hash("sk-co-" + "A" * 43), raw, None)
     await until(lambda: settler.pending == 0)
     assert caught.value.status == 503 and upstream.calls == [], "nothing forwarded"
     [released] = control.outcomes

@@ -19,7 +19,7 @@ import orjson
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
-from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Leased, Outcome, key_hash
+from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Leased, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.key_check import KeyCheck
 from claudeopus.edge.leases import LeaseBook
@@ -56,8 +56,8 @@ class Forwarder:
         forwarder = Forwarder(
             upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
         )
-        await forwarder.authenticate(secret)  # before the body is read
-        reply = await forwarder.chat_completions(secret, raw_body, receive)
+        hashed = await forwarder.authenticate(secret)  # before the body is read
+        reply = await forwarder.chat_completions(secret, hashed, raw_body, receive)
     """
 
     def __init__(
@@ -89,18 +89,19 @@ class Forwarder:
         self._max_choices = max_choices
         self._owned_by = models_owned_by
 
-    async def authenticate(self, secret: str) -> None:
-        """Refuse a key control does not know before its request's body is read (see key_check.py)."""
-        await self._key_check.check(secret)
+    async def authenticate(self, secret: str) -> bytes:
+        """The key's hash, or the refusal of a key control does not know, before its request's body
+        is read (see key_check.py)."""
+        return await self._key_check.check(secret)
 
-    async def chat_completions(self, secret: str, raw: bytes, receive: Receive | None) -> Reply:
+    async def chat_completions(self, secret: str, hashed: bytes, raw: bytes, receive: Receive | None) -> Reply:
+        """Forward a request whose key :meth:`authenticate` passed (``hashed`` is what it returned)."""
         started = time.perf_counter()
         completion = parse_completion(raw, self._max_choices)
         if self._settler.spool_full:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
         leased: Leased | None = None
-        hashed = key_hash(secret)
         admission = self._leases.admit(hashed, completion, request_id) if self._leases is not None else None
         if admission is not None:
             leased, cap = admission.leased, admission.cap

@@ -99,14 +99,14 @@ def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> 
         try:
             secret = bearer_secret(request)
             require_json(request)
-            await forwarder.authenticate(secret)  # an unknown key never has its body read
+            hashed = await forwarder.authenticate(secret)  # an unknown key never has its body read
         except errors.OpenAIError as refused:
             # The body stays unread: close the connection rather than receive it only to drop it.
             refused.headers.append((b"connection", b"close"))
             raise
         receive = _receive(request)
         raw = await read_body(request, max_body_bytes)
-        return to_response(await forwarder.chat_completions(secret, raw, receive))
+        return to_response(await forwarder.chat_completions(secret, hashed, raw, receive))
 
     async def list_models(request: Request, forwarder: Forwarder) -> Response:
         return to_response(await forwarder.models(bearer_secret(request)))
