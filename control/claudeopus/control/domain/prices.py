@@ -41,7 +41,7 @@ from datetime import datetime
 from tortoise.exceptions import IntegrityError
 from tortoise.queryset import QuerySet
 
-from claudeopus.control.domain import validation
+from claudeopus.control.domain import policies, validation
 from claudeopus.control.domain.accounts import account_in_subtree
 from claudeopus.control.domain.clock import utc_now
 from claudeopus.control.domain.errors import (
@@ -354,9 +354,7 @@ async def list_prices(
 
 def _unchanged_setter(price: Price) -> QuerySet[Price]:
     """The price's row, as long as its setter is still the one read."""
-    if price.set_by is None:
-        return Price.filter(id=price.id, set_by__isnull=True)
-    return Price.filter(id=price.id, set_by=price.set_by)
+    return Price.filter(id=price.id, **policies.setter_is("set_by", price.set_by))
 
 
 async def _change(principal: Principal, price_id: int, field: str, write: Callable[[Price], Awaitable[int]]) -> Price:
