@@ -21,7 +21,8 @@ import grpc
 from claudeopus.cli.runtime import configure_logging, run
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
+from claudeopus.edge.control import AuthorizeCall, ControlClient
+from claudeopus.edge.metering.types import KeyInfo, Settlement
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 
@@ -48,10 +49,10 @@ class NoopControl(ControlClient):
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         return [0] * len(calls)
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         return None
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
 
 

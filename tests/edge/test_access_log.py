@@ -20,7 +20,8 @@ import pytest
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware, access_line
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
+from claudeopus.edge.control import AuthorizeCall, ControlClient
+from claudeopus.edge.metering.types import KeyInfo, Settlement
 from claudeopus.edge.routes import ROUTES
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings, SettingsError
@@ -531,10 +532,10 @@ class AllowAll(ControlClient):
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         return [0] * len(calls)
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         return None
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
 
 

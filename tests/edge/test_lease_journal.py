@@ -12,18 +12,19 @@ from pathlib import Path
 import grpc
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, UnavailableError
-from claudeopus.edge.control import ControlClient, Leased, RecoveredLease
+from claudeopus.edge.control import ControlClient
 from claudeopus.edge.lease_journal import SLOT_BYTES, LeaseJournal, old_journals, read_journal
 from claudeopus.edge.lease_recovery import MAX_LEASES, MAX_LOST, LeaseRecovery, batches
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
 from tests.edge.test_leases import KEY, Clock, LeasingControl, completion, lease, settled
 
 BOOT = uuid.UUID("11111111-2222-4333-8444-555555555555").bytes
 LEASE_ID = "00000000-0000-4000-8000-00000000000a"
 
 
-def leased(lease_id: str = LEASE_ID, tokens: int = 7) -> Leased:
-    return Leased(lease_id, tokens, 2 * tokens, 3 * tokens, True, 1_700_000_000_123_456_789)
+def leased(lease_id: str = LEASE_ID, tokens: int = 7) -> LeasedReservation:
+    return LeasedReservation(lease_id, tokens, 2 * tokens, 3 * tokens, True, 1_700_000_000_123_456_789)
 
 
 def killed_copy(journal: LeaseJournal, into: Path) -> Path:

@@ -11,27 +11,41 @@ from pathlib import Path
 import pytest
 
 from claudeopus.edge import spool as spool_module
-from claudeopus.edge.control import Leased
-from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError, decode_records, encode_record, read_spool
+from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
+from claudeopus.edge.spool import Spool, SpoolError, decode_records, encode_record, read_spool
 
 RECORD_BYTES = 55  # 8 bytes of framing, 47 of payload
 LEASED_RECORD_BYTES = 104  # and 49 more for a request admitted from a lease
 
 
-def settle(n: int = 0, **fields: int) -> SpooledSettle:
+def settle(n: int = 0, **fields: int) -> Settlement:
     values = {"input_tokens": 10 + n, "output_tokens": 20 + n, "status": 1, "source": 1, "http_status": 200}
     values.update(fields)
-    return SpooledSettle(request_id=str(uuid.UUID(int=n + 1)), latency_ns=1_000_000 * n, **values)
+    return spooled(str(uuid.UUID(int=n + 1)), latency_ns=1_000_000 * n, **values)
+
+
+def spooled(
+    request_id: str,
+    input_tokens: int,
+    output_tokens: int,
+    status: int,
+    source: int,
+    http_status: int,
+    latency_ns: int,
+    leased: LeasedReservation | None = None,
+) -> Settlement:
+    outcome = Outcome(input_tokens, output_tokens, status, source, http_status)  # type: ignore[arg-type]
+    return Settlement(request_id, outcome, latency_ns, leased)
 
 
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("settles-*.log"))
 
 
-async def replay_all(spool: Spool) -> list[SpooledSettle]:
-    seen: list[SpooledSettle] = []
+async def replay_all(spool: Spool) -> list[Settlement]:
+    seen: list[Settlement] = []
 
-    async def handle(record: SpooledSettle) -> None:
+    async def handle(record: Settlement) -> None:
         seen.append(record)
 
     await spool.replay(handle)
@@ -46,8 +60,8 @@ def test_a_record_round_trips_and_is_fixed_size() -> None:
 
 
 def test_a_leased_settle_round_trips_with_its_reservation() -> None:
-    leased = Leased(str(uuid.uuid4()), 120, 64, 99, True, 1_800_000_000_123_456_789)
-    record = SpooledSettle(str(uuid.uuid4()), 5, 7, 1, 1, 200, 42, leased)
+    leased = LeasedReservation(str(uuid.uuid4()), 120, 64, 99, True, 1_800_000_000_123_456_789)
+    record = spooled(str(uuid.uuid4()), 5, 7, 1, 1, 200, 42, leased)
     frame = encode_record(record)
     assert len(frame) == LEASED_RECORD_BYTES
     plain = encode_record(settle(3))
@@ -57,9 +71,10 @@ def test_a_leased_settle_round_trips_with_its_reservation() -> None:
 
 
 def test_counts_are_clamped_to_what_control_stores() -> None:
-    huge = SpooledSettle(str(uuid.uuid4()), 2**70, -5, 70_000, 1, 200, 2**64)
+    huge = spooled(str(uuid.uuid4()), 2**70, -5, 70_000, 1, 200, 2**64)
     [decoded], _ = decode_records(encode_record(huge))
-    assert (decoded.input_tokens, decoded.output_tokens, decoded.status, decoded.latency_ns) == (
+    outcome = decoded.outcome
+    assert (outcome.input_tokens, outcome.output_tokens, outcome.status, decoded.latency_ns) == (
         2**63 - 1,
         0,
         2**16 - 1,
@@ -69,7 +84,7 @@ def test_counts_are_clamped_to_what_control_stores() -> None:
 
 def test_only_uuid_request_ids_are_accepted() -> None:
     with pytest.raises(ValueError, match="UUID"):
-        encode_record(SpooledSettle("some prompt text", 1, 1, 1, 1, 200, 1))
+        encode_record(spooled("some prompt text", 1, 1, 1, 1, 200, 1))
 
 
 @pytest.mark.parametrize("cut", range(1, RECORD_BYTES))
@@ -190,11 +205,11 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
     seen: list[int] = []
 
-    async def flaky(record: SpooledSettle) -> None:
-        if record.input_tokens == 13:
+    async def flaky(record: Settlement) -> None:
+        if record.outcome.input_tokens == 13:
             seen.append(-1)
             raise ConnectionError("control went away")
-        seen.append(record.input_tokens)
+        seen.append(record.outcome.input_tokens)
 
     try:
         for n in range(6):
@@ -205,8 +220,8 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
         assert spool.has_records and read_spool(tmp_path) == [settle(n) for n in range(6)], "kept until replayed"
         seen.clear()
 
-        async def steady(record: SpooledSettle) -> None:
-            seen.append(record.input_tokens)
+        async def steady(record: Settlement) -> None:
+            seen.append(record.outcome.input_tokens)
 
         assert await spool.replay(steady) == 3
         assert seen == [13, 14, 15], "resumed at the record that failed"
@@ -218,7 +233,7 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
 async def test_failing_passes_do_not_split_the_spool_into_many_files(tmp_path: Path) -> None:
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
 
-    async def down(record: SpooledSettle) -> None:
+    async def down(record: Settlement) -> None:
         raise ConnectionError("control is down")
 
     try:

@@ -56,7 +56,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from claudeopus.edge.control import Leased, RecoveredLease
+from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
 from claudeopus.private_files import open_private, private_directory
 
 __all__ = ["LeaseJournal", "boot_id", "old_journals", "read_journal"]
@@ -159,7 +159,7 @@ class LeaseJournal:
         if slot is not None:
             self._release(slot)
 
-    def admitted(self, request_id: str, leased: Leased) -> bool:
+    def admitted(self, request_id: str, leased: LeasedReservation) -> bool:
         """Record a request admitted from a lease, before it is forwarded; False when the journal is full."""
         slot = self._take()
         if slot is None:
@@ -218,7 +218,7 @@ def read_journal(path: Path, current_boot: bytes) -> list[RecoveredLease]:
     """What a dead process's journal names, per lease: its lost requests, and whether control may
     release the rest (the journal was written during this boot, so no store in it was lost)."""
     data = path.read_bytes()
-    leases: dict[str, list[tuple[str, Leased]]] = {}
+    leases: dict[str, list[tuple[str, LeasedReservation]]] = {}
     written_boot = b""
     for start in range(0, len(data) - SLOT_BYTES + 1, SLOT_BYTES):
         body = data[start + _CRC.size : start + SLOT_BYTES]
@@ -235,7 +235,7 @@ def read_journal(path: Path, current_boot: bytes) -> list[RecoveredLease]:
                 _REQUEST_SLOT.unpack_from(body)
             )
             lease = str(uuid.UUID(bytes=lease_id))
-            leased = Leased(lease, input_tokens, output_tokens, cost, bool(stream), reserve_time_ns)
+            leased = LeasedReservation(lease, input_tokens, output_tokens, cost, bool(stream), reserve_time_ns)
             leases.setdefault(lease, []).append((str(uuid.UUID(bytes=request_id)), leased))
     complete = bool(current_boot) and written_boot == current_boot
     return [RecoveredLease(lease_id, lost, complete) for lease_id, lost in leases.items()]

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from claudeopus.client import ClaudeOpusError
-from claudeopus.edge.control import ControlClient, RecoveredLease
+from claudeopus.edge.control import ControlClient
 from claudeopus.edge.lease_journal import boot_id, read_journal
+from claudeopus.edge.metering.types import RecoveredLease
 from claudeopus.edge.replay import is_permanent
 from claudeopus.edge.tasks import cancel
 

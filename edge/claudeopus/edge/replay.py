@@ -28,12 +28,12 @@ from claudeopus.client import (
     NotFoundError,
     UnavailableError,
 )
-from claudeopus.edge.control import ControlClient, Outcome, Settle
-from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
+from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.types import Settlement
+from claudeopus.edge.spool import Spool, SpoolError
 from claudeopus.edge.tasks import cancel
-from claudeopus.v1 import usage_pb2
 
-__all__ = ["Replayer", "is_permanent", "outcome_of"]
+__all__ = ["Replayer", "is_permanent"]
 
 _log = logging.getLogger(__name__)
 MIN_DELAY_SECONDS = 0.05
@@ -44,16 +44,6 @@ _PERMANENT = (NotFoundError, InvalidArgumentError, AlreadyExistsError, FailedPre
 def is_permanent(error: ClaudeOpusError) -> bool:
     """Control refused this settle for good: sending it again cannot succeed."""
     return isinstance(error, _PERMANENT)
-
-
-def outcome_of(record: SpooledSettle) -> Outcome:
-    return Outcome(
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        status=usage_pb2.UsageStatus.ValueType(record.status),
-        source=usage_pb2.UsageSource.ValueType(record.source),
-        http_status=record.http_status,
-    )
 
 
 class _TryLater(Exception):
@@ -106,11 +96,9 @@ class Replayer:
             if done := self.replayed + self.dropped - before:
                 _log.info("replayed %d spooled settle(s); %d bytes still spooled", done, self._spool.size_bytes)
 
-    async def _send(self, record: SpooledSettle) -> None:
+    async def _send(self, record: Settlement) -> None:
         try:
-            await self._control.settle(
-                Settle(record.request_id, outcome_of(record), record.latency_ns / 1e9, leased=record.leased)
-            )
+            await self._control.settle(record)
         except ClaudeOpusError as error:
             if is_permanent(error):
                 _log.warning(

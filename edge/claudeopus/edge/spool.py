@@ -33,7 +33,7 @@ once its record is durable.
 Example::
 
     spool = await Spool.open("spool", max_bytes=64 * 1024 * 1024)
-    await spool.append(SpooledSettle(request_id, 12, 40, status, source, 200, latency_ns))
+    await spool.append(Settlement(request_id, Outcome(12, 40, status, source, 200), latency_ns))
     await spool.replay(send_to_control)  # oldest first; each segment removed once replayed
     await spool.aclose()
 """
@@ -52,11 +52,12 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
-from claudeopus.edge.control import Leased
+from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement, UsageSource, UsageStatus
 from claudeopus.private_files import open_private, private_directory
 
-__all__ = ["Spool", "SpoolError", "SpooledSettle", "decode_records", "encode_record", "read_spool"]
+__all__ = ["Spool", "SpoolError", "decode_records", "encode_record", "read_spool"]
 
 _log = logging.getLogger(__name__)
 
@@ -71,38 +72,25 @@ _LENGTH = struct.Struct("<I")
 _SEGMENT_NAME = re.compile(r"^settles-(\d{12})\.log$")
 _INT64_MAX = 2**63 - 1
 _U16_MAX = 2**16 - 1
+_Enum = TypeVar("_Enum", UsageStatus, UsageSource)
 
 
 class SpoolError(Exception):
     """The spool cannot be opened or written (directory in use, disk full, closed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledSettle:
-    """One settle as spooled: metadata only."""
-
-    request_id: str
-    input_tokens: int
-    output_tokens: int
-    status: int
-    source: int
-    http_status: int
-    latency_ns: int
-    leased: Leased | None = None  # admitted from a lease: the settle opens the request's row
-
-
-def encode_record(settle: SpooledSettle) -> bytes:
+def encode_record(settle: Settlement) -> bytes:
     """One framed record; counts are clamped to what control stores (``ValueError`` for a non-UUID id)."""
-    leased = settle.leased
+    leased, outcome = settle.leased, settle.outcome
     payload = _PAYLOAD.pack(
         VERSION if leased is None else LEASED_VERSION,
         uuid.UUID(settle.request_id).bytes,
-        _clamp(settle.input_tokens, _INT64_MAX),
-        _clamp(settle.output_tokens, _INT64_MAX),
+        _clamp(outcome.input_tokens, _INT64_MAX),
+        _clamp(outcome.output_tokens, _INT64_MAX),
         _clamp(settle.latency_ns, _INT64_MAX),
-        _clamp(settle.status, _U16_MAX),
-        _clamp(settle.source, _U16_MAX),
-        _clamp(settle.http_status, _U16_MAX),
+        _clamp(outcome.status, _U16_MAX),
+        _clamp(outcome.source, _U16_MAX),
+        _clamp(outcome.http_status, _U16_MAX),
     )
     if leased is not None:
         payload += _LEASED.pack(
@@ -117,9 +105,9 @@ def encode_record(settle: SpooledSettle) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(length + payload)) + payload
 
 
-def decode_records(data: bytes) -> tuple[list[SpooledSettle], int]:
+def decode_records(data: bytes) -> tuple[list[Settlement], int]:
     """The whole records at the start of ``data``, and how many bytes they take; the rest is ignored."""
-    records: list[SpooledSettle] = []
+    records: list[Settlement] = []
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, checksum = _HEADER.unpack_from(data, offset)
@@ -139,20 +127,29 @@ def decode_records(data: bytes) -> tuple[list[SpooledSettle], int]:
             lease_id, reserved_in, reserved_out, reserved_cost, stream, reserve_ns = _LEASED.unpack_from(
                 payload, _PAYLOAD.size
             )
-            leased = Leased(
+            leased = LeasedReservation(
                 str(uuid.UUID(bytes=lease_id)), reserved_in, reserved_out, reserved_cost, bool(stream), reserve_ns
             )
         request_id = str(uuid.UUID(bytes=rid))
-        records.append(
-            SpooledSettle(request_id, input_tokens, output_tokens, status, source, http_status, latency_ns, leased)
+        outcome = Outcome(
+            input_tokens, output_tokens, _member(UsageStatus, status), _member(UsageSource, source), http_status
         )
+        records.append(Settlement(request_id, outcome, latency_ns, leased))
         offset = end
     return records, offset
 
 
-def read_spool(directory: str | os.PathLike[str]) -> list[SpooledSettle]:
+def read_spool(directory: str | os.PathLike[str]) -> list[Settlement]:
     """Every record in a spool directory, oldest first (for operators and tests; takes no lock)."""
     return [record for _, path in _segment_files(Path(directory)) for record in _read_segment(path)]
+
+
+def _member(kind: type[_Enum], value: int) -> _Enum:
+    """The enum member for ``value``; a number this edge does not know stays a number, for control to judge."""
+    try:
+        return kind(value)
+    except ValueError:
+        return cast(_Enum, value)
 
 
 def _clamp(value: int, top: int) -> int:
@@ -168,7 +165,7 @@ def _segment_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _read_segment(path: Path) -> list[SpooledSettle]:
+def _read_segment(path: Path) -> list[Settlement]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # removed by hand: nothing left to replay
@@ -320,7 +317,7 @@ class Spool:
         """Nothing on disk and nothing being written."""
         return not self.has_records and not self._queue and not self._committing
 
-    async def append(self, settle: SpooledSettle) -> None:
+    async def append(self, settle: Settlement) -> None:
         """Write one record; returns once it is on disk (raises :class:`SpoolError` if it could not be)."""
         if self._closing:
             raise SpoolError("the usage spool is closed")
@@ -335,7 +332,7 @@ class Spool:
             self._written.clear()
             await self._written.wait()
 
-    async def replay(self, handle: Callable[[SpooledSettle], Awaitable[None]]) -> int:
+    async def replay(self, handle: Callable[[Settlement], Awaitable[None]]) -> int:
         """Pass every record on disk to ``handle``, oldest first; returns how many were handled.
 
         A segment is removed once all its records were handled. If ``handle`` raises, the pass
