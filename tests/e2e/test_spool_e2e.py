@@ -26,7 +26,7 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.client import Client
-from claudeopus.edge.spool import encode_record, read_spool
+from claudeopus.edge.metering.spool import encode_record, read_spool
 from claudeopus.v1 import usage_pb2
 from tests.support import admin
 from tests.support.databases import dump_text, fresh_database

@@ -19,10 +19,10 @@ from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.control import AuthorizeCall, ControlClient, key_hash
 from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.metering.replay import Replayer
+from claudeopus.edge.metering.spool import Spool, read_spool
 from claudeopus.edge.metering.types import Outcome, Settlement
-from claudeopus.edge.replay import Replayer
 from claudeopus.edge.settler import Settler
-from claudeopus.edge.spool import Spool, read_spool
 from claudeopus.edge.upstream import ConnectFailed, UpstreamResponse
 from claudeopus.v1 import usage_pb2
 
@@ -184,7 +184,7 @@ async def test_records_control_can_never_take_are_dropped_and_logged(
     await until(lambda: settler.pending == 0)
     control.refuse[rid(2)] = NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
     control.refuse[rid(3)] = InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "FIELD_INVALID")
-    with caplog.at_level(logging.WARNING, logger="claudeopus.edge.replay"):
+    with caplog.at_level(logging.WARNING, logger="claudeopus.edge.metering.replay"):
         control.up = True
         await until(lambda: len(control.settled) == 2)
         await asyncio.sleep(0.05)

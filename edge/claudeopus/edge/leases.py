@@ -53,7 +53,7 @@ from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.control import ControlClient
-from claudeopus.edge.lease_journal import LeaseJournal
+from claudeopus.edge.metering.journal import LeaseJournal
 from claudeopus.edge.metering.types import Lease, LeasedReservation, LeaseUse
 from claudeopus.edge.tasks import finish
 

@@ -8,8 +8,8 @@ finish: a batch costs control little more than one settle, and on a quiet edge a
 sent at once would compete with the next request's authorize for control and for the same
 budget counters, on the request path. Reservations stay held that much longer. If control cannot be
 reached (or does not answer within ``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an
-error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.spool`)
-and the replayer (:mod:`claudeopus.edge.replay`) sends them when control is back. While
+error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.metering.spool`)
+and the replayer (:mod:`claudeopus.edge.metering.replay`) sends them when control is back. While
 the spool holds records, new settles join it behind them, so settles reach control in
 the order they were made. Nothing is fire-and-forget: the sending task is awaited on
 shutdown, and what it could not send by then is spooled for the next start.
@@ -29,9 +29,9 @@ import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.replay import Replayer, is_permanent
+from claudeopus.edge.metering.spool import Spool, SpoolError
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
-from claudeopus.edge.replay import Replayer, is_permanent
-from claudeopus.edge.spool import Spool, SpoolError
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 A request admitted from a lease has no row at control until its settle arrives, and a lease
 holds budget until it is returned. If the process dies first (SIGKILL, the OOM killer), the
 next process started on the same spool directory reads the journal and tells control
-(RecoverLeases, see :mod:`claudeopus.edge.lease_recovery`): each request whose settle was
+(RecoverLeases, see :mod:`claudeopus.edge.metering.recovery`): each request whose settle was
 lost gets its usage row — expired and charged what it reserved, as a request authorized alone
 whose settle never came — and what each lease still held is released. So every admitted
 request leaves exactly one usage row, with leases as without.

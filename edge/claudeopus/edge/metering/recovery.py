@@ -1,7 +1,7 @@
 """Recovering what dead processes of this edge held from leases, in an owned background task.
 
 At start-up the edge finds the lease journals earlier processes left in its spool directory
-(:mod:`claudeopus.edge.lease_journal`; a clean stop leaves none, or one naming only leases it
+(:mod:`claudeopus.edge.metering.journal`; a clean stop leaves none, or one naming only leases it
 could not return). Once the spool's settles — the earlier processes' among them — have been
 replayed, so every settle that was saved has reached control, it sends each journal's leases
 to control's RecoverLeases: the requests whose settle was lost get their usage rows, and what
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.control import ControlClient
-from claudeopus.edge.lease_journal import boot_id, read_journal
+from claudeopus.edge.metering.journal import boot_id, read_journal
+from claudeopus.edge.metering.replay import is_permanent
 from claudeopus.edge.metering.types import RecoveredLease
-from claudeopus.edge.replay import is_permanent
 from claudeopus.edge.tasks import cancel
 
 __all__ = ["LeaseRecovery", "batches"]

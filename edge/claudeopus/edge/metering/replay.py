@@ -29,8 +29,8 @@ from claudeopus.client import (
     UnavailableError,
 )
 from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.spool import Spool, SpoolError
 from claudeopus.edge.metering.types import Settlement
-from claudeopus.edge.spool import Spool, SpoolError
 from claudeopus.edge.tasks import cancel
 
 __all__ = ["Replayer", "is_permanent"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from claudeopus.edge import spool as spool_module
+from claudeopus.edge.metering import spool as spool_module
+from claudeopus.edge.metering.spool import Spool, SpoolError, decode_records, encode_record, read_spool
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
-from claudeopus.edge.spool import Spool, SpoolError, decode_records, encode_record, read_spool
 
 RECORD_BYTES = 55  # 8 bytes of framing, 47 of payload
 LEASED_RECORD_BYTES = 104  # and 49 more for a request admitted from a lease
