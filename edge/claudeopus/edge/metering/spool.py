@@ -1,8 +1,8 @@
 """A durable local spool for settles that could not reach control, replayed when it is back.
 
-Only a settle's metadata is written: request id, token counts, status, source, HTTP status and
-latency. The record format has no field that could hold text, so no prompt, output or key can
-ever land here.
+Only a settle's metadata is written: request id, token counts, status, source, HTTP status,
+latency and, for a request admitted from a lease, its reservation. The record format has no
+field that could hold text, so no prompt, output or key can ever land here.
 
 Files in the spool directory (``CLAUDEOPUS_SPOOL_DIR``)::
 
@@ -13,14 +13,8 @@ Files in the spool directory (``CLAUDEOPUS_SPOOL_DIR``)::
 A process never appends to a segment that an earlier one left behind (its last record may be
 torn); it replays those first.
 
-Record framing, little-endian::
-
-    u32 length | u32 CRC-32 of (length field + payload) | payload
-    payload v1, 47 bytes: u8 version (1) | 16 bytes request id (UUID) | u64 input tokens
-        | u64 output tokens | u64 latency in ns | u16 status | u16 source | u16 HTTP status
-    payload v2, 96 bytes, a request admitted from a lease: v1's fields (version 2) | 16 bytes
-        lease id (UUID) | u64 reserved input tokens | u64 reserved output tokens
-        | u64 reserved cost | u8 stream | u64 reserve time in ns since 1970
+Each record is one frame of :mod:`claudeopus.edge.metering.records` holding a settle's payload:
+55 bytes on disk, 104 for a request admitted from a lease (its reservation travels with it).
 
 Reading a segment stops at the first frame that is cut short or fails its checksum: after a
 crash that is a torn last record, and it is ignored (with a warning naming the byte count).
@@ -46,33 +40,21 @@ import fcntl
 import logging
 import os
 import re
-import struct
-import uuid
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
 
-from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement, UsageSource, UsageStatus
+from claudeopus.edge.metering.records import decode_settlement, encode_frame, encode_settlement, read_frame
+from claudeopus.edge.metering.types import Settlement
 from claudeopus.private_files import open_private, private_directory
 
 __all__ = ["Spool", "SpoolError", "decode_records", "encode_record", "read_spool"]
 
 _log = logging.getLogger(__name__)
 
-VERSION = 1
-LEASED_VERSION = 2
 GROUP_WINDOW_SECONDS = 0.002
 SEGMENT_BYTES = 1024 * 1024
-_HEADER = struct.Struct("<II")
-_PAYLOAD = struct.Struct("<B16sQQQHHH")
-_LEASED = struct.Struct("<16sQQQBQ")
-_LENGTH = struct.Struct("<I")
 _SEGMENT_NAME = re.compile(r"^settles-(\d{12})\.log$")
-_INT64_MAX = 2**63 - 1
-_U16_MAX = 2**16 - 1
-_Enum = TypeVar("_Enum", UsageStatus, UsageSource)
 
 
 class SpoolError(Exception):
@@ -81,79 +63,26 @@ class SpoolError(Exception):
 
 def encode_record(settle: Settlement) -> bytes:
     """One framed record; counts are clamped to what control stores (``ValueError`` for a non-UUID id)."""
-    leased, outcome = settle.leased, settle.outcome
-    payload = _PAYLOAD.pack(
-        VERSION if leased is None else LEASED_VERSION,
-        uuid.UUID(settle.request_id).bytes,
-        _clamp(outcome.input_tokens, _INT64_MAX),
-        _clamp(outcome.output_tokens, _INT64_MAX),
-        _clamp(settle.latency_ns, _INT64_MAX),
-        _clamp(outcome.status, _U16_MAX),
-        _clamp(outcome.source, _U16_MAX),
-        _clamp(outcome.http_status, _U16_MAX),
-    )
-    if leased is not None:
-        payload += _LEASED.pack(
-            uuid.UUID(leased.lease_id).bytes,
-            _clamp(leased.estimated_input_tokens, _INT64_MAX),
-            _clamp(leased.max_output_tokens, _INT64_MAX),
-            _clamp(leased.reserved_cost_micros, _INT64_MAX),
-            int(leased.stream),
-            _clamp(leased.reserve_time_ns, _INT64_MAX),
-        )
-    length = _LENGTH.pack(len(payload))
-    return _HEADER.pack(len(payload), zlib.crc32(length + payload)) + payload
+    return encode_frame(encode_settlement(settle))
 
 
 def decode_records(data: bytes) -> tuple[list[Settlement], int]:
     """The whole records at the start of ``data``, and how many bytes they take; the rest is ignored."""
-    records: list[Settlement] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, checksum = _HEADER.unpack_from(data, offset)
-        end = offset + _HEADER.size + length
-        if length not in (_PAYLOAD.size, _PAYLOAD.size + _LEASED.size) or end > len(data):
+    found: list[Settlement] = []
+    used = 0
+    while (frame := read_frame(data, used)) is not None:
+        payload, end = frame
+        settle = decode_settlement(payload)
+        if settle is None:
             break
-        payload = data[offset + _HEADER.size : end]
-        if zlib.crc32(_LENGTH.pack(length) + payload) != checksum:
-            break
-        version, rid, input_tokens, output_tokens, latency_ns, status, source, http_status = _PAYLOAD.unpack_from(
-            payload
-        )
-        if (version, length) not in ((VERSION, _PAYLOAD.size), (LEASED_VERSION, _PAYLOAD.size + _LEASED.size)):
-            break
-        leased = None
-        if version == LEASED_VERSION:
-            lease_id, reserved_in, reserved_out, reserved_cost, stream, reserve_ns = _LEASED.unpack_from(
-                payload, _PAYLOAD.size
-            )
-            leased = LeasedReservation(
-                str(uuid.UUID(bytes=lease_id)), reserved_in, reserved_out, reserved_cost, bool(stream), reserve_ns
-            )
-        request_id = str(uuid.UUID(bytes=rid))
-        outcome = Outcome(
-            input_tokens, output_tokens, _member(UsageStatus, status), _member(UsageSource, source), http_status
-        )
-        records.append(Settlement(request_id, outcome, latency_ns, leased))
-        offset = end
-    return records, offset
+        found.append(settle)
+        used = end
+    return found, used
 
 
 def read_spool(directory: str | os.PathLike[str]) -> list[Settlement]:
     """Every record in a spool directory, oldest first (for operators and tests; takes no lock)."""
     return [record for _, path in _segment_files(Path(directory)) for record in _read_segment(path)]
-
-
-def _member(kind: type[_Enum], value: int) -> _Enum:
-    """The enum member for ``value``; a number this edge does not know stays a number, for control to judge."""
-    try:
-        return kind(value)
-    except ValueError:
-        return cast(_Enum, value)
-
-
-def _clamp(value: int, top: int) -> int:
-    return min(max(int(value), 0), top)
 
 
 def _segment_files(directory: Path) -> list[tuple[int, Path]]:
@@ -235,7 +164,7 @@ class Spool:
     ``max_bytes`` bounds it for admission: once the spool holds that much, :attr:`full` is true
     and the edge refuses new completions (503) until replay has made room. Settles of requests
     already admitted are still written, so the spool can pass ``max_bytes`` by one record
-    (55 bytes) per request that was in flight.
+    (55 bytes, 104 for a request admitted from a lease) per request that was in flight.
     """
 
     def __init__(
