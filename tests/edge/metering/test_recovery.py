@@ -14,8 +14,9 @@ import grpc
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, UnavailableError
 from claudeopus.edge.control import ControlClient
 from claudeopus.edge.metering.journal import SLOT_BYTES, LeaseJournal
-from claudeopus.edge.metering.recovery import MAX_LEASES, MAX_LOST, LeaseRecovery, batches
+from claudeopus.edge.metering.recovery import LeaseRecovery, batches
 from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
+from claudeopus.gateway_limits import MAX_LEASES_PER_CALL, MAX_LOST_REQUESTS_PER_CALL
 
 BOOT = uuid.UUID("11111111-2222-4333-8444-555555555555").bytes
 LEASE_ID = "00000000-0000-4000-8000-00000000000a"
@@ -73,11 +74,11 @@ async def test_a_refused_recovery_is_left_to_the_sweeper_and_stopping_keeps_the_
 
 def test_recovery_batches_stay_within_what_control_takes_per_call() -> None:
     one = (str(uuid.uuid4()), leased())
-    many = [RecoveredLease(str(uuid.uuid4()), [], True) for _ in range(MAX_LEASES + 1)]
-    big = RecoveredLease(LEASE_ID, [one] * (MAX_LOST + 5), True)
+    many = [RecoveredLease(str(uuid.uuid4()), [], True) for _ in range(MAX_LEASES_PER_CALL + 1)]
+    big = RecoveredLease(LEASE_ID, [one] * (MAX_LOST_REQUESTS_PER_CALL + 5), True)
     calls = list(batches([*many, big]))
-    assert [len(call) for call in calls] == [MAX_LEASES, 2, 1]
-    assert [sum(len(e.lost) for e in call) for call in calls] == [0, MAX_LOST, 5]
+    assert [len(call) for call in calls] == [MAX_LEASES_PER_CALL, 2, 1]
+    assert [sum(len(e.lost) for e in call) for call in calls] == [0, MAX_LOST_REQUESTS_PER_CALL, 5]
     assert [e.release_rest for e in calls[1] + calls[2] if e.lease_id == LEASE_ID] == [False, True], (
         "the rest is released with the lease's last part, once every lost request has its row"
     )

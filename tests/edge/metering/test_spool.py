@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -42,13 +43,15 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("settles-*.log"))
 
 
-async def replay_all(spool: Spool) -> list[Settlement]:
+async def replay_all(spool: Spool, max_batch: int = 3) -> list[Settlement]:
     seen: list[Settlement] = []
 
-    async def handle(record: Settlement) -> None:
-        seen.append(record)
+    async def handle(batch: Sequence[Settlement]) -> int:
+        assert 0 < len(batch) <= max_batch
+        seen.extend(batch)
+        return len(batch)
 
-    await spool.replay(handle)
+    await spool.replay(handle, max_batch=max_batch)
     return seen
 
 
@@ -205,26 +208,49 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
     seen: list[int] = []
 
-    async def flaky(record: Settlement) -> None:
+    async def flaky(batch: Sequence[Settlement]) -> int:
+        [record] = batch
         if record.outcome.input_tokens == 13:
             seen.append(-1)
             raise ConnectionError("control went away")
         seen.append(record.outcome.input_tokens)
+        return 1
 
     try:
         for n in range(6):
             await spool.append(settle(n))
         with pytest.raises(ConnectionError):
-            await spool.replay(flaky)
+            await spool.replay(flaky, max_batch=1)
         assert seen == [10, 11, 12, -1]
         assert spool.has_records and read_spool(tmp_path) == [settle(n) for n in range(6)], "kept until replayed"
         seen.clear()
 
-        async def steady(record: Settlement) -> None:
-            seen.append(record.outcome.input_tokens)
+        async def steady(batch: Sequence[Settlement]) -> int:
+            seen.extend(record.outcome.input_tokens for record in batch)
+            return len(batch)
 
-        assert await spool.replay(steady) == 3
+        assert await spool.replay(steady, max_batch=2) == 3
         assert seen == [13, 14, 15], "resumed at the record that failed"
+        assert segments(tmp_path) == []
+    finally:
+        await spool.aclose()
+
+
+async def test_a_handler_that_took_part_of_a_batch_ends_the_pass_after_that_part(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20, segment_bytes=6 * RECORD_BYTES)
+    batches: list[list[int]] = []
+
+    async def takes_one_of_the_second_batch(batch: Sequence[Settlement]) -> int:
+        batches.append([record.outcome.input_tokens for record in batch])
+        return 1 if len(batches) == 2 else len(batch)
+
+    try:
+        for n in range(10):
+            await spool.append(settle(n))
+        assert await spool.replay(takes_one_of_the_second_batch, max_batch=4) == 5
+        assert batches == [[10, 11, 12, 13], [14, 15]], "at most max_batch, never across two segments"
+        assert len(segments(tmp_path)) == 2, "the first segment is kept: one of its records is left"
+        assert await replay_all(spool) == [settle(n) for n in range(5, 10)], "resumed after the part taken"
         assert segments(tmp_path) == []
     finally:
         await spool.aclose()
@@ -233,14 +259,14 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
 async def test_failing_passes_do_not_split_the_spool_into_many_files(tmp_path: Path) -> None:
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
 
-    async def down(record: Settlement) -> None:
+    async def down(batch: Sequence[Settlement]) -> int:
         raise ConnectionError("control is down")
 
     try:
         for n in range(20):
             await spool.append(settle(n))
             with pytest.raises(ConnectionError):
-                await spool.replay(down)
+                await spool.replay(down, max_batch=8)
         assert len(segments(tmp_path)) == 2, "the first one sealed for replay, the rest still appended to one"
         assert await replay_all(spool) == [settle(n) for n in range(20)]
         assert segments(tmp_path) == []

@@ -16,8 +16,9 @@ torn); it replays those first.
 Each record is one frame of :mod:`claudeopus.edge.metering.records` holding a settle's payload:
 55 bytes on disk, 104 for a request admitted from a lease (its reservation travels with it).
 
-Reading a segment stops at the first frame that is cut short or fails its checksum: after a
-crash that is a torn last record, and it is ignored (with a warning naming the byte count).
+Reading a segment stops at the first frame that is cut short, fails its checksum or holds no
+settle this edge knows: after a crash that is a torn last record, and it is ignored (with a
+warning naming the byte count).
 
 Appends are group-committed: records appended within a few milliseconds of each other (and
 any that arrive while the previous group is being written) go out in one ``write`` and one
@@ -28,7 +29,7 @@ Example::
 
     spool = await Spool.open("spool", max_bytes=64 * 1024 * 1024)
     await spool.append(Settlement(request_id, Outcome(12, 40, status, source, 200), latency_ns))
-    await spool.replay(send_to_control)  # oldest first; each segment removed once replayed
+    await spool.replay(send_to_control, max_batch=256)  # oldest first; each segment removed once replayed
     await spool.aclose()
 """
 
@@ -40,7 +41,7 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,12 +262,15 @@ class Spool:
             self._written.clear()
             await self._written.wait()
 
-    async def replay(self, handle: Callable[[Settlement], Awaitable[None]]) -> int:
-        """Pass every record on disk to ``handle``, oldest first; returns how many were handled.
+    async def replay(self, handle: Callable[[Sequence[Settlement]], Awaitable[int]], *, max_batch: int) -> int:
+        """Pass the records on disk to ``handle`` oldest first, in batches; returns how many were handled.
 
-        A segment is removed once all its records were handled. If ``handle`` raises, the pass
-        stops there and the record stays spooled; the next pass resumes with it. After a crash
-        a segment may be replayed again from its start: ``handle`` must be idempotent.
+        A batch holds at most ``max_batch`` records, all of one segment. ``handle`` answers how
+        many of its batch, from the first, it is done with; fewer than all ends the pass there,
+        and so does an exception from ``handle`` (then none of that batch counts as done). What
+        was not handled stays spooled, and the next pass resumes with it. A segment is removed
+        once all its records were handled. After a crash a segment may be replayed again from
+        its start: ``handle`` must be idempotent.
         """
         handled = 0
         while True:
@@ -278,9 +282,12 @@ class Spool:
                 segment = self._closed_segments[0]
             records = await asyncio.to_thread(_read_segment, segment.path)
             while segment.replayed < len(records):
-                await handle(records[segment.replayed])
-                segment.replayed += 1
-                handled += 1
+                batch = records[segment.replayed : segment.replayed + max_batch]
+                done = await handle(batch)
+                segment.replayed += done
+                handled += done
+                if done < len(batch):
+                    return handled
             await asyncio.to_thread(segment.path.unlink, True)
             self._closed_segments.remove(segment)
             self._closed_bytes -= segment.size
