@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from claudeopus.control.settings import ControlSettings, SettingsError
+from claudeopus.control.settings import ControlSettings
+from claudeopus.settings import SettingsError
 
 TOKEN = {"CLAUDEOPUS_SERVICE_TOKEN": "t" * 32}
 

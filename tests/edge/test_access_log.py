@@ -23,7 +23,8 @@ from claudeopus.edge.app import build_app
 from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
 from claudeopus.edge.routes import ROUTES
 from claudeopus.edge.server import HttpServer
-from claudeopus.edge.settings import EdgeSettings, SettingsError
+from claudeopus.edge.settings import EdgeSettings
+from claudeopus.settings import SettingsError
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
 TOKEN = "t" * 40

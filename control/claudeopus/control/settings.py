@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from claudeopus import tls
+from claudeopus.settings import SettingsError
 
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
@@ -14,10 +15,6 @@ DEFAULT_BOOTSTRAP_TOKEN_FILE = "claudeopus-bootstrap.token"
 MAX_OUTPUT_TOKENS = 100_000_000
 MAX_CACHED_KEYS = 10_000_000
 TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_TLS_CERT", "CLAUDEOPUS_CONTROL_TLS_KEY", "CLAUDEOPUS_CONTROL_CLIENT_CA")
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from claudeopus import tls
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
+from claudeopus.settings import CONTROL_CLIENT_TLS, SettingsError, flag
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
@@ -28,11 +29,6 @@ DEFAULT_LEASE_SECONDS = 1.0
 MIN_LEASE_SECONDS = 0.05
 MAX_LEASE_SECONDS = 60.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
-CONTROL_TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
 
 
 def split_address(value: str, name: str) -> tuple[str, int]:
@@ -105,6 +101,9 @@ class EdgeSettings:
     control_ca: str = ""
     control_client_cert: str = ""
     control_client_key: str = ""
+    # The CA bundle an https:// upstream is verified against (the standard SSL_CERT_FILE);
+    # empty: certifi's bundle.
+    upstream_ca_file: str = ""
 
     def __post_init__(self) -> None:
         if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
@@ -143,7 +142,7 @@ class EdgeSettings:
         if self.access_log_max_bytes < MIN_ACCESS_LOG_MAX_BYTES:
             raise SettingsError(f"CLAUDEOPUS_ACCESS_LOG_MAX_BYTES must be at least {MIN_ACCESS_LOG_MAX_BYTES}")
         tls.check_server(self.tls_cert, self.tls_key, names=(*TLS_SETTINGS, ""))
-        tls.check_client(self.control_ca, self.control_client_cert, self.control_client_key, names=CONTROL_TLS_SETTINGS)
+        tls.check_client(self.control_ca, self.control_client_cert, self.control_client_key, names=CONTROL_CLIENT_TLS)
 
     @property
     def http_host(self) -> str:
@@ -191,12 +190,13 @@ class EdgeSettings:
             access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
             access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),
             access_log_max_bytes=int(_number(env, "CLAUDEOPUS_ACCESS_LOG_MAX_BYTES", DEFAULT_ACCESS_LOG_MAX_BYTES)),
-            access_log_stdout=_flag(env, "CLAUDEOPUS_ACCESS_LOG_STDOUT"),
+            access_log_stdout=flag(env, "CLAUDEOPUS_ACCESS_LOG_STDOUT"),
             tls_cert=env.get(TLS_SETTINGS[0], ""),
             tls_key=env.get(TLS_SETTINGS[1], ""),
-            control_ca=env.get(CONTROL_TLS_SETTINGS[0], ""),
-            control_client_cert=env.get(CONTROL_TLS_SETTINGS[1], ""),
-            control_client_key=env.get(CONTROL_TLS_SETTINGS[2], ""),
+            control_ca=env.get(CONTROL_CLIENT_TLS[0], ""),
+            control_client_cert=env.get(CONTROL_CLIENT_TLS[1], ""),
+            control_client_key=env.get(CONTROL_CLIENT_TLS[2], ""),
+            upstream_ca_file=env.get("SSL_CERT_FILE", ""),
         )
 
 
@@ -278,12 +278,3 @@ def _retries(env: Mapping[str, str], name: str, default: int) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or int(raw) > MAX_CONNECT_RETRIES:
         raise SettingsError(f"{name} must be a whole number from 0 to {MAX_CONNECT_RETRIES}, got {raw!r}")
     return int(raw)
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
