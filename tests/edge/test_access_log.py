@@ -476,7 +476,7 @@ def test_access_log_settings_are_read_once(variables: dict[str, str], expected: 
 
 
 def test_the_stdout_flag_wins_over_the_environment() -> None:
-    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_STDOUT="0"), access_log_stdout="1").access_log_stdout
+    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_STDOUT="0"), access_log_stdout=True).access_log_stdout
 
 
 @pytest.mark.parametrize(

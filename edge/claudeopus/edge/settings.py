@@ -6,10 +6,11 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
-from claudeopus.settings import CONTROL_CLIENT_TLS, SettingsError, flag
+from claudeopus.settings import CONTROL_CLIENT_TLS, SettingsError, flag, layered
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
@@ -29,6 +30,31 @@ DEFAULT_LEASE_SECONDS = 1.0
 MIN_LEASE_SECONDS = 0.05
 MAX_LEASE_SECONDS = 60.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
+DEFAULT_LOG_LEVEL = "info"
+# The settings a command-line flag may override, and the variable each replaces.
+OVERRIDABLE = {
+    "upstream_url": "CLAUDEOPUS_UPSTREAM_URL",
+    "service_token": "CLAUDEOPUS_SERVICE_TOKEN",
+    "http_address": "CLAUDEOPUS_HTTP",
+    "control_target": "CLAUDEOPUS_CONTROL",
+    "access_log_stdout": "CLAUDEOPUS_ACCESS_LOG_STDOUT",
+    "tls_cert": TLS_SETTINGS[0],
+    "tls_key": TLS_SETTINGS[1],
+    "log_level": "CLAUDEOPUS_LOG_LEVEL",
+}
+
+
+class EdgeOverrides(TypedDict, total=False):
+    """Command-line values for :meth:`EdgeSettings.from_env`; None means the flag was not given."""
+
+    upstream_url: str | None
+    service_token: str | None
+    http_address: str | None
+    control_target: str | None
+    access_log_stdout: bool | None
+    tls_cert: str | None
+    tls_key: str | None
+    log_level: str | None
 
 
 def split_address(value: str, name: str) -> tuple[str, int]:
@@ -104,6 +130,8 @@ class EdgeSettings:
     # The CA bundle an https:// upstream is verified against (the standard SSL_CERT_FILE);
     # empty: certifi's bundle.
     upstream_ca_file: str = ""
+    # debug, info or warning: ClaudeOpus's own loggers (libraries never log below info).
+    log_level: str = DEFAULT_LOG_LEVEL
 
     def __post_init__(self) -> None:
         if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
@@ -153,21 +181,13 @@ class EdgeSettings:
         return split_address(self.http_address, "CLAUDEOPUS_HTTP")[1]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> EdgeSettings:
-        """Read ``CLAUDEOPUS_*`` variables; non-empty ``overrides`` (command-line flags) win."""
-        env = {**(os.environ if environ is None else environ)}
-        names = {
-            "upstream_url": "CLAUDEOPUS_UPSTREAM_URL",
-            "service_token": "CLAUDEOPUS_SERVICE_TOKEN",
-            "upstream_api_key": "CLAUDEOPUS_UPSTREAM_API_KEY",
-            "http_address": "CLAUDEOPUS_HTTP",
-            "control_target": "CLAUDEOPUS_CONTROL",
-            "access_log_stdout": "CLAUDEOPUS_ACCESS_LOG_STDOUT",
-            "tls_cert": TLS_SETTINGS[0],
-            "tls_key": TLS_SETTINGS[1],
-        }
-        env.update({names[k]: v for k, v in overrides.items() if v})
-        return cls(
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Unpack[EdgeOverrides]) -> EdgeSettings:
+        """Read ``CLAUDEOPUS_*`` variables once (this process's when ``environ`` is None).
+
+        ``overrides`` are command-line values (None: not given); each wins over its variable.
+        """
+        env, given = layered(environ, overrides, OVERRIDABLE)
+        values: dict[str, Any] = dict(
             upstream_url=env.get("CLAUDEOPUS_UPSTREAM_URL", ""),
             service_token=env.get("CLAUDEOPUS_SERVICE_TOKEN", ""),
             upstream_api_key=env.get("CLAUDEOPUS_UPSTREAM_API_KEY", ""),
@@ -197,7 +217,9 @@ class EdgeSettings:
             control_client_cert=env.get(CONTROL_CLIENT_TLS[1], ""),
             control_client_key=env.get(CONTROL_CLIENT_TLS[2], ""),
             upstream_ca_file=env.get("SSL_CERT_FILE", ""),
+            log_level=env.get("CLAUDEOPUS_LOG_LEVEL", "") or DEFAULT_LOG_LEVEL,
         )
+        return cls(**{**values, **given})
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
