@@ -20,6 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+# CLAUDEOPUS_LOG_LEVEL unset: ClaudeOpus's own loggers at info (the server commands' --log-level).
+DEFAULT_LOG_LEVEL = "info"
 # TLS from a client to control: the edge and ``claudeopus admin`` read the same three variables.
 CONTROL_CLIENT_TLS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
 

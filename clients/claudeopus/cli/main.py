@@ -14,7 +14,7 @@ from claudeopus.cli.runtime import configure_logging, run
 app = typer.Typer(help="ClaudeOpus: a self-hosted LLM API gateway for resellers.", no_args_is_help=True)
 app.add_typer(admin.app, name="admin")
 
-S = TypeVar("S", bound="Settings")
+S = TypeVar("S", bound="ServerSettings")
 LogLevel = Annotated[
     str | None, typer.Option("--log-level", help="debug, info, warning (env CLAUDEOPUS_LOG_LEVEL; default info).")
 ]
@@ -46,7 +46,7 @@ DatabaseUrl = Annotated[
 ]
 
 
-class Settings(Protocol):
+class ServerSettings(Protocol):
     """What the server commands need of a settings object before they start."""
 
     @property
@@ -68,7 +68,7 @@ def _launch(settings: Callable[[], S], main: Callable[[S, asyncio.Event], Awaita
         raise typer.Exit(1) from None
 
 
-def _given(flag: bool) -> bool | None:
+def _on_or_unset(flag: bool) -> bool | None:
     """An on-only flag: on when given, else the environment decides."""
     return True if flag else None
 
@@ -101,7 +101,7 @@ def serve(
             upstream_url=upstream_url,
             tls_cert=tls_cert,
             tls_key=tls_key,
-            access_log_stdout=_given(access_log_stdout),
+            access_log_stdout=_on_or_unset(access_log_stdout),
             log_level=log_level,
         ),
         run_serve,
@@ -172,7 +172,7 @@ def edge(
             upstream_url=upstream_url,
             tls_cert=tls_cert,
             tls_key=tls_key,
-            access_log_stdout=_given(access_log_stdout),
+            access_log_stdout=_on_or_unset(access_log_stdout),
             log_level=log_level,
         ),
         run_edge,

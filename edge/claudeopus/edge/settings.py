@@ -10,7 +10,7 @@ from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
-from claudeopus.settings import CONTROL_CLIENT_TLS, SettingsError, flag, layered
+from claudeopus.settings import CONTROL_CLIENT_TLS, DEFAULT_LOG_LEVEL, SettingsError, flag, layered
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
@@ -30,7 +30,6 @@ DEFAULT_LEASE_SECONDS = 1.0
 MIN_LEASE_SECONDS = 0.05
 MAX_LEASE_SECONDS = 60.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
-DEFAULT_LOG_LEVEL = "info"
 # The settings a command-line flag may override, and the variable each replaces.
 OVERRIDABLE = {
     "upstream_url": "CLAUDEOPUS_UPSTREAM_URL",
