@@ -24,7 +24,8 @@ from claudeopus.edge.control import AuthorizeCall, ControlClient
 from claudeopus.edge.metering.types import KeyInfo, Settlement
 from claudeopus.edge.routes import ROUTES
 from claudeopus.edge.server import HttpServer
-from claudeopus.edge.settings import EdgeSettings, SettingsError
+from claudeopus.edge.settings import EdgeSettings
+from claudeopus.settings import SettingsError
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
 TOKEN = "t" * 40
@@ -476,7 +477,7 @@ def test_access_log_settings_are_read_once(variables: dict[str, str], expected: 
 
 
 def test_the_stdout_flag_wins_over_the_environment() -> None:
-    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_STDOUT="0"), access_log_stdout="1").access_log_stdout
+    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_STDOUT="0"), access_log_stdout=True).access_log_stdout
 
 
 @pytest.mark.parametrize(
