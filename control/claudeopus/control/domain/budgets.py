@@ -126,9 +126,9 @@ async def _views(budgets: Sequence[Budget], now: datetime) -> list[BudgetView]:
     wanted = {(b.id, period_index(b.period, now)) for b in budgets}
     counters = (
         {
-            (c.budget_id, c.period_index): c  # type: ignore[attr-defined]
+            (c.budget_id, c.period_index): c
             for c in await BudgetCounter.filter(budget_id__in=[b.id for b in budgets])
-            if (c.budget_id, c.period_index) in wanted  # type: ignore[attr-defined]
+            if (c.budget_id, c.period_index) in wanted
         }
         if budgets
         else {}

@@ -83,7 +83,7 @@ async def chain_prices(account_ids: Sequence[int], model: str) -> list[Price]:
         return []
     rows = await Price.filter(account_id__in=list(account_ids), model=model)
     order = {account_id: index for index, account_id in enumerate(account_ids)}
-    return sorted(rows, key=lambda row: order[row.account_id])  # type: ignore[attr-defined]
+    return sorted(rows, key=lambda row: order[row.account_id])
 
 
 def in_force(sources: list[Price]) -> PriceInForce:
@@ -98,7 +98,7 @@ def in_force(sources: list[Price]) -> PriceInForce:
 
 def setter_of(price: Price) -> int:
     """The account that set ``price`` (null ``set_by``: the price's own account)."""
-    setter: int = price.set_by if price.set_by is not None else price.account_id  # type: ignore[attr-defined]
+    setter: int = price.set_by if price.set_by is not None else price.account_id
     return setter
 
 
