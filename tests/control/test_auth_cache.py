@@ -15,9 +15,10 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.control.domain import accounts, api_keys, budgets, gateway, prices
-from claudeopus.control.domain.auth_cache import AuthCache, current_epoch
+from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.models import Account, ApiKey, Budget, BudgetCounter, Price, Session, UsageRecord
+from claudeopus.control.store.auth_epoch import current_epoch
 from tests.control import test_reservations
 from tests.control.test_reservations import (
     COST,

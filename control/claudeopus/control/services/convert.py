@@ -10,8 +10,8 @@ from claudeopus.control.domain.budgets import BudgetView
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, BUDGETS, PRICES, USAGE_RECORDS, format_name
 from claudeopus.control.domain.prices import PriceView
 from claudeopus.control.domain.principal import Principal
-from claudeopus.control.domain.usage import UsageSummary
 from claudeopus.control.models import Account, ApiKey, Scope, UsageRecord
+from claudeopus.control.store.usage import UsageSummary
 from claudeopus.v1 import accounts_pb2, api_keys_pb2, budgets_pb2, prices_pb2, usage_pb2
 
 
