@@ -107,7 +107,7 @@ class UsageSummary:
 
 
 async def read_summaries(query: SummaryQuery, *, limit: int) -> list[UsageSummary]:
-    """At most ``limit`` aggregate rows of settled usage (RESERVED rows left out), in no particular order."""
+    """At most ``limit`` aggregate rows of settled usage, unordered; empty groups are left out."""
     db = UsageRecord._meta.db
     dialect = db.capabilities.dialect
     sql, params = summary_sql(dialect, query, limit=limit)
