@@ -25,8 +25,8 @@ from grpc_status import rpc_status
 
 from claudeopus import keys
 from claudeopus.control.db import open_database
+from claudeopus.control.domain import account_lifecycle, logins, passwords, validation
 from claudeopus.control.domain import accounts as accounts_domain
-from claudeopus.control.domain import logins, passwords, validation
 from claudeopus.control.domain.errors import InvalidArgument, Reason, Throttled, Unauthenticated
 from claudeopus.control.domain.logins import LoginPolicy
 from claudeopus.control.domain.principal import authenticate_management
@@ -946,7 +946,7 @@ async def test_login_rehashes_an_outdated_hash(database_url: str) -> None:
 def test_a_tombstone_is_never_a_valid_email() -> None:
     long_email = "a" * 300 + "@example.com"
     account = Account(id=123456, email=long_email)
-    tombstone = accounts_domain.tombstone_email(account)
+    tombstone = account_lifecycle.tombstone_email(account)
     assert len(tombstone) == 320 and tombstone.startswith("deleted-123456 ")
     with pytest.raises(InvalidArgument):
         validation.email("e", tombstone)

@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from claudeopus import keys
+from claudeopus.control.domain import api_key_rotation, api_key_updates
 from claudeopus.control.domain import api_keys as api_keys_domain
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey
@@ -360,14 +361,14 @@ async def test_update_refuses_bad_arguments(control: Control) -> None:
 
 async def test_update_does_not_undo_a_concurrent_revoke(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
     created = await control.new_key(control.admin_secret)
-    original = api_keys_domain.key_in_subtree
+    original = api_key_updates.key_in_subtree
 
     async def revoked_meanwhile(principal: Principal, key_id: int) -> ApiKey:
         key = await original(principal, key_id)  # read while live ...
         await ApiKey.filter(id=key_id).update(revoked_at=control.clock.now)  # ... revoked before the write
         return key
 
-    monkeypatch.setattr(api_keys_domain, "key_in_subtree", revoked_meanwhile)
+    monkeypatch.setattr(api_key_updates, "key_in_subtree", revoked_meanwhile)
     error = await rpc_error(control.update(api_keys_pb2.ApiKey(name=created.api_key.name, scopes=[MANAGEMENT])))
     assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_NOT_LIVE")
     monkeypatch.undo()
@@ -510,19 +511,19 @@ async def test_rotate_refuses_bad_arguments(control: Control) -> None:
 
 async def test_a_rotation_that_lost_a_race_issues_no_secret(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
     created = await control.new_key(control.admin_secret)
-    original = api_keys_domain.key_in_subtree
+    original = api_key_rotation.key_in_subtree
     winners: list[api_keys_domain.IssuedKey] = []
 
     async def rotated_meanwhile(principal: Principal, key_id: int) -> ApiKey:
         key = await original(principal, key_id)  # the loser reads the key ...
-        monkeypatch.setattr(api_keys_domain, "key_in_subtree", original)
+        monkeypatch.setattr(api_key_rotation, "key_in_subtree", original)
         # ... and another rotation wins before the loser writes.
         winners.append(
-            await api_keys_domain.rotate_api_key(principal, key_id, grace=timedelta(0), now=control.clock.now)
+            await api_key_rotation.rotate_api_key(principal, key_id, grace=timedelta(0), now=control.clock.now)
         )
         return key
 
-    monkeypatch.setattr(api_keys_domain, "key_in_subtree", rotated_meanwhile)
+    monkeypatch.setattr(api_key_rotation, "key_in_subtree", rotated_meanwhile)
     error = await rpc_error(control.rotate(created.api_key.name, 60))
     assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_ROTATED")
     [winner] = winners

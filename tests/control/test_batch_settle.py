@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from claudeopus.control.domain import gateway, prices
+from claudeopus.control.domain import gateway, price_changes
 from claudeopus.control.domain.batch_settle import MAX_BATCH, SettleResult, settle_batch
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
 from claudeopus.control.models import BudgetCounter, UsageRecord, UsageSource, UsageStatus
@@ -112,7 +112,7 @@ async def test_entries_control_refuses_are_reported_alone_and_hold_no_one_back(w
 async def test_batched_and_single_settles_leave_the_same_rows_and_counters(world: World) -> None:
     await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
     await set_price(world.admin, "m-2", 300_000, 700_000)
-    await prices.create_price(
+    await price_changes.create_price(
         world.admin,
         parent_id=world.reseller.id,
         model="m-1",

@@ -17,14 +17,14 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.control.domain import (
-    accounts,
+    account_lifecycle,
     api_keys,
     batch_authorize,
     batch_settle,
     budgets,
     gateway,
     leases,
-    prices,
+    price_changes,
     reservations,
 )
 from claudeopus.control.domain.api_keys import IssuedKey
@@ -215,7 +215,7 @@ async def test_taking_a_keys_rights_away_returns_once_its_leases_have_ended(worl
 
     assert await grant(world.sibling_key, ttl=ttl) is not None
     started = time.monotonic()
-    await accounts.suspend_account(world.admin, world.reseller.id, now=NOW)
+    await account_lifecycle.suspend_account(world.admin, world.reseller.id, now=NOW)
     assert time.monotonic() - started >= 0.25, "a suspension waits for the leases of the whole subtree"
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, grant(world.sibling_key))
 
@@ -260,7 +260,7 @@ async def test_lowering_a_limit_or_changing_a_price_returns_once_leases_on_the_o
     started = time.monotonic()
     price = await set_price(world.admin, "m-2", 1, 1, now=NOW + SECOND)
     assert time.monotonic() - started < 0.2, "another model's price: no wait"
-    await prices.update_price(
+    await price_changes.update_price(
         world.admin, price.id, paths=["input_micros_per_million"], input_micros=2, output_micros=0, now=NOW + SECOND
     )
     assert time.monotonic() - started < 0.2

@@ -22,7 +22,7 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.control.db import open_database
-from claudeopus.control.domain import accounts, api_keys, budgets, gateway, prices, reservations
+from claudeopus.control.domain import accounts, api_keys, budget_owners, budgets, gateway, price_changes, reservations
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import (
@@ -189,7 +189,7 @@ async def set_budget(
     """A budget set by the admin on ``account`` (or on its ``key``)."""
     view = await budgets.create_budget(
         world.admin,
-        owner=budgets.Owner(account, None if key is None else key.key.id),
+        owner=budget_owners.Owner(account, None if key is None else key.key.id),
         metric=metric,
         period=period,
         limit=limit,
@@ -593,7 +593,7 @@ async def test_a_cost_budget_reserves_and_charges_at_the_price_in_force(world: W
     assert await counter(tokens) == (0, 33)
 
     # The reseller marks the model up; the price in force is the highest per component.
-    await prices.create_price(
+    await price_changes.create_price(
         world.admin,
         parent_id=world.reseller.id,
         model="m-1",
@@ -932,7 +932,7 @@ async def test_expiry_charges_the_reserved_cost_even_after_a_price_change(world:
     budget = await set_budget(world, world.user, 61, metric=COST)
     authorized = await authorize(world.key)
     assert await counter(budget) == (0, 61)
-    await prices.update_price(
+    await price_changes.update_price(
         world.admin, price.id, paths=["*"], input_micros=3_000_000, output_micros=4_000_000, now=NOW
     )
     assert await gateway.expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1

@@ -22,9 +22,10 @@ import asyncpg
 import grpc
 import pytest
 
-from claudeopus.control.domain import usage as usage_domain
+from claudeopus.control.domain.usage import MAX_SUMMARY_ROWS
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
+from claudeopus.control.store.usage import SummaryQuery, UsageGroup, UsageInterval, summary_sql
 from claudeopus.v1 import accounts_pb2, accounts_pb2_grpc, usage_pb2
 from tests.control.test_usage_api import Clock, Control, bearer, ident, ts
 from tests.support.databases import engine
@@ -227,14 +228,14 @@ async def test_summaries_over_200k_rows(big: Big, database_url: str, record_prop
 
         async def explain(parent: str, days: int) -> str:
             path = await connection.fetchval("SELECT path FROM account WHERE id = $1", ident(parent))
-            query = usage_domain.SummaryQuery(
+            query = SummaryQuery(
                 parent_path=path,
-                group_by=(usage_domain.UsageGroup.MODEL,),
-                interval=usage_domain.UsageInterval.DAY,
+                group_by=(UsageGroup.MODEL,),
+                interval=UsageInterval.DAY,
                 start_time=start,
                 end_time=start + timedelta(days=days),
             )
-            sql, params = usage_domain.summary_sql("postgres", query, limit=usage_domain.MAX_SUMMARY_ROWS + 1)
+            sql, params = summary_sql("postgres", query, limit=MAX_SUMMARY_ROWS + 1)
             plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *params)
             return "\n".join(r[0] for r in plan)
 
