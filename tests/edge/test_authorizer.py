@@ -17,16 +17,19 @@ from claudeopus.client import ClaudeOpusError, UnavailableError, error_of
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import parse_completion
-from claudeopus.edge.control import AuthorizeCall, AuthorizeTimedOut, ControlClient
+from claudeopus.edge.metering.port import AuthorizeCall
+from claudeopus.edge.metering.refusals import AuthorizeTimedOut
+from tests.support.fake_control import FakeControl
 
 SECRET = "sk-co-" + "A" * 43
 COMPLETION = parse_completion(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
 
 
-class GatedControl(ControlClient):
+class GatedControl(FakeControl):
     """Answers each batch when ``gate`` is open: ``answers`` by request id (default: cap 0)."""
 
-    def __init__(self) -> None:  # no channel: nothing real is called
+    def __init__(self) -> None:
+        super().__init__()
         self.gate = asyncio.Event()
         self.gate.set()
         self.batches: list[list[str]] = []
@@ -180,10 +183,11 @@ def exhausted(leases_end_ms: int | None) -> ClaudeOpusError:
     return error_of(grpc.StatusCode.RESOURCE_EXHAUSTED, "budget exhausted", "BUDGET_EXHAUSTED", metadata=metadata)
 
 
-class ScriptedControl(ControlClient):
+class ScriptedControl(FakeControl):
     """Answers the n-th BatchAuthorize with ``script[n]`` (the last one from then on)."""
 
     def __init__(self, script: list[int | ClaudeOpusError]) -> None:
+        super().__init__()
         self.script = script
         self.calls = 0
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import grpc
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, UnavailableError
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.lease_journal import SLOT_BYTES, LeaseJournal, old_journals, read_journal
 from claudeopus.edge.lease_recovery import MAX_LEASES, MAX_LOST, LeaseRecovery, batches
 from claudeopus.edge.leases import LeaseBook
 from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
 from tests.edge.test_leases import KEY, Clock, LeasingControl, completion, lease, settled
+from tests.support.fake_control import FakeControl
 
 BOOT = uuid.UUID("11111111-2222-4333-8444-555555555555").bytes
 LEASE_ID = "00000000-0000-4000-8000-00000000000a"
@@ -134,8 +134,9 @@ async def test_a_full_journal_makes_the_book_authorize_with_control(tmp_path: Pa
     journal.close()
 
 
-class RecoveringControl(ControlClient):
+class RecoveringControl(FakeControl):
     def __init__(self, failures: Sequence[ClaudeOpusError] = ()) -> None:
+        super().__init__()
         self.failures = list(failures)
         self.calls: list[list[RecoveredLease]] = []
 

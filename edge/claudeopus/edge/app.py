@@ -21,11 +21,12 @@ from claudeopus import tls
 from claudeopus.edge import errors
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
 from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.lease_journal import LeaseJournal, old_journals
 from claudeopus.edge.lease_recovery import LeaseRecovery
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.grpc_control import GrpcControl
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.routes import ROUTES, error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.settler import Settler
@@ -53,12 +54,12 @@ class EdgeApplication(Application):
         _log.debug("answered %s on %s %s", type(exc).__name__, request.method, request.path)
 
 
-ControlFactory = Callable[[grpc.aio.Channel, EdgeSettings], ControlClient]
+ControlFactory = Callable[[grpc.aio.Channel, EdgeSettings], ControlPort]
 
 
-def control_client(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:
+def control_client(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlPort:
     """The real control client: what every edge uses."""
-    return ControlClient(channel, settings.service_token, settings.control_timeout)
+    return GrpcControl(channel, settings.service_token, settings.control_timeout)
 
 
 def control_channel(settings: EdgeSettings) -> grpc.aio.Channel:

@@ -9,7 +9,7 @@ single Authorize would, in queue order.
 
 Each request waits at most ``timeout`` (``CLAUDEOPUS_CONTROL_TIMEOUT``) in all. A request
 that gives up while still queued is never sent (503, nothing reserved); one that gives up
-while its batch is on its way raises :class:`~claudeopus.edge.control.AuthorizeTimedOut`,
+while its batch is on its way raises :class:`~claudeopus.edge.metering.refusals.AuthorizeTimedOut`,
 so that the forwarder releases what control may have reserved. The task is awaited on
 shutdown; requests still queued then get 503.
 """
@@ -27,14 +27,8 @@ import grpc
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import (
-    UNAVAILABLE_MESSAGE,
-    AuthorizeCall,
-    AuthorizeTimedOut,
-    ControlClient,
-    key_hash,
-    openai_error,
-)
+from claudeopus.edge.metering.port import AuthorizeCall, ControlPort
+from claudeopus.edge.metering.refusals import UNAVAILABLE_MESSAGE, AuthorizeTimedOut, key_hash, openai_error
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
@@ -63,7 +57,7 @@ class Authorizer:
         await authorizer.aclose()
     """
 
-    def __init__(self, control: ControlClient, timeout: float, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, control: ControlPort, timeout: float, *, max_batch: int = MAX_BATCH) -> None:
         self._control = control
         self._timeout = timeout
         self._max_batch = max_batch

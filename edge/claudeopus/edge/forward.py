@@ -19,10 +19,11 @@ import orjson
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
-from claudeopus.edge.control import AuthorizeTimedOut, ControlClient
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.key_check import KeyCheck
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.port import ControlPort
+from claudeopus.edge.metering.refusals import AuthorizeTimedOut, key_hash, verified
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.relay import StreamRelay
@@ -64,7 +65,7 @@ class Forwarder:
         self,
         *,
         upstream: Upstream,
-        control: ControlClient,
+        control: ControlPort,
         authorizer: Authorizer,
         settler: Settler,
         upstream_api_key: str,
@@ -182,7 +183,7 @@ class Forwarder:
         return BodyReply(status=200, body=body, headers=headers)
 
     async def models(self, secret: str) -> BodyReply:
-        info = await self._control.verify(secret)
+        info = await verified(self._control, key_hash(secret))
         with _upstream_call():
             response = await self._upstream.send("GET", "models")
             try:

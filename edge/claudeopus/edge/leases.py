@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.lease_journal import LeaseJournal
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import Lease, LeasedReservation, LeaseUse
 from claudeopus.edge.tasks import finish
 
@@ -95,7 +95,7 @@ class LeaseBook:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         seconds: float,
         *,
         journal: LeaseJournal | None = None,

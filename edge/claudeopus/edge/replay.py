@@ -1,9 +1,9 @@
 """Replaying spooled settles to control, oldest first, in an owned background task.
 
 The task wakes when records reach the spool (and at start-up, for what an earlier process
-left), sends each to control's Settle, and backs off while control is unreachable. Settle is
-idempotent by request id, so a record sent twice (a crash between the settle and the removal
-of its segment) changes nothing. Answers that can never succeed (``NOT_FOUND`` such as
+left), sends each to control's BatchSettle (a batch of one), and backs off while control is
+unreachable. Settles are idempotent by request id, so a record sent twice (a crash between
+the settle and the removal of its segment) changes nothing. Answers that can never succeed (``NOT_FOUND`` such as
 ``RESERVATION_NOT_FOUND``, ``INVALID_ARGUMENT``, ``ALREADY_EXISTS``, ``FAILED_PRECONDITION``)
 are logged, without content, and the record is dropped; anything else is retried.
 
@@ -28,7 +28,7 @@ from claudeopus.client import (
     NotFoundError,
     UnavailableError,
 )
-from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import Settlement
 from claudeopus.edge.spool import Spool, SpoolError
 from claudeopus.edge.tasks import cancel
@@ -55,7 +55,7 @@ class Replayer:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         spool: Spool,
         *,
         min_delay: float = MIN_DELAY_SECONDS,
@@ -98,7 +98,9 @@ class Replayer:
 
     async def _send(self, record: Settlement) -> None:
         try:
-            await self._control.settle(record)
+            [refusal] = await self._control.settle_batch([record])
+            if refusal is not None:
+                raise refusal
         except ClaudeOpusError as error:
             if is_permanent(error):
                 _log.warning(

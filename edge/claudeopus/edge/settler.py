@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
-from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
 from claudeopus.edge.replay import Replayer, is_permanent
 from claudeopus.edge.spool import Spool, SpoolError
@@ -53,7 +53,7 @@ class Settler:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         spool: Spool,
         replayer: Replayer | None = None,
         *,
@@ -79,7 +79,7 @@ class Settler:
     @classmethod
     async def start(
         cls,
-        control: ControlClient,
+        control: ControlPort,
         spool_dir: str | os.PathLike[str],
         spool_max_bytes: int,
         *,
