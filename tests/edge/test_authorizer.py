@@ -15,8 +15,8 @@ import pytest
 
 from claudeopus.client import ClaudeOpusError, UnavailableError, error_of
 from claudeopus.edge import errors
-from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import parse_completion
+from claudeopus.edge.metering.authorizer import Authorizer
 from claudeopus.edge.metering.port import AuthorizeCall
 from claudeopus.edge.metering.refusals import AuthorizeTimedOut
 from tests.support.fake_control import FakeControl

@@ -14,7 +14,7 @@ import grpc
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, UnavailableError
 from claudeopus.edge.lease_journal import SLOT_BYTES, LeaseJournal, old_journals, read_journal
 from claudeopus.edge.lease_recovery import MAX_LEASES, MAX_LOST, LeaseRecovery, batches
-from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
 from tests.edge.test_leases import KEY, Clock, LeasingControl, completion, lease, settled
 from tests.support.fake_control import FakeControl

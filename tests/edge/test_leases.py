@@ -14,7 +14,7 @@ import pytest
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest, parse_completion
-from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.types import Lease, LeaseUse
 from tests.support.fake_control import FakeControl
 
@@ -246,7 +246,7 @@ async def test_shutdown_gives_every_lease_back_and_admits_nothing_more() -> None
 
 @pytest.mark.parametrize("failures", [1, 3])
 async def test_a_return_control_did_not_take_is_sent_again(failures: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("claudeopus.edge.leases.NO_LEASE_BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr("claudeopus.edge.metering.leases.NO_LEASE_BACKOFF_SECONDS", 0.01)
     control = LeasingControl(lease(5))
     calls = 0
     real = control.return_leases

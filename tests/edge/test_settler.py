@@ -16,14 +16,14 @@ import pytest
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
 from claudeopus.edge import errors
-from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.metering.authorizer import Authorizer
 from claudeopus.edge.metering.grpc_control import GrpcControl
 from claudeopus.edge.metering.port import AuthorizeCall
 from claudeopus.edge.metering.refusals import key_hash
+from claudeopus.edge.metering.settler import Settler
 from claudeopus.edge.metering.types import Outcome, Settlement
 from claudeopus.edge.replay import Replayer
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.spool import Spool, read_spool
 from claudeopus.edge.upstream import ConnectFailed, UpstreamResponse
 from claudeopus.v1 import usage_pb2
@@ -382,7 +382,7 @@ async def test_settles_finished_while_a_batch_is_on_its_way_travel_together(tmp_
 async def test_shutdown_spools_what_control_did_not_take_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("claudeopus.edge.settler.SHUTDOWN_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr("claudeopus.edge.tasks.SHUTDOWN_GRACE_SECONDS", 0.2)
     control = SlowControl()  # never answers
     settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), max_batch=2)
     for n in range(1, 6):

@@ -20,16 +20,16 @@ from blacksheep.server.routing import Router
 from claudeopus import tls
 from claudeopus.edge import errors
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
-from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.forward import Forwarder
 from claudeopus.edge.lease_journal import LeaseJournal, old_journals
 from claudeopus.edge.lease_recovery import LeaseRecovery
-from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.authorizer import Authorizer
 from claudeopus.edge.metering.grpc_control import GrpcControl
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.port import ControlPort
+from claudeopus.edge.metering.settler import Settler
 from claudeopus.edge.routes import ROUTES, error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.upstream import AiohttpUpstream
 
 _log = logging.getLogger(__name__)

@@ -17,19 +17,19 @@ from typing import Any
 import orjson
 
 from claudeopus.edge import errors
-from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.key_check import KeyCheck
-from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.authorizer import Authorizer
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.refusals import AuthorizeTimedOut, key_hash, verified
+from claudeopus.edge.metering.settler import Settler
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
 from claudeopus.edge.settings import DEFAULT_MODELS_OWNED_BY
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
 from claudeopus.edge.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 

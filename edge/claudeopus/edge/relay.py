@@ -28,9 +28,9 @@ import orjson
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.disconnect import DisconnectWatcher
+from claudeopus.edge.metering.settler import Settler
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import DONE, EventBuffer, Usage, event_data, parse_usage, text_length
 from claudeopus.edge.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 

@@ -13,7 +13,15 @@ from claudeopus.edge import errors
 from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import KeyInfo
 
-__all__ = ["UNAVAILABLE_MESSAGE", "AuthorizeTimedOut", "key_hash", "openai_error", "unavailable", "verified"]
+__all__ = [
+    "UNAVAILABLE_MESSAGE",
+    "AuthorizeTimedOut",
+    "key_hash",
+    "openai_error",
+    "timed_out",
+    "unavailable",
+    "verified",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -22,6 +30,11 @@ UNAVAILABLE_MESSAGE = "The gateway could not check your API key right now; nothi
 
 class AuthorizeTimedOut(errors.ControlUnavailable):
     """Authorize passed its deadline: control may still have reserved, so the edge releases it."""
+
+
+def timed_out() -> AuthorizeTimedOut:
+    """Authorize passed its deadline after it was sent (a fresh error per request)."""
+    return AuthorizeTimedOut(UNAVAILABLE_MESSAGE, code="control_unavailable")
 
 
 def unavailable() -> errors.ControlUnavailable:

@@ -1,12 +1,13 @@
 """Settling usage after the response: batched, owned, spooled to disk while control is unreachable.
 
 Settles run after the client already has its answer, so they add no latency. They queue
-up and one owned task sends them to control's BatchSettle: whatever finished while the
-previous batch was on its way travels in the next one, up to ``max_batch``. Before each
-call the task lingers up to ``linger`` seconds (``CLAUDEOPUS_SETTLE_LINGER``) for more to
-finish: a batch costs control little more than one settle, and on a quiet edge a settle
-sent at once would compete with the next request's authorize for control and for the same
-budget counters, on the request path. Reservations stay held that much longer. If control cannot be
+up in the settle batcher (:mod:`~claudeopus.edge.metering.batcher`), whose owned task sends
+them to control's BatchSettle: whatever finished while the previous batch was on its way
+travels in the next one, up to ``max_batch``. Before each call the task lingers up to
+``linger`` seconds (``CLAUDEOPUS_SETTLE_LINGER``) for more to finish: a batch costs control
+little more than one settle, and on a quiet edge a settle sent at once would compete with
+the next request's authorize for control and for the same budget counters, on the request
+path. Reservations stay held that much longer. If control cannot be
 reached (or does not answer within ``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an
 error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.spool`)
 and the replayer (:mod:`claudeopus.edge.replay`) sends them when control is back. While
@@ -18,8 +19,6 @@ shutdown, and what it could not send by then is spooled for the next start.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import os
 import time
@@ -28,21 +27,19 @@ from collections.abc import Callable, Iterable, Sequence
 import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
+from claudeopus.edge.metering.batcher import MAX_BATCH, Batcher
 from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
 from claudeopus.edge.replay import Replayer, is_permanent
 from claudeopus.edge.spool import Spool, SpoolError
-from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_SECONDS = 15.0
 # Whole-batch failures that mean control could not be reached (in time).
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-MAX_BATCH = 256
 
 
 class Settler:
-    """Queue settles for one owned sending task; :meth:`aclose` drains it, then stops replay and the spool.
+    """Settle through one owned batcher; :meth:`aclose` drains it, then stops replay and the spool.
 
     Example::
 
@@ -66,15 +63,8 @@ class Settler:
         self._on_settled = on_settled  # told the request ids whose settle control or the spool took
         self._spool = spool
         self._replayer = replayer
-        self._max_batch = max_batch
-        self._linger = linger
         self._on_unreachable = on_unreachable  # told when a batch could not reach control at all
-        self._queue: collections.deque[Settlement] = collections.deque()
-        self._in_flight = 0
-        self._wake = asyncio.Event()
-        self._batch_ready = asyncio.Event()  # a whole batch is queued, or shutdown began: linger no longer
-        self._sender: asyncio.Task[None] | None = None
-        self._closing = False
+        self._batcher = Batcher(self._send, name="settle", max_batch=max_batch, linger=linger)
 
     @classmethod
     async def start(
@@ -101,7 +91,7 @@ class Settler:
     @property
     def pending(self) -> int:
         """Settles submitted and not yet taken by control or the spool."""
-        return len(self._queue) + self._in_flight
+        return self._batcher.pending
 
     @property
     def spool_full(self) -> bool:
@@ -120,42 +110,17 @@ class Settler:
         """Settlement in the background; ``missing_ok``: control may never have opened this reservation;
         ``leased``: the request was admitted from a lease (its settle opens its row)."""
         latency_ns = int((time.perf_counter() - started_at) * 1e9)
-        self._queue.append(Settlement(request_id, outcome, latency_ns, leased, missing_ok))
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_forever())
-        self._wake.set()
-        if len(self._queue) >= self._max_batch:
-            self._batch_ready.set()
+        self._batcher.submit(Settlement(request_id, outcome, latency_ns, leased, missing_ok))
 
-    async def _send_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._gather_more()
-            while self._queue:
-                count = min(len(self._queue), self._max_batch)
-                batch = [self._queue.popleft() for _ in range(count)]
-                self._in_flight = count
-                try:
-                    await self._send(batch)
-                except asyncio.CancelledError:
-                    # Shutdown ran out of patience: keep them on disk for the next start.
-                    await asyncio.shield(self._spool_all(batch))
-                    raise
-                finally:
-                    self._in_flight = 0
-            if self._closing:
-                return
+    async def _send(self, batch: list[Settlement]) -> None:
+        try:
+            await self._send_now(batch)
+        except asyncio.CancelledError:
+            # Shutdown ran out of patience: keep them on disk for the next start.
+            await asyncio.shield(self._spool_all(batch))
+            raise
 
-    async def _gather_more(self) -> None:
-        """Linger for more settles to join the batch (not once a whole batch waits, not at shutdown)."""
-        if self._linger and not self._closing and len(self._queue) < self._max_batch:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._linger):
-                    await self._batch_ready.wait()
-        self._batch_ready.clear()
-
-    async def _send(self, batch: Sequence[Settlement]) -> None:
+    async def _send_now(self, batch: Sequence[Settlement]) -> None:
         if not self._spool.empty:
             await self._spool_all(batch)
             return
@@ -217,16 +182,9 @@ class Settler:
         self._tell_settled((settle,))
 
     async def aclose(self) -> None:
-        """Send what is queued (up to a grace period; the rest is spooled), then stop replay and the spool."""
-        self._closing = True
-        if self._sender is not None:
-            self._wake.set()
-            self._batch_ready.set()
-            await finish(self._sender, SHUTDOWN_GRACE_SECONDS)
-            self._sender = None
-        if self._queue:
-            left = list(self._queue)
-            self._queue.clear()
+        """Send what is queued (up to the grace period; the rest is spooled), then stop replay and the spool."""
+        left = await self._batcher.aclose()
+        if left:
             _log.warning("%d settles still queued at shutdown: spooling them for the next start", len(left))
             await self._spool_all(left)
         if self._replayer is not None:

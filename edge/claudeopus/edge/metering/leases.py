@@ -58,7 +58,6 @@ from claudeopus.edge.metering.types import Lease, LeasedReservation, LeaseUse
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_SECONDS = 5.0
 RETURN_BATCH = 1000
 # A key and model that got no lease (near a limit, or refused) is not asked about again for this long.
 NO_LEASE_BACKOFF_SECONDS = 1.0
@@ -320,7 +319,7 @@ class LeaseBook:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="lease-book")
         if self._task is not None:
             self._wake.set()
-            await finish(self._task, SHUTDOWN_GRACE_SECONDS)
+            await finish(self._task)
             self._task = None
         if self._returns:
             _log.warning("%d lease(s) not returned at shutdown: control's sweeper will close them", len(self._returns))
