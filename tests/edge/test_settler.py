@@ -11,21 +11,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
-from claudeopus.edge import errors
-from claudeopus.edge.forward import Forwarder
-from claudeopus.edge.metering.authorizer import Authorizer
 from claudeopus.edge.metering.grpc_control import GrpcControl
-from claudeopus.edge.metering.port import AuthorizeCall
-from claudeopus.edge.metering.refusals import key_hash
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.settler import Settler
 from claudeopus.edge.metering.types import Outcome, Settlement
 from claudeopus.edge.replay import Replayer
 from claudeopus.edge.spool import Spool, read_spool
-from claudeopus.edge.upstream import ConnectFailed, UpstreamResponse
 from claudeopus.v1 import usage_pb2
 from tests.support.fake_control import FakeControl
 
@@ -78,20 +72,6 @@ class SettlingControl(FakeControl):
         return answers
 
 
-class NoUpstream:
-    """An ``Upstream`` that records each call and fails the test's expectations by being called at all."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def send(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
-        self.calls.append(f"{method} {path}")
-        raise ConnectFailed("never answers")
-
-    async def aclose(self) -> None:
-        pass
-
-
 async def until(condition: object, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -142,7 +122,12 @@ async def test_while_control_is_down_settles_are_spooled_then_replayed_in_order(
 
 async def test_a_batch_that_cannot_reach_control_tells_the_lease_book(control: SettlingControl, tmp_path: Path) -> None:
     told: list[str] = []
-    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), on_unreachable=lambda: told.append("x"))
+
+    class Told(LeaseBook):
+        def drop_all(self) -> None:
+            told.append("x")
+
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), leases=Told(control, 1.0))
     settler.submit(rid(1), outcome(1), time.perf_counter())
     await until(lambda: len(control.settled) == 1)
     assert told == [], "control answered"
@@ -275,78 +260,6 @@ async def test_a_settle_control_does_not_answer_in_time_is_spooled(
         await settler.aclose()
     [record] = read_spool(tmp_path)
     assert (record.request_id, record.outcome.input_tokens, record.outcome.output_tokens) == (rid(1), 1, 2)
-
-
-# -- a full spool refuses new completions -----------------------------------------------------
-
-
-async def test_a_full_spool_refuses_completions_before_authorize(control: SettlingControl, tmp_path: Path) -> None:
-    spool = await Spool.open(tmp_path, max_bytes=100)
-    settler = Settler(control, spool)
-    control.up = False
-    for n in (1, 2):
-        settler.submit(rid(n), outcome(n), time.perf_counter())
-    await until(lambda: settler.pending == 0)
-    assert settler.spool_full
-    upstream = NoUpstream()
-    authorizer = Authorizer(control, timeout=5.0)
-    forwarder = Forwarder(
-        upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
-    )
-    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    with pytest.raises(errors.ControlUnavailable) as caught:
-        await forwarder.chat_completions("sk-co-" + "A" * 43, key_hash("sk-co-" + "A" * 43), raw, None)
-    assert (caught.value.status, caught.value.code) == (503, "usage_spool_full")
-    assert control.authorized == [] and upstream.calls == [], "nothing reserved, nothing forwarded"
-    await authorizer.aclose()
-    await settler.aclose()
-
-
-class TimingOutControl(SettlingControl):
-    """Authorize passes its deadline (control may have reserved); settles of unknown ids are NOT_FOUND."""
-
-    def __init__(self, reserved: bool) -> None:
-        super().__init__()
-        self.reserved = reserved
-        self.outcomes: list[Outcome] = []
-
-    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
-        self.authorized.extend(call.request_id for call in calls)
-        raise ClaudeOpusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-
-    async def take(self, settle: Settlement) -> None:
-        request_id, outcome = settle.request_id, settle.outcome
-        self.attempts += 1
-        self.outcomes.append(outcome)
-        if not self.reserved:
-            raise NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
-        self.settled.append((request_id, outcome.input_tokens))
-
-
-@pytest.mark.parametrize("reserved", [True, False], ids=["reserved", "never-reserved"])
-async def test_an_authorize_past_its_deadline_releases_what_control_may_have_reserved(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, reserved: bool
-) -> None:
-    control = TimingOutControl(reserved)
-    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
-    settler = Settler(control, spool)
-    upstream = NoUpstream()
-    authorizer = Authorizer(control, timeout=5.0)
-    forwarder = Forwarder(
-        upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
-    )
-    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
-        await forwarder.chat_completions("sk-co-" + "A" * 43, key_hash("sk-co-" + "A" * 43), raw, None)
-    await until(lambda: settler.pending == 0)
-    assert caught.value.status == 503 and upstream.calls == [], "nothing forwarded"
-    [released] = control.outcomes
-    assert (released.input_tokens, released.output_tokens, released.http_status) == (0, 0, 503)
-    assert control.settled == ([(control.authorized[0], 0)] if reserved else [])
-    assert read_spool(tmp_path) == [], "a release control never needed is not spooled either"
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an expected miss is no alarm"
-    await authorizer.aclose()
-    await settler.aclose()
 
 
 # -- batching ----------------------------------------------------------------------------------

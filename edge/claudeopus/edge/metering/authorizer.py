@@ -24,7 +24,7 @@ from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.metering.batcher import MAX_BATCH, Batcher
 from claudeopus.edge.metering.port import AuthorizeCall, ControlPort
-from claudeopus.edge.metering.refusals import key_hash, openai_error, timed_out, unavailable
+from claudeopus.edge.metering.refusals import openai_error, timed_out, unavailable
 
 _log = logging.getLogger(__name__)
 LEASES_END_KEY = "leases_end_in_ms"
@@ -46,7 +46,7 @@ class Authorizer:
     Example::
 
         authorizer = Authorizer(control, timeout=5.0)
-        cap = await authorizer.authorize(request_id, secret, completion)  # or an OpenAIError
+        cap = await authorizer.authorize(request_id, key_hash, completion)  # or an OpenAIError
         await authorizer.aclose()
     """
 
@@ -55,14 +55,14 @@ class Authorizer:
         self._timeout = timeout
         self._batcher = Batcher(self._send, name="authorize", max_batch=max_batch, stale=_gave_up)
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+    async def authorize(self, request_id: str, key_hash: bytes, completion: CompletionRequest) -> int:
         """Reserve the request; returns the output cap the upstream must get (0: none needed).
 
         Refused because leases (see leases.py) hold what the budget has left, it asks again as
         those leases end and are returned, until the last one has: near a limit, a request is
         refused only when the budget cannot hold it, as without leases.
         """
-        call = AuthorizeCall(request_id, key_hash(secret), completion)
+        call = AuthorizeCall(request_id, key_hash, completion)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         pause = FIRST_RECHECK_SECONDS

@@ -14,6 +14,10 @@ and the replayer (:mod:`claudeopus.edge.replay`) sends them when control is back
 the spool holds records, new settles join it behind them, so settles reach control in
 the order they were made. Nothing is fire-and-forget: the sending task is awaited on
 shutdown, and what it could not send by then is spooled for the next start.
+
+The lease book hears of both: a batch that could not reach control drops every lease (requests
+fail closed until control answers again), and a leased request whose settle control or the
+spool took leaves the lease journal.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.edge.metering.batcher import MAX_BATCH, Batcher
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
 from claudeopus.edge.replay import Replayer, is_permanent
@@ -56,14 +61,13 @@ class Settler:
         *,
         max_batch: int = MAX_BATCH,
         linger: float = 0.0,
-        on_unreachable: Callable[[], None] | None = None,
-        on_settled: Callable[[Iterable[str]], None] | None = None,
+        leases: LeaseBook | None = None,
     ) -> None:
+        """``leases``: the lease book to tell (none given: leasing is off)."""
         self._control = control
-        self._on_settled = on_settled  # told the request ids whose settle control or the spool took
         self._spool = spool
         self._replayer = replayer
-        self._on_unreachable = on_unreachable  # told when a batch could not reach control at all
+        self._leases = leases if leases is not None else LeaseBook(control, 0)
         self._batcher = Batcher(self._send, name="settle", max_batch=max_batch, linger=linger)
 
     @classmethod
@@ -74,14 +78,13 @@ class Settler:
         spool_max_bytes: int,
         *,
         linger: float = 0.0,
-        on_unreachable: Callable[[], None] | None = None,
-        on_settled: Callable[[Iterable[str]], None] | None = None,
+        leases: LeaseBook | None = None,
     ) -> Settler:
         """Open the spool and start replaying whatever it holds (also what an earlier process left)."""
         spool = await Spool.open(spool_dir, max_bytes=spool_max_bytes)
         replayer = Replayer(control, spool)
         replayer.start()
-        return cls(control, spool, replayer, linger=linger, on_unreachable=on_unreachable, on_settled=on_settled)
+        return cls(control, spool, replayer, linger=linger, leases=leases)
 
     @property
     def spool_empty(self) -> bool:
@@ -131,8 +134,8 @@ class Settler:
                 _log.warning(
                     "batch of %d settles not taken (%s %s); spooling it", len(batch), error.code.name, error.reason
                 )
-            if self._on_unreachable is not None and error.code in _UNREACHABLE:
-                self._on_unreachable()
+            if error.code in _UNREACHABLE:
+                self._leases.drop_all()
             await self._spool_all(batch)
             return
         except Exception as error:  # a settle must never vanish without a trace: spool it
@@ -149,8 +152,7 @@ class Settler:
 
     def _tell_settled(self, settles: Sequence[Settlement]) -> None:
         """Control or the spool took these: the lease journal may forget the leased ones."""
-        if self._on_settled is not None:
-            self._on_settled(settle.request_id for settle in settles if settle.leased is not None)
+        self._leases.settled(settle.request_id for settle in settles if settle.leased is not None)
 
     def _keep(self, settle: Settlement, error: ClaudeOpusError) -> bool:
         """Whether a settle control refused on its own should be spooled and tried again."""
