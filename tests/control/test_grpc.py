@@ -37,7 +37,9 @@ from claudeopus.control.domain import passwords
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
 from claudeopus.edge.completions import parse_completion
-from claudeopus.edge.control import AuthorizeCall, ControlClient, openai_error
+from claudeopus.edge.metering.grpc_control import GrpcControl
+from claudeopus.edge.metering.port import AuthorizeCall
+from claudeopus.edge.metering.refusals import openai_error
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -557,7 +559,7 @@ async def test_batch_authorize_answers_each_entry_and_the_edge_reads_each_answer
     assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
 
     # The edge's client reads the same answers as the typed errors a single call would raise.
-    edge = ControlClient(control.channel, control.service_token, timeout=10)
+    edge = GrpcControl(control.channel, control.service_token, timeout=10)
     body = b'{"model": "m-2", "messages": [{"role": "user", "content": "hi"}]}'
     completion = parse_completion(body)
     calls = [AuthorizeCall(str(uuid.uuid4()), key_hash, completion), AuthorizeCall("bad-id", key_hash, completion)]

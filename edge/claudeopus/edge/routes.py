@@ -106,7 +106,7 @@ def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> 
             raise
         receive = _receive(request)
         raw = await read_body(request, max_body_bytes)
-        return to_response(await forwarder.chat_completions(secret, hashed, raw, receive))
+        return to_response(await forwarder.chat_completions(hashed, raw, receive))
 
     async def list_models(request: Request, forwarder: Forwarder) -> Response:
         return to_response(await forwarder.models(bearer_secret(request)))
