@@ -9,14 +9,29 @@ from pathlib import Path
 import pytest
 
 from tests.support import admin
-from tests.support.databases import fresh_database
+from tests.support.databases import copy_of, fresh_database, migrated_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.prices import serve_fake_models
 from tests.support.processes import UPSTREAM_KEY, Gateway, start_control, start_edge
 
 
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One database migrated once per session; tests get copies of it, never it."""
+    with migrated_database(tmp_path_factory.mktemp("template")) as url:
+        yield url
+
+
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
+def database_url(tmp_path: Path, migrated_template: str) -> Iterator[str]:
+    """A fresh database of this test's own, with every migration applied."""
+    with copy_of(migrated_template, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh database without any table, for tests of the migrations themselves."""
     with fresh_database(tmp_path) as url:
         yield url
 

@@ -793,15 +793,15 @@ INSERT INTO usage_record (
 """
 
 
-async def test_upgrading_a_database_with_usage_rows_costs_them_zero(database_url: str) -> None:
+async def test_upgrading_a_database_with_usage_rows_costs_them_zero(empty_database_url: str) -> None:
     """0003 -> 0004 on a database that already holds usage rows (a NOT NULL column needs its DB default)."""
     async with TortoiseContext():
-        await migrate(config=tortoise_config(database_url), target="control.0003_usage_query_indexes")
+        await migrate(config=tortoise_config(empty_database_url), target="control.0003_usage_query_indexes")
     async with TortoiseContext() as ctx:
-        await ctx.init(config=tortoise_config(database_url))
+        await ctx.init(config=tortoise_config(empty_database_url))
         await ctx.db().execute_script(ROWS_BEFORE_PRICES)
         await ctx.close_connections()
-    async with open_database(database_url):
+    async with open_database(empty_database_url):
         [record] = await UsageRecord.all()
         assert (record.model, record.input_tokens, record.cost_micros) == ("gpt-x", 10, 0)
         assert await Price.all().count() == 0

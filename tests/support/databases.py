@@ -2,11 +2,16 @@
 
 ``CLAUDEOPUS_TEST_DATABASE`` selects the engine: ``sqlite`` (default) or a
 PostgreSQL server URL without a database name, e.g. ``postgres://postgres@127.0.0.1:5432``.
+
+Migrating an empty database takes a good part of a second, so tests that do not test the
+migrations themselves start from a copy of one database migrated once per session
+(:func:`migrated_database` and :func:`copy_of`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -14,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+
+from claudeopus.control.db import apply_migrations
 
 ENV = "CLAUDEOPUS_TEST_DATABASE"
 
@@ -41,6 +48,39 @@ def fresh_database(tmp_path: Path) -> Iterator[str]:
         return
     name = f"co_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield os.environ[ENV].rstrip("/") + "/" + name
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def migrated_database(tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a fresh database with every migration applied; drop it afterwards."""
+    import asyncio
+
+    with fresh_database(tmp_path) as url:
+        asyncio.run(apply_migrations(url))
+        yield url
+
+
+@contextmanager
+def copy_of(template_url: str, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a new database holding what ``template_url`` holds; drop it afterwards.
+
+    Nothing may be connected to the template meanwhile (PostgreSQL copies with ``TEMPLATE``).
+    """
+    import asyncio
+
+    if engine() == "sqlite":
+        file = tmp_path / "claudeopus.db"
+        shutil.copyfile(template_url.removeprefix("sqlite://"), file)
+        file.chmod(0o600)
+        yield f"sqlite://{file}"
+        return
+    template = template_url.rpartition("/")[2]
+    name = f"co_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     try:
         yield os.environ[ENV].rstrip("/") + "/" + name
     finally:
