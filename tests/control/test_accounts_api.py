@@ -13,7 +13,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -66,16 +66,10 @@ class World:
     channel: grpc.aio.Channel
     admin: accounts_pb2.Account
     admin_md: Metadata
-    accounts: accounts_pb2_grpc.AccountServiceAsyncStub = field(init=False)
-    api_keys: api_keys_pb2_grpc.ApiKeyServiceAsyncStub = field(init=False)
-    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub = field(init=False)
-    usage: usage_pb2_grpc.UsageServiceAsyncStub = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.accounts = accounts_pb2_grpc.AccountServiceStub(self.channel)
-        self.api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
-        self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
-        self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
+    accounts: accounts_pb2_grpc.AccountServiceAsyncStub
+    api_keys: api_keys_pb2_grpc.ApiKeyServiceAsyncStub
+    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub
+    usage: usage_pb2_grpc.UsageServiceAsyncStub
 
     async def create(
         self, md: Metadata, role: int = ROLE_USER, parent: str = "", email: str = ""
@@ -156,8 +150,18 @@ class World:
 async def world(database_url: str) -> AsyncIterator[World]:
     clock = FakeClock(START)
     async with in_process_control(database_url, clock=clock) as control:
-        admin_md = bearer(control.admin_secret)
-        yield World(database_url, control.service_token, clock, control.channel, control.admin, admin_md)
+        yield World(
+            database_url=database_url,
+            service_token=control.service_token,
+            clock=clock,
+            channel=control.channel,
+            admin=control.admin,
+            admin_md=bearer(control.admin_secret),
+            accounts=control.accounts,
+            api_keys=control.api_keys,
+            gateway=control.gateway,
+            usage=control.usage,
+        )
 
 
 async def expect(

@@ -10,6 +10,7 @@ migrations themselves start from a copy of one database migrated once per sessio
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
@@ -39,15 +40,11 @@ async def _pg_admin(statement: str) -> None:
 
 
 @contextmanager
-def fresh_database(tmp_path: Path) -> Iterator[str]:
-    """Yield a database URL for an empty database; drop it afterwards."""
-    import asyncio
-
-    if engine() == "sqlite":
-        yield f"sqlite://{tmp_path / 'claudeopus.db'}"
-        return
+def _postgres_database(template: str = "") -> Iterator[str]:
+    """A new PostgreSQL database (empty, or a copy of the database ``template``), dropped afterwards."""
     name = f"co_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    copied = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"{copied}'))
     try:
         yield os.environ[ENV].rstrip("/") + "/" + name
     finally:
@@ -55,10 +52,18 @@ def fresh_database(tmp_path: Path) -> Iterator[str]:
 
 
 @contextmanager
+def fresh_database(tmp_path: Path) -> Iterator[str]:
+    """Yield a database URL for an empty database; drop it afterwards."""
+    if engine() == "sqlite":
+        yield f"sqlite://{tmp_path / 'claudeopus.db'}"
+        return
+    with _postgres_database() as url:
+        yield url
+
+
+@contextmanager
 def migrated_database(tmp_path: Path) -> Iterator[str]:
     """Yield the URL of a fresh database with every migration applied; drop it afterwards."""
-    import asyncio
-
     with fresh_database(tmp_path) as url:
         asyncio.run(apply_migrations(url))
         yield url
@@ -70,27 +75,18 @@ def copy_of(template_url: str, tmp_path: Path) -> Iterator[str]:
 
     Nothing may be connected to the template meanwhile (PostgreSQL copies with ``TEMPLATE``).
     """
-    import asyncio
-
     if engine() == "sqlite":
         file = tmp_path / "claudeopus.db"
         shutil.copyfile(template_url.removeprefix("sqlite://"), file)
         file.chmod(0o600)
         yield f"sqlite://{file}"
         return
-    template = template_url.rpartition("/")[2]
-    name = f"co_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    try:
-        yield os.environ[ENV].rstrip("/") + "/" + name
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with _postgres_database(template=template_url.rpartition("/")[2]) as url:
+        yield url
 
 
 def dump_text(database_url: str) -> str:
     """Every row of every table as text: what a privacy check searches."""
-    import asyncio
-
     if database_url.startswith("sqlite://"):
         path = database_url.removeprefix("sqlite://")
         connection = sqlite3.connect(path)
@@ -117,8 +113,6 @@ def dump_text(database_url: str) -> str:
 
 def usage_row(database_url: str, request_id: str) -> dict[str, object] | None:
     """The usage row of one request as stored (model, reserved and used tokens, status), or None."""
-    import asyncio
-
     columns = "model, max_output_tokens, output_tokens, status, settled_at"
     if database_url.startswith("sqlite://"):
         connection = sqlite3.connect(database_url.removeprefix("sqlite://"))
