@@ -3,7 +3,7 @@
 Against a real database (SQLite or PostgreSQL): the epoch triggers, and authorizes through
 shared caches (two of them, as two control replicas would have) around revocations,
 suspensions, rotations, budgets and prices. The world and helpers are those of
-``test_reservations.py``.
+``tests/support/world.py``.
 """
 
 from __future__ import annotations
@@ -14,20 +14,13 @@ from datetime import timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import (
-    account_lifecycle,
-    api_key_rotation,
-    api_keys,
-    budgets,
-    gateway,
-    price_changes,
-)
+from claudeopus.control.domain import account_lifecycle, api_key_rotation, api_keys, budgets, gateway, price_changes
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.models import Account, ApiKey, Budget, BudgetCounter, Price, Session, UsageRecord
 from claudeopus.control.store.auth_epoch import current_epoch
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     NOW,
     World,
@@ -36,10 +29,6 @@ from tests.control.test_reservations import (
     fails,
     set_budget,
 )
-from tests.support.prices import set_price
-
-# The fixtures of test_reservations, used here too.
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 
 
 @pytest.fixture

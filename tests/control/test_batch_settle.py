@@ -1,6 +1,6 @@
 """BatchSettle's domain side: each entry ends exactly as a single Settle would, against a real database.
 
-The world, the budgets and the helpers are those of ``test_reservations.py``: every authorize
+The world, the budgets and the helpers are those of ``tests/support/world.py``: every authorize
 reserves 11 input and 22 output tokens unless it says otherwise.
 """
 
@@ -17,8 +17,8 @@ from claudeopus.control.domain import gateway, price_changes
 from claudeopus.control.domain.batch_settle import MAX_BATCH, SettleResult, settle_batch
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
 from claudeopus.control.models import BudgetCounter, UsageRecord, UsageSource, UsageStatus
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     DAILY,
     INPUT_TOKENS,
@@ -33,10 +33,6 @@ from tests.control.test_reservations import (
     set_budget,
     settle_input,
 )
-from tests.support.prices import set_price
-
-# The fixtures of test_reservations, used here too.
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 
 
 def ok(result: SettleResult, already_settled: bool = False) -> None:

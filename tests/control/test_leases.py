@@ -1,6 +1,6 @@
 """Budget leases on the control side: grant, open leased rows with their settles, return, expire.
 
-The world, budgets and helpers are those of ``test_reservations.py``: a request like the
+The world, budgets and helpers are those of ``tests/support/world.py``: a request like the
 one a lease is sized after reserves 11 input and 22 output tokens (33 in total), and a
 settle reports 5 input and 7 output tokens. Every test ends with the invariant that
 budget counters equal the usage rows plus what live leases hold.
@@ -39,8 +39,8 @@ from claudeopus.control.domain.errors import (
 from claudeopus.control.domain.leases import LEASE_SHARE, Granted, LeaseUse
 from claudeopus.control.models import BudgetCounter, BudgetLease, Scope, UsageRecord, UsageSource, UsageStatus
 from claudeopus.control.sweeper import ReservationSweeper
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     DAILY,
     IN,
@@ -58,9 +58,7 @@ from tests.control.test_reservations import (
     set_budget,
     settle_input,
 )
-from tests.support.prices import set_price
 
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 POLICY = gateway.OutputPolicy(default=4096)
 SECOND = timedelta(seconds=1)
 ONE = reservations.Amounts(IN, OUT, 0)

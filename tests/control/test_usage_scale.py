@@ -10,7 +10,6 @@ Python. Elapsed times are printed and recorded as test properties (run with
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -19,16 +18,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 
 from claudeopus.control.domain.usage import MAX_SUMMARY_ROWS
-from claudeopus.control.server import ControlServer
-from claudeopus.control.settings import ControlSettings
 from claudeopus.control.store.usage import SummaryQuery, UsageGroup, UsageInterval, summary_sql
-from claudeopus.v1 import accounts_pb2, accounts_pb2_grpc, usage_pb2
-from tests.control.test_usage_api import Clock, Control, bearer, ident, ts
+from claudeopus.v1 import accounts_pb2, usage_pb2
+from tests.support.clock import FakeClock
+from tests.support.control_server import InProcessControl, in_process_control
 from tests.support.databases import engine
+from tests.support.rpc import bearer
+from tests.support.rpc import resource_id as ident
+from tests.support.rpc import stamp as ts
 
 pytestmark = pytest.mark.skipif(
     engine() != "postgres",
@@ -126,7 +126,7 @@ def nanos(value: Any) -> int:
 
 @dataclass
 class Big:
-    control: Control
+    control: InProcessControl
     reseller_a: str
     keys: list[int]  # key ids; SEED_SQL picks keys[g % n]
     owners: list[int]  # the account of each key
@@ -136,22 +136,13 @@ class Big:
 @pytest.fixture
 async def big(database_url: str) -> AsyncIterator[Big]:
     """Reseller A (4 users), reseller B (3 users), 2 direct users; two keys per user; ROWS rows."""
-    clock = Clock(BASE + timedelta(days=31))
-    token = secrets.token_urlsafe(32)
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with (
-        ControlServer(settings, clock=clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
-        )
-        control = Control(clock, token, boot.secret, boot.account.name, channel)
-        reseller_a = await control.new_account(control.admin, accounts_pb2.ROLE_RESELLER)
-        reseller_b = await control.new_account(control.admin, accounts_pb2.ROLE_RESELLER)
+    clock = FakeClock(BASE + timedelta(days=31))
+    async with in_process_control(database_url, clock=clock, free_models=()) as control:
+        reseller_a = await control.new_account(control.admin.name, accounts_pb2.ROLE_RESELLER)
+        reseller_b = await control.new_account(control.admin.name, accounts_pb2.ROLE_RESELLER)
         a_users = [await control.new_account(reseller_a) for _ in range(4)]
         users = a_users + [await control.new_account(reseller_b) for _ in range(3)]
-        users += [await control.new_account(control.admin) for _ in range(2)]
+        users += [await control.new_account(control.admin.name) for _ in range(2)]
         keys, owners = [], []
         for user in users:
             for _ in range(2):
