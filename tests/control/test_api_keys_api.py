@@ -35,6 +35,7 @@ from claudeopus.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
+from tests.support.gateway import authorize_one
 
 Metadata = tuple[tuple[str, str], ...]
 INFERENCE = api_keys_pb2.SCOPE_INFERENCE
@@ -835,7 +836,7 @@ async def test_narrowing_a_policy_holds_for_the_existing_keys_of_the_subtree(con
     request = gateway_pb2.AuthorizeRequest(
         request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(made.secret), model="m-c", max_output_tokens=1
     )
-    error = await rpc_error(control.gateway.Authorize(request, metadata=bearer(control.service_token)))
+    error = await rpc_error(authorize_one(control.gateway, request, metadata=bearer(control.service_token)))
     assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
     # Within the key's own list too: the intersection holds.
     own = await create(control, world.sub_secret, world.user.name, limited(models=("m-b",)))

@@ -5,7 +5,7 @@ the generated stubs and management keys; the last section drives the same server
 through the hand-written ``AsyncClient``. Errors are checked on the wire: status
 code and ``google.rpc.ErrorInfo`` reason (plus the ``google.rpc.BadRequest`` fields
 for INVALID_ARGUMENT). Usage that budgets start from is written through
-GatewayService.Authorize/Settle at chosen times, as the edge would.
+GatewayService.BatchAuthorize/BatchSettle (batches of one) at chosen times, as the edge would.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from claudeopus.v1 import (
     prices_pb2_grpc,
     usage_pb2,
 )
+from tests.support.gateway import Settled, authorize_one, settle_one
 from tests.support.prices import FREE_MODELS, serve_free_over
 
 Metadata = tuple[tuple[str, str], ...]
@@ -187,12 +188,12 @@ class Control:
             model=model,
             max_output_tokens=max_output,
         )
-        await self.gateway.Authorize(authorize, metadata=bearer(self.service_token))
+        await authorize_one(self.gateway, authorize, metadata=bearer(self.service_token))
         return request_id
 
     async def complete(
         self, secret: str, model: str, input_tokens: int, output_tokens: int, *, at: datetime | None = None
-    ) -> gateway_pb2.SettleResponse:
+    ) -> Settled:
         """Authorize and settle one request of the key ``secret``, authorized at ``at`` (else now)."""
         request_id = await self.authorize(secret, model, at=at)
         settle = gateway_pb2.SettleRequest(
@@ -204,7 +205,7 @@ class Control:
             source=usage_pb2.USAGE_SOURCE_REPORTED,
             http_status=200,
         )
-        return await self.gateway.Settle(settle, metadata=bearer(self.service_token))
+        return await settle_one(self.gateway, settle, metadata=bearer(self.service_token))
 
 
 @pytest.fixture

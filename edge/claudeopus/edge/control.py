@@ -14,10 +14,10 @@ import grpc
 from google.protobuf import duration_pb2
 
 from claudeopus import keys
-from claudeopus.client import ClaudeOpusError, UnavailableError, error_of, from_rpc_error
+from claudeopus.client import ClaudeOpusError, UnavailableError, from_rpc_error, from_status
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc, usage_pb2
+from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
 
 _log = logging.getLogger(__name__)
 
@@ -145,12 +145,10 @@ class ControlClient:
         return [_authorize_answer(result) for result in reply.results]
 
     async def settle(self, settle: Settle) -> None:
-        """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
-        request = _settle_request(settle)
-        try:
-            await self._stub.Settle(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+        """Settle once (a batch of one); raises :class:`ClaudeOpusError` (the settler decides about retries)."""
+        [refused] = await self.settle_batch([settle])
+        if refused is not None:
+            raise refused
 
     async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
         """Settle many in one call: per settle, None when control took it, else why it refused it.
@@ -328,20 +326,10 @@ def _fill_leased(message: gateway_pb2.LeasedReservation, leased: Leased) -> None
     message.reserve_time.FromNanoseconds(leased.reserve_time_ns)
 
 
-_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
 def _result_error(result: gateway_pb2.SettleResult) -> ClaudeOpusError | None:
-    if not result.error_code:
-        return None
-    code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
-    reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
-    return error_of(code, result.error_message, reason)
+    return from_status(result.status)
 
 
 def _authorize_answer(result: gateway_pb2.AuthorizeResult) -> int | ClaudeOpusError:
-    if not result.error_code:
-        return result.response.max_output_tokens
-    code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
-    reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
-    return error_of(code, result.error_message, reason, dict(result.field_violations), dict(result.error_metadata))
+    refused = from_status(result.status)
+    return result.response.max_output_tokens if refused is None else refused

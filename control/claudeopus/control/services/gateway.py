@@ -1,4 +1,4 @@
-"""GatewayService: the edge's authorize and settle calls."""
+"""GatewayService: the edge's calls (batched authorize and settle, leases), translated to the domain."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import grpc
 from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, prices, reservations, validation
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
-from claudeopus.control.domain.errors import InvalidArgument
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import require_service
-from claudeopus.control.services.errors import rpc, status_code
-from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc
+from claudeopus.control.services.errors import rpc, status_of
+from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext
 
@@ -42,16 +41,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
     @rpc
-    async def Authorize(
-        self, request: gateway_pb2.AuthorizeRequest, context: Ctx[object, object]
-    ) -> gateway_pb2.AuthorizeResponse:
-        require_service(context, self._token)
-        authorized = await batch_authorize.authorize_one(
-            _authorize_input(request), self._clock(), self._policy, self._cache
-        )
-        return _authorize_response(authorized)
-
-    @rpc
     async def BatchAuthorize(
         self, request: gateway_pb2.BatchAuthorizeRequest, context: Ctx[object, object]
     ) -> gateway_pb2.BatchAuthorizeResponse:
@@ -59,16 +48,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         batch = [_authorize_input(item) for item in request.requests]
         results = await batch_authorize.authorize_batch(batch, self._clock(), self._policy, self._cache)
         return gateway_pb2.BatchAuthorizeResponse(results=[_authorize_result(result) for result in results])
-
-    @rpc
-    async def Settle(
-        self, request: gateway_pb2.SettleRequest, context: Ctx[object, object]
-    ) -> gateway_pb2.SettleResponse:
-        require_service(context, self._token)
-        settlement = await batch_settle.settle_one(_settle_input(request), self._clock())
-        return gateway_pb2.SettleResponse(
-            usage_record=convert.usage_record(settlement.record), already_settled=settlement.already_settled
-        )
 
     @rpc
     async def BatchSettle(
@@ -171,12 +150,7 @@ def _leased_input(leased: gateway_pb2.LeasedReservation) -> gateway.LeasedInput:
 def _settle_result(result: batch_settle.SettleResult) -> gateway_pb2.SettleResult:
     if result.error is None:
         return gateway_pb2.SettleResult(request_id=result.request_id, already_settled=result.already_settled)
-    return gateway_pb2.SettleResult(
-        request_id=result.request_id,
-        error_code=status_code(result.error),
-        error_reason=error_reason_pb2.ErrorReason.Value(result.error.reason.value),
-        error_message=result.error.message,
-    )
+    return gateway_pb2.SettleResult(request_id=result.request_id, status=status_of(result.error))
 
 
 def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> batch_authorize.AuthorizeInput:
@@ -207,13 +181,4 @@ def _authorize_result(result: batch_authorize.AuthorizeResult) -> gateway_pb2.Au
         return gateway_pb2.AuthorizeResult(
             request_id=result.request_id, response=_authorize_response(result.authorized)
         )
-    error = result.error
-    violations = {v.field: v.description for v in error.violations} if isinstance(error, InvalidArgument) else {}
-    return gateway_pb2.AuthorizeResult(
-        request_id=result.request_id,
-        error_code=status_code(error),
-        error_reason=error_reason_pb2.ErrorReason.Value(error.reason.value),
-        error_message=error.message,
-        error_metadata=error.metadata,
-        field_violations=violations,
-    )
+    return gateway_pb2.AuthorizeResult(request_id=result.request_id, status=status_of(result.error))
