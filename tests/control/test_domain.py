@@ -18,7 +18,7 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.control.db import open_database
-from claudeopus.control.domain import accounts, api_keys, gateway, usage
+from claudeopus.control.domain import accounts, api_keys, usage
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.domain.api_keys import IssuedKey, issue_key
 from claudeopus.control.domain.errors import (
@@ -34,7 +34,11 @@ from claudeopus.control.domain.errors import (
 from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_secret
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.domain.principal import Principal, authenticate_management
+from claudeopus.control.ledger.authorize import OutputPolicy
+from claudeopus.control.ledger.keys import key_context
+from claudeopus.control.ledger.settle import SettleInput
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope, UsageRecord, UsageSource, UsageStatus
+from tests.support.ledger import authorize_one, settle_one
 from tests.support.prices import serve_free
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -123,7 +127,7 @@ async def new_key(
 async def authorize(
     secret: str, *, model: str = "m-1", now: datetime = NOW, request_id: str | None = None
 ) -> UsageRecord:
-    authorized = await gateway.authorize(
+    authorized = await authorize_one(
         request_id=request_id or str(uuid.uuid4()),
         key_hash=keys.hash_secret_bytes(secret),
         model=model,
@@ -131,14 +135,12 @@ async def authorize(
         max_output_tokens=22,
         stream=True,
         now=now,
-        policy=gateway.OutputPolicy(),
+        policy=OutputPolicy(),
     )
     return authorized.record
 
 
-def settle_input(
-    request_id: object, *, input_tokens: int = 5, output_tokens: int = 7, **changes: int
-) -> gateway.SettleInput:
+def settle_input(request_id: object, *, input_tokens: int = 5, output_tokens: int = 7, **changes: int) -> SettleInput:
     values = {
         "request_id": str(request_id),
         "input_tokens": input_tokens,
@@ -149,7 +151,7 @@ def settle_input(
         "http_status": 200,
     }
     values.update(changes)
-    return gateway.SettleInput(**values)  # type: ignore[arg-type]
+    return SettleInput(**values)  # type: ignore[arg-type]
 
 
 # -- bootstrap -----------------------------------------------------------------
@@ -339,7 +341,7 @@ async def test_only_hash_and_prefix_of_a_key_are_stored(root: Root) -> None:
     assert secret not in stored
     assert secret[10:] not in stored, "the random part of the secret must not be stored"
     # The hash is what finds the key again.
-    assert (await gateway.verify_key(hashlib.sha256(secret.encode()).digest(), NOW)).id == issued.key.id
+    assert (await key_context(hashlib.sha256(secret.encode()).digest(), NOW)).key.id == issued.key.id
 
 
 async def test_create_api_key_validates_its_fields(root: Root) -> None:
@@ -379,7 +381,7 @@ async def test_authorize_refuses_unknown_expired_and_management_keys(root: Root)
     error = await fails(
         InvalidArgument,
         Reason.FIELD_INVALID,
-        gateway.authorize(
+        authorize_one(
             request_id=str(uuid.uuid4()),
             key_hash=b"short",
             model="m",
@@ -387,7 +389,7 @@ async def test_authorize_refuses_unknown_expired_and_management_keys(root: Root)
             max_output_tokens=0,
             stream=False,
             now=NOW,
-            policy=gateway.OutputPolicy(),
+            policy=OutputPolicy(),
         ),
     )
     assert violated_fields(error) == ["key_hash"]
@@ -446,13 +448,13 @@ async def test_settle_is_idempotent(root: Root) -> None:
     record = await authorize(issued.secret)
     later = NOW + timedelta(seconds=3)
 
-    first = await gateway.settle(settle_input(record.request_id, input_tokens=5, output_tokens=7), later)
+    first = await settle_one(settle_input(record.request_id, input_tokens=5, output_tokens=7), later)
     assert first.already_settled is False
     assert (first.record.input_tokens, first.record.output_tokens) == (5, 7)
     assert (first.record.status, first.record.source) == (UsageStatus.SUCCEEDED, UsageSource.REPORTED)
     assert (first.record.latency_us, first.record.http_status, first.record.settled_at) == (1234, 200, later)
 
-    second = await gateway.settle(
+    second = await settle_one(
         settle_input(record.request_id, input_tokens=500, output_tokens=700, status=UsageStatus.UPSTREAM_ERROR),
         later + timedelta(seconds=1),
     )
@@ -472,7 +474,7 @@ async def test_settle_is_idempotent(root: Root) -> None:
 
 
 async def test_settle_of_an_unknown_request_is_not_found(root: Root) -> None:
-    await fails(NotFound, Reason.RESERVATION_NOT_FOUND, gateway.settle(settle_input(uuid.uuid4()), NOW))
+    await fails(NotFound, Reason.RESERVATION_NOT_FOUND, settle_one(settle_input(uuid.uuid4()), NOW))
 
 
 async def test_settle_validates_status_and_source(root: Root) -> None:
@@ -486,7 +488,7 @@ async def test_settle_validates_status_and_source(root: Root) -> None:
         ({"input_tokens": -1}, "input_tokens"),
     ):
         error = await fails(
-            InvalidArgument, Reason.FIELD_INVALID, gateway.settle(settle_input(record.request_id, **changes), NOW)
+            InvalidArgument, Reason.FIELD_INVALID, settle_one(settle_input(record.request_id, **changes), NOW)
         )
         assert violated_fields(error) == [field]
     assert (await UsageRecord.get(id=record.id)).status == UsageStatus.RESERVED
@@ -503,9 +505,7 @@ async def test_a_suspended_ancestor_blocks_the_subtree(root: Root) -> None:
 
     await Account.filter(id=reseller.id).update(state=AccountState.SUSPENDED)
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, authorize(user_key.secret))
-    await fails(
-        PermissionDenied, Reason.ACCOUNT_SUSPENDED, gateway.verify_key(keys.hash_secret_bytes(user_key.secret), NOW)
-    )
+    await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, key_context(keys.hash_secret_bytes(user_key.secret), NOW))
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, authenticate_management(reseller_manager.secret, NOW))
     await authorize(sibling_key.secret)
 

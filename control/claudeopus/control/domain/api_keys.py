@@ -34,9 +34,9 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.lease_fence import LONGEST_WAIT, outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import LONGEST_WAIT, outlive_leases
 from claudeopus.control.models import Account, ApiKey, Scope
 
 MAX_GRACE_PERIOD = timedelta(days=30)

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from claudeopus.control.domain import policies, prices, reservations
+from claudeopus.control.domain import policies, prices
 from claudeopus.control.domain.principal import find_key
+from claudeopus.control.ledger import reservations
 from claudeopus.control.models import Account, AccountState, ApiKey, AuthEpoch, Budget
 
 DEFAULT_MAX_KEYS = 10_000

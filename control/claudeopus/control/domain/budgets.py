@@ -44,7 +44,7 @@ from tortoise.functions import Coalesce, Sum
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import reservations, validation
+from claudeopus.control.domain import validation
 from claudeopus.control.domain.accounts import account_in_subtree
 from claudeopus.control.domain.api_keys import key_in_subtree
 from claudeopus.control.domain.errors import (
@@ -56,12 +56,13 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.periods import period_bounds, period_index
 from claudeopus.control.domain.principal import Principal
-from claudeopus.control.domain.reservations import COUNTER_CAP
+from claudeopus.control.ledger import reservations
+from claudeopus.control.ledger.leases.fence import outlive_leases
+from claudeopus.control.ledger.reservations import COUNTER_CAP
 from claudeopus.control.models import (
     Account,
     Budget,
@@ -259,7 +260,7 @@ async def _join_open_reservations(
 
 
 async def _join_live_leases(conn: BaseDBAsyncClient, owner: Owner, budget: Budget, now: datetime) -> int:
-    """Add the new budget's hold to the owner's live leases (see leases.py); what they hold in it.
+    """Add the new budget's hold to the owner's live leases (see ledger/leases); what they hold in it.
 
     A lease lives within one period, so every live lease is in the current one. Requests its
     edge admits later open their rows with the lease's holds, the new one included. A lease

@@ -6,7 +6,7 @@ its own account or on accounts below it. The price in force on an account is,
 per component, the highest price for the model on the account and all its
 ancestors, so nobody in a subtree is ever charged less than what its reseller
 pays, even after an ancestor raises its price. A model with no price in force is
-not served at all (``MODEL_NOT_AVAILABLE``, see gateway.py); a zero price is a price.
+not served at all (``MODEL_NOT_AVAILABLE``, see ledger/keys.py); a zero price is a price.
 
 Each price records the account that set it (``set_by``, null for old rows set on
 the row's own account). Only that account or one above it may change or remove it
@@ -53,9 +53,9 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Account, Price, Role
 
 MAX_AMOUNT = 10**12
@@ -309,7 +309,7 @@ async def _outlive_leases(account: Account, model: str, now: datetime | None, *,
     """Return once the leases that price ``model`` in ``account``'s subtree have ended.
 
     A lease that holds budget reserves each request's cost at the price in force when it was
-    granted (see leases.py): after a change, no edge admits at the old price. A removed price
+    granted (see ledger/leases): after a change, no edge admits at the old price. A removed price
     may leave the model unpriced, hence not served: then every lease for it ends first.
     """
     await outlive_leases(account=account, model=model, unlimited=None if removed else False, now=now or utc_now())
