@@ -7,7 +7,8 @@ runs out inside a batch, the earlier entries get what is left. A batch shares th
 read of the auth epoch, key contexts from the cache, and one transaction in which every
 budget counter the batch touches is locked and read once (in the one global lock order,
 :class:`~claudeopus.control.ledger.reservations.BatchHolds`), every row is written by one
-INSERT and every counter moves once, by the sum of its holds. A refusal leaves nothing.
+INSERT and every counter moves once, by the sum of its holds. A refusal leaves nothing. (A
+batch of one that no budget holds costs that one INSERT, which checks the epoch itself.)
 
 If anything the batch read changed before it could write (the auth epoch moved, a request id
 is already taken, a lock conflict), nothing of its transaction stays and each entry is
@@ -244,6 +245,8 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int | None) -> dict[
     results: dict[int, AuthorizeResult] = {}
     if not candidates:
         return results
+    if len(candidates) == 1 and not candidates[0].planned:
+        return await _open_unheld(candidates[0], epoch)
     repeated: list[_Candidate] = []
     try:
         async with in_transaction() as conn:
@@ -286,6 +289,17 @@ async def _reserve_all(candidates: list[_Candidate], epoch: int | None) -> dict[
     for candidate in repeated:
         results[candidate.index] = await _repeated(candidate)
     return results
+
+
+async def _open_unheld(candidate: _Candidate, epoch: int | None) -> dict[int, AuthorizeResult]:
+    """:func:`_reserve_all` of one candidate no budget holds: its INSERT alone, checking the epoch itself."""
+    try:
+        record = await usage_rows.open_record(UsageRecord._meta.db, candidate.row, epoch)
+    except IntegrityError as error:
+        raise _Taken from error
+    if record is None:
+        raise _EpochMoved
+    return {candidate.index: AuthorizeResult(candidate.data.request_id, authorized=Authorized(record, 0))}
 
 
 async def _repeated(candidate: _Candidate) -> AuthorizeResult:

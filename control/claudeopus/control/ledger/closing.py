@@ -94,13 +94,13 @@ def counter_moves(
     return reserved_amounts(record), charge
 
 
-async def close_records(closings: Sequence[Closing]) -> list[Closing]:
+async def close_records(closings: Sequence[Closing], *, raise_conflicts: bool = False) -> list[Closing]:
     """Close the rows and move their counters in one transaction; the closings that missed their row.
 
     A row someone else changed since it was read is missed (the caller reads it again). When
     the transaction itself fails on a lock conflict (PostgreSQL chose it as a deadlock victim,
-    SQLite was busy), nothing stayed and every closing of a batch is missed; a closing alone
-    raises the conflict.
+    SQLite was busy), nothing stayed and every closing is missed, to be retried; with
+    ``raise_conflicts`` (a retry, the sweeper) the conflict is raised instead.
     """
     ordered = sorted(closings, key=lambda entry: entry.record.id)
     try:
@@ -115,7 +115,7 @@ async def close_records(closings: Sequence[Closing]) -> list[Closing]:
                 moves.add(reservations.decode_holds(entry.record.reserved_counters), release=release, charge=charge)
             await moves.apply(conn)
     except (OperationalError, TransactionManagementError):
-        if len(ordered) == 1:
+        if raise_conflicts:
             raise
         return ordered
     return missed

@@ -99,7 +99,7 @@ async def settle_batch(batch: Sequence[SettleInput], now: datetime) -> list[Sett
     missed = await _close(batch, wanted, ends, results, now)
     for rid, index in missed.items():
         for _ in range(ATTEMPTS):
-            if not await _close(batch, {rid: index}, ends, results, now):
+            if not await _close(batch, {rid: index}, ends, results, now, retried=True):
                 break
         else:
             results[index] = SettleResult(batch[index].request_id, already_settled=True)
@@ -112,6 +112,8 @@ async def _close(
     ends: dict[int, tuple[UsageStatus, UsageSource]],
     results: list[SettleResult | None],
     now: datetime,
+    *,
+    retried: bool = False,
 ) -> dict[uuid.UUID, int]:
     """Close the open rows of ``wanted`` (request id to entry), answering in ``results``; the entries missed."""
     found, chains = await store.records_with_chains(UsageRecord._meta.db, list(wanted))
@@ -135,7 +137,8 @@ async def _close(
         closed = closing.closing(batch[index], *ends[index], price, now)
         closings.append(closing.Closing(record, closed.fields, closed.charge))
         index_of[record.id] = index
-    missed = {entry.record.request_id: index_of[entry.record.id] for entry in await closing.close_records(closings)}
+    left = await closing.close_records(closings, raise_conflicts=retried)
+    missed = {entry.record.request_id: index_of[entry.record.id] for entry in left}
     for index, record in open_records:
         if record.request_id not in missed:
             results[index] = SettleResult(batch[index].request_id)

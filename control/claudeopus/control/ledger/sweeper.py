@@ -69,7 +69,7 @@ async def expire_stale(now: datetime, max_age: timedelta, *, batch: int = EXPIRE
             "settled_at": now,
             "cost_micros": charge.cost_micros,
         }
-        missed = await closing.close_records([closing.Closing(record, expired, charge)])
+        missed = await closing.close_records([closing.Closing(record, expired, charge)], raise_conflicts=True)
         closed += not missed
     return closed
 
