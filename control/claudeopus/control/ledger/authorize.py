@@ -13,7 +13,8 @@ batch of one that no budget holds costs that one INSERT, which checks the epoch 
 If anything the batch read changed before it could write (the auth epoch moved, a request id
 is already taken, a lock conflict), nothing of its transaction stays and each entry is
 authorized again as a batch of its own. A batch of one whose epoch moved reads the key again
-and goes on; one whose request id is taken answers as the first authorize of that id did.
+and goes on; one whose request id is taken answers as the first authorize of that id did
+(also when the budgets would refuse it now: a retry finds its reservation).
 
 Example::
 
