@@ -28,7 +28,8 @@ lint: install buf-lint
 	$(BIN)/mypy edge control clients bench
 	$(BIN)/python scripts/generate_protos.py --check
 
-buf-lint:
+buf-lint: install
+	$(BIN)/python scripts/generate_protos.py --deps
 	npx --yes @bufbuild/buf@$(BUF_VERSION) lint
 
 pytest: pytest-sqlite pytest-postgres

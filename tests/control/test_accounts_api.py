@@ -47,6 +47,7 @@ from claudeopus.v1 import (
 from tests.support.clock import FakeClock
 from tests.support.control_server import in_process_control
 from tests.support.databases import dump_text
+from tests.support.gateway import authorize_one
 from tests.support.rpc import Metadata, assert_error, bearer, error_info, field_violations, rpc_error
 
 PASSWORD = "correct horse battery"
@@ -143,7 +144,7 @@ class World:
         request = gateway_pb2.AuthorizeRequest(
             request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(secret), model="m-1", max_output_tokens=8
         )
-        return self.gateway.Authorize(request, metadata=bearer(self.service_token))
+        return authorize_one(self.gateway, request, metadata=bearer(self.service_token))
 
 
 @pytest.fixture

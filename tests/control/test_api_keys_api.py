@@ -34,6 +34,7 @@ from claudeopus.v1 import (
 )
 from tests.support.clock import FakeClock
 from tests.support.control_server import in_process_control
+from tests.support.gateway import authorize_one
 from tests.support.rpc import assert_error, bearer, rpc_error, stamp
 from tests.support.rpc import resource_id as ident
 
@@ -775,7 +776,7 @@ async def test_narrowing_a_policy_holds_for_the_existing_keys_of_the_subtree(con
     request = gateway_pb2.AuthorizeRequest(
         request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(made.secret), model="m-c", max_output_tokens=1
     )
-    error = await rpc_error(control.gateway.Authorize(request, metadata=bearer(control.service_token)))
+    error = await rpc_error(authorize_one(control.gateway, request, metadata=bearer(control.service_token)))
     assert_error(error, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
     # Within the key's own list too: the intersection holds.
     own = await create(control, world.sub_secret, world.user.name, limited(models=("m-b",)))

@@ -14,11 +14,13 @@ from datetime import timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import account_lifecycle, api_key_rotation, api_keys, budgets, gateway, price_changes
+from claudeopus.control.domain import account_lifecycle, api_key_rotation, api_keys, budgets, price_changes
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
+from claudeopus.control.ledger.authorize import Authorized, OutputPolicy
 from claudeopus.control.models import Account, ApiKey, Budget, BudgetCounter, Price, Session, UsageRecord
 from claudeopus.control.store.auth_epoch import current_epoch
+from tests.support.ledger import authorize_one
 from tests.support.prices import set_price
 from tests.support.world import (
     COST,
@@ -38,8 +40,8 @@ def replicas() -> tuple[AuthCache, AuthCache]:
 
 async def authorize_with(
     cache: AuthCache, secret: str, *, model: str = "m-1", now: object = NOW, input_tokens: int = 11
-) -> gateway.Authorized:
-    return await gateway.authorize(
+) -> Authorized:
+    return await authorize_one(
         request_id=str(uuid.uuid4()),
         key_hash=keys.hash_secret_bytes(secret),
         model=model,
@@ -47,7 +49,7 @@ async def authorize_with(
         max_output_tokens=22,
         stream=False,
         now=now,  # type: ignore[arg-type]
-        policy=gateway.OutputPolicy(),
+        policy=OutputPolicy(),
         cache=cache,
     )
 
@@ -75,7 +77,7 @@ async def test_the_epoch_moves_with_every_change_authorize_reads_and_with_nothin
 
     # The hot path's own writes (usage rows, counters) and sessions leave it alone.
     before = await current_epoch()
-    await gateway.authorize(
+    await authorize_one(
         request_id=str(uuid.uuid4()),
         key_hash=keys.hash_secret_bytes(world.key.secret),
         model="m-1",
@@ -83,7 +85,7 @@ async def test_the_epoch_moves_with_every_change_authorize_reads_and_with_nothin
         max_output_tokens=1,
         stream=False,
         now=NOW,
-        policy=gateway.OutputPolicy(),
+        policy=OutputPolicy(),
     )
     await BudgetCounter.all().update(spent=0)
     await UsageRecord.all().update(latency_us=1)

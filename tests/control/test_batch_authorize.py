@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import api_keys, batch_authorize, gateway
+from claudeopus.control.domain import api_keys
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.auth_cache import AuthCache
-from claudeopus.control.domain.batch_authorize import MAX_BATCH, AuthorizeInput, AuthorizeResult, authorize_batch
 from claudeopus.control.domain.errors import (
     DomainError,
     InvalidArgument,
@@ -24,6 +24,16 @@ from claudeopus.control.domain.errors import (
     Reason,
     ResourceExhausted,
     Unauthenticated,
+)
+from claudeopus.control.ledger import authorize as authorizing
+from claudeopus.control.ledger.authorize import (
+    MAX_BATCH,
+    MAX_CHOICES,
+    Authorized,
+    AuthorizeInput,
+    AuthorizeResult,
+    OutputPolicy,
+    authorize_batch,
 )
 from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
 from tests.support.prices import set_price
@@ -44,7 +54,7 @@ from tests.support.world import (
     settle,
 )
 
-POLICY = gateway.OutputPolicy(default=4096)
+POLICY = OutputPolicy(default=4096)
 
 
 def entry(
@@ -76,7 +86,7 @@ async def batch(entries: list[AuthorizeInput], cache: AuthCache | None = None) -
     return results
 
 
-def admitted(results: list[AuthorizeResult]) -> list[gateway.Authorized]:
+def admitted(results: list[AuthorizeResult]) -> list[Authorized]:
     return [r.authorized for r in results if r.authorized is not None]
 
 
@@ -170,7 +180,7 @@ async def test_output_is_reserved_for_every_choice_and_the_cap_stays_per_choice(
     single = await authorize_batch([entry(world.key, max_output_tokens=7, choices=5)], NOW, POLICY)
     assert single[0].authorized is not None and single[0].authorized.enforced_output_tokens == 7
     assert (await UsageRecord.get(request_id=single[0].request_id)).max_output_tokens == 35
-    [too_many] = await batch([entry(world.key, choices=gateway.MAX_CHOICES + 1)])
+    [too_many] = await batch([entry(world.key, choices=MAX_CHOICES + 1)])
     error = refused(too_many, InvalidArgument, Reason.FIELD_INVALID)
     assert [v.field for v in error.violations] == ["choices"]  # type: ignore[attr-defined]
     await assert_counters_match_rows()
@@ -224,7 +234,7 @@ async def test_a_change_committed_after_the_batch_read_its_keys_sends_every_entr
     """The epoch moved between the checks and the write: the batch writes nothing, each entry starts over."""
     budget = await set_budget(world, world.user, 3 * RESERVED)
     cache = AuthCache() if cached else None
-    real_epoch = batch_authorize.current_epoch
+    real_epoch = authorizing.current_epoch
     reads = 0
 
     async def stale_epoch(conn: object = None) -> int:
@@ -232,7 +242,7 @@ async def test_a_change_committed_after_the_batch_read_its_keys_sends_every_entr
         reads += 1
         return await real_epoch(conn) - (1 if reads == 1 else 0)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(batch_authorize, "current_epoch", stale_epoch)
+    monkeypatch.setattr(authorizing, "current_epoch", stale_epoch)
     results = await batch([entry(world.key) for _ in range(5)], cache)
     assert [r.authorized is not None for r in results] == [True, True, True, False, False]
     assert await counter(budget) == (0, 3 * RESERVED), "nothing held twice"
@@ -254,14 +264,14 @@ async def test_concurrent_batches_and_single_authorizes_take_exactly_what_the_bu
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alone = 0
-    single = batch_authorize._alone
+    one_by_one = authorizing._one_by_one
 
-    async def counted(*args: object) -> AuthorizeResult:
+    async def counted(batch: list[AuthorizeInput], *args: Any) -> list[AuthorizeResult]:
         nonlocal alone
-        alone += 1
-        return await single(*args)  # type: ignore[arg-type]
+        alone += len(batch)
+        return await one_by_one(batch, *args)
 
-    monkeypatch.setattr(batch_authorize, "_alone", counted)
+    monkeypatch.setattr(authorizing, "_one_by_one", counted)
     on_reseller = await set_budget(world, world.reseller, 23 * RESERVED)
     on_key = await set_budget(world, world.user, 15 * RESERVED, key=world.key)
     keys_ = (world.key, world.sibling_key, world.other_key) * 4
@@ -269,8 +279,8 @@ async def test_concurrent_batches_and_single_authorizes_take_exactly_what_the_bu
     singles = [authorize(world.sibling_key) for _ in range(10)]
     outcomes = await asyncio.gather(*batches, *singles, return_exceptions=True)
     results = [r for group in outcomes[:5] for r in group]  # type: ignore[union-attr]
-    single_ok = [o for o in outcomes[5:] if isinstance(o, gateway.Authorized)]
-    assert all(isinstance(o, gateway.Authorized | ResourceExhausted) for o in outcomes[5:]), outcomes[5:]
+    single_ok = [o for o in outcomes[5:] if isinstance(o, Authorized)]
+    assert all(isinstance(o, Authorized | ResourceExhausted) for o in outcomes[5:]), outcomes[5:]
     assert all(r.error is None or r.error.reason is Reason.BUDGET_EXHAUSTED for r in results)
     assert len(admitted(results)) + len(single_ok) == 23
     assert await counter(on_reseller) == (0, 23 * RESERVED)

@@ -13,10 +13,12 @@ from datetime import timedelta
 
 import pytest
 
-from claudeopus.control.domain import gateway, price_changes
-from claudeopus.control.domain.batch_settle import MAX_BATCH, SettleResult, settle_batch
+from claudeopus.control.domain import price_changes
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
+from claudeopus.control.ledger.settle import MAX_BATCH, SettleInput, SettleResult, settle_batch
+from claudeopus.control.ledger.sweeper import expire_stale
 from claudeopus.control.models import BudgetCounter, UsageRecord, UsageSource, UsageStatus
+from tests.support.ledger import settle_one
 from tests.support.prices import set_price
 from tests.support.world import (
     COST,
@@ -129,7 +131,7 @@ async def test_batched_and_single_settles_leave_the_same_rows_and_counters(world
         b = await authorize(key, model=model, input_tokens=a.record.estimated_input_tokens, max_output_tokens=50)
         pairs.append((a, b, rng.randint(0, 60), rng.randint(0, 60)))
     for a, _, i, o in pairs:
-        await gateway.settle(settle_input(a.record.request_id, input_tokens=i, output_tokens=o), LATER)
+        await settle_one(settle_input(a.record.request_id, input_tokens=i, output_tokens=o), LATER)
     results = await settle_batch(
         [settle_input(b.record.request_id, input_tokens=i, output_tokens=o) for _, b, i, o in pairs], LATER
     )
@@ -152,7 +154,7 @@ async def test_a_late_batched_settle_replaces_the_sweepers_charge_once(world: Wo
     tokens = await set_budget(world, world.user, 1000, key=world.key)
     stale = await authorize(world.key)
     swept_at = NOW + MAX_AGE + timedelta(seconds=1)
-    assert await gateway.expire_stale(swept_at, MAX_AGE) == 1
+    assert await expire_stale(swept_at, MAX_AGE) == 1
     assert await counter(tokens) == (33, 0)
     [late] = await settle_batch([settle_input(stale.record.request_id)], swept_at)
     ok(late)
@@ -201,8 +203,8 @@ async def test_concurrent_batches_and_single_settles_of_the_same_requests_settle
     ]
     shuffled = random.Random(3).sample(inputs, len(inputs))
 
-    async def single(data: gateway.SettleInput) -> None:
-        await gateway.settle(data, LATER)
+    async def single(data: SettleInput) -> None:
+        await settle_one(data, LATER)
 
     await asyncio.gather(
         settle_batch(inputs[:40], LATER),

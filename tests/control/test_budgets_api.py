@@ -5,7 +5,7 @@ the generated stubs and management keys; the last section drives the same server
 through the hand-written ``AsyncClient``. Errors are checked on the wire: status
 code and ``google.rpc.ErrorInfo`` reason (plus the ``google.rpc.BadRequest`` fields
 for INVALID_ARGUMENT). Usage that budgets start from is written through
-GatewayService.Authorize/Settle at chosen times, as the edge would.
+GatewayService.BatchAuthorize/BatchSettle (batches of one) at chosen times, as the edge would.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from claudeopus.v1 import (
 )
 from tests.support.clock import FakeClock
 from tests.support.control_server import in_process_control
+from tests.support.gateway import Settled, authorize_one, settle_one
 from tests.support.prices import FREE_MODELS
 from tests.support.rpc import assert_error, bearer, error_info, rpc_error
 
@@ -172,12 +173,12 @@ class Control:
             model=model,
             max_output_tokens=max_output,
         )
-        await self.gateway.Authorize(authorize, metadata=bearer(self.service_token))
+        await authorize_one(self.gateway, authorize, metadata=bearer(self.service_token))
         return request_id
 
     async def complete(
         self, secret: str, model: str, input_tokens: int, output_tokens: int, *, at: datetime | None = None
-    ) -> gateway_pb2.SettleResponse:
+    ) -> Settled:
         """Authorize and settle one request of the key ``secret``, authorized at ``at`` (else now)."""
         request_id = await self.authorize(secret, model, at=at)
         settle = gateway_pb2.SettleRequest(
@@ -189,7 +190,7 @@ class Control:
             source=usage_pb2.USAGE_SOURCE_REPORTED,
             http_status=200,
         )
-        return await self.gateway.Settle(settle, metadata=bearer(self.service_token))
+        return await settle_one(self.gateway, settle, metadata=bearer(self.service_token))
 
 
 @pytest.fixture

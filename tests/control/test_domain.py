@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import accounts, api_keys, gateway, usage
+from claudeopus.control.domain import accounts, api_keys, usage
 from claudeopus.control.domain.api_keys import IssuedKey, issue_key
 from claudeopus.control.domain.errors import (
     AlreadyExists,
@@ -31,7 +31,10 @@ from claudeopus.control.domain.errors import (
 from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_secret
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.domain.principal import Principal, authenticate_management
+from claudeopus.control.ledger.authorize import OutputPolicy
+from claudeopus.control.ledger.keys import key_context
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope, UsageRecord, UsageSource, UsageStatus
+from tests.support.ledger import authorize_one, settle_one
 from tests.support.world import NOW, Root, fails, new_account, new_key, settle_input
 
 # -- fixtures and helpers ------------------------------------------------------
@@ -51,7 +54,7 @@ async def manager(account: Account) -> Principal:
 async def authorize(
     secret: str, *, model: str = "m-1", now: datetime = NOW, request_id: str | None = None
 ) -> UsageRecord:
-    authorized = await gateway.authorize(
+    authorized = await authorize_one(
         request_id=request_id or str(uuid.uuid4()),
         key_hash=keys.hash_secret_bytes(secret),
         model=model,
@@ -59,7 +62,7 @@ async def authorize(
         max_output_tokens=22,
         stream=True,
         now=now,
-        policy=gateway.OutputPolicy(),
+        policy=OutputPolicy(),
     )
     return authorized.record
 
@@ -251,7 +254,7 @@ async def test_only_hash_and_prefix_of_a_key_are_stored(root: Root) -> None:
     assert secret not in stored
     assert secret[10:] not in stored, "the random part of the secret must not be stored"
     # The hash is what finds the key again.
-    assert (await gateway.verify_key(hashlib.sha256(secret.encode()).digest(), NOW)).id == issued.key.id
+    assert (await key_context(hashlib.sha256(secret.encode()).digest(), NOW)).key.id == issued.key.id
 
 
 async def test_create_api_key_validates_its_fields(root: Root) -> None:
@@ -291,7 +294,7 @@ async def test_authorize_refuses_unknown_expired_and_management_keys(root: Root)
     error = await fails(
         InvalidArgument,
         Reason.FIELD_INVALID,
-        gateway.authorize(
+        authorize_one(
             request_id=str(uuid.uuid4()),
             key_hash=b"short",
             model="m",
@@ -299,7 +302,7 @@ async def test_authorize_refuses_unknown_expired_and_management_keys(root: Root)
             max_output_tokens=0,
             stream=False,
             now=NOW,
-            policy=gateway.OutputPolicy(),
+            policy=OutputPolicy(),
         ),
     )
     assert violated_fields(error) == ["key_hash"]
@@ -358,13 +361,13 @@ async def test_settle_is_idempotent(root: Root) -> None:
     record = await authorize(issued.secret)
     later = NOW + timedelta(seconds=3)
 
-    first = await gateway.settle(settle_input(record.request_id, input_tokens=5, output_tokens=7), later)
+    first = await settle_one(settle_input(record.request_id, input_tokens=5, output_tokens=7), later)
     assert first.already_settled is False
     assert (first.record.input_tokens, first.record.output_tokens) == (5, 7)
     assert (first.record.status, first.record.source) == (UsageStatus.SUCCEEDED, UsageSource.REPORTED)
     assert (first.record.latency_us, first.record.http_status, first.record.settled_at) == (1234, 200, later)
 
-    second = await gateway.settle(
+    second = await settle_one(
         settle_input(record.request_id, input_tokens=500, output_tokens=700, status=UsageStatus.UPSTREAM_ERROR),
         later + timedelta(seconds=1),
     )
@@ -384,7 +387,7 @@ async def test_settle_is_idempotent(root: Root) -> None:
 
 
 async def test_settle_of_an_unknown_request_is_not_found(root: Root) -> None:
-    await fails(NotFound, Reason.RESERVATION_NOT_FOUND, gateway.settle(settle_input(uuid.uuid4()), NOW))
+    await fails(NotFound, Reason.RESERVATION_NOT_FOUND, settle_one(settle_input(uuid.uuid4()), NOW))
 
 
 async def test_settle_validates_status_and_source(root: Root) -> None:
@@ -398,7 +401,7 @@ async def test_settle_validates_status_and_source(root: Root) -> None:
         ({"input_tokens": -1}, "input_tokens"),
     ):
         error = await fails(
-            InvalidArgument, Reason.FIELD_INVALID, gateway.settle(settle_input(record.request_id, **changes), NOW)
+            InvalidArgument, Reason.FIELD_INVALID, settle_one(settle_input(record.request_id, **changes), NOW)
         )
         assert violated_fields(error) == [field]
     assert (await UsageRecord.get(id=record.id)).status == UsageStatus.RESERVED
@@ -415,9 +418,7 @@ async def test_a_suspended_ancestor_blocks_the_subtree(root: Root) -> None:
 
     await Account.filter(id=reseller.id).update(state=AccountState.SUSPENDED)
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, authorize(user_key.secret))
-    await fails(
-        PermissionDenied, Reason.ACCOUNT_SUSPENDED, gateway.verify_key(keys.hash_secret_bytes(user_key.secret), NOW)
-    )
+    await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, key_context(keys.hash_secret_bytes(user_key.secret), NOW))
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, authenticate_management(reseller_manager.secret, NOW))
     await authorize(sibling_key.secret)
 

@@ -42,13 +42,13 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
-    error_reason_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
 from tests.support.control_server import InProcessControl, in_process_control
+from tests.support.gateway import authorize_one, field_violations_of, reason_of, settle_one
 from tests.support.rpc import Metadata, assert_error, bearer, error_info, field_violations, rpc_error
 
 
@@ -135,7 +135,7 @@ async def test_gateway_requires_the_service_token(control: InProcessControl) -> 
     authorize = gateway_pb2.AuthorizeRequest(
         request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(secret), model="m-1"
     )
-    error = await rpc_error(gateway.Authorize(authorize, metadata=bearer(control.admin_secret)))
+    error = await rpc_error(authorize_one(gateway, authorize, metadata=bearer(control.admin_secret)))
     assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
 
     reply = await gateway.VerifyApiKey(request, metadata=bearer(control.service_token))
@@ -223,7 +223,8 @@ async def test_authorize_settle_then_list_usage(control: InProcessControl) -> No
     request_id = str(uuid.uuid4())
 
     refused = await rpc_error(
-        gateway.Authorize(
+        authorize_one(
+            gateway,
             gateway_pb2.AuthorizeRequest(
                 request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(secret), model="m-2"
             ),
@@ -232,7 +233,8 @@ async def test_authorize_settle_then_list_usage(control: InProcessControl) -> No
     )
     assert_error(refused, grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_ALLOWED")
 
-    authorized = await gateway.Authorize(
+    authorized = await authorize_one(
+        gateway,
         gateway_pb2.AuthorizeRequest(
             request_id=request_id,
             key_hash=keys.hash_secret_bytes(secret),
@@ -255,19 +257,19 @@ async def test_authorize_settle_then_list_usage(control: InProcessControl) -> No
         source=usage_pb2.USAGE_SOURCE_REPORTED,
         http_status=200,
     )
-    settled = await gateway.Settle(settle, metadata=service)
+    settled = await settle_one(gateway, settle, metadata=service)
     assert settled.already_settled is False
     assert (settled.usage_record.input_tokens, settled.usage_record.output_tokens) == (15, 27)
 
     settle.input_tokens, settle.output_tokens = 999, 999
-    repeated = await gateway.Settle(settle, metadata=service)
+    repeated = await settle_one(gateway, settle, metadata=service)
     assert repeated.already_settled is True
     assert (repeated.usage_record.input_tokens, repeated.usage_record.output_tokens) == (15, 27)
 
     unknown = gateway_pb2.SettleRequest()
     unknown.CopyFrom(settle)
     unknown.request_id = str(uuid.uuid4())
-    error = await rpc_error(gateway.Settle(unknown, metadata=service))
+    error = await rpc_error(settle_one(gateway, unknown, metadata=service))
     assert_error(error, grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
 
     async with control.admin_client() as client:
@@ -423,7 +425,8 @@ async def test_batch_settle_answers_each_entry_and_wants_the_service_token(contr
     service = bearer(control.service_token)
     ids = [str(uuid.uuid4()) for _ in range(2)]
     for request_id in ids:
-        await gateway.Authorize(
+        await authorize_one(
+            gateway,
             gateway_pb2.AuthorizeRequest(request_id=request_id, key_hash=keys.hash_secret_bytes(secret), model="m-1"),
             metadata=service,
         )
@@ -447,11 +450,11 @@ async def test_batch_settle_answers_each_entry_and_wants_the_service_token(contr
         assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
 
     first, unknown, second = (await gateway.BatchSettle(batch, metadata=service)).results
-    assert (first.request_id, first.already_settled, first.error_code) == (ids[0], False, 0)
-    assert (second.request_id, second.already_settled, second.error_code) == (ids[1], False, 0)
-    assert unknown.error_code == grpc.StatusCode.NOT_FOUND.value[0]
-    assert unknown.error_reason == error_reason_pb2.RESERVATION_NOT_FOUND
-    assert unknown.error_message == "No authorized request has this request_id."
+    assert (first.request_id, first.already_settled, first.status.code) == (ids[0], False, 0)
+    assert (second.request_id, second.already_settled, second.status.code) == (ids[1], False, 0)
+    assert unknown.status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert reason_of(unknown.status) == "RESERVATION_NOT_FOUND"
+    assert unknown.status.message == "No authorized request has this request_id."
     repeated = (await gateway.BatchSettle(batch, metadata=service)).results
     assert [r.already_settled for r in repeated] == [True, False, True]
 
@@ -482,14 +485,14 @@ async def test_batch_authorize_answers_each_entry_and_the_edge_reads_each_answer
         assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "SERVICE_CREDENTIAL_INVALID")
 
     ok, other_model, bad_model = (await gateway.BatchAuthorize(batch, metadata=service)).results
-    assert (ok.request_id, ok.error_code, ok.response.api_key) == (batch.requests[0].request_id, 0, key_name)
+    assert (ok.request_id, ok.status.code, ok.response.api_key) == (batch.requests[0].request_id, 0, key_name)
     assert ok.response.max_output_tokens == 0, "no budget: no cap sent upstream"
-    assert other_model.error_code == grpc.StatusCode.PERMISSION_DENIED.value[0]
-    assert other_model.error_reason == error_reason_pb2.MODEL_NOT_ALLOWED
-    assert other_model.error_message == "This API key may not use the model 'm-2'."
-    assert bad_model.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert bad_model.error_reason == error_reason_pb2.FIELD_INVALID
-    assert list(bad_model.field_violations) == ["model"]
+    assert other_model.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert reason_of(other_model.status) == "MODEL_NOT_ALLOWED"
+    assert other_model.status.message == "This API key may not use the model 'm-2'."
+    assert bad_model.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reason_of(bad_model.status) == "FIELD_INVALID"
+    assert list(field_violations_of(bad_model.status)) == ["model"]
 
     too_many = gateway_pb2.BatchAuthorizeRequest(requests=[authorize("m-1") for _ in range(1001)])
     error = await rpc_error(gateway.BatchAuthorize(too_many, metadata=service))

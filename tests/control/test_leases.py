@@ -19,13 +19,8 @@ from claudeopus import keys
 from claudeopus.control.domain import (
     account_lifecycle,
     api_keys,
-    batch_authorize,
-    batch_settle,
     budgets,
-    gateway,
-    leases,
     price_changes,
-    reservations,
 )
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import (
@@ -36,9 +31,25 @@ from claudeopus.control.domain.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from claudeopus.control.domain.leases import LEASE_SHARE, Granted, LeaseUse
+from claudeopus.control.ledger import reservations
+from claudeopus.control.ledger.authorize import (
+    Authorized,
+    AuthorizeInput,
+    AuthorizeResult,
+    OutputPolicy,
+    Wanted,
+    authorize_batch,
+)
+from claudeopus.control.ledger.leases import grant as granting
+from claudeopus.control.ledger.leases.ends import MAX_RETURNS, LeaseUse, expire_stale_leases, return_leases
+from claudeopus.control.ledger.leases.grant import LEASE_SHARE, Granted
+from claudeopus.control.ledger.leases.hints import LEASES_END_KEY
+from claudeopus.control.ledger.leases.recover import LostRequest, RecoveredLease, recover_leases
+from claudeopus.control.ledger.leases.rows import LeasedReservation
+from claudeopus.control.ledger.settle import SettleInput, settle_batch
+from claudeopus.control.ledger.sweeper import ReservationSweeper, expire_stale
 from claudeopus.control.models import BudgetCounter, BudgetLease, Scope, UsageRecord, UsageSource, UsageStatus
-from claudeopus.control.sweeper import ReservationSweeper
+from tests.support.ledger import settle_one
 from tests.support.prices import set_price
 from tests.support.world import (
     COST,
@@ -59,15 +70,15 @@ from tests.support.world import (
     settle_input,
 )
 
-POLICY = gateway.OutputPolicy(default=4096)
+POLICY = OutputPolicy(default=4096)
 SECOND = timedelta(seconds=1)
 ONE = reservations.Amounts(IN, OUT, 0)
 
 
 async def grant(key: IssuedKey, *, now: datetime = NOW, ttl: timedelta = SECOND, model: str = "m-1") -> Granted | None:
-    return await leases.grant(
+    return await granting.grant(
         key_hash=keys.hash_secret_bytes(key.secret),
-        wanted=gateway.Wanted.checked(model, IN, OUT, stream=False),
+        wanted=Wanted.checked(model, IN, OUT, stream=False),
         ttl=ttl,
         now=now,
         policy=POLICY,
@@ -81,9 +92,9 @@ def leased_settle(
     cost: int = 0,
     reserve_time: datetime = NOW + timedelta(milliseconds=5),
     **changes: int,
-) -> gateway.SettleInput:
+) -> SettleInput:
     data = settle_input(request_id or uuid.uuid4(), **changes)
-    leased = gateway.LeasedInput(
+    leased = LeasedReservation(
         lease_id=str(granted.lease_id),
         estimated_input_tokens=IN,
         max_output_tokens=OUT,
@@ -91,7 +102,7 @@ def leased_settle(
         stream=True,
         reserve_time=reserve_time,
     )
-    return gateway.SettleInput(**{**{f: getattr(data, f) for f in data.__slots__ if f != "leased"}, "leased": leased})
+    return SettleInput(**{**{f: getattr(data, f) for f in data.__slots__ if f != "leased"}, "leased": leased})
 
 
 def used(requests: int, cost: int = 0) -> reservations.Amounts:
@@ -224,19 +235,19 @@ async def test_a_new_budget_holds_on_every_edge_once_created_even_over_a_lease_t
     granted = await grant(world.direct_key, ttl=timedelta(milliseconds=300))
     assert granted is not None and granted.unlimited
     before = leased_settle(granted)
-    await batch_settle.settle_one(before, NOW + SECOND)  # 12 tokens, before any budget
+    await settle_one(before, NOW + SECOND)  # 12 tokens, before any budget
     started = time.monotonic()
     budget = await set_budget(world, world.direct, 1_000, key=world.direct_key)
     assert time.monotonic() - started >= 0.25, "no edge admits unchecked for the key once create returns"
     assert await counter(budget) == (12, 0), "what was spent already"
     after = [leased_settle(granted) for _ in range(2)]  # admitted before the create returned
-    await batch_settle.settle_batch(after, NOW + SECOND)
+    await settle_batch(after, NOW + SECOND)
     assert await counter(budget) == (36, 0), "charged to the new budget, nothing released it never held"
     lost_one = lost(granted)
-    await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), [lost_one], True)])
+    await recover_leases([RecoveredLease(str(granted.lease_id), [lost_one], True)])
     assert await counter(budget) == (36, RESERVED), "a lost request holds its reservation in the new budget"
     late = NOW + SECOND + MAX_AGE + SECOND
-    assert await gateway.expire_stale(late, MAX_AGE) == 1
+    assert await expire_stale(late, MAX_AGE) == 1
     assert await counter(budget) == (36 + RESERVED, 0)
     await assert_counters_match_rows_and_leases()
     started = time.monotonic()
@@ -271,24 +282,22 @@ async def test_a_refusal_while_leases_hold_the_rest_says_when_they_end(world: Wo
     granted = await grant(world.sibling_key)  # another key of the reseller: another edge, say
     assert granted is not None and granted.amounts == used(2)
 
-    async def ask(now: datetime) -> batch_authorize.AuthorizeResult:
-        one = batch_authorize.AuthorizeInput(
-            str(uuid.uuid4()), keys.hash_secret_bytes(world.key.secret), "m-1", IN, OUT, stream=False
-        )
-        (result,) = await batch_authorize.authorize_batch([one], now, POLICY)
+    async def ask(now: datetime) -> AuthorizeResult:
+        one = AuthorizeInput(str(uuid.uuid4()), keys.hash_secret_bytes(world.key.secret), "m-1", IN, OUT, stream=False)
+        (result,) = await authorize_batch([one], now, POLICY)
         return result
 
     for _ in range(2 * LEASE_SHARE - 2):
         assert (await ask(NOW)).error is None
     refused = await ask(NOW)
     assert isinstance(refused.error, ResourceExhausted)
-    assert refused.error.metadata[leases.LEASES_END_KEY] == "2000", "the lease ends in 1 s, and is back 1 s later"
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 0, used(0))])
+    assert refused.error.metadata[LEASES_END_KEY] == "2000", "the lease ends in 1 s, and is back 1 s later"
+    await return_leases([LeaseUse(str(granted.lease_id), 0, used(0))])
     for _ in range(2):
         assert (await ask(NOW)).error is None, "what the lease did not use holds requests once it is back"
     refused = await ask(NOW)
     assert isinstance(refused.error, ResourceExhausted)
-    assert leases.LEASES_END_KEY not in refused.error.metadata, "no lease holds any of it: a plain refusal"
+    assert LEASES_END_KEY not in refused.error.metadata, "no lease holds any of it: a plain refusal"
     assert await counter(budget) == (0, 2 * LEASE_SHARE * RESERVED)
 
 
@@ -300,7 +309,7 @@ async def test_each_leased_settle_opens_its_row_from_the_lease_then_settles_it(w
     granted = await grant(world.key)
     assert granted is not None and granted.amounts == used(10)
     batch = [leased_settle(granted) for _ in range(3)]
-    results = await batch_settle.settle_batch(batch, NOW + SECOND)
+    results = await settle_batch(batch, NOW + SECOND)
     assert [(r.error, r.already_settled) for r in results] == [(None, False)] * 3
     rows = await UsageRecord.filter(request_id__in=[b.request_id for b in batch]).order_by("id")
     assert [(r.status, r.source, r.input_tokens, r.output_tokens) for r in rows] == [
@@ -315,14 +324,14 @@ async def test_each_leased_settle_opens_its_row_from_the_lease_then_settles_it(w
     assert (lease.open_input_tokens, lease.open_output_tokens, lease.requests_opened) == (7 * IN, 7 * OUT, 3)
     await assert_counters_match_rows_and_leases()
 
-    again = await batch_settle.settle_batch(batch[:1], NOW + 2 * SECOND)
+    again = await settle_batch(batch[:1], NOW + 2 * SECOND)
     assert again[0].already_settled and again[0].error is None
     assert await counter(budget) == (3 * 12, 7 * RESERVED), "a repeated settle changes nothing"
 
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])
+    await return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])
     assert await counter(budget) == (3 * 12, 0), "what was not used is released"
     assert not await BudgetLease.exists(lease_id=granted.lease_id), "every admitted request has its row"
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])  # a second return: nothing
+    await return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])  # a second return: nothing
     assert await counter(budget) == (3 * 12, 0)
     await assert_counters_match_rows_and_leases()
 
@@ -331,13 +340,13 @@ async def test_a_lease_returned_before_its_requests_settle_holds_just_them(world
     budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
     granted = await grant(world.key)
     assert granted is not None
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 2, used(2))])
+    await return_leases([LeaseUse(str(granted.lease_id), 2, used(2))])
     assert await counter(budget) == (0, 2 * RESERVED)
     await assert_counters_match_rows_and_leases()
     first, second = leased_settle(granted), leased_settle(granted)
-    await batch_settle.settle_one(first, NOW + SECOND)
+    await settle_one(first, NOW + SECOND)
     assert await BudgetLease.exists(lease_id=granted.lease_id)
-    await batch_settle.settle_one(second, NOW + SECOND)
+    await settle_one(second, NOW + SECOND)
     assert not await BudgetLease.exists(lease_id=granted.lease_id)
     assert await counter(budget) == (24, 0)
     await assert_counters_match_rows_and_leases()
@@ -348,7 +357,7 @@ async def test_a_leased_row_is_dated_within_its_lease_whatever_the_edges_clock(w
     assert granted is not None
     early = leased_settle(granted, reserve_time=NOW - timedelta(days=2))
     late = leased_settle(granted, reserve_time=NOW + timedelta(days=2))
-    await batch_settle.settle_batch([early, late], NOW + SECOND)
+    await settle_batch([early, late], NOW + SECOND)
     rows = await UsageRecord.filter(request_id__in=[early.request_id, late.request_id]).order_by("created_at")
     assert [r.created_at for r in rows] == [NOW, NOW + SECOND], "the lease's start and end"
 
@@ -359,7 +368,7 @@ async def test_a_settle_the_lease_cannot_hold_or_of_an_unknown_lease_is_refused_
     assert granted is not None and granted.amounts == used(2)
     missing = Granted(uuid.uuid4(), SECOND, False, used(2), None, 4096, True)
     batch = [leased_settle(granted), leased_settle(granted), leased_settle(granted), leased_settle(missing)]
-    results = await batch_settle.settle_batch(batch, NOW + SECOND)
+    results = await settle_batch(batch, NOW + SECOND)
     assert [r.error is None for r in results] == [True, True, False, False]
     assert isinstance(results[2].error, InvalidArgument), "a third request's worth was never leased"
     assert isinstance(results[3].error, NotFound) and results[3].error.reason is Reason.RESERVATION_NOT_FOUND
@@ -370,11 +379,11 @@ async def test_a_settle_the_lease_cannot_hold_or_of_an_unknown_lease_is_refused_
 async def test_an_unlimited_lease_opens_rows_that_hold_nothing(world: World) -> None:
     granted = await grant(world.direct_key)
     assert granted is not None
-    results = await batch_settle.settle_batch([leased_settle(granted) for _ in range(4)], NOW + SECOND)
+    results = await settle_batch([leased_settle(granted) for _ in range(4)], NOW + SECOND)
     assert all(r.error is None for r in results)
     rows = await UsageRecord.filter(api_key_id=world.direct_key.key.id)
     assert len(rows) == 4 and {r.reserved_counters for r in rows} == {""}
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 4, reservations.Amounts(0, 0, 0))])
+    await return_leases([LeaseUse(str(granted.lease_id), 4, reservations.Amounts(0, 0, 0))])
     assert not await BudgetLease.exists(lease_id=granted.lease_id)
 
 
@@ -383,14 +392,14 @@ async def test_a_budget_created_while_a_lease_lives_holds_what_the_lease_holds(w
     granted = await grant(world.key)
     assert granted is not None and granted.amounts == used(10)
     first = leased_settle(granted)
-    await batch_settle.settle_one(first, NOW + SECOND)
+    await settle_one(first, NOW + SECOND)
     started = time.monotonic()
     on_key = await set_budget(world, world.user, 1_000_000, key=world.key, metric=INPUT_TOKENS)
     assert time.monotonic() - started >= 0.9, "returns once the lease, sized before the budget, has ended"
     assert await counter(on_key) == (5, 9 * IN), "what was settled, and what the lease still holds"
-    await batch_settle.settle_batch([leased_settle(granted) for _ in range(2)], NOW + SECOND)
+    await settle_batch([leased_settle(granted) for _ in range(2)], NOW + SECOND)
     assert await counter(on_key) == (15, 7 * IN), "requests admitted from the lease count in it"
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])
+    await return_leases([LeaseUse(str(granted.lease_id), 3, used(3))])
     assert await counter(on_key) == (15, 0) and await counter(above) == (36, 0)
     await assert_counters_match_rows_and_leases()
 
@@ -402,17 +411,17 @@ async def test_a_lease_never_returned_is_charged_like_a_reservation_nobody_settl
     budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
     granted = await grant(world.key)
     assert granted is not None
-    await batch_settle.settle_one(leased_settle(granted), NOW + SECOND)
+    await settle_one(leased_settle(granted), NOW + SECOND)
     late = NOW + SECOND + MAX_AGE + SECOND  # the lease ended at NOW + 1 s
-    assert await leases.expire_stale_leases(NOW + MAX_AGE - SECOND, MAX_AGE) == 0, "not stale yet"
-    assert await leases.expire_stale_leases(late, MAX_AGE) == 1
+    assert await expire_stale_leases(NOW + MAX_AGE - SECOND, MAX_AGE) == 0, "not stale yet"
+    assert await expire_stale_leases(late, MAX_AGE) == 1
     assert not await BudgetLease.exists(lease_id=granted.lease_id)
-    assert await gateway.expire_stale(late, MAX_AGE) == 1
+    assert await expire_stale(late, MAX_AGE) == 1
     remainder = await UsageRecord.get(request_id=granted.lease_id)
     assert (remainder.status, remainder.input_tokens, remainder.output_tokens) == (UsageStatus.EXPIRED, 9 * IN, 9 * OUT)
     assert await counter(budget) == (12 + 9 * RESERVED, 0), "conservative: everything it still held is charged"
     await assert_counters_match_rows_and_leases()
-    refused = await batch_settle.settle_batch([leased_settle(granted)], late)
+    refused = await settle_batch([leased_settle(granted)], late)
     assert isinstance(refused[0].error, NotFound), "a settle after that stays inside the charged remainder"
 
 
@@ -428,26 +437,26 @@ async def test_the_sweeper_closes_stale_leases_before_it_expires_reservations(wo
 # -- an edge that restarted: its lease journal ------------------------------------------------
 
 
-def lost(granted: Granted, reserve_time: datetime = NOW + timedelta(milliseconds=5)) -> leases.LostRequest:
+def lost(granted: Granted, reserve_time: datetime = NOW + timedelta(milliseconds=5)) -> LostRequest:
     data = leased_settle(granted, reserve_time=reserve_time)
     assert data.leased is not None
-    return leases.LostRequest(str(uuid.uuid4()), data.leased)
+    return LostRequest(str(uuid.uuid4()), data.leased)
 
 
 async def test_a_restarted_edge_gives_each_lost_request_its_row_and_releases_the_rest(world: World) -> None:
     budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
     granted = await grant(world.key)
     assert granted is not None and granted.amounts == used(10)
-    await batch_settle.settle_one(leased_settle(granted), NOW + SECOND)  # settled before the kill
+    await settle_one(leased_settle(granted), NOW + SECOND)  # settled before the kill
     gone = [lost(granted), lost(granted)]
-    recovered = leases.RecoveredLease(str(granted.lease_id), gone, release_rest=True)
-    assert await leases.recover_leases([recovered]) == 2
+    recovered = RecoveredLease(str(granted.lease_id), gone, release_rest=True)
+    assert await recover_leases([recovered]) == 2
     assert not await BudgetLease.exists(lease_id=granted.lease_id), "every admitted request has its row"
     assert await counter(budget) == (12, 2 * RESERVED), "the lost two hold their reservations; the rest is free"
     await assert_counters_match_rows_and_leases()
-    assert await leases.recover_leases([recovered]) == 0, "recovering twice changes nothing"
+    assert await recover_leases([recovered]) == 0, "recovering twice changes nothing"
     late = NOW + SECOND + MAX_AGE + SECOND
-    assert await gateway.expire_stale(late, MAX_AGE) == 2
+    assert await expire_stale(late, MAX_AGE) == 2
     rows = await UsageRecord.filter(request_id__in=[g.request_id for g in gone])
     assert {(r.status, r.input_tokens, r.output_tokens) for r in rows} == {(UsageStatus.EXPIRED, IN, OUT)}
     assert {r.stream for r in rows} == {True}
@@ -460,10 +469,10 @@ async def test_a_lost_request_that_has_its_row_already_is_left_alone(world: Worl
     granted = await grant(world.key)
     assert granted is not None
     settled = leased_settle(granted)  # control took it; the edge was killed before it heard so
-    await batch_settle.settle_one(settled, NOW + SECOND)
+    await settle_one(settled, NOW + SECOND)
     assert settled.leased is not None
-    again = leases.LostRequest(str(settled.request_id), settled.leased)
-    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), [again], True)]) == 0
+    again = LostRequest(str(settled.request_id), settled.leased)
+    assert await recover_leases([RecoveredLease(str(granted.lease_id), [again], True)]) == 0
     assert await counter(budget) == (12, 0) and not await BudgetLease.exists(lease_id=granted.lease_id)
     await assert_counters_match_rows_and_leases()
 
@@ -472,9 +481,9 @@ async def test_a_lease_returned_before_the_kill_gets_rows_for_its_unsettled_requ
     budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
     granted = await grant(world.key)
     assert granted is not None
-    await leases.return_leases([LeaseUse(str(granted.lease_id), 2, used(2))])
+    await return_leases([LeaseUse(str(granted.lease_id), 2, used(2))])
     gone = [lost(granted), lost(granted)]
-    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), gone, True)]) == 2
+    assert await recover_leases([RecoveredLease(str(granted.lease_id), gone, True)]) == 2
     assert not await BudgetLease.exists(lease_id=granted.lease_id)
     assert await counter(budget) == (0, 2 * RESERVED)
     await assert_counters_match_rows_and_leases()
@@ -484,13 +493,13 @@ async def test_a_journal_from_before_a_reboot_leaves_the_rest_to_the_sweeper(wor
     budget = await set_budget(world, world.reseller, 10 * LEASE_SHARE * RESERVED)
     granted = await grant(world.key)
     assert granted is not None
-    recovered = leases.RecoveredLease(str(granted.lease_id), [lost(granted)], release_rest=False)
-    assert await leases.recover_leases([recovered]) == 1
+    recovered = RecoveredLease(str(granted.lease_id), [lost(granted)], release_rest=False)
+    assert await recover_leases([recovered]) == 1
     assert await counter(budget) == (0, 10 * RESERVED), "the journal may miss admissions: nothing released"
     await assert_counters_match_rows_and_leases()
     late = NOW + SECOND + MAX_AGE + SECOND
-    assert await leases.expire_stale_leases(late, MAX_AGE) == 1
-    assert await gateway.expire_stale(late, MAX_AGE) == 2, "the lost request's row and the lease's remainder"
+    assert await expire_stale_leases(late, MAX_AGE) == 1
+    assert await expire_stale(late, MAX_AGE) == 2, "the lost request's row and the lease's remainder"
     assert await counter(budget) == (10 * RESERVED, 0)
     await assert_counters_match_rows_and_leases()
 
@@ -500,9 +509,9 @@ async def test_recovering_a_lease_the_sweeper_closed_changes_nothing(world: Worl
     granted = await grant(world.key)
     assert granted is not None
     late = NOW + SECOND + MAX_AGE + SECOND
-    await leases.expire_stale_leases(late, MAX_AGE)
-    await gateway.expire_stale(late, MAX_AGE)
-    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), [lost(granted)], True)]) == 0
+    await expire_stale_leases(late, MAX_AGE)
+    await expire_stale(late, MAX_AGE)
+    assert await recover_leases([RecoveredLease(str(granted.lease_id), [lost(granted)], True)]) == 0
     assert await counter(budget) == (10 * RESERVED, 0)
     await assert_counters_match_rows_and_leases()
 
@@ -512,7 +521,7 @@ async def test_a_journal_naming_more_than_its_lease_holds_is_left_to_the_sweeper
     granted = await grant(world.key)
     assert granted is not None and granted.amounts == used(2)
     too_many = [lost(granted) for _ in range(3)]
-    assert await leases.recover_leases([leases.RecoveredLease(str(granted.lease_id), too_many, True)]) == 0
+    assert await recover_leases([RecoveredLease(str(granted.lease_id), too_many, True)]) == 0
     assert await BudgetLease.exists(lease_id=granted.lease_id) and await counter(budget) == (0, 2 * RESERVED)
     await assert_counters_match_rows_and_leases()
 
@@ -521,17 +530,17 @@ async def test_recovery_refuses_malformed_input(world: World) -> None:
     granted = await grant(world.direct_key)
     assert granted is not None
     one = lost(granted)
-    twice = leases.RecoveredLease(str(granted.lease_id), [one, one], True)
+    twice = RecoveredLease(str(granted.lease_id), [one, one], True)
     with pytest.raises(InvalidArgument, match="named twice"):
-        await leases.recover_leases([twice])
-    other = leases.RecoveredLease(str(uuid.uuid4()), [one], True)
+        await recover_leases([twice])
+    other = RecoveredLease(str(uuid.uuid4()), [one], True)
     with pytest.raises(InvalidArgument, match="another lease"):
-        await leases.recover_leases([other])
+        await recover_leases([other])
     with pytest.raises(InvalidArgument, match="UUID"):
-        await leases.recover_leases([leases.RecoveredLease("nope", [], True)])
-    many = [leases.RecoveredLease(str(uuid.uuid4()), [], True)] * (leases.MAX_RETURNS + 1)
+        await recover_leases([RecoveredLease("nope", [], True)])
+    many = [RecoveredLease(str(uuid.uuid4()), [], True)] * (MAX_RETURNS + 1)
     with pytest.raises(InvalidArgument, match="at most"):
-        await leases.recover_leases(many)
+        await recover_leases(many)
 
 
 # -- concurrency -------------------------------------------------------------------------------
@@ -554,7 +563,7 @@ async def test_leases_and_authorizes_at_once_never_hold_more_than_the_limit(worl
     spent, reserved = await counter(budget)
     assert spent + reserved <= limit
     granted = [o for o in outcomes if isinstance(o, Granted)]
-    authorized = [o for o in outcomes if isinstance(o, gateway.Authorized)]
+    authorized = [o for o in outcomes if isinstance(o, Authorized)]
     assert granted and authorized
     assert (
         reserved == sum(g.amounts.input_tokens + g.amounts.output_tokens for g in granted) + len(authorized) * RESERVED

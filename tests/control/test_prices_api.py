@@ -3,7 +3,7 @@
 Served in-process by the real ``ControlServer``, driven with the generated stubs
 and management keys. Errors are checked on the wire: status code and
 ``google.rpc.ErrorInfo`` reason (plus the ``google.rpc.BadRequest`` fields for
-INVALID_ARGUMENT). Costs are checked through GatewayService.Authorize/Settle and
+INVALID_ARGUMENT). Costs are checked through GatewayService.BatchAuthorize/BatchSettle (batches of one) and
 read back from UsageService.
 """
 
@@ -34,7 +34,6 @@ from claudeopus.v1 import (
     accounts_pb2_grpc,
     api_keys_pb2,
     api_keys_pb2_grpc,
-    error_reason_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     prices_pb2,
@@ -44,6 +43,7 @@ from claudeopus.v1 import (
 )
 from tests.support.clock import FakeClock
 from tests.support.control_server import in_process_control
+from tests.support.gateway import Settled, authorize_one, reason_of, settle_one
 from tests.support.rpc import assert_error, bearer, rpc_error, stamp
 
 T0 = datetime(2030, 1, 10, 12, tzinfo=UTC)
@@ -133,16 +133,14 @@ class Control:
         request = prices_pb2.ResolvePriceRequest(account=account, model=model)
         return await self.prices.ResolvePrice(request, metadata=bearer(caller.secret))
 
-    async def complete(
-        self, secret: str, model: str, input_tokens: int, output_tokens: int
-    ) -> gateway_pb2.SettleResponse:
+    async def complete(self, secret: str, model: str, input_tokens: int, output_tokens: int) -> Settled:
         """Authorize and settle one request of the key ``secret``."""
         service = bearer(self.service_token)
         request_id = str(uuid.uuid4())
         authorize = gateway_pb2.AuthorizeRequest(
             request_id=request_id, key_hash=keys.hash_secret_bytes(secret), model=model, max_output_tokens=100
         )
-        await self.gateway.Authorize(authorize, metadata=service)
+        await authorize_one(self.gateway, authorize, metadata=service)
         settle = gateway_pb2.SettleRequest(
             request_id=request_id,
             input_tokens=input_tokens,
@@ -152,7 +150,7 @@ class Control:
             source=usage_pb2.USAGE_SOURCE_REPORTED,
             http_status=200,
         )
-        return await self.gateway.Settle(settle, metadata=service)
+        return await settle_one(self.gateway, settle, metadata=service)
 
 
 @pytest.fixture
@@ -603,14 +601,14 @@ async def test_an_unpriced_model_is_not_served_and_a_zero_price_is(control: Cont
 
     lease = gateway_pb2.GrantLeaseRequest(key_hash=key_hash, model="gpt-x", ttl=duration_pb2.Duration(seconds=1))
     for attempt in (
-        control.gateway.Authorize(authorize("gpt-x"), metadata=service),
+        authorize_one(control.gateway, authorize("gpt-x"), metadata=service),
         control.gateway.GrantLease(lease, metadata=service),
     ):
         assert_error(await rpc_error(attempt), grpc.StatusCode.PERMISSION_DENIED, "MODEL_NOT_AVAILABLE")
     batch = await control.gateway.BatchAuthorize(
         gateway_pb2.BatchAuthorizeRequest(requests=[authorize("gpt-x"), authorize("gpt-y")]), metadata=service
     )
-    assert [r.error_reason for r in batch.results] == [error_reason_pb2.MODEL_NOT_AVAILABLE] * 2
+    assert [reason_of(r.status) for r in batch.results] == ["MODEL_NOT_AVAILABLE"] * 2
     verified = await control.gateway.VerifyApiKey(gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash), metadata=service)
     assert list(verified.priced_models) == []
     assert await UsageRecord.all().count() == 0
@@ -625,7 +623,7 @@ async def test_an_unpriced_model_is_not_served_and_a_zero_price_is(control: Cont
     verified = await control.gateway.VerifyApiKey(gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash), metadata=service)
     assert list(verified.priced_models) == ["gpt-x", "gpt-y"]
     assert_error(
-        await rpc_error(control.gateway.Authorize(authorize("gpt-z"), metadata=service)),
+        await rpc_error(authorize_one(control.gateway, authorize("gpt-z"), metadata=service)),
         grpc.StatusCode.PERMISSION_DENIED,
         "MODEL_NOT_AVAILABLE",
     )
@@ -701,7 +699,7 @@ async def test_settle_stores_the_cost_at_the_price_in_force(control: Control) ->
         status=usage_pb2.USAGE_STATUS_SUCCEEDED,
         source=usage_pb2.USAGE_SOURCE_REPORTED,
     )
-    repeated = await control.gateway.Settle(repeat, metadata=service)
+    repeated = await settle_one(control.gateway, repeat, metadata=service)
     assert repeated.already_settled
     assert repeated.usage_record.cost_micros == first_cost
 
@@ -768,7 +766,7 @@ async def test_an_unsettled_record_costs_nothing_yet(control: Control) -> None:
     authorize = gateway_pb2.AuthorizeRequest(
         request_id=str(uuid.uuid4()), key_hash=keys.hash_secret_bytes(secret), model="gpt-x", max_output_tokens=10
     )
-    await control.gateway.Authorize(authorize, metadata=bearer(control.service_token))
+    await authorize_one(control.gateway, authorize, metadata=bearer(control.service_token))
     listed = await control.usage.ListUsageRecords(
         usage_pb2.ListUsageRecordsRequest(parent=user.name), metadata=bearer(control.admin.secret)
     )

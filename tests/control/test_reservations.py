@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from claudeopus.control.domain import budgets, gateway, price_changes, reservations
+from claudeopus.control.domain import budgets, price_changes
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import (
     AlreadyExists,
@@ -29,6 +29,9 @@ from claudeopus.control.domain.errors import (
     ResourceExhausted,
 )
 from claudeopus.control.domain.periods import period_bounds, period_index
+from claudeopus.control.ledger import reservations
+from claudeopus.control.ledger.authorize import Authorized, OutputPolicy
+from claudeopus.control.ledger.sweeper import ReservationSweeper, expire_stale
 from claudeopus.control.models import (
     Budget,
     BudgetCounter,
@@ -38,8 +41,8 @@ from claudeopus.control.models import (
     UsageSource,
     UsageStatus,
 )
-from claudeopus.control.sweeper import ReservationSweeper
 from tests.support.clock import FakeClock
+from tests.support.ledger import Settlement, settle_one
 from tests.support.prices import set_price
 from tests.support.world import (
     COST,
@@ -292,8 +295,8 @@ async def test_the_reseller_budget_caps_its_whole_subtree(world: World) -> None:
 # -- concurrency -----------------------------------------------------------------
 
 
-def sort_results(results: list[object]) -> tuple[list[gateway.Authorized], list[ResourceExhausted]]:
-    admitted = [r for r in results if isinstance(r, gateway.Authorized)]
+def sort_results(results: list[object]) -> tuple[list[Authorized], list[ResourceExhausted]]:
+    admitted = [r for r in results if isinstance(r, Authorized)]
     refused = [r for r in results if isinstance(r, ResourceExhausted)]
     assert len(admitted) + len(refused) == len(results), [r for r in results if isinstance(r, BaseException)]
     assert all(r.reason is Reason.BUDGET_EXHAUSTED for r in refused)
@@ -334,7 +337,7 @@ async def test_settles_racing_the_sweeper_end_at_the_real_usage(world: World) ->
     opened = [await authorize(world.key) for _ in range(10)]
     late = NOW + MAX_AGE + timedelta(minutes=1)
     results = await asyncio.gather(
-        *(settle(a, now=late) for a in opened), gateway.expire_stale(late, MAX_AGE), return_exceptions=True
+        *(settle(a, now=late) for a in opened), expire_stale(late, MAX_AGE), return_exceptions=True
     )
     assert not [r for r in results if isinstance(r, BaseException)]
     assert all(s.already_settled is False for s in results[:-1])  # type: ignore[union-attr]
@@ -410,7 +413,7 @@ async def test_a_cost_budget_admits_exactly_what_it_can_pay_for(world: World) ->
 # -- output policy ----------------------------------------------------------------
 
 
-POLICY = gateway.OutputPolicy(default=100, per_model=(("m-big", 1000),))
+POLICY = OutputPolicy(default=100, per_model=(("m-big", 1000),))
 
 
 def test_output_policy_prefers_the_request_then_the_model_then_the_default() -> None:
@@ -418,7 +421,7 @@ def test_output_policy_prefers_the_request_then_the_model_then_the_default() -> 
     assert POLICY.output_tokens("m-big", 7) == 7
     assert POLICY.output_tokens("m-big", 0) == 1000
     assert POLICY.output_tokens("m-1", 0) == 100
-    assert gateway.OutputPolicy().output_tokens("m-1", 0) == 4096
+    assert OutputPolicy().output_tokens("m-1", 0) == 4096
 
 
 async def test_without_budgets_nothing_is_enforced(world: World) -> None:
@@ -432,7 +435,7 @@ async def test_with_budgets_the_reserved_output_is_enforced(world: World) -> Non
     budget = await set_budget(world, world.user, 11 + 100 + 11 + 1000 + 11 + 7 + 11 + 4096, key=world.key)
     cases = (("m-1", 0, POLICY, 100), ("m-big", 0, POLICY, 1000), ("m-big", 7, POLICY, 7))
     reserved = 0
-    for model, requested, policy, enforced in (*cases, ("m-1", 0, gateway.OutputPolicy(), 4096)):
+    for model, requested, policy, enforced in (*cases, ("m-1", 0, OutputPolicy(), 4096)):
         authorized = await authorize(world.key, model=model, max_output_tokens=requested, policy=policy)
         assert authorized.enforced_output_tokens == enforced
         assert authorized.record.max_output_tokens == enforced
@@ -461,7 +464,7 @@ async def test_a_second_settle_changes_no_counter(world: World) -> None:
     assert after == ((12, 0), (7, 0))
 
     for later in (LATER, LATER + timedelta(days=2)):
-        again = await gateway.settle(
+        again = await settle_one(
             settle_input(
                 authorized.record.request_id,
                 input_tokens=500,
@@ -640,7 +643,7 @@ async def test_expire_stale_charges_stale_reservations_and_a_late_settle_replace
     assert await counter(cost) == (0, 122)
 
     swept_at = NOW + MAX_AGE + timedelta(seconds=1)
-    assert await gateway.expire_stale(swept_at, MAX_AGE) == 1
+    assert await expire_stale(swept_at, MAX_AGE) == 1
     expired = await UsageRecord.get(id=stale.record.id)
     assert (expired.status, expired.source, expired.settled_at) == (UsageStatus.EXPIRED, UsageSource.RESERVED, swept_at)
     assert (expired.input_tokens, expired.output_tokens, expired.cost_micros) == (11, 22, 61)
@@ -651,7 +654,7 @@ async def test_expire_stale_charges_stale_reservations_and_a_late_settle_replace
     await assert_counters_match_rows()
 
     # Nothing more is stale: a second run changes nothing.
-    assert await gateway.expire_stale(swept_at, MAX_AGE) == 0
+    assert await expire_stale(swept_at, MAX_AGE) == 0
     assert await counter(tokens) == (33, 33)
     assert await counter(cost) == (61, 61)
 
@@ -668,18 +671,18 @@ async def test_expire_stale_charges_stale_reservations_and_a_late_settle_replace
     await assert_counters_match_rows()
 
     # ... once.
-    again = await gateway.settle(
+    again = await settle_one(
         settle_input(stale.record.request_id, input_tokens=100, output_tokens=100), swept_at + timedelta(minutes=2)
     )
     assert again.already_settled is True
     assert await counter(tokens) == (12, 33)
     assert await counter(cost) == (22, 61)
-    assert await gateway.expire_stale(swept_at + timedelta(minutes=2), MAX_AGE) == 0
+    assert await expire_stale(swept_at + timedelta(minutes=2), MAX_AGE) == 0
     assert await counter(tokens) == (12, 33)
 
     # The fresh one expires exactly when it is older than MAX_AGE, not at MAX_AGE.
-    assert await gateway.expire_stale(NOW + timedelta(minutes=10) + MAX_AGE, MAX_AGE) == 0
-    assert await gateway.expire_stale(NOW + timedelta(minutes=10) + MAX_AGE + timedelta(microseconds=1), MAX_AGE) == 1
+    assert await expire_stale(NOW + timedelta(minutes=10) + MAX_AGE, MAX_AGE) == 0
+    assert await expire_stale(NOW + timedelta(minutes=10) + MAX_AGE + timedelta(microseconds=1), MAX_AGE) == 1
     assert await counter(tokens) == (12 + 33, 0)
     assert await counter(cost) == (22 + 61, 0)
     await assert_counters_match_rows()
@@ -688,7 +691,7 @@ async def test_expire_stale_charges_stale_reservations_and_a_late_settle_replace
 async def test_a_late_settle_above_the_reservation_charges_the_real_usage(world: World) -> None:
     budget = await set_budget(world, world.user, RESERVED, key=world.key)
     stale = await authorize(world.key)
-    assert await gateway.expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
+    assert await expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
     assert await counter(budget) == (33, 0)
     await settle(stale, input_tokens=11, output_tokens=40, now=NOW + timedelta(hours=2))
     assert await counter(budget) == (51, 0)
@@ -703,7 +706,7 @@ async def test_expiry_charges_the_reserved_cost_even_after_a_price_change(world:
     await price_changes.update_price(
         world.admin, price.id, paths=["*"], input_micros=3_000_000, output_micros=4_000_000, now=NOW
     )
-    assert await gateway.expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
+    assert await expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
     assert (await UsageRecord.get(id=authorized.record.id)).cost_micros == 61
     assert await counter(budget) == (61, 0)
 
@@ -727,20 +730,20 @@ async def test_expire_stale_takes_the_oldest_first_in_batches(world: World) -> N
     budget = await set_budget(world, world.user, 1000, key=world.key)
     opened = [await authorize(world.key, now=NOW + timedelta(seconds=i)) for i in (4, 0, 3, 1, 2)]
     later = NOW + timedelta(hours=1)
-    assert await gateway.expire_stale(later, MAX_AGE, batch=2) == 2
+    assert await expire_stale(later, MAX_AGE, batch=2) == 2
     expired = {r.id for r in await UsageRecord.filter(status=UsageStatus.EXPIRED)}
     assert expired == {opened[1].record.id, opened[3].record.id}
     assert await counter(budget) == (66, 99)
-    assert await gateway.expire_stale(later, MAX_AGE, batch=2) == 2
-    assert await gateway.expire_stale(later, MAX_AGE, batch=2) == 1
-    assert await gateway.expire_stale(later, MAX_AGE, batch=2) == 0
+    assert await expire_stale(later, MAX_AGE, batch=2) == 2
+    assert await expire_stale(later, MAX_AGE, batch=2) == 1
+    assert await expire_stale(later, MAX_AGE, batch=2) == 0
     assert await counter(budget) == (165, 0)
     await assert_counters_match_rows()
 
 
 async def test_expire_stale_without_budgets_closes_the_row_at_its_reservation(world: World) -> None:
     authorized = await authorize(world.key, policy=POLICY, max_output_tokens=0)
-    assert await gateway.expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
+    assert await expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
     row = await UsageRecord.get(id=authorized.record.id)
     assert (row.status, row.source, row.input_tokens, row.output_tokens) == (
         UsageStatus.EXPIRED,
@@ -779,15 +782,15 @@ async def test_the_sweeper_expires_by_its_clock(world: World) -> None:
 
 async def test_the_sweeper_keeps_going_while_batches_are_full(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = gateway.expire_stale
+    original = expire_stale
 
     async def small_batches(now: datetime, max_age: timedelta) -> int:
         closed = await functools.partial(original, batch=2)(now, max_age)
         calls.append(closed)
         return closed
 
-    monkeypatch.setattr(gateway, "EXPIRE_BATCH", 2)
-    monkeypatch.setattr(gateway, "expire_stale", small_batches)
+    monkeypatch.setattr("claudeopus.control.ledger.sweeper.EXPIRE_BATCH", 2)
+    monkeypatch.setattr("claudeopus.control.ledger.sweeper.expire_stale", small_batches)
     for i in range(5):
         await authorize(world.key, now=NOW + timedelta(seconds=i))
     sweeper = ReservationSweeper(timeout=MAX_AGE, interval=3600, clock=FakeClock(NOW + timedelta(hours=1)))
@@ -812,7 +815,7 @@ async def test_the_running_sweeper_expires_in_the_background(world: World) -> No
 # -- budgets created mid-period -----------------------------------------------------
 
 
-async def closed_row(key: IssuedKey, created: datetime, input_tokens: int, output_tokens: int) -> gateway.Settlement:
+async def closed_row(key: IssuedKey, created: datetime, input_tokens: int, output_tokens: int) -> Settlement:
     return await settle(
         await authorize(key, now=created),
         input_tokens=input_tokens,
@@ -834,7 +837,7 @@ async def spend_before_any_budget(world: World) -> None:
     await closed_row(world.sibling_key, NOW - timedelta(hours=1), 1000, 2000)
     await closed_row(world.direct_key, NOW - timedelta(hours=1), 70000, 80000)  # outside the reseller
     await authorize(world.key, now=NOW - timedelta(minutes=30))
-    assert await gateway.expire_stale(NOW - timedelta(minutes=1), MAX_AGE) == 1  # charged 11 + 22
+    assert await expire_stale(NOW - timedelta(minutes=1), MAX_AGE) == 1  # charged 11 + 22
     await authorize(world.key, now=NOW - timedelta(minutes=1))  # in flight: joins new budgets as reserved 11 + 22
 
 

@@ -1,7 +1,7 @@
 """UsageService end to end: ListUsageRecords filters and SummarizeUsage, on the wire.
 
 A real in-process ``ControlServer`` with an injected clock; records are opened and
-closed through GatewayService.Authorize/Settle at chosen times, so ``created_at``
+closed through GatewayService.BatchAuthorize/BatchSettle (batches of one) at chosen times, so ``created_at``
 is exactly what the test says. Expected summaries are computed here, in Python,
 from the records the test wrote.
 """
@@ -34,6 +34,7 @@ from claudeopus.v1 import (
 )
 from tests.support.clock import FakeClock
 from tests.support.control_server import InProcessControl, in_process_control
+from tests.support.gateway import authorize_one, settle_one
 from tests.support.rpc import assert_error, bearer, rpc_error
 from tests.support.rpc import resource_id as ident
 from tests.support.rpc import stamp as ts
@@ -104,13 +105,15 @@ class Control:
         service = bearer(self.service_token)
         request_id = str(uuid.uuid4())
         self.clock.now = at
-        authorized = await gateway.Authorize(
+        authorized = await authorize_one(
+            gateway,
             gateway_pb2.AuthorizeRequest(request_id=request_id, key_hash=keys.hash_secret_bytes(secret), model=model),
             metadata=service,
         )
         if settle:
             latency = duration_pb2.Duration(seconds=latency_us // 1_000_000, nanos=latency_us % 1_000_000 * 1000)
-            await gateway.Settle(
+            await settle_one(
+                gateway,
                 gateway_pb2.SettleRequest(
                     request_id=request_id,
                     input_tokens=input_tokens,

@@ -475,6 +475,16 @@ def short_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShortStack
                 process.stop()
 
 
+def _settle_one(
+    stub: gateway_pb2_grpc.GatewayServiceStub, request: gateway_pb2.SettleRequest, metadata: tuple[tuple[str, str]]
+) -> gateway_pb2.SettleResult:
+    """BatchSettle with ``request`` alone; control must take it."""
+    reply = stub.BatchSettle(gateway_pb2.BatchSettleRequest(requests=[request]), metadata=metadata, timeout=10)
+    [result] = reply.results
+    assert result.status.code == grpc.StatusCode.OK.value[0], result.status
+    return result
+
+
 def _settle_request(request_id: str, input_tokens: int, output_tokens: int) -> gateway_pb2.SettleRequest:
     return gateway_pb2.SettleRequest(
         request_id=request_id,
@@ -534,17 +544,19 @@ def test_edge_killed_between_authorize_and_settle_is_expired_then_settled_late_o
         with grpc.insecure_channel(short_stack.target) as channel:
             gateway_stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             metadata = (("authorization", f"Bearer {short_stack.token}"),)
-            late = gateway_stub.Settle(_settle_request(request_id, 8, 3), metadata=metadata, timeout=10)
+            late = _settle_one(gateway_stub, _settle_request(request_id, 8, 3), metadata)
             assert not late.already_settled
-            assert (late.usage_record.status, late.usage_record.source) == (SUCCEEDED, REPORTED)
-            assert (late.usage_record.input_tokens, late.usage_record.output_tokens) == (8, 3)
+            [settled] = manager.records(key_name)
+            assert (settled.status, settled.source) == (SUCCEEDED, REPORTED)
+            assert (settled.input_tokens, settled.output_tokens) == (8, 3)
             assert manager.counters(input_budget) == (8, 0, 100_000 - 8)
             assert manager.counters(output_budget) == (3, 0, 997)
 
             for again in (_settle_request(request_id, 8, 3), _settle_request(request_id, 500, 30)):
-                repeated = gateway_stub.Settle(again, metadata=metadata, timeout=10)
+                repeated = _settle_one(gateway_stub, again, metadata)
                 assert repeated.already_settled
-                assert (repeated.usage_record.input_tokens, repeated.usage_record.output_tokens) == (8, 3)
+                [settled] = manager.records(key_name)
+                assert (settled.input_tokens, settled.output_tokens) == (8, 3)
         [row] = manager.records(key_name)
         assert (row.status, row.source, row.input_tokens, row.output_tokens) == (SUCCEEDED, REPORTED, 8, 3)
         assert manager.counters(input_budget) == (8, 0, 100_000 - 8)

@@ -18,12 +18,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import accounts, api_keys, budget_owners, budgets, gateway
+from claudeopus.control.domain import accounts, api_keys, budget_owners, budgets
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import DomainError, Reason, ResourceExhausted
 from claudeopus.control.domain.periods import period_index
 from claudeopus.control.domain.principal import Principal, authenticate_management
+from claudeopus.control.ledger.authorize import Authorized, OutputPolicy
+from claudeopus.control.ledger.settle import SettleInput
 from claudeopus.control.models import (
     Account,
     Budget,
@@ -36,6 +38,7 @@ from claudeopus.control.models import (
     UsageSource,
     UsageStatus,
 )
+from tests.support.ledger import Settlement, authorize_one, settle_one
 from tests.support.prices import serve_free
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -198,9 +201,9 @@ async def authorize(
     model: str = "m-1",
     now: datetime = NOW,
     request_id: str | None = None,
-    policy: gateway.OutputPolicy = gateway.OutputPolicy(),  # noqa: B008 - frozen
-) -> gateway.Authorized:
-    return await gateway.authorize(
+    policy: OutputPolicy = OutputPolicy(),  # noqa: B008 - frozen
+) -> Authorized:
+    return await authorize_one(
         request_id=request_id or str(uuid.uuid4()),
         key_hash=keys.hash_secret_bytes(key.secret),
         model=model,
@@ -212,9 +215,7 @@ async def authorize(
     )
 
 
-def settle_input(
-    request_id: object, *, input_tokens: int = 5, output_tokens: int = 7, **changes: int
-) -> gateway.SettleInput:
+def settle_input(request_id: object, *, input_tokens: int = 5, output_tokens: int = 7, **changes: int) -> SettleInput:
     values = {
         "request_id": str(request_id),
         "input_tokens": input_tokens,
@@ -225,14 +226,14 @@ def settle_input(
         "http_status": 200,
     }
     values.update(changes)
-    return gateway.SettleInput(**values)  # type: ignore[arg-type]
+    return SettleInput(**values)  # type: ignore[arg-type]
 
 
 async def settle(
-    authorized: gateway.Authorized, *, input_tokens: int = 5, output_tokens: int = 7, now: datetime = LATER
-) -> gateway.Settlement:
+    authorized: Authorized, *, input_tokens: int = 5, output_tokens: int = 7, now: datetime = LATER
+) -> Settlement:
     data = settle_input(authorized.record.request_id, input_tokens=input_tokens, output_tokens=output_tokens)
-    return await gateway.settle(data, now)
+    return await settle_one(data, now)
 
 
 async def counter(budget: Budget, at: datetime = NOW) -> tuple[int, int]:

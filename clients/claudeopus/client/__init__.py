@@ -33,6 +33,7 @@ from claudeopus.client._errors import (
     UnavailableError,
     error_of,
     from_rpc_error,
+    from_status,
 )
 from claudeopus.client._sync import Client
 from claudeopus.tls import TLSConfigError
@@ -53,4 +54,5 @@ __all__ = [
     "UnavailableError",
     "error_of",
     "from_rpc_error",
+    "from_status",
 ]

@@ -18,8 +18,11 @@ name such as ``KEY_REVOKED``), or ``""`` when the server sent none.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
-from google.rpc import error_details_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -89,12 +92,27 @@ _BY_CODE: dict[grpc.StatusCode, type[ClaudeOpusError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
     """Turn a failed call into the matching typed error, reading ErrorInfo and BadRequest."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    details = status.details if status is not None else ()
+    return _typed(error.code(), error.details() or "", details)
+
+
+def from_status(status: status_pb2.Status) -> ClaudeOpusError | None:
+    """A ``google.rpc.Status`` reported inside a reply (a batch entry's): None when OK, else its typed error."""
+    if status.code == code_pb2.OK:
+        return None
+    return _typed(_CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN), status.message, status.details)
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _typed(code: grpc.StatusCode, message: str, details: Iterable[any_pb2.Any]) -> ClaudeOpusError:
     reason = ""
     metadata: dict[str, str] = {}
     violations: dict[str, str] = {}
     retry_after: float | None = None
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
+    for detail in details:
         info = error_details_pb2.ErrorInfo()
         bad = error_details_pb2.BadRequest()
         retry = error_details_pb2.RetryInfo()
@@ -105,7 +123,7 @@ def from_rpc_error(error: grpc.RpcError) -> ClaudeOpusError:
             violations.update({v.field: v.description for v in bad.field_violations})
         elif detail.Unpack(retry):
             retry_after = retry.retry_delay.ToNanoseconds() / 1e9
-    typed = error_of(error.code(), error.details() or "", reason, violations, metadata)
+    typed = error_of(code, message, reason, violations, metadata)
     if isinstance(typed, ResourceExhaustedError):
         typed.retry_after = retry_after
     return typed

@@ -22,71 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from claudeopus.v1 import error_reason_pb2 as claudeopus_dot_v1_dot_error__reason__pb2
 from claudeopus.v1 import usage_pb2 as claudeopus_dot_v1_dot_usage__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/gateway.proto\x12\rclaudeopus.v1\x1a claudeopus/v1/error_reason.proto\x1a\x19\x63laudeopus/v1/usage.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x13VerifyApiKeyRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\"g\n\x14VerifyApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12\x15\n\rpriced_models\x18\x04 \x03(\t\"\xa3\x01\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08key_hash\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12\x0f\n\x07\x63hoices\x18\x07 \x01(\x03\"\x82\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x30\n\x0creserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\"\x9b\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\x06 \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\x12\x30\n\x06leased\x18\x08 \x01(\x0b\x32 .claudeopus.v1.LeasedReservation\"\xc0\x01\n\x11LeasedReservation\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x02 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x03\x12\x1c\n\x14reserved_cost_micros\x18\x04 \x01(\x03\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12\x30\n\x0creserve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x11GrantLeaseRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x03 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb1\x02\n\x12GrantLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tunlimited\x18\x03 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x15\n\routput_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x13\n\x0b\x63ounts_cost\x18\x07 \x01(\x08\x12 \n\x18input_micros_per_million\x18\x08 \x01(\x03\x12!\n\x19output_micros_per_million\x18\t \x01(\x03\x12\x1d\n\x15\x64\x65\x66\x61ult_output_tokens\x18\n \x01(\x03\x12\x13\n\x0b\x63\x61ps_output\x18\x0b \x01(\x08\">\n\x13ReturnLeasesRequest\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.claudeopus.v1.LeaseUse\"p\n\x08LeaseUse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\"\x16\n\x14ReturnLeasesResponse\"E\n\x14RecoverLeasesRequest\x12-\n\x06leases\x18\x01 \x03(\x0b\x32\x1d.claudeopus.v1.RecoveredLease\"b\n\x0eRecoveredLease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12(\n\x04lost\x18\x02 \x03(\x0b\x32\x1a.claudeopus.v1.LostRequest\x12\x14\n\x0crelease_rest\x18\x03 \x01(\x08\"X\n\x0bLostRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x35\n\x0breservation\x18\x02 \x01(\x0b\x32 .claudeopus.v1.LeasedReservation\",\n\x15RecoverLeasesResponse\x12\x13\n\x0brows_opened\x18\x01 \x01(\x03\"[\n\x0eSettleResponse\x12\x30\n\x0cusage_record\x18\x01 \x01(\x0b\x32\x1a.claudeopus.v1.UsageRecord\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\"D\n\x12\x42\x61tchSettleRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.claudeopus.v1.SettleRequest\"C\n\x13\x42\x61tchSettleResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.SettleResult\"\x98\x01\n\x0cSettleResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t\"J\n\x15\x42\x61tchAuthorizeRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.claudeopus.v1.AuthorizeRequest\"I\n\x16\x42\x61tchAuthorizeResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.claudeopus.v1.AuthorizeResult\"\xbe\x03\n\x0f\x41uthorizeResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .claudeopus.v1.AuthorizeResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x30\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x1a.claudeopus.v1.ErrorReason\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12I\n\x0e\x65rror_metadata\x18\x06 \x03(\x0b\x32\x31.claudeopus.v1.AuthorizeResult.ErrorMetadataEntry\x12M\n\x10\x66ield_violations\x18\x07 \x03(\x0b\x32\x33.claudeopus.v1.AuthorizeResult.FieldViolationsEntry\x1a\x34\n\x12\x45rrorMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14\x46ieldViolationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xbd\x05\n\x0eGatewayService\x12W\n\x0cVerifyApiKey\x12\".claudeopus.v1.VerifyApiKeyRequest\x1a#.claudeopus.v1.VerifyApiKeyResponse\x12N\n\tAuthorize\x12\x1f.claudeopus.v1.AuthorizeRequest\x1a .claudeopus.v1.AuthorizeResponse\x12\x45\n\x06Settle\x12\x1c.claudeopus.v1.SettleRequest\x1a\x1d.claudeopus.v1.SettleResponse\x12T\n\x0b\x42\x61tchSettle\x12!.claudeopus.v1.BatchSettleRequest\x1a\".claudeopus.v1.BatchSettleResponse\x12]\n\x0e\x42\x61tchAuthorize\x12$.claudeopus.v1.BatchAuthorizeRequest\x1a%.claudeopus.v1.BatchAuthorizeResponse\x12Q\n\nGrantLease\x12 .claudeopus.v1.GrantLeaseRequest\x1a!.claudeopus.v1.GrantLeaseResponse\x12W\n\x0cReturnLeases\x12\".claudeopus.v1.ReturnLeasesRequest\x1a#.claudeopus.v1.ReturnLeasesResponse\x12Z\n\rRecoverLeases\x12#.claudeopus.v1.RecoverLeasesRequest\x1a$.claudeopus.v1.RecoverLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63laudeopus/v1/gateway.proto\x12\rclaudeopus.v1\x1a\x19\x63laudeopus/v1/usage.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\'\n\x13VerifyApiKeyRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\"g\n\x14VerifyApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12\x15\n\rpriced_models\x18\x04 \x03(\t\"\xa3\x01\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08key_hash\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12\x0f\n\x07\x63hoices\x18\x07 \x01(\x03\"\x82\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x30\n\x0creserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\"\x9b\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.claudeopus.v1.UsageStatus\x12*\n\x06source\x18\x06 \x01(\x0e\x32\x1a.claudeopus.v1.UsageSource\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\x12\x30\n\x06leased\x18\x08 \x01(\x0b\x32 .claudeopus.v1.LeasedReservation\"\xc0\x01\n\x11LeasedReservation\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x02 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x03\x12\x1c\n\x14reserved_cost_micros\x18\x04 \x01(\x03\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12\x30\n\x0creserve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x11GrantLeaseRequest\x12\x10\n\x08key_hash\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x03 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb1\x02\n\x12GrantLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tunlimited\x18\x03 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x15\n\routput_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x13\n\x0b\x63ounts_cost\x18\x07 \x01(\x08\x12 \n\x18input_micros_per_million\x18\x08 \x01(\x03\x12!\n\x19output_micros_per_million\x18\t \x01(\x03\x12\x1d\n\x15\x64\x65\x66\x61ult_output_tokens\x18\n \x01(\x03\x12\x13\n\x0b\x63\x61ps_output\x18\x0b \x01(\x08\">\n\x13ReturnLeasesRequest\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.claudeopus.v1.LeaseUse\"p\n\x08LeaseUse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\"\x16\n\x14ReturnLeasesResponse\"E\n\x14RecoverLeasesRequest\x12-\n\x06leases\x18\x01 \x03(\x0b\x32\x1d.claudeopus.v1.RecoveredLease\"b\n\x0eRecoveredLease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12(\n\x04lost\x18\x02 \x03(\x0b\x32\x1a.claudeopus.v1.LostRequest\x12\x14\n\x0crelease_rest\x18\x03 \x01(\x08\"X\n\x0bLostRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x35\n\x0breservation\x18\x02 \x01(\x0b\x32 .claudeopus.v1.LeasedReservation\",\n\x15RecoverLeasesResponse\x12\x13\n\x0brows_opened\x18\x01 \x01(\x03\"D\n\x12\x42\x61tchSettleRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.claudeopus.v1.SettleRequest\"C\n\x13\x42\x61tchSettleResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.claudeopus.v1.SettleResult\"\x9a\x01\n\x0cSettleResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12\"\n\x06status\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06R\nerror_codeR\x0c\x65rror_reasonR\rerror_message\"J\n\x15\x42\x61tchAuthorizeRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.claudeopus.v1.AuthorizeRequest\"I\n\x16\x42\x61tchAuthorizeResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.claudeopus.v1.AuthorizeResult\"\xe6\x01\n\x0f\x41uthorizeResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .claudeopus.v1.AuthorizeResponse\x12\"\n\x06status\x18\x08 \x01(\x0b\x32\x12.google.rpc.StatusJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\nerror_codeR\x0c\x65rror_reasonR\rerror_messageR\x0e\x65rror_metadataR\x10\x66ield_violations2\xa6\x04\n\x0eGatewayService\x12W\n\x0cVerifyApiKey\x12\".claudeopus.v1.VerifyApiKeyRequest\x1a#.claudeopus.v1.VerifyApiKeyResponse\x12]\n\x0e\x42\x61tchAuthorize\x12$.claudeopus.v1.BatchAuthorizeRequest\x1a%.claudeopus.v1.BatchAuthorizeResponse\x12T\n\x0b\x42\x61tchSettle\x12!.claudeopus.v1.BatchSettleRequest\x1a\".claudeopus.v1.BatchSettleResponse\x12Q\n\nGrantLease\x12 .claudeopus.v1.GrantLeaseRequest\x1a!.claudeopus.v1.GrantLeaseResponse\x12W\n\x0cReturnLeases\x12\".claudeopus.v1.ReturnLeasesRequest\x1a#.claudeopus.v1.ReturnLeasesResponse\x12Z\n\rRecoverLeases\x12#.claudeopus.v1.RecoverLeasesRequest\x1a$.claudeopus.v1.RecoverLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'claudeopus.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._loaded_options = None
-  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_options = b'8\001'
-  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._loaded_options = None
-  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_VERIFYAPIKEYREQUEST']._serialized_start=172
-  _globals['_VERIFYAPIKEYREQUEST']._serialized_end=211
-  _globals['_VERIFYAPIKEYRESPONSE']._serialized_start=213
-  _globals['_VERIFYAPIKEYRESPONSE']._serialized_end=316
-  _globals['_AUTHORIZEREQUEST']._serialized_start=319
-  _globals['_AUTHORIZEREQUEST']._serialized_end=482
-  _globals['_AUTHORIZERESPONSE']._serialized_start=485
-  _globals['_AUTHORIZERESPONSE']._serialized_end=615
-  _globals['_SETTLEREQUEST']._serialized_start=618
-  _globals['_SETTLEREQUEST']._serialized_end=901
-  _globals['_LEASEDRESERVATION']._serialized_start=904
-  _globals['_LEASEDRESERVATION']._serialized_end=1096
-  _globals['_GRANTLEASEREQUEST']._serialized_start=1099
-  _globals['_GRANTLEASEREQUEST']._serialized_end=1250
-  _globals['_GRANTLEASERESPONSE']._serialized_start=1253
-  _globals['_GRANTLEASERESPONSE']._serialized_end=1558
-  _globals['_RETURNLEASESREQUEST']._serialized_start=1560
-  _globals['_RETURNLEASESREQUEST']._serialized_end=1622
-  _globals['_LEASEUSE']._serialized_start=1624
-  _globals['_LEASEUSE']._serialized_end=1736
-  _globals['_RETURNLEASESRESPONSE']._serialized_start=1738
-  _globals['_RETURNLEASESRESPONSE']._serialized_end=1760
-  _globals['_RECOVERLEASESREQUEST']._serialized_start=1762
-  _globals['_RECOVERLEASESREQUEST']._serialized_end=1831
-  _globals['_RECOVEREDLEASE']._serialized_start=1833
-  _globals['_RECOVEREDLEASE']._serialized_end=1931
-  _globals['_LOSTREQUEST']._serialized_start=1933
-  _globals['_LOSTREQUEST']._serialized_end=2021
-  _globals['_RECOVERLEASESRESPONSE']._serialized_start=2023
-  _globals['_RECOVERLEASESRESPONSE']._serialized_end=2067
-  _globals['_SETTLERESPONSE']._serialized_start=2069
-  _globals['_SETTLERESPONSE']._serialized_end=2160
-  _globals['_BATCHSETTLEREQUEST']._serialized_start=2162
-  _globals['_BATCHSETTLEREQUEST']._serialized_end=2230
-  _globals['_BATCHSETTLERESPONSE']._serialized_start=2232
-  _globals['_BATCHSETTLERESPONSE']._serialized_end=2299
-  _globals['_SETTLERESULT']._serialized_start=2302
-  _globals['_SETTLERESULT']._serialized_end=2454
-  _globals['_BATCHAUTHORIZEREQUEST']._serialized_start=2456
-  _globals['_BATCHAUTHORIZEREQUEST']._serialized_end=2530
-  _globals['_BATCHAUTHORIZERESPONSE']._serialized_start=2532
-  _globals['_BATCHAUTHORIZERESPONSE']._serialized_end=2605
-  _globals['_AUTHORIZERESULT']._serialized_start=2608
-  _globals['_AUTHORIZERESULT']._serialized_end=3054
-  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_start=2946
-  _globals['_AUTHORIZERESULT_ERRORMETADATAENTRY']._serialized_end=2998
-  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_start=3000
-  _globals['_AUTHORIZERESULT_FIELDVIOLATIONSENTRY']._serialized_end=3054
-  _globals['_GATEWAYSERVICE']._serialized_start=3057
-  _globals['_GATEWAYSERVICE']._serialized_end=3758
+  _globals['_VERIFYAPIKEYREQUEST']._serialized_start=163
+  _globals['_VERIFYAPIKEYREQUEST']._serialized_end=202
+  _globals['_VERIFYAPIKEYRESPONSE']._serialized_start=204
+  _globals['_VERIFYAPIKEYRESPONSE']._serialized_end=307
+  _globals['_AUTHORIZEREQUEST']._serialized_start=310
+  _globals['_AUTHORIZEREQUEST']._serialized_end=473
+  _globals['_AUTHORIZERESPONSE']._serialized_start=476
+  _globals['_AUTHORIZERESPONSE']._serialized_end=606
+  _globals['_SETTLEREQUEST']._serialized_start=609
+  _globals['_SETTLEREQUEST']._serialized_end=892
+  _globals['_LEASEDRESERVATION']._serialized_start=895
+  _globals['_LEASEDRESERVATION']._serialized_end=1087
+  _globals['_GRANTLEASEREQUEST']._serialized_start=1090
+  _globals['_GRANTLEASEREQUEST']._serialized_end=1241
+  _globals['_GRANTLEASERESPONSE']._serialized_start=1244
+  _globals['_GRANTLEASERESPONSE']._serialized_end=1549
+  _globals['_RETURNLEASESREQUEST']._serialized_start=1551
+  _globals['_RETURNLEASESREQUEST']._serialized_end=1613
+  _globals['_LEASEUSE']._serialized_start=1615
+  _globals['_LEASEUSE']._serialized_end=1727
+  _globals['_RETURNLEASESRESPONSE']._serialized_start=1729
+  _globals['_RETURNLEASESRESPONSE']._serialized_end=1751
+  _globals['_RECOVERLEASESREQUEST']._serialized_start=1753
+  _globals['_RECOVERLEASESREQUEST']._serialized_end=1822
+  _globals['_RECOVEREDLEASE']._serialized_start=1824
+  _globals['_RECOVEREDLEASE']._serialized_end=1922
+  _globals['_LOSTREQUEST']._serialized_start=1924
+  _globals['_LOSTREQUEST']._serialized_end=2012
+  _globals['_RECOVERLEASESRESPONSE']._serialized_start=2014
+  _globals['_RECOVERLEASESRESPONSE']._serialized_end=2058
+  _globals['_BATCHSETTLEREQUEST']._serialized_start=2060
+  _globals['_BATCHSETTLEREQUEST']._serialized_end=2128
+  _globals['_BATCHSETTLERESPONSE']._serialized_start=2130
+  _globals['_BATCHSETTLERESPONSE']._serialized_end=2197
+  _globals['_SETTLERESULT']._serialized_start=2200
+  _globals['_SETTLERESULT']._serialized_end=2354
+  _globals['_BATCHAUTHORIZEREQUEST']._serialized_start=2356
+  _globals['_BATCHAUTHORIZEREQUEST']._serialized_end=2430
+  _globals['_BATCHAUTHORIZERESPONSE']._serialized_start=2432
+  _globals['_BATCHAUTHORIZERESPONSE']._serialized_end=2505
+  _globals['_AUTHORIZERESULT']._serialized_start=2508
+  _globals['_AUTHORIZERESULT']._serialized_end=2738
+  _globals['_GATEWAYSERVICE']._serialized_start=2741
+  _globals['_GATEWAYSERVICE']._serialized_end=3291
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,6 @@
 isort:skip_file
 """
 
-from claudeopus.v1 import error_reason_pb2 as _error_reason_pb2
 from claudeopus.v1 import usage_pb2 as _usage_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -11,6 +10,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -86,7 +86,7 @@ Global___VerifyApiKeyResponse: _TypeAlias = VerifyApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class AuthorizeRequest(_message.Message):
-    """The request of GatewayService.Authorize."""
+    """One request of GatewayService.BatchAuthorize."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -138,7 +138,7 @@ Global___AuthorizeRequest: _TypeAlias = AuthorizeRequest  # noqa: Y015
 
 @_typing.final
 class AuthorizeResponse(_message.Message):
-    """The response of GatewayService.Authorize."""
+    """What BatchAuthorize answers for one authorized request."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -178,7 +178,7 @@ Global___AuthorizeResponse: _TypeAlias = AuthorizeResponse  # noqa: Y015
 
 @_typing.final
 class SettleRequest(_message.Message):
-    """The request of GatewayService.Settle."""
+    """One settle of GatewayService.BatchSettle."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -191,7 +191,7 @@ class SettleRequest(_message.Message):
     HTTP_STATUS_FIELD_NUMBER: _builtins.int
     LEASED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The request id given to Authorize."""
+    """The request id given to BatchAuthorize (or, for a leased request, chosen by the edge)."""
     input_tokens: _builtins.int
     """Prompt tokens."""
     output_tokens: _builtins.int
@@ -247,7 +247,7 @@ class LeasedReservation(_message.Message):
     lease_id: _builtins.str
     """The lease's id (GrantLeaseResponse.lease_id)."""
     estimated_input_tokens: _builtins.int
-    """The reservation, as Authorize would have made it."""
+    """The reservation, as BatchAuthorize would have made it."""
     max_output_tokens: _builtins.int
     reserved_cost_micros: _builtins.int
     stream: _builtins.bool
@@ -555,34 +555,6 @@ class RecoverLeasesResponse(_message.Message):
 Global___RecoverLeasesResponse: _TypeAlias = RecoverLeasesResponse  # noqa: Y015
 
 @_typing.final
-class SettleResponse(_message.Message):
-    """The response of GatewayService.Settle."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USAGE_RECORD_FIELD_NUMBER: _builtins.int
-    ALREADY_SETTLED_FIELD_NUMBER: _builtins.int
-    already_settled: _builtins.bool
-    """True when this call found the record already settled and changed nothing."""
-    @_builtins.property
-    def usage_record(self) -> _usage_pb2.UsageRecord:
-        """The settled record (as first settled, when Settle is repeated)."""
-
-    def __init__(
-        self,
-        *,
-        usage_record: _usage_pb2.UsageRecord | None = ...,
-        already_settled: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage_record", b"usage_record"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_settled", b"already_settled", "usage_record", b"usage_record"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
-
-@_typing.final
 class BatchSettleRequest(_message.Message):
     """The request of GatewayService.BatchSettle."""
 
@@ -638,31 +610,30 @@ class SettleResult(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ALREADY_SETTLED_FIELD_NUMBER: _builtins.int
-    ERROR_CODE_FIELD_NUMBER: _builtins.int
-    ERROR_REASON_FIELD_NUMBER: _builtins.int
-    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id of the entry."""
     already_settled: _builtins.bool
     """True when the record was already settled and nothing changed."""
-    error_code: _builtins.int
-    """The google.rpc.Code the entry would have failed with as a Settle call; 0 (OK) when it was applied."""
-    error_reason: _error_reason_pb2.ErrorReason.ValueType
-    """The reason, when error_code is not 0."""
-    error_message: _builtins.str
-    """The error in the gateway's words (never any content), when error_code is not 0."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK (code 0) when the settle was applied or found already applied; else why
+        it was refused: the code, the message in the gateway's words (never any
+        content), and details carrying a google.rpc.ErrorInfo (domain
+        "claudeopus", reason from claudeopus.v1.ErrorReason) and, for
+        FIELD_INVALID, a google.rpc.BadRequest naming the fields.
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         already_settled: _builtins.bool = ...,
-        error_code: _builtins.int = ...,
-        error_reason: _error_reason_pb2.ErrorReason.ValueType = ...,
-        error_message: _builtins.str = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_settled", b"already_settled", "error_code", b"error_code", "error_message", b"error_message", "error_reason", b"error_reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_settled", b"already_settled", "request_id", b"request_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -718,94 +689,43 @@ Global___BatchAuthorizeResponse: _TypeAlias = BatchAuthorizeResponse  # noqa: Y0
 
 @_typing.final
 class AuthorizeResult(_message.Message):
-    """What became of one request in a batch: authorized (response set) or refused (error_code set)."""
+    """What became of one request in a batch: authorized (status OK, response
+    set) or refused (status not OK).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class ErrorMetadataEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class FieldViolationsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
-    ERROR_CODE_FIELD_NUMBER: _builtins.int
-    ERROR_REASON_FIELD_NUMBER: _builtins.int
-    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
-    ERROR_METADATA_FIELD_NUMBER: _builtins.int
-    FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id of the entry."""
-    error_code: _builtins.int
-    """The google.rpc.Code the entry would have failed with as an Authorize call; 0 (OK) when it was authorized."""
-    error_reason: _error_reason_pb2.ErrorReason.ValueType
-    """The ErrorInfo reason, when error_code is not 0."""
-    error_message: _builtins.str
-    """The error in the gateway's words (never any content), when error_code is not 0."""
     @_builtins.property
     def response(self) -> Global___AuthorizeResponse:
-        """The answer Authorize would have given, when the request was authorized."""
+        """The answer for the request, when it was authorized."""
 
     @_builtins.property
-    def error_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The ErrorInfo metadata (for BUDGET_EXHAUSTED: budget_scope, metric, period,
-        budget, and leases_end_in_ms when live leases hold part of the budget: ask
-        again within that many milliseconds, the budget may hold the request then).
+    def status(self) -> _status_pb2.Status:
+        """OK (code 0) when the request was authorized; else why it was refused: the
+        code, the message in the gateway's words (never any content), and details
+        carrying a google.rpc.ErrorInfo (domain "claudeopus", reason from
+        claudeopus.v1.ErrorReason; for BUDGET_EXHAUSTED its metadata names
+        budget_scope, metric, period, budget, and leases_end_in_ms when live
+        leases hold part of the budget: ask again within that many milliseconds,
+        the budget may hold the request then) and, for FIELD_INVALID, a
+        google.rpc.BadRequest naming each bad field and what is wrong with it.
         """
-
-    @_builtins.property
-    def field_violations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """For FIELD_INVALID: each bad field and what is wrong with it (google.rpc.BadRequest's field violations)."""
 
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         response: Global___AuthorizeResponse | None = ...,
-        error_code: _builtins.int = ...,
-        error_reason: _error_reason_pb2.ErrorReason.ValueType = ...,
-        error_message: _builtins.str = ...,
-        error_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        field_violations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "error_metadata", b"error_metadata", "error_reason", b"error_reason", "field_violations", b"field_violations", "request_id", b"request_id", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "response", b"response", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,10 +30,10 @@ class GatewayServiceStub:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion, which the edge
-    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
-    request. Both carry the request id chosen by the edge, so Settle is
-    idempotent and a later leased implementation keeps the same contract.
+    The hot path is one authorize and one settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle); a single request is a batch
+    of one. Both carry the request id chosen by the edge, so a settle is
+    idempotent and a repeated authorize answers as the first one did.
     """
 
     def __init__(self, channel):
@@ -47,25 +47,15 @@ class GatewayServiceStub:
                 request_serializer=claudeopus_dot_v1_dot_gateway__pb2.VerifyApiKeyRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.VerifyApiKeyResponse.FromString,
                 _registered_method=True)
-        self.Authorize = channel.unary_unary(
-                '/claudeopus.v1.GatewayService/Authorize',
-                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.AuthorizeRequest.SerializeToString,
-                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.AuthorizeResponse.FromString,
-                _registered_method=True)
-        self.Settle = channel.unary_unary(
-                '/claudeopus.v1.GatewayService/Settle',
-                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.SettleRequest.SerializeToString,
-                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.SettleResponse.FromString,
+        self.BatchAuthorize = channel.unary_unary(
+                '/claudeopus.v1.GatewayService/BatchAuthorize',
+                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
+                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
                 _registered_method=True)
         self.BatchSettle = channel.unary_unary(
                 '/claudeopus.v1.GatewayService/BatchSettle',
                 request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.SerializeToString,
                 response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.FromString,
-                _registered_method=True)
-        self.BatchAuthorize = channel.unary_unary(
-                '/claudeopus.v1.GatewayService/BatchAuthorize',
-                request_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
-                response_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
                 _registered_method=True)
         self.GrantLease = channel.unary_unary(
                 '/claudeopus.v1.GatewayService/GrantLease',
@@ -89,10 +79,10 @@ class GatewayServiceServicer:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion, which the edge
-    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
-    request. Both carry the request id chosen by the edge, so Settle is
-    idempotent and a later leased implementation keeps the same contract.
+    The hot path is one authorize and one settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle); a single request is a batch
+    of one. Both carry the request id chosen by the edge, so a settle is
+    idempotent and a repeated authorize answers as the first one did.
     """
 
     def VerifyApiKey(self, request, context):
@@ -102,48 +92,35 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Authorize(self, request, context):
-        """Checks a key for a model and opens the request's usage record in state
-        RESERVED. Denials are gRPC errors with an ErrorInfo reason
-        (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-        MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
-        BUDGET_EXHAUSTED).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Settle(self, request, context):
-        """Closes a reservation with the real usage. Idempotent by request_id: a
-        repeated Settle returns the record as first settled.
+    def BatchAuthorize(self, request, context):
+        """Authorizes many requests in one call, in the order given: each request's
+        key is checked for its model and its usage record opened in state
+        RESERVED, holding its worst case in every budget on the key's chain. When
+        a budget runs out inside a batch, the earlier requests get what is left.
+        The edge sends the requests that arrived while its previous batch was on
+        its way; control takes a batch's reservations in one transaction. The call
+        fails as a whole only when nothing of it was applied (UNAVAILABLE,
+        SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request refused
+        on its own is reported in its result's status, with an ErrorInfo reason
+        (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED,
+        MODEL_NOT_ALLOWED, MODEL_NOT_AVAILABLE when no price is in force for the
+        model, ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED, FIELD_INVALID, ...), and does
+        not hold the others back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BatchSettle(self, request, context):
-        """Closes many reservations in one call, each exactly as Settle would (and as
-        idempotent by request_id). The edge's settler sends what finished while the
+        """Closes many reservations in one call with the real usage; a request
+        admitted from a lease (SettleRequest.leased) gets its usage row written
+        closed. Idempotent by request_id: a repeated settle changes nothing and
+        reports already_settled. The edge's settler sends what finished while the
         previous batch was on its way; control writes a batch in one transaction.
-        The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
-        SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
-        refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
-        result and does not hold the others back.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def BatchAuthorize(self, request, context):
-        """Authorizes many requests in one call, each exactly as Authorize would (the
-        same checks, one usage row in state RESERVED, the same reservations), and
-        in the order given: when a budget runs out inside a batch, the earlier
-        requests get what is left. The edge sends the requests that arrived while
-        its previous batch was on its way; control takes a batch's reservations in
-        one transaction. The call fails as a whole only when nothing of it was
-        applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
-        requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
-        FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+        The call fails as a whole only when nothing of it was applied
+        (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a
+        request control refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID)
+        is reported in its result's status and does not hold the others back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,11 +130,11 @@ class GatewayServiceServicer:
         """Leases a slice of a key's budgets to the calling edge for one model: the
         edge then admits requests of that key and model on its own, counting them
         against the slice, until the lease's ttl has passed, and returns what it
-        did not use (ReturnLeases). Each request it admits opens its usage row with
-        its Settle (SettleRequest.leased). A slice is a whole number of requests
+        did not use (ReturnLeases). Each request it admits gets its usage row from
+        its settle (SettleRequest.leased). A slice is a whole number of requests
         like the one given, at most a small share of what is left of every budget
         on the key's chain; near a limit there is no lease (an empty lease_id) and
-        every request is authorized on its own. Denials are those of Authorize.
+        every request is authorized on its own. Denials are those of BatchAuthorize.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,25 +167,15 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.VerifyApiKeyRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_gateway__pb2.VerifyApiKeyResponse.SerializeToString,
             ),
-            'Authorize': grpc.unary_unary_rpc_method_handler(
-                    servicer.Authorize,
-                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.AuthorizeRequest.FromString,
-                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.AuthorizeResponse.SerializeToString,
-            ),
-            'Settle': grpc.unary_unary_rpc_method_handler(
-                    servicer.Settle,
-                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.SettleRequest.FromString,
-                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.SettleResponse.SerializeToString,
+            'BatchAuthorize': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchAuthorize,
+                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.FromString,
+                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.SerializeToString,
             ),
             'BatchSettle': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchSettle,
                     request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.FromString,
                     response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.SerializeToString,
-            ),
-            'BatchAuthorize': grpc.unary_unary_rpc_method_handler(
-                    servicer.BatchAuthorize,
-                    request_deserializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.FromString,
-                    response_serializer=claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.SerializeToString,
             ),
             'GrantLease': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantLease,
@@ -238,10 +205,10 @@ class GatewayService:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion, which the edge
-    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
-    request. Both carry the request id chosen by the edge, so Settle is
-    idempotent and a later leased implementation keeps the same contract.
+    The hot path is one authorize and one settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle); a single request is a batch
+    of one. Both carry the request id chosen by the edge, so a settle is
+    idempotent and a repeated authorize answers as the first one did.
     """
 
     @staticmethod
@@ -272,7 +239,7 @@ class GatewayService:
             _registered_method=True)
 
     @staticmethod
-    def Authorize(request,
+    def BatchAuthorize(request,
             target,
             options=(),
             channel_credentials=None,
@@ -285,36 +252,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/claudeopus.v1.GatewayService/Authorize',
-            claudeopus_dot_v1_dot_gateway__pb2.AuthorizeRequest.SerializeToString,
-            claudeopus_dot_v1_dot_gateway__pb2.AuthorizeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Settle(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/claudeopus.v1.GatewayService/Settle',
-            claudeopus_dot_v1_dot_gateway__pb2.SettleRequest.SerializeToString,
-            claudeopus_dot_v1_dot_gateway__pb2.SettleResponse.FromString,
+            '/claudeopus.v1.GatewayService/BatchAuthorize',
+            claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
+            claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,33 +282,6 @@ class GatewayService:
             '/claudeopus.v1.GatewayService/BatchSettle',
             claudeopus_dot_v1_dot_gateway__pb2.BatchSettleRequest.SerializeToString,
             claudeopus_dot_v1_dot_gateway__pb2.BatchSettleResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def BatchAuthorize(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/claudeopus.v1.GatewayService/BatchAuthorize',
-            claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeRequest.SerializeToString,
-            claudeopus_dot_v1_dot_gateway__pb2.BatchAuthorizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,10 +31,10 @@ class GatewayServiceStub:
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion, which the edge
-    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
-    request. Both carry the request id chosen by the edge, so Settle is
-    idempotent and a later leased implementation keeps the same contract.
+    The hot path is one authorize and one settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle); a single request is a batch
+    of one. Both carry the request id chosen by the edge, so a settle is
+    idempotent and a repeated authorize answers as the first one did.
     """
 
     @_typing.overload
@@ -43,46 +43,41 @@ class GatewayServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyApiKeyRequest, _gateway_pb2.VerifyApiKeyResponse]
     """Checks an API key without reserving anything (used by GET /v1/models)."""
-    Authorize: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.AuthorizeRequest, _gateway_pb2.AuthorizeResponse]
-    """Checks a key for a model and opens the request's usage record in state
-    RESERVED. Denials are gRPC errors with an ErrorInfo reason
-    (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-    MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
-    BUDGET_EXHAUSTED).
-    """
-    Settle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SettleRequest, _gateway_pb2.SettleResponse]
-    """Closes a reservation with the real usage. Idempotent by request_id: a
-    repeated Settle returns the record as first settled.
+    BatchAuthorize: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.BatchAuthorizeRequest, _gateway_pb2.BatchAuthorizeResponse]
+    """Authorizes many requests in one call, in the order given: each request's
+    key is checked for its model and its usage record opened in state
+    RESERVED, holding its worst case in every budget on the key's chain. When
+    a budget runs out inside a batch, the earlier requests get what is left.
+    The edge sends the requests that arrived while its previous batch was on
+    its way; control takes a batch's reservations in one transaction. The call
+    fails as a whole only when nothing of it was applied (UNAVAILABLE,
+    SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request refused
+    on its own is reported in its result's status, with an ErrorInfo reason
+    (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED,
+    MODEL_NOT_ALLOWED, MODEL_NOT_AVAILABLE when no price is in force for the
+    model, ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED, FIELD_INVALID, ...), and does
+    not hold the others back.
     """
     BatchSettle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.BatchSettleRequest, _gateway_pb2.BatchSettleResponse]
-    """Closes many reservations in one call, each exactly as Settle would (and as
-    idempotent by request_id). The edge's settler sends what finished while the
+    """Closes many reservations in one call with the real usage; a request
+    admitted from a lease (SettleRequest.leased) gets its usage row written
+    closed. Idempotent by request_id: a repeated settle changes nothing and
+    reports already_settled. The edge's settler sends what finished while the
     previous batch was on its way; control writes a batch in one transaction.
-    The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
-    SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
-    refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
-    result and does not hold the others back.
-    """
-    BatchAuthorize: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.BatchAuthorizeRequest, _gateway_pb2.BatchAuthorizeResponse]
-    """Authorizes many requests in one call, each exactly as Authorize would (the
-    same checks, one usage row in state RESERVED, the same reservations), and
-    in the order given: when a budget runs out inside a batch, the earlier
-    requests get what is left. The edge sends the requests that arrived while
-    its previous batch was on its way; control takes a batch's reservations in
-    one transaction. The call fails as a whole only when nothing of it was
-    applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
-    requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
-    FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+    The call fails as a whole only when nothing of it was applied
+    (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a
+    request control refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID)
+    is reported in its result's status and does not hold the others back.
     """
     GrantLease: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GrantLeaseRequest, _gateway_pb2.GrantLeaseResponse]
     """Leases a slice of a key's budgets to the calling edge for one model: the
     edge then admits requests of that key and model on its own, counting them
     against the slice, until the lease's ttl has passed, and returns what it
-    did not use (ReturnLeases). Each request it admits opens its usage row with
-    its Settle (SettleRequest.leased). A slice is a whole number of requests
+    did not use (ReturnLeases). Each request it admits gets its usage row from
+    its settle (SettleRequest.leased). A slice is a whole number of requests
     like the one given, at most a small share of what is left of every budget
     on the key's chain; near a limit there is no lease (an empty lease_id) and
-    every request is authorized on its own. Denials are those of Authorize.
+    every request is authorized on its own. Denials are those of BatchAuthorize.
     """
     ReturnLeases: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReturnLeasesRequest, _gateway_pb2.ReturnLeasesResponse]
     """The edge stopped admitting from these leases; what it did not use is
@@ -102,55 +97,50 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion, which the edge
-    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
-    request. Both carry the request id chosen by the edge, so Settle is
-    idempotent and a later leased implementation keeps the same contract.
+    The hot path is one authorize and one settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle); a single request is a batch
+    of one. Both carry the request id chosen by the edge, so a settle is
+    idempotent and a repeated authorize answers as the first one did.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyApiKeyRequest, _gateway_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """Checks an API key without reserving anything (used by GET /v1/models)."""
-    Authorize: _aio.UnaryUnaryMultiCallable[_gateway_pb2.AuthorizeRequest, _gateway_pb2.AuthorizeResponse]  # type: ignore[assignment]
-    """Checks a key for a model and opens the request's usage record in state
-    RESERVED. Denials are gRPC errors with an ErrorInfo reason
-    (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-    MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
-    BUDGET_EXHAUSTED).
-    """
-    Settle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SettleRequest, _gateway_pb2.SettleResponse]  # type: ignore[assignment]
-    """Closes a reservation with the real usage. Idempotent by request_id: a
-    repeated Settle returns the record as first settled.
+    BatchAuthorize: _aio.UnaryUnaryMultiCallable[_gateway_pb2.BatchAuthorizeRequest, _gateway_pb2.BatchAuthorizeResponse]  # type: ignore[assignment]
+    """Authorizes many requests in one call, in the order given: each request's
+    key is checked for its model and its usage record opened in state
+    RESERVED, holding its worst case in every budget on the key's chain. When
+    a budget runs out inside a batch, the earlier requests get what is left.
+    The edge sends the requests that arrived while its previous batch was on
+    its way; control takes a batch's reservations in one transaction. The call
+    fails as a whole only when nothing of it was applied (UNAVAILABLE,
+    SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request refused
+    on its own is reported in its result's status, with an ErrorInfo reason
+    (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED,
+    MODEL_NOT_ALLOWED, MODEL_NOT_AVAILABLE when no price is in force for the
+    model, ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED, FIELD_INVALID, ...), and does
+    not hold the others back.
     """
     BatchSettle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.BatchSettleRequest, _gateway_pb2.BatchSettleResponse]  # type: ignore[assignment]
-    """Closes many reservations in one call, each exactly as Settle would (and as
-    idempotent by request_id). The edge's settler sends what finished while the
+    """Closes many reservations in one call with the real usage; a request
+    admitted from a lease (SettleRequest.leased) gets its usage row written
+    closed. Idempotent by request_id: a repeated settle changes nothing and
+    reports already_settled. The edge's settler sends what finished while the
     previous batch was on its way; control writes a batch in one transaction.
-    The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
-    SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
-    refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
-    result and does not hold the others back.
-    """
-    BatchAuthorize: _aio.UnaryUnaryMultiCallable[_gateway_pb2.BatchAuthorizeRequest, _gateway_pb2.BatchAuthorizeResponse]  # type: ignore[assignment]
-    """Authorizes many requests in one call, each exactly as Authorize would (the
-    same checks, one usage row in state RESERVED, the same reservations), and
-    in the order given: when a budget runs out inside a batch, the earlier
-    requests get what is left. The edge sends the requests that arrived while
-    its previous batch was on its way; control takes a batch's reservations in
-    one transaction. The call fails as a whole only when nothing of it was
-    applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
-    requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
-    FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+    The call fails as a whole only when nothing of it was applied
+    (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a
+    request control refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID)
+    is reported in its result's status and does not hold the others back.
     """
     GrantLease: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GrantLeaseRequest, _gateway_pb2.GrantLeaseResponse]  # type: ignore[assignment]
     """Leases a slice of a key's budgets to the calling edge for one model: the
     edge then admits requests of that key and model on its own, counting them
     against the slice, until the lease's ttl has passed, and returns what it
-    did not use (ReturnLeases). Each request it admits opens its usage row with
-    its Settle (SettleRequest.leased). A slice is a whole number of requests
+    did not use (ReturnLeases). Each request it admits gets its usage row from
+    its settle (SettleRequest.leased). A slice is a whole number of requests
     like the one given, at most a small share of what is left of every budget
     on the key's chain; near a limit there is no lease (an empty lease_id) and
-    every request is authorized on its own. Denials are those of Authorize.
+    every request is authorized on its own. Denials are those of BatchAuthorize.
     """
     ReturnLeases: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReturnLeasesRequest, _gateway_pb2.ReturnLeasesResponse]  # type: ignore[assignment]
     """The edge stopped admitting from these leases; what it did not use is
@@ -169,10 +159,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     service credential (metadata `authorization: Bearer <service token>`);
     management keys and anonymous callers are refused.
 
-    The hot path is one Authorize and one Settle per completion, which the edge
-    sends in batches (BatchAuthorize, BatchSettle) with the same meaning per
-    request. Both carry the request id chosen by the edge, so Settle is
-    idempotent and a later leased implementation keeps the same contract.
+    The hot path is one authorize and one settle per completion, which the edge
+    sends in batches (BatchAuthorize, BatchSettle); a single request is a batch
+    of one. Both carry the request id chosen by the edge, so a settle is
+    idempotent and a repeated authorize answers as the first one did.
     """
 
     @_abc_1.abstractmethod
@@ -184,26 +174,24 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Checks an API key without reserving anything (used by GET /v1/models)."""
 
     @_abc_1.abstractmethod
-    def Authorize(
+    def BatchAuthorize(
         self,
-        request: _gateway_pb2.AuthorizeRequest,
+        request: _gateway_pb2.BatchAuthorizeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.AuthorizeResponse, _abc.Awaitable[_gateway_pb2.AuthorizeResponse]]:
-        """Checks a key for a model and opens the request's usage record in state
-        RESERVED. Denials are gRPC errors with an ErrorInfo reason
-        (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED, MODEL_NOT_ALLOWED,
-        MODEL_NOT_AVAILABLE when no price is in force for the model, ACCOUNT_SUSPENDED,
-        BUDGET_EXHAUSTED).
-        """
-
-    @_abc_1.abstractmethod
-    def Settle(
-        self,
-        request: _gateway_pb2.SettleRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.SettleResponse, _abc.Awaitable[_gateway_pb2.SettleResponse]]:
-        """Closes a reservation with the real usage. Idempotent by request_id: a
-        repeated Settle returns the record as first settled.
+    ) -> _typing.Union[_gateway_pb2.BatchAuthorizeResponse, _abc.Awaitable[_gateway_pb2.BatchAuthorizeResponse]]:
+        """Authorizes many requests in one call, in the order given: each request's
+        key is checked for its model and its usage record opened in state
+        RESERVED, holding its worst case in every budget on the key's chain. When
+        a budget runs out inside a batch, the earlier requests get what is left.
+        The edge sends the requests that arrived while its previous batch was on
+        its way; control takes a batch's reservations in one transaction. The call
+        fails as a whole only when nothing of it was applied (UNAVAILABLE,
+        SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request refused
+        on its own is reported in its result's status, with an ErrorInfo reason
+        (KEY_INVALID, KEY_REVOKED, KEY_EXPIRED, KEY_SCOPE_DENIED,
+        MODEL_NOT_ALLOWED, MODEL_NOT_AVAILABLE when no price is in force for the
+        model, ACCOUNT_SUSPENDED, BUDGET_EXHAUSTED, FIELD_INVALID, ...), and does
+        not hold the others back.
         """
 
     @_abc_1.abstractmethod
@@ -212,30 +200,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.BatchSettleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.BatchSettleResponse, _abc.Awaitable[_gateway_pb2.BatchSettleResponse]]:
-        """Closes many reservations in one call, each exactly as Settle would (and as
-        idempotent by request_id). The edge's settler sends what finished while the
+        """Closes many reservations in one call with the real usage; a request
+        admitted from a lease (SettleRequest.leased) gets its usage row written
+        closed. Idempotent by request_id: a repeated settle changes nothing and
+        reports already_settled. The edge's settler sends what finished while the
         previous batch was on its way; control writes a batch in one transaction.
-        The call fails as a whole only when nothing of it was applied (UNAVAILABLE,
-        SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a request control
-        refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID) is reported in its
-        result and does not hold the others back.
-        """
-
-    @_abc_1.abstractmethod
-    def BatchAuthorize(
-        self,
-        request: _gateway_pb2.BatchAuthorizeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.BatchAuthorizeResponse, _abc.Awaitable[_gateway_pb2.BatchAuthorizeResponse]]:
-        """Authorizes many requests in one call, each exactly as Authorize would (the
-        same checks, one usage row in state RESERVED, the same reservations), and
-        in the order given: when a budget runs out inside a batch, the earlier
-        requests get what is left. The edge sends the requests that arrived while
-        its previous batch was on its way; control takes a batch's reservations in
-        one transaction. The call fails as a whole only when nothing of it was
-        applied (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000
-        requests); a request refused on its own (KEY_INVALID, BUDGET_EXHAUSTED,
-        FIELD_INVALID, ...) is reported in its result and does not hold the others back.
+        The call fails as a whole only when nothing of it was applied
+        (UNAVAILABLE, SERVICE_CREDENTIAL_INVALID, more than 1,000 requests); a
+        request control refuses on its own (RESERVATION_NOT_FOUND, FIELD_INVALID)
+        is reported in its result's status and does not hold the others back.
         """
 
     @_abc_1.abstractmethod
@@ -247,11 +220,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Leases a slice of a key's budgets to the calling edge for one model: the
         edge then admits requests of that key and model on its own, counting them
         against the slice, until the lease's ttl has passed, and returns what it
-        did not use (ReturnLeases). Each request it admits opens its usage row with
-        its Settle (SettleRequest.leased). A slice is a whole number of requests
+        did not use (ReturnLeases). Each request it admits gets its usage row from
+        its settle (SettleRequest.leased). A slice is a whole number of requests
         like the one given, at most a small share of what is left of every budget
         on the key's chain; near a limit there is no lease (an empty lease_id) and
-        every request is authorized on its own. Denials are those of Authorize.
+        every request is authorized on its own. Denials are those of BatchAuthorize.
         """
 
     @_abc_1.abstractmethod

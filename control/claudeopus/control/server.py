@@ -29,12 +29,13 @@ from claudeopus.control.domain import accounts
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock, utc_now
 from claudeopus.control.domain.errors import AlreadyExists
-from claudeopus.control.domain.gateway import OutputPolicy
 from claudeopus.control.domain.instance import ADMIN_BOOTSTRAPPED, PAGE_TOKEN_KEY, load_or_create_secret
 from claudeopus.control.domain.logins import LoginPolicy
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.domain.passwords import PasswordPool
 from claudeopus.control.domain.throttle import Throttle, Throttles
+from claudeopus.control.ledger.authorize import OutputPolicy
+from claudeopus.control.ledger.sweeper import ReservationSweeper
 from claudeopus.control.models import InstanceValue
 from claudeopus.control.services.accounts import AccountServicer
 from claudeopus.control.services.api_keys import ApiKeyServicer
@@ -45,7 +46,6 @@ from claudeopus.control.services.malformed import MalformedRequestInterceptor
 from claudeopus.control.services.prices import PriceServicer
 from claudeopus.control.services.usage import UsageServicer
 from claudeopus.control.settings import ControlSettings
-from claudeopus.control.sweeper import ReservationSweeper
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,

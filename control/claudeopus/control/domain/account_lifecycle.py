@@ -21,8 +21,8 @@ from tortoise.transactions import in_transaction
 from claudeopus.control.domain import sessions
 from claudeopus.control.domain.accounts import MAX_EMAIL, account_in_subtree, has_children, locked_account
 from claudeopus.control.domain.errors import FailedPrecondition, NotFound, PermissionDenied, Reason
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Account, AccountState, ApiKey, Session
 
 

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from claudeopus import keys
 from claudeopus.control.domain.api_keys import IssuedKey, key_in_subtree, minted, not_live
 from claudeopus.control.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
-from claudeopus.control.domain.lease_fence import LONGEST_WAIT, outlive_leases
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import LONGEST_WAIT, outlive_leases
 from claudeopus.control.models import ApiKey
 
 MAX_GRACE_PERIOD = timedelta(days=30)

@@ -21,8 +21,8 @@ from typing import Any
 from claudeopus.control.domain import policies, validation
 from claudeopus.control.domain.api_keys import key_in_subtree, minted, not_live, scopes_mask, valid_models
 from claudeopus.control.domain.errors import InvalidArgument, PermissionDenied, Reason
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import ApiKey
 
 UPDATABLE_FIELDS = ("display_name", "scopes", "allowed_models", "expire_time")

@@ -40,9 +40,9 @@ from claudeopus.control.domain.errors import (
     NotFound,
     Reason,
 )
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Account, ApiKey, Scope
 
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from claudeopus.control.domain import policies, prices, reservations
+from claudeopus.control.domain import policies, prices
 from claudeopus.control.domain.principal import find_key
+from claudeopus.control.ledger import reservations
 from claudeopus.control.models import Account, AccountState, ApiKey, Budget
 from claudeopus.control.store.auth_epoch import current_epoch
 

@@ -31,7 +31,7 @@ from claudeopus.control.domain.errors import (
 )
 from claudeopus.control.domain.names import ACCOUNTS, format_name
 from claudeopus.control.domain.principal import Principal
-from claudeopus.control.domain.reservations import COUNTER_CAP
+from claudeopus.control.ledger.reservations import COUNTER_CAP
 from claudeopus.control.models import Account, Budget, BudgetMetric, BudgetPeriod
 
 MAX_LIMIT = COUNTER_CAP

@@ -22,9 +22,9 @@ from tortoise.expressions import Q, Subquery
 from tortoise.functions import Coalesce, Sum
 from tortoise.queryset import QuerySet
 
-from claudeopus.control.domain import reservations
 from claudeopus.control.domain.budget_owners import Owner
 from claudeopus.control.domain.periods import period_bounds, period_index
+from claudeopus.control.ledger import reservations
 from claudeopus.control.models import Account, Budget, BudgetLease, BudgetMetric, BudgetPeriod, UsageRecord, UsageStatus
 
 
@@ -59,7 +59,7 @@ async def join_open_reservations(
 
 
 async def join_live_leases(conn: BaseDBAsyncClient, owner: Owner, budget: Budget, now: datetime) -> int:
-    """Add the new budget's hold to the owner's live leases (see leases.py); what they hold in it.
+    """Add the new budget's hold to the owner's live leases (see ledger/leases); what they hold in it.
 
     A lease lives within one period, so every live lease is in the current one. Requests its
     edge admits later open their rows with the lease's holds, the new one included. A lease

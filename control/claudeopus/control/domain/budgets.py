@@ -30,10 +30,10 @@ from tortoise.transactions import in_transaction
 from claudeopus.control.domain import budget_checks, budget_start, validation
 from claudeopus.control.domain.budget_owners import Owner
 from claudeopus.control.domain.errors import AlreadyExists, NotFound, Reason
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.periods import period_bounds, period_index
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Budget, BudgetCounter, BudgetMetric, BudgetPeriod
 
 UPDATABLE_FIELDS = ("limit",)

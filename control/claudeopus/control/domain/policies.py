@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from claudeopus.control.domain import validation
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, PermissionDenied, Reason
-from claudeopus.control.domain.lease_fence import outlive_leases
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Account, ApiKey, Scope
 
 if TYPE_CHECKING:  # principal reads the policy of a management key's chain

@@ -36,9 +36,9 @@ from claudeopus.control.domain.errors import (
     PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.prices import chain_prices, in_force, price_in_subtree, set_within
 from claudeopus.control.domain.principal import Principal
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Account, Price, Role
 
 MAX_AMOUNT = 10**12
@@ -169,7 +169,7 @@ async def _outlive_leases(account: Account, model: str, now: datetime | None, *,
     """Return once the leases that price ``model`` in ``account``'s subtree have ended.
 
     A lease that holds budget reserves each request's cost at the price in force when it was
-    granted (see leases.py): after a change, no edge admits at the old price. A removed price
+    granted (see ledger/leases): after a change, no edge admits at the old price. A removed price
     may leave the model unpriced, hence not served: then every lease for it ends first.
     """
     await outlive_leases(account=account, model=model, unlimited=None if removed else False, now=now or utc_now())

@@ -6,7 +6,7 @@ its own account or on accounts below it. The price in force on an account is,
 per component, the highest price for the model on the account and all its
 ancestors, so nobody in a subtree is ever charged less than what its reseller
 pays, even after an ancestor raises its price. A model with no price in force is
-not served at all (``MODEL_NOT_AVAILABLE``, see gateway.py); a zero price is a price.
+not served at all (``MODEL_NOT_AVAILABLE``, see ledger/keys.py); a zero price is a price.
 Setting, changing and removing prices, and the rules for that, are in
 :mod:`~claudeopus.control.domain.price_changes`.
 

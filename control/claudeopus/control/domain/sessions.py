@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from tortoise.queryset import QuerySet
 
 from claudeopus.control.domain.errors import Reason, Unauthenticated
-from claudeopus.control.domain.lease_fence import outlive_leases
+from claudeopus.control.ledger.leases.fence import outlive_leases
 from claudeopus.control.models import Account, ApiKey, Scope, Session
 
 TOKEN_PREFIX = "co-session-"

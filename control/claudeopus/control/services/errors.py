@@ -48,7 +48,8 @@ def status_code(error: errors.DomainError) -> int:
     return next((code for code in found if code is not None), code_pb2.FAILED_PRECONDITION)
 
 
-def to_status(error: errors.DomainError) -> grpc.Status:
+def status_of(error: errors.DomainError) -> status_pb2.Status:
+    """``error`` as a ``google.rpc.Status``: what an aborted call carries, and a batch entry's refusal."""
     details = [
         _pack(error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata))
     ]
@@ -62,7 +63,12 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(max(1, round(error.retry_after * 1e9)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return rpc_status.to_status(status_pb2.Status(code=status_code(error), message=error.message, details=details))
+    return status_pb2.Status(code=status_code(error), message=error.message, details=details)
+
+
+def to_status(error: errors.DomainError) -> grpc.Status:
+    """``error`` as the status a call aborts with."""
+    return rpc_status.to_status(status_of(error))
 
 
 S = TypeVar("S")
@@ -93,4 +99,4 @@ def rpc(method: Callable[[S, Req, C], Awaitable[Resp]]) -> Callable[[S, Req, C],
     return wrapper
 
 
-__all__ = ["rpc", "to_status"]
+__all__ = ["rpc", "status_of", "to_status"]

@@ -1,4 +1,4 @@
-"""GatewayService: the edge's authorize and settle calls."""
+"""GatewayService: the edge's calls (batched authorize and settle, leases), translated to the ledger."""
 
 from __future__ import annotations
 
@@ -6,22 +6,24 @@ from datetime import timedelta
 
 import grpc
 
-from claudeopus.control.domain import batch_authorize, batch_settle, gateway, leases, prices, reservations, validation
+from claudeopus.control.domain import prices, validation
 from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.clock import Clock
-from claudeopus.control.domain.errors import InvalidArgument
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, format_name
+from claudeopus.control.ledger import authorize, keys, reservations, settle
+from claudeopus.control.ledger.leases import ends, grant, recover
+from claudeopus.control.ledger.leases.rows import LeasedReservation
 from claudeopus.control.services import convert
 from claudeopus.control.services.auth import require_service
-from claudeopus.control.services.errors import rpc, status_code
-from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc
+from claudeopus.control.services.errors import rpc, status_of
+from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
-        self, service_token: str, clock: Clock, policy: gateway.OutputPolicy, cache: AuthCache | None = None
+        self, service_token: str, clock: Clock, policy: authorize.OutputPolicy, cache: AuthCache | None = None
     ) -> None:
         self._token = service_token
         self._clock = clock
@@ -33,23 +35,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.VerifyApiKeyRequest, context: Ctx[object, object]
     ) -> gateway_pb2.VerifyApiKeyResponse:
         require_service(context, self._token)
-        found = await gateway.key_context(request.key_hash, self._clock(), self._cache)
+        found = await keys.key_context(request.key_hash, self._clock(), self._cache)
         return gateway_pb2.VerifyApiKeyResponse(
             api_key=format_name(API_KEYS, found.key.id),
             account=format_name(ACCOUNTS, found.key.account.id),
-            allowed_models=gateway.allowed_models(found),
+            allowed_models=keys.allowed_models(found),
             priced_models=await prices.priced_models(found.key.account),
         )
-
-    @rpc
-    async def Authorize(
-        self, request: gateway_pb2.AuthorizeRequest, context: Ctx[object, object]
-    ) -> gateway_pb2.AuthorizeResponse:
-        require_service(context, self._token)
-        authorized = await batch_authorize.authorize_one(
-            _authorize_input(request), self._clock(), self._policy, self._cache
-        )
-        return _authorize_response(authorized)
 
     @rpc
     async def BatchAuthorize(
@@ -57,25 +49,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.BatchAuthorizeResponse:
         require_service(context, self._token)
         batch = [_authorize_input(item) for item in request.requests]
-        results = await batch_authorize.authorize_batch(batch, self._clock(), self._policy, self._cache)
+        results = await authorize.authorize_batch(batch, self._clock(), self._policy, self._cache)
         return gateway_pb2.BatchAuthorizeResponse(results=[_authorize_result(result) for result in results])
-
-    @rpc
-    async def Settle(
-        self, request: gateway_pb2.SettleRequest, context: Ctx[object, object]
-    ) -> gateway_pb2.SettleResponse:
-        require_service(context, self._token)
-        settlement = await batch_settle.settle_one(_settle_input(request), self._clock())
-        return gateway_pb2.SettleResponse(
-            usage_record=convert.usage_record(settlement.record), already_settled=settlement.already_settled
-        )
 
     @rpc
     async def BatchSettle(
         self, request: gateway_pb2.BatchSettleRequest, context: Ctx[object, object]
     ) -> gateway_pb2.BatchSettleResponse:
         require_service(context, self._token)
-        results = await batch_settle.settle_batch([_settle_input(item) for item in request.requests], self._clock())
+        results = await settle.settle_batch([_settle_input(item) for item in request.requests], self._clock())
         return gateway_pb2.BatchSettleResponse(results=[_settle_result(result) for result in results])
 
     @rpc
@@ -83,11 +65,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GrantLeaseRequest, context: Ctx[object, object]
     ) -> gateway_pb2.GrantLeaseResponse:
         require_service(context, self._token)
-        wanted = gateway.Wanted.checked(
+        wanted = authorize.Wanted.checked(
             request.model, request.estimated_input_tokens, request.max_output_tokens, stream=False
         )
         ttl = timedelta(seconds=request.ttl.seconds, microseconds=request.ttl.nanos // 1000)
-        granted = await leases.grant(
+        granted = await grant.grant(
             key_hash=request.key_hash, wanted=wanted, ttl=ttl, now=self._clock(), policy=self._policy, cache=self._cache
         )
         if granted is None:
@@ -114,14 +96,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ReturnLeasesResponse:
         require_service(context, self._token)
         uses = [
-            leases.LeaseUse(
+            ends.LeaseUse(
                 lease_id=use.lease_id,
                 requests=use.requests,
                 amounts=reservations.Amounts(use.input_tokens, use.output_tokens, use.cost_micros),
             )
             for use in request.leases
         ]
-        await leases.return_leases(uses)
+        await ends.return_leases(uses)
         return gateway_pb2.ReturnLeasesResponse()
 
     @rpc
@@ -130,21 +112,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.RecoverLeasesResponse:
         require_service(context, self._token)
         recovered = [
-            leases.RecoveredLease(
+            recover.RecoveredLease(
                 lease_id=entry.lease_id,
                 lost=[
-                    leases.LostRequest(request_id=lost.request_id, reservation=_leased_input(lost.reservation))
+                    recover.LostRequest(request_id=lost.request_id, reservation=_leased_input(lost.reservation))
                     for lost in entry.lost
                 ],
                 release_rest=entry.release_rest,
             )
             for entry in request.leases
         ]
-        return gateway_pb2.RecoverLeasesResponse(rows_opened=await leases.recover_leases(recovered))
+        return gateway_pb2.RecoverLeasesResponse(rows_opened=await recover.recover_leases(recovered))
 
 
-def _settle_input(request: gateway_pb2.SettleRequest) -> gateway.SettleInput:
-    return gateway.SettleInput(
+def _settle_input(request: gateway_pb2.SettleRequest) -> settle.SettleInput:
+    return settle.SettleInput(
         leased=_leased_input(request.leased) if request.HasField("leased") else None,
         request_id=request.request_id,
         input_tokens=request.input_tokens,
@@ -156,9 +138,9 @@ def _settle_input(request: gateway_pb2.SettleRequest) -> gateway.SettleInput:
     )
 
 
-def _leased_input(leased: gateway_pb2.LeasedReservation) -> gateway.LeasedInput:
+def _leased_input(leased: gateway_pb2.LeasedReservation) -> LeasedReservation:
     reserve_time = leased.reserve_time
-    return gateway.LeasedInput(
+    return LeasedReservation(
         lease_id=leased.lease_id,
         estimated_input_tokens=leased.estimated_input_tokens,
         max_output_tokens=leased.max_output_tokens,
@@ -168,19 +150,14 @@ def _leased_input(leased: gateway_pb2.LeasedReservation) -> gateway.LeasedInput:
     )
 
 
-def _settle_result(result: batch_settle.SettleResult) -> gateway_pb2.SettleResult:
+def _settle_result(result: settle.SettleResult) -> gateway_pb2.SettleResult:
     if result.error is None:
         return gateway_pb2.SettleResult(request_id=result.request_id, already_settled=result.already_settled)
-    return gateway_pb2.SettleResult(
-        request_id=result.request_id,
-        error_code=status_code(result.error),
-        error_reason=error_reason_pb2.ErrorReason.Value(result.error.reason.value),
-        error_message=result.error.message,
-    )
+    return gateway_pb2.SettleResult(request_id=result.request_id, status=status_of(result.error))
 
 
-def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> batch_authorize.AuthorizeInput:
-    return batch_authorize.AuthorizeInput(
+def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> authorize.AuthorizeInput:
+    return authorize.AuthorizeInput(
         request_id=request.request_id,
         key_hash=request.key_hash,
         model=request.model,
@@ -191,7 +168,7 @@ def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> batch_authorize.A
     )
 
 
-def _authorize_response(authorized: gateway.Authorized) -> gateway_pb2.AuthorizeResponse:
+def _authorize_response(authorized: authorize.Authorized) -> gateway_pb2.AuthorizeResponse:
     record = authorized.record
     return gateway_pb2.AuthorizeResponse(
         api_key=format_name(API_KEYS, record.api_key_id),  # type: ignore[attr-defined]
@@ -201,19 +178,10 @@ def _authorize_response(authorized: gateway.Authorized) -> gateway_pb2.Authorize
     )
 
 
-def _authorize_result(result: batch_authorize.AuthorizeResult) -> gateway_pb2.AuthorizeResult:
+def _authorize_result(result: authorize.AuthorizeResult) -> gateway_pb2.AuthorizeResult:
     if result.error is None:
         assert result.authorized is not None
         return gateway_pb2.AuthorizeResult(
             request_id=result.request_id, response=_authorize_response(result.authorized)
         )
-    error = result.error
-    violations = {v.field: v.description for v in error.violations} if isinstance(error, InvalidArgument) else {}
-    return gateway_pb2.AuthorizeResult(
-        request_id=result.request_id,
-        error_code=status_code(error),
-        error_reason=error_reason_pb2.ErrorReason.Value(error.reason.value),
-        error_message=error.message,
-        error_metadata=error.metadata,
-        field_violations=violations,
-    )
+    return gateway_pb2.AuthorizeResult(request_id=result.request_id, status=status_of(result.error))

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import duration_pb2
 
-from claudeopus.client import ClaudeOpusError, error_of, from_rpc_error
+from claudeopus.client import ClaudeOpusError, from_rpc_error, from_status
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.metering.port import AuthorizeCall
 from claudeopus.edge.metering.types import KeyInfo, Lease, LeasedReservation, LeaseUse, RecoveredLease, Settlement
-from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc, usage_pb2
+from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
 
 __all__ = ["GrpcControl"]
 
@@ -182,20 +182,10 @@ def _fill_leased(message: gateway_pb2.LeasedReservation, leased: LeasedReservati
     message.reserve_time.FromNanoseconds(leased.reserve_time_ns)
 
 
-_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
 def _result_error(result: gateway_pb2.SettleResult) -> ClaudeOpusError | None:
-    if not result.error_code:
-        return None
-    code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
-    reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
-    return error_of(code, result.error_message, reason)
+    return from_status(result.status)
 
 
 def _authorize_answer(result: gateway_pb2.AuthorizeResult) -> int | ClaudeOpusError:
-    if not result.error_code:
-        return result.response.max_output_tokens
-    code = _CODES_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
-    reason = error_reason_pb2.ErrorReason.Name(result.error_reason) if result.error_reason else ""
-    return error_of(code, result.error_message, reason, dict(result.field_violations), dict(result.error_metadata))
+    refused = from_status(result.status)
+    return result.response.max_output_tokens if refused is None else refused

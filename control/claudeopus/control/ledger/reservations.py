@@ -32,8 +32,8 @@ from tortoise.expressions import Q
 from claudeopus.control.domain.errors import Reason, ResourceExhausted
 from claudeopus.control.domain.names import BUDGETS, format_name
 from claudeopus.control.domain.periods import period_index
+from claudeopus.control.ledger import store
 from claudeopus.control.models import ApiKey, Budget, BudgetMetric, BudgetPeriod
-from claudeopus.control.store.sql import Binder
 
 _METRIC_WORDS = {
     BudgetMetric.INPUT_TOKENS: "input-token",
@@ -125,27 +125,6 @@ async def applicable_budgets(key: ApiKey) -> list[Budget]:
     )
 
 
-async def _try_hold(conn: BaseDBAsyncClient, budget: Budget, index: int, amount: int) -> bool:
-    bind = Binder(conn.capabilities.dialect)
-    sql = (
-        f"UPDATE budget_counter SET reserved = reserved + {bind(amount)} "  # noqa: S608 - fixed text, bound values
-        f"WHERE budget_id = {bind(budget.id)} AND period_index = {bind(index)} "
-        f"AND reserved <= {bind(budget.limit_amount - amount)} - spent"
-    )
-    changed, _ = await conn.execute_query(sql, bind.values)
-    return changed > 0
-
-
-async def _ensure_counter(conn: BaseDBAsyncClient, budget: Budget, index: int) -> None:
-    bind = Binder(conn.capabilities.dialect)
-    sql = (
-        "INSERT INTO budget_counter (budget_id, period_index, metric, spent, reserved) "  # noqa: S608
-        f"VALUES ({bind(budget.id)}, {bind(index)}, {bind(int(budget.metric))}, 0, 0) "
-        "ON CONFLICT (budget_id, period_index) DO NOTHING"
-    )
-    await conn.execute_query(sql, bind.values)
-
-
 def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
     """The refusal the key's holder reads (the edge relays the message).
 
@@ -193,9 +172,9 @@ async def take(conn: BaseDBAsyncClient, key: ApiKey, planned: Sequence[tuple[Bud
         amount = amounts.of(budget.metric)
         if amount > budget.limit_amount:
             raise _exhausted(budget, key)
-        if not await _try_hold(conn, budget, hold.period_index, amount):
-            await _ensure_counter(conn, budget, hold.period_index)
-            if not await _try_hold(conn, budget, hold.period_index, amount):
+        if not await _try_hold(conn, budget, hold, amount):
+            await _ensure_counter(conn, budget, hold)
+            if not await _try_hold(conn, budget, hold, amount):
                 raise _exhausted(budget, key)
 
 
@@ -231,10 +210,14 @@ class BatchHolds:
         budgets = {hold: budget for budget, hold in planned}
         counters: dict[Hold, tuple[int, int]] = {}
         for hold in sorted(budgets, key=lock_order):
-            counter = await _locked_counter(conn, hold)
+            counter = await store.read_counter(
+                conn, budget_id=hold.budget_id, period_index=hold.period_index, lock=True
+            )
             if counter is None:
-                await _ensure_counter(conn, budgets[hold], hold.period_index)
-                counter = await _locked_counter(conn, hold)
+                await _ensure_counter(conn, budgets[hold], hold)
+                counter = await store.read_counter(
+                    conn, budget_id=hold.budget_id, period_index=hold.period_index, lock=True
+                )
             counters[hold] = counter or (0, 0)
         return cls(budgets, counters)
 
@@ -254,19 +237,8 @@ class BatchHolds:
     async def apply(self, conn: BaseDBAsyncClient) -> None:
         for hold in sorted(self._taken, key=lock_order):
             amount = self._taken[hold]
-            if amount and not await _try_hold(conn, self._budgets[hold], hold.period_index, amount):
+            if amount and not await _try_hold(conn, self._budgets[hold], hold, amount):
                 raise ReservationConflict
-
-
-async def _locked_counter(conn: BaseDBAsyncClient, hold: Hold) -> tuple[int, int] | None:
-    bind = Binder(conn.capabilities.dialect)
-    lock = " FOR UPDATE" if conn.capabilities.dialect == "postgres" else ""  # SQLite: one writer at a time
-    sql = (
-        "SELECT spent, reserved FROM budget_counter "  # noqa: S608 - fixed text, bound values
-        f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}{lock}"
-    )
-    rows = await conn.execute_query_dict(sql, bind.values)
-    return (int(rows[0]["spent"]), int(rows[0]["reserved"])) if rows else None
 
 
 async def reserve(
@@ -321,12 +293,22 @@ class Moves:
                     break
 
 
-async def _move_counter(conn: BaseDBAsyncClient, hold: Hold, release: int, charge: int) -> None:
-    bind = Binder(conn.capabilities.dialect)
-    sql = (
-        f"UPDATE budget_counter SET reserved = reserved - {bind(release)}, "  # noqa: S608
-        f"spent = CASE WHEN spent >= {bind(COUNTER_CAP - charge)} THEN {bind(COUNTER_CAP)} "
-        f"ELSE spent + {bind(charge)} END "
-        f"WHERE budget_id = {bind(hold.budget_id)} AND period_index = {bind(hold.period_index)}"
+async def _try_hold(conn: BaseDBAsyncClient, budget: Budget, hold: Hold, amount: int) -> bool:
+    return await store.try_hold(
+        conn, budget_id=budget.id, period_index=hold.period_index, amount=amount, limit=budget.limit_amount
     )
-    await conn.execute_query(sql, bind.values)
+
+
+async def _ensure_counter(conn: BaseDBAsyncClient, budget: Budget, hold: Hold) -> None:
+    await store.ensure_counter(conn, budget_id=budget.id, period_index=hold.period_index, metric=int(budget.metric))
+
+
+async def _move_counter(conn: BaseDBAsyncClient, hold: Hold, release: int, charge: int) -> None:
+    await store.move_counter(
+        conn,
+        budget_id=hold.budget_id,
+        period_index=hold.period_index,
+        release=release,
+        charge=charge,
+        cap=COUNTER_CAP,
+    )

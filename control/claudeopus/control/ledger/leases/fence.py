@@ -1,6 +1,6 @@
 """A change that takes rights away holds on every edge when the call that made it returns, leases or not.
 
-An edge admits a key's requests from a lease (see :mod:`claudeopus.control.domain.leases`) until
+An edge admits a key's requests from a lease (see :mod:`claudeopus.control.ledger.leases.grant`) until
 the lease ends, without asking control. So revoking, rotating or changing a key, suspending or
 deleting an account, creating a budget over keys that leased while none held them, lowering a
 budget's limit and changing a price waits — after its commit — until every lease that could still
@@ -25,7 +25,7 @@ from tortoise.expressions import Subquery
 
 from claudeopus.control.models import Account, BudgetLease
 
-# Longer than any lease lives (leases.MAX_TTL): a clock jump cannot make a call hang.
+# Longer than any lease lives (grant.MAX_TTL): a clock jump cannot make a call hang.
 LONGEST_WAIT = timedelta(seconds=61)
 
 
