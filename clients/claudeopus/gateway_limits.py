@@ -1,6 +1,7 @@
-"""What control's gateway service takes in one call: control refuses more, the edge batches to fit.
+"""The limits of control's gateway service, written once for both sides.
 
-Shared by both sides so that the numbers are written once.
+Control refuses a call or a request beyond them; the edge batches and checks its requests to
+fit, so a request the edge admits is one control can take.
 
 Example::
 
@@ -10,8 +11,18 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["MAX_LEASES_PER_CALL", "MAX_LOST_REQUESTS_PER_CALL", "MAX_SETTLES_PER_CALL"]
+__all__ = [
+    "MAX_AUTHORIZES_PER_CALL",
+    "MAX_CHOICES",
+    "MAX_LEASES_PER_CALL",
+    "MAX_LOST_REQUESTS_PER_CALL",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_SETTLES_PER_CALL",
+]
 
+MAX_AUTHORIZES_PER_CALL = 1000  # BatchAuthorize
 MAX_SETTLES_PER_CALL = 1000  # BatchSettle
 MAX_LEASES_PER_CALL = 1000  # RecoverLeases and ReturnLeases
 MAX_LOST_REQUESTS_PER_CALL = 10_000  # RecoverLeases, over all its leases
+MAX_OUTPUT_TOKENS = 100_000_000  # the largest output cap a request or a setting may name
+MAX_CHOICES = 128  # the most choices (n, best_of) one request may reserve output for

@@ -27,8 +27,6 @@ from claudeopus.control.domain.errors import (
 )
 from claudeopus.control.ledger import authorize as authorizing
 from claudeopus.control.ledger.authorize import (
-    MAX_BATCH,
-    MAX_CHOICES,
     Authorized,
     AuthorizeInput,
     AuthorizeResult,
@@ -36,6 +34,7 @@ from claudeopus.control.ledger.authorize import (
     authorize_batch,
 )
 from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
+from claudeopus.gateway_limits import MAX_AUTHORIZES_PER_CALL, MAX_CHOICES
 from tests.support.prices import set_price
 from tests.support.world import (
     COST,
@@ -302,6 +301,6 @@ async def test_a_cached_key_revoked_since_is_refused_by_the_next_batch(world: Wo
 
 async def test_a_batch_above_the_limit_is_refused_whole(world: World) -> None:
     with pytest.raises(InvalidArgument):
-        await authorize_batch([entry(world.key)] * (MAX_BATCH + 1), NOW, POLICY)
+        await authorize_batch([entry(world.key)] * (MAX_AUTHORIZES_PER_CALL + 1), NOW, POLICY)
     assert await UsageRecord.all().count() == 0
     assert await authorize_batch([], NOW, POLICY) == []

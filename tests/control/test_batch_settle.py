@@ -15,9 +15,10 @@ import pytest
 
 from claudeopus.control.domain import price_changes
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
-from claudeopus.control.ledger.settle import MAX_BATCH, SettleInput, SettleResult, settle_batch
+from claudeopus.control.ledger.settle import SettleInput, SettleResult, settle_batch
 from claudeopus.control.ledger.sweeper import expire_stale
 from claudeopus.control.models import BudgetCounter, UsageRecord, UsageSource, UsageStatus
+from claudeopus.gateway_limits import MAX_SETTLES_PER_CALL
 from tests.support.ledger import settle_one
 from tests.support.prices import set_price
 from tests.support.world import (
@@ -191,7 +192,7 @@ async def test_absurd_usage_in_a_batch_saturates_like_a_single_settle(world: Wor
 
 async def test_a_batch_larger_than_the_limit_is_refused_whole(world: World) -> None:
     with pytest.raises(InvalidArgument):
-        await settle_batch([settle_input(uuid.uuid4()) for _ in range(MAX_BATCH + 1)], LATER)
+        await settle_batch([settle_input(uuid.uuid4()) for _ in range(MAX_SETTLES_PER_CALL + 1)], LATER)
     assert await settle_batch([], LATER) == []
 
 

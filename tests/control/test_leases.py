@@ -41,7 +41,7 @@ from claudeopus.control.ledger.authorize import (
     authorize_batch,
 )
 from claudeopus.control.ledger.leases import grant as granting
-from claudeopus.control.ledger.leases.ends import MAX_RETURNS, LeaseUse, expire_stale_leases, return_leases
+from claudeopus.control.ledger.leases.ends import LeaseUse, expire_stale_leases, return_leases
 from claudeopus.control.ledger.leases.grant import LEASE_SHARE, Granted
 from claudeopus.control.ledger.leases.hints import LEASES_END_KEY
 from claudeopus.control.ledger.leases.recover import LostRequest, RecoveredLease, recover_leases
@@ -49,6 +49,7 @@ from claudeopus.control.ledger.leases.rows import LeasedReservation
 from claudeopus.control.ledger.settle import SettleInput, settle_batch
 from claudeopus.control.ledger.sweeper import ReservationSweeper, expire_stale
 from claudeopus.control.models import BudgetCounter, BudgetLease, Scope, UsageRecord, UsageSource, UsageStatus
+from claudeopus.gateway_limits import MAX_LEASES_PER_CALL
 from tests.support.ledger import settle_one
 from tests.support.prices import set_price
 from tests.support.world import (
@@ -538,7 +539,7 @@ async def test_recovery_refuses_malformed_input(world: World) -> None:
         await recover_leases([other])
     with pytest.raises(InvalidArgument, match="UUID"):
         await recover_leases([RecoveredLease("nope", [], True)])
-    many = [RecoveredLease(str(uuid.uuid4()), [], True)] * (MAX_RETURNS + 1)
+    many = [RecoveredLease(str(uuid.uuid4()), [], True)] * (MAX_LEASES_PER_CALL + 1)
     with pytest.raises(InvalidArgument, match="at most"):
         await recover_leases(many)
 

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_OUTPUT_TOKENS
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES
+from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 from tests.support import admin
 from tests.support.databases import usage_row
 from tests.support.processes import Gateway

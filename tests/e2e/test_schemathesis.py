@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from claudeopus.edge.completions import MAX_OUTPUT_TOKENS
+from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 from tests.support import admin
 from tests.support.processes import Gateway
 

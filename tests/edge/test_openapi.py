@@ -8,8 +8,9 @@ import pytest
 import schemathesis
 
 from claudeopus.edge import errors
-from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_MODEL_NAME, MAX_OUTPUT_TOKENS, parse_completion
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_MODEL_NAME, parse_completion
 from claudeopus.edge.openapi import openapi_document, openapi_json
+from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 
 LIMIT = 1234
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
+from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 from claudeopus.settings import DEFAULT_LOG_LEVEL, SettingsError, layered
 
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 DEFAULT_BOOTSTRAP_TOKEN_FILE = "claudeopus-bootstrap.token"
-MAX_OUTPUT_TOKENS = 100_000_000
 MAX_CACHED_KEYS = 10_000_000
 TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_TLS_CERT", "CLAUDEOPUS_CONTROL_TLS_KEY", "CLAUDEOPUS_CONTROL_CLIENT_CA")
 # The settings a command-line flag may override, and the variable each replaces.

@@ -25,17 +25,15 @@ from typing import Any
 import orjson
 
 from claudeopus.edge.errors import BadRequest
+from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 
 MAX_MODEL_NAME = 200
-# Far above any model's output window; keeps every count inside int64 downstream.
-MAX_OUTPUT_TOKENS = 100_000_000
 # Rough bytes-per-token of English JSON chat payloads; used only for the
 # reservation estimate, never for billing.
 BYTES_PER_TOKEN = 4
-# How many choices (n, best_of) one request may ask for, unless the edge's settings say fewer or more;
-# MAX_CHOICES is the most control reserves for.
+# How many choices (n, best_of) one request may ask for, unless the edge's settings say fewer or more
+# (at most gateway_limits.MAX_CHOICES, the most control reserves for).
 DEFAULT_MAX_CHOICES = 8
-MAX_CHOICES = 128
 # How deep a body may nest: orjson reads 1024 levels but writes 254, and the body is written again.
 MAX_DEPTH = 254
 # Request fields that multiply what the upstream generates: each choice may produce the output cap.

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_DEPTH, MAX_MODEL_NAME, MAX_OUTPUT_TOKENS
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_DEPTH, MAX_MODEL_NAME
+from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 
 __all__ = ["OPENAPI_PATH", "openapi_document", "openapi_json"]
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
-from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
+from claudeopus.edge.completions import DEFAULT_MAX_CHOICES
+from claudeopus.gateway_limits import MAX_CHOICES
 from claudeopus.settings import CONTROL_CLIENT_TLS, DEFAULT_LOG_LEVEL, SettingsError, flag, layered
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"

@@ -44,11 +44,9 @@ from claudeopus.control.models import ApiKey, Budget, BudgetMetric, UsageRecord,
 from claudeopus.control.store import usage_rows
 from claudeopus.control.store.auth_epoch import current_epoch
 from claudeopus.costs import capped_cost_micros
+from claudeopus.gateway_limits import MAX_AUTHORIZES_PER_CALL, MAX_CHOICES
 
 _log = logging.getLogger(__name__)
-MAX_BATCH = 1000
-# The most choices (n, best_of) one request may reserve output for; the edge's own limit is lower.
-MAX_CHOICES = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +155,8 @@ async def authorize_batch(
     batch: Sequence[AuthorizeInput], now: datetime, policy: OutputPolicy, cache: AuthCache | None = None
 ) -> list[AuthorizeResult]:
     """Authorize every entry of ``batch``; one result per entry, in order."""
-    if len(batch) > MAX_BATCH:
-        raise InvalidArgument.field("requests", f"at most {MAX_BATCH} requests per batch")
+    if len(batch) > MAX_AUTHORIZES_PER_CALL:
+        raise InvalidArgument.field("requests", f"at most {MAX_AUTHORIZES_PER_CALL} requests per batch")
     results = await _authorize(batch, now, policy, cache)
     if any(result.error is not None for result in results):
         try:

@@ -35,8 +35,8 @@ from claudeopus.control.ledger import closing, store
 from claudeopus.control.ledger.leases import settle as leased
 from claudeopus.control.ledger.leases.rows import LeasedReservation
 from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
+from claudeopus.gateway_limits import MAX_SETTLES_PER_CALL
 
-MAX_BATCH = 1000
 # How often an entry whose row keeps changing under it is closed again before it is taken as settled.
 ATTEMPTS = 3
 SETTLED_STATES = (UsageStatus.SUCCEEDED, UsageStatus.UPSTREAM_ERROR, UsageStatus.CLIENT_DISCONNECTED)
@@ -69,8 +69,8 @@ class SettleResult:
 
 async def settle_batch(batch: Sequence[SettleInput], now: datetime) -> list[SettleResult]:
     """Settle every entry of ``batch``; one result per entry, in order. Idempotent by request id."""
-    if len(batch) > MAX_BATCH:
-        raise InvalidArgument.field("requests", f"at most {MAX_BATCH} settles per batch")
+    if len(batch) > MAX_SETTLES_PER_CALL:
+        raise InvalidArgument.field("requests", f"at most {MAX_SETTLES_PER_CALL} settles per batch")
     results: list[SettleResult | None] = [None] * len(batch)
     wanted: dict[uuid.UUID, int] = {}
     ends: dict[int, tuple[UsageStatus, UsageSource]] = {}

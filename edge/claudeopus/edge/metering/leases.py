@@ -56,9 +56,9 @@ from claudeopus.edge.metering.journal import LeaseJournal
 from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import Lease, LeasedReservation, LeaseUse
 from claudeopus.edge.tasks import finish
+from claudeopus.gateway_limits import MAX_LEASES_PER_CALL
 
 _log = logging.getLogger(__name__)
-RETURN_BATCH = 1000
 # A key and model that got no lease (near a limit, or refused) is not asked about again for this long.
 NO_LEASE_BACKOFF_SECONDS = 1.0
 MAX_QUIET_KEYS = 10_000
@@ -296,7 +296,7 @@ class LeaseBook:
 
     async def _send_returns(self) -> None:
         while self._returns:
-            batch = self._returns[:RETURN_BATCH]
+            batch = self._returns[:MAX_LEASES_PER_CALL]
             try:
                 await self._control.return_leases(batch)
             except Exception as error:  # kept and tried again; control's sweeper is the net

@@ -27,8 +27,8 @@ from claudeopus.control.ledger import reservations, store
 from claudeopus.control.ledger.leases.rows import lease_row, locked_lease
 from claudeopus.control.models import BudgetLease
 from claudeopus.control.store.usage_rows import insert_open_records
+from claudeopus.gateway_limits import MAX_LEASES_PER_CALL
 
-MAX_RETURNS = 1000
 EXPIRE_BATCH = 500
 
 
@@ -43,8 +43,8 @@ class LeaseUse:
 
 async def return_leases(uses: Sequence[LeaseUse]) -> None:
     """Release what the edge did not use of each lease; a lease returned again (or gone) is left alone."""
-    if len(uses) > MAX_RETURNS:
-        raise InvalidArgument.field("leases", f"at most {MAX_RETURNS} per call")
+    if len(uses) > MAX_LEASES_PER_CALL:
+        raise InvalidArgument.field("leases", f"at most {MAX_LEASES_PER_CALL} per call")
     checked: list[tuple[uuid.UUID, LeaseUse]] = []
     for index, use in enumerate(uses):
         lease_id = validation.uuid_value(f"leases[{index}].lease_id", use.lease_id)

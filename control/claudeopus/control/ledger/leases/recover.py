@@ -22,12 +22,11 @@ from tortoise.transactions import in_transaction
 from claudeopus.control.domain import validation
 from claudeopus.control.domain.errors import InvalidArgument
 from claudeopus.control.ledger import reservations, store
-from claudeopus.control.ledger.leases.ends import MAX_RETURNS
 from claudeopus.control.ledger.leases.rows import NOTHING, LeasedReservation, check_leased, leased_row, locked_lease
 from claudeopus.control.models import BudgetLease
 from claudeopus.control.store.usage_rows import insert_open_records
+from claudeopus.gateway_limits import MAX_LEASES_PER_CALL, MAX_LOST_REQUESTS_PER_CALL
 
-MAX_LOST_REQUESTS = 10_000
 _log = logging.getLogger(__name__)
 
 
@@ -76,10 +75,10 @@ async def recover_leases(recovered: Sequence[RecoveredLease]) -> int:
 
 
 def _checked_recoveries(recovered: Sequence[RecoveredLease]) -> list[tuple[uuid.UUID, RecoveredLease]]:
-    if len(recovered) > MAX_RETURNS:
-        raise InvalidArgument.field("leases", f"at most {MAX_RETURNS} per call")
-    if sum(len(entry.lost) for entry in recovered) > MAX_LOST_REQUESTS:
-        raise InvalidArgument.field("leases", f"at most {MAX_LOST_REQUESTS} lost requests per call")
+    if len(recovered) > MAX_LEASES_PER_CALL:
+        raise InvalidArgument.field("leases", f"at most {MAX_LEASES_PER_CALL} per call")
+    if sum(len(entry.lost) for entry in recovered) > MAX_LOST_REQUESTS_PER_CALL:
+        raise InvalidArgument.field("leases", f"at most {MAX_LOST_REQUESTS_PER_CALL} lost requests per call")
     checked = []
     seen: set[uuid.UUID] = set()
     for index, entry in enumerate(recovered):
