@@ -18,6 +18,7 @@ from claudeopus.edge.metering.refusals import key_hash
 from claudeopus.edge.metering.types import KeyInfo
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
+from tests.support.clock import SecondsClock as Clock
 from tests.support.fake_control import FakeControl
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
@@ -45,14 +46,6 @@ class Verifying(FakeControl):
 
 
 HASHES = {secret: key_hash(secret) for secret in (GOOD, BAD, REVOKED)}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_a_known_key_is_asked_about_once_per_window_and_a_refusal_is_remembered_too() -> None:

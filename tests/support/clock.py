@@ -1,4 +1,5 @@
-"""A wall clock the test moves by hand, for code that takes ``clock: Callable[[], datetime]``.
+"""Clocks the test moves by hand: a wall clock for code that takes ``clock: Callable[[], datetime]``,
+and a clock of seconds for code that takes ``clock: Callable[[], float]`` (a monotonic clock).
 
 Example::
 
@@ -24,3 +25,13 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+class SecondsClock:
+    """Returns ``now`` (seconds, from 100.0) when called; tests set or add to ``now``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

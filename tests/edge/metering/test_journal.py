@@ -16,7 +16,8 @@ from claudeopus.edge.metering.journal import SLOT_BYTES, LeaseJournal, old_journ
 from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.records import encode_frame, encode_leased
 from claudeopus.edge.metering.types import LeasedReservation
-from tests.edge.test_leases import KEY, Clock, LeasingControl, completion, lease, settled
+from tests.support.clock import SecondsClock as Clock
+from tests.support.leasing import KEY, LeasingControl, completion, lease, settled
 
 BOOT = uuid.UUID("11111111-2222-4333-8444-555555555555").bytes
 LEASE_ID = "00000000-0000-4000-8000-00000000000a"
