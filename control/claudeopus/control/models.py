@@ -165,9 +165,11 @@ class UsageRecord(Model):
     api_key: fields.ForeignKeyRelation[ApiKey] = fields.ForeignKeyField(
         "control.ApiKey", related_name="usage_records", on_delete=fields.RESTRICT
     )
+    api_key_id: int
     account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="usage_records", on_delete=fields.RESTRICT
     )
+    account_id: int
     model = fields.CharField(max_length=200)
     input_tokens = fields.BigIntField(default=0)
     output_tokens = fields.BigIntField(default=0)
@@ -221,9 +223,11 @@ class BudgetLease(Model):
     api_key: fields.ForeignKeyRelation[ApiKey] = fields.ForeignKeyField(
         "control.ApiKey", related_name="leases", on_delete=fields.RESTRICT
     )
+    api_key_id: int
     account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="leases", on_delete=fields.RESTRICT
     )
+    account_id: int
     model = fields.CharField(max_length=200)
     unlimited = fields.BooleanField(default=False)
     reserved_counters = fields.CharField(max_length=1000, default="")
@@ -282,9 +286,11 @@ class Budget(Model):
     account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="budgets", on_delete=fields.RESTRICT
     )
+    account_id: int
     api_key: fields.ForeignKeyNullableRelation[ApiKey] = fields.ForeignKeyField(
         "control.ApiKey", related_name="budgets", null=True, on_delete=fields.RESTRICT
     )
+    api_key_id: int | None
     # ``accounts/7`` or ``apiKeys/9``: one budget per owner, metric and period.
     owner = fields.CharField(max_length=64)
     metric = fields.IntEnumField(BudgetMetric)

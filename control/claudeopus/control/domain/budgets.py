@@ -217,7 +217,7 @@ async def list_budgets(
 
 
 def _owner_of(budget: Budget) -> Owner:
-    return Owner(budget.account, budget.api_key_id)  # type: ignore[attr-defined]
+    return Owner(budget.account, budget.api_key_id)
 
 
 async def update_budget(

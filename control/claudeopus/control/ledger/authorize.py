@@ -307,7 +307,7 @@ async def _repeated(candidate: _Candidate) -> AuthorizeResult:
     """The answer to an authorize whose request id is taken: the first one's, if it is still open and the key's."""
     request_id = candidate.data.request_id
     earlier = await UsageRecord.get_or_none(request_id=candidate.row["request_id"])
-    if earlier is None or earlier.api_key_id != candidate.key.id:  # type: ignore[attr-defined]
+    if earlier is None or earlier.api_key_id != candidate.key.id:
         conflict = AlreadyExists(Reason.REQUEST_ID_CONFLICT, "request_id was already used by another key.")
         return AuthorizeResult(request_id, error=conflict)
     if earlier.status != UsageStatus.RESERVED:

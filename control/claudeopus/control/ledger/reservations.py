@@ -96,7 +96,7 @@ def hold_for(budget: Budget, depth: int, moment: datetime) -> Hold:
         period_index(budget.period, moment),
         budget.metric,
         depth,
-        budget.api_key_id is not None,  # type: ignore[attr-defined]
+        budget.api_key_id is not None,
     )
 
 
@@ -131,8 +131,8 @@ def _exhausted(budget: Budget, key: ApiKey) -> ResourceExhausted:
     A budget of the key or of its own account is named with its metric and period (the holder's
     account can read it); one set on an account above says only that a budget above is exhausted.
     """
-    above = budget.api_key_id is None and budget.account_id != key.account.id  # type: ignore[attr-defined]
-    scope = "key" if budget.api_key_id is not None else "reseller" if above else "account"  # type: ignore[attr-defined]
+    above = budget.api_key_id is None and budget.account_id != key.account.id
+    scope = "key" if budget.api_key_id is not None else "reseller" if above else "account"
     metadata = {
         "budget_scope": scope,
         "metric": budget.metric.name,
@@ -158,7 +158,7 @@ def plan(key: ApiKey, budgets: Sequence[Budget], now: datetime) -> list[tuple[Bu
     busy tree are locked last, held only until the commit right after.
     """
     chain = key.account.ancestor_ids()
-    planned = [(budget, hold_for(budget, chain.index(budget.account_id), now)) for budget in budgets]  # type: ignore[attr-defined]
+    planned = [(budget, hold_for(budget, chain.index(budget.account_id), now)) for budget in budgets]
     return sorted(planned, key=lambda pair: lock_order(pair[1]))
 
 

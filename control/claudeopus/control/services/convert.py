@@ -84,8 +84,8 @@ def usage_record(row: UsageRecord) -> usage_pb2.UsageRecord:
     return usage_pb2.UsageRecord(
         name=format_name(USAGE_RECORDS, row.request_id),
         request_id=str(row.request_id),
-        api_key=format_name(API_KEYS, row.api_key_id),  # type: ignore[attr-defined]
-        account=format_name(ACCOUNTS, row.account_id),  # type: ignore[attr-defined]
+        api_key=format_name(API_KEYS, row.api_key_id),
+        account=format_name(ACCOUNTS, row.account_id),
         model=row.model,
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,

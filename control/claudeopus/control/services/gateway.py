@@ -171,8 +171,8 @@ def _authorize_input(request: gateway_pb2.AuthorizeRequest) -> authorize.Authori
 def _authorize_response(authorized: authorize.Authorized) -> gateway_pb2.AuthorizeResponse:
     record = authorized.record
     return gateway_pb2.AuthorizeResponse(
-        api_key=format_name(API_KEYS, record.api_key_id),  # type: ignore[attr-defined]
-        account=format_name(ACCOUNTS, record.account_id),  # type: ignore[attr-defined]
+        api_key=format_name(API_KEYS, record.api_key_id),
+        account=format_name(ACCOUNTS, record.account_id),
         reserve_time=convert.timestamp(record.created_at),
         max_output_tokens=authorized.enforced_output_tokens,
     )

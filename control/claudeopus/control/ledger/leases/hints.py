@@ -62,10 +62,10 @@ async def _last_lease_end(budget: Budget, now: datetime) -> datetime | None:
         requests_admitted__isnull=True,
         expires_at__gt=now - RETURN_GRACE,
     )
-    if budget.api_key_id is not None:  # type: ignore[attr-defined]
-        query = query.filter(api_key_id=budget.api_key_id)  # type: ignore[attr-defined]
+    if budget.api_key_id is not None:
+        query = query.filter(api_key_id=budget.api_key_id)
     else:
-        account = await Account.get(id=budget.account_id)  # type: ignore[attr-defined]
+        account = await Account.get(id=budget.account_id)
         query = query.filter(account_id__in=Subquery(Account.filter(path__startswith=account.path).values("id")))
     last = await query.order_by("-expires_at").first()
     return None if last is None else last.expires_at + RETURN_GRACE

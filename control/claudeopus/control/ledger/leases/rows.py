@@ -63,8 +63,8 @@ def lease_row(
     """A RESERVED usage row holding ``reserved`` in the lease's counters, for its key and model."""
     return open_fields(
         request_id=request_id,
-        api_key_id=lease.api_key_id,  # type: ignore[attr-defined]
-        account_id=lease.account_id,  # type: ignore[attr-defined]
+        api_key_id=lease.api_key_id,
+        account_id=lease.account_id,
         model=lease.model,
         estimated_input_tokens=reserved.input_tokens,
         max_output_tokens=reserved.output_tokens,

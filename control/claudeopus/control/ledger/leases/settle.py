@@ -128,12 +128,12 @@ async def _settle_all(entries: Sequence[Entry], now: datetime) -> dict[uuid.UUID
 
 async def _prices(conn: BaseDBAsyncClient, leases: Sequence[BudgetLease]) -> dict[int, PriceInForce]:
     """The price in force for each lease's account and model (one query per distinct pair)."""
-    wanted = {lease.account_id for lease in leases}  # type: ignore[attr-defined]
+    wanted = {lease.account_id for lease in leases}
     accounts = {account.id: account for account in await Account.filter(id__in=wanted).using_db(conn)}
     found: dict[tuple[int, str], PriceInForce] = {}
     price_of: dict[int, PriceInForce] = {}
     for lease in leases:
-        place = (lease.account_id, lease.model)  # type: ignore[attr-defined]
+        place = (lease.account_id, lease.model)
         if place not in found:
             chain = accounts[place[0]].ancestor_ids()
             found[place] = prices.in_force(await prices.chain_prices(chain, lease.model))
