@@ -27,9 +27,20 @@ MAX_RSS_GROWTH_PCT = 10.0
 MAX_RSS_MB = 150.0
 # The full path's p99 under a login flood against control, over its p99 without one.
 MAX_P99_UNDER_LOGIN_FLOOD = 1.20
+# The edge's own cost against the minimal relay (floor): throughput at the most connections, and
+# the p50 latency added at the fewest.
+MIN_BARE_OF_FLOOR = 0.85
+MIN_FULL_OF_FLOOR = 0.80
+MAX_BARE_ADDED_P50_OVER_FLOOR_MS = 0.10
+MAX_FULL_ADDED_P50_OVER_FLOOR_MS = 0.15
+# ``claudeopus serve``'s p99 at the most connections, over the split deployment's (full).
+MAX_SERVE_P99_OF_FULL = 2.0
 NOT_MEASURED = "-"
 
 _RATIOS = (
+    ("bare / floor", "bare", "floor"),
+    ("full / floor", "full", "floor"),
+    ("serve / floor", "serve", "floor"),
     ("full / bare", "full", "bare"),
     ("full / direct", "full", "direct"),
     ("full-stream / bare-stream", "full-stream", "bare-stream"),
@@ -38,6 +49,8 @@ _RATIOS = (
     ("full-unleased / bare", "full-unleased", "bare"),
     ("full-unleased-stream / bare-stream", "full-unleased-stream", "bare-stream"),
 )
+# The paths whose latency over the floor is shown.
+_OVER_FLOOR = ("bare", "full", "serve")
 # The paths the targets are checked for: the full path as configured by default, and with leases off.
 _TARGET_PATHS = (("full", "full-stream", ""), ("full-unleased", "full-unleased-stream", ", leases off"))
 
@@ -74,11 +87,18 @@ def ratios(results: Results) -> list[dict[str, object]]:
             row["p99 full-login-flood / full"] = _ratio(
                 cell_value("full-login-flood", "p99_ms"), cell_value("full", "p99_ms")
             )
+            row["p99 serve / full"] = _ratio(cell_value("serve", "p99_ms"), cell_value("full", "p99_ms"))
             for base in ("direct", "bare"):
                 for percentile in ("p50", "p99"):
                     attribute = f"{percentile}_ms"
                     row[f"added {percentile} ms vs {base}"] = _diff(
                         cell_value("full", attribute), cell_value(base, attribute)
+                    )
+            for path in _OVER_FLOOR:
+                for percentile in ("p50", "p99"):
+                    attribute = f"{percentile}_ms"
+                    row[f"{path}: added {percentile} ms vs floor"] = _diff(
+                        cell_value(path, attribute), cell_value("floor", attribute)
                     )
             rows.append(row)
     return rows
@@ -135,6 +155,28 @@ def targets(results: Results) -> list[dict[str, object]]:
             MAX_TTFB_OVERHEAD_MS,
             at_most=True,
         )
+    for path, throughput, added_p50 in (
+        ("bare", MIN_BARE_OF_FLOOR, MAX_BARE_ADDED_P50_OVER_FLOOR_MS),
+        ("full", MIN_FULL_OF_FLOOR, MAX_FULL_ADDED_P50_OVER_FLOOR_MS),
+    ):
+        add(
+            f"throughput at {top} connections, {path} / floor",
+            _ratio(get(path, top, "rps"), get("floor", top, "rps")),
+            throughput,
+            at_most=False,
+        )
+        add(
+            f"added p50 latency at {low} connection(s), {path} over floor, ms",
+            _diff(get(path, low, "p50_ms"), get("floor", low, "p50_ms")),
+            added_p50,
+            at_most=True,
+        )
+    add(
+        f"p99 at {top} connections, serve / full (split deployment)",
+        _ratio(get("serve", top, "p99_ms"), get("full", top, "p99_ms")),
+        MAX_SERVE_P99_OF_FULL,
+        at_most=True,
+    )
     for c in connections:
         flooded = get("full-login-flood", c, "p99_ms")
         if flooded is not None:
@@ -278,6 +320,19 @@ def _ratio_tables(results: Results) -> list[str]:
     lines += _table(
         ["workers", "connections", "p50 vs direct", "p99 vs direct", "p50 vs bare", "p99 vs bare"],
         ([str(r["workers"]), str(r["connections"]), *(_ms(float(str(r[k]))) for k in keys)] for r in data),
+        right_from=0,
+    )
+    lines += ["## Latency added over the floor (ms; the path minus floor, same connections)", ""]
+    keys = [f"{path}: added {percentile} ms vs floor" for path in _OVER_FLOOR for percentile in ("p50", "p99")]
+    lines += _table(
+        ["workers", "connections", *(key.replace(": added", "").replace(" ms vs floor", "") for key in keys)],
+        ([str(r["workers"]), str(r["connections"]), *(_ms(float(str(r[k]))) for k in keys)] for r in data),
+        right_from=0,
+    )
+    lines += ["## p99 of `claudeopus serve` over the split deployment's (full)", ""]
+    lines += _table(
+        ["workers", "connections", "p99 serve / full"],
+        ([str(r["workers"]), str(r["connections"]), _ratio_text(float(str(r["p99 serve / full"])))] for r in data),
         right_from=0,
     )
     return lines

@@ -63,11 +63,14 @@ class _Context:
     upstream: NginxUpstream
     control: gateway.Server | None = None
     keys: gateway.Keys | None = None
+    # The keys on the ``claudeopus serve`` process of the worker count being measured.
+    serve_keys: gateway.Keys | None = None
     results: Results = field(default_factory=lambda: Results(machine={}, options={}))
 
     def request(self, scenario: Scenario) -> Request:
-        budgeted = self.keys.budgeted if self.keys else ""
-        unbudgeted = self.keys.unbudgeted if self.keys else ""
+        keys = self.serve_keys if scenario.path == "serve" else self.keys
+        budgeted = keys.budgeted if keys else ""
+        unbudgeted = keys.unbudgeted if keys else ""
         return request_for(scenario, budgeted_key=budgeted, unbudgeted_key=unbudgeted)
 
 
@@ -178,10 +181,15 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
         for group in sorted({_group(s) for s in scenarios if s.path != "direct"}):
             path, payload = group.split("-")
             upstream_url = upstream.sse_url if payload == "sse" else upstream.json_url
-            for index in range(workers):
+            # One ``claudeopus serve`` process whatever the worker count: it is one deployment.
+            for index in range(1 if path == "serve" else workers):
                 name = f"edge-{group}-w{workers}-{index}"
                 if path == "bare":
                     server = gateway.start_bare_edge(name, upstream_url, context.workdir)
+                elif path == "floor":
+                    server = gateway.start_floor(f"floor-{payload}-w{workers}-{index}", upstream_url, context.workdir)
+                elif path == "serve":
+                    server = gateway.start_serve(f"serve-w{workers}-{index}", upstream_url, context.workdir)
                 else:
                     assert context.control is not None
                     server = gateway.start_edge(
@@ -196,6 +204,8 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
         for servers in groups.values():
             for server in servers:
                 wait_for_http(server.process, f"{server.address}/models")
+        for server in groups.get("serve-json", []):
+            context.serve_keys = gateway.provision_serve(server)
         direct = {False: f"{upstream.json_url}/chat/completions", True: f"{upstream.sse_url}/chat/completions"}
         context.log(f"bench: {workers} edge worker(s) per path started")
         yield _Topology(workers=workers, groups=groups, direct=direct)
