@@ -38,7 +38,6 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, MutableMapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -73,7 +72,7 @@ def access_line(
 ) -> str:
     """One access line; ``route`` a route template (or UNMATCHED), ``started_at`` a POSIX time, ``latency`` seconds."""
     millis = round(started_at * 1000)
-    moment = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
     return " ".join(
         (
             _token(client),
@@ -201,6 +200,9 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
     under its own window's name on the first line after a restart. A file that would pass
     ``max_bytes`` is rotated at once, under its window's name; the later parts of one window are
     numbered, so names sort oldest first and the oldest are the ones deleted.
+
+    Lines are written with :meth:`write_line` (no log record is made, nothing is formatted); only
+    the rotation comes from the stdlib.
     """
 
     def __init__(self, path: Path, *, seconds: int, keep: int, clock: Clock, max_bytes: int) -> None:
@@ -209,8 +211,12 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
         super().__init__(path, when=when, interval=count, backupCount=keep, encoding="utf-8", utc=True)
         self._clock = clock
         stat = os.stat(self.baseFilename)
+        # /dev/stdout and friends: written to, never renamed.
+        self._rotates = stat.st_mode & 0o170000 == 0o100000  # a regular file
         start = stat.st_mtime if stat.st_size else clock()
         self.rolloverAt = self.computeRollover(int(start))
+        self._size = stat.st_size
+        self._sized: object = self.stream  # the stream self._size counts the bytes of
 
     def computeRollover(self, currentTime: int) -> int:
         return (currentTime // self.interval + 1) * self.interval
@@ -219,17 +225,29 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
         fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND)
         return open(fd, "a", encoding="utf-8")
 
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
-            self.rolloverAt = self.computeRollover(int(self._clock()))  # /dev/stdout and friends: never renamed
+    def write_line(self, line: str) -> None:
+        """``line`` and a newline, rotating first when its window has passed or it would pass the cap."""
+        data = line + "\n"
+        size = len(data.encode("utf-8"))
+        if self._due(size):
+            self.doRollover()
+        if self.stream is None:
+            self.stream = self._open()
+        if self._sized is not self.stream:  # opened anew (a rotation): count from its end
+            self._sized, self._size = self.stream, self.stream.tell()
+        self.stream.write(data)
+        self.stream.flush()
+        self._size += size
+
+    def _due(self, size: int) -> bool:
+        if not self._rotates:
+            self.rolloverAt = self.computeRollover(int(self._clock()))
             return False
         if int(self._clock()) >= self.rolloverAt:
             return True
-        if self.stream is None:
+        if self.stream is None or self._sized is not self.stream:
             return False
-        line_bytes = len(self.format(record).encode("utf-8")) + 1
-        size = self.stream.tell()
-        return size > 0 and size + line_bytes > self._max_bytes
+        return self._size > 0 and self._size + size > self._max_bytes
 
     def rotation_filename(self, default_name: str) -> str:
         """The window's own name for its first part; ``.000001``, ``.000002``... for the later ones."""
@@ -243,6 +261,20 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
     def doRollover(self) -> None:
         super().doRollover()
         self.rolloverAt = self.computeRollover(int(self._clock()))
+
+
+class _StreamWriter:
+    """Lines to a text stream (stdout), flushed at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write_line(self, line: str) -> None:
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
 
 
 def _unit(seconds: int) -> tuple[str, int]:
@@ -284,7 +316,7 @@ class AccessLog:
         self._stdout = stdout
         self._clock = clock
         self._stream = stream
-        self._logger: logging.Logger | None = None
+        self._writers: tuple[_UtcWindowHandler | _StreamWriter, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> AccessLog:
@@ -307,11 +339,12 @@ class AccessLog:
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[AccessLog]:
-        """Create the handlers (and the file's directory); close them on the way out."""
-        # Not from logging.getLogger: a logger of this object's own, outside the hierarchy, so it
-        # reaches no other handler and no two apps in one process share one.
-        logger = logging.Logger("claudeopus.access", logging.INFO)
-        logger.propagate = False
+        """Create the writers (and the file's directory); close them on the way out.
+
+        The writers are this object's own: lines reach no logger, and no two apps in one
+        process share a file handle.
+        """
+        writers: list[_UtcWindowHandler | _StreamWriter] = []
         try:
             if self._path is not None:
                 private_directory(self._path.parent)
@@ -322,7 +355,7 @@ class AccessLog:
                     clock=self._clock,
                     max_bytes=self._max_bytes,
                 )
-                logger.addHandler(rotating)
+                writers.append(rotating)
                 _log.info(
                     "access log: %s, rotated every %ss (UTC) or at %s bytes, %s rotated files kept",
                     rotating.baseFilename,
@@ -331,18 +364,14 @@ class AccessLog:
                     self._keep,
                 )
             if self._stdout:
-                logger.addHandler(logging.StreamHandler(self._stream or sys.stdout))
-            for handler in logger.handlers:
-                handler.setFormatter(logging.Formatter("%(message)s"))
-            self._logger = logger if logger.handlers else None
+                writers.append(_StreamWriter(self._stream or sys.stdout))
+            self._writers = tuple(writers)
             yield self
         finally:
-            self._logger = None
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-                handler.close()
+            self._writers = ()
+            for writer in writers:
+                writer.close()
 
     def write(self, line: str) -> None:
-        logger = self._logger
-        if logger is not None:
-            logger.info(line)  # no arguments, so no %-formatting of the line
+        for writer in self._writers:
+            writer.write_line(line)
