@@ -21,7 +21,16 @@ import grpc
 from claudeopus.cli.runtime import configure_logging, run
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
+from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.control import (
+    AuthorizeCall,
+    ControlClient,
+    KeyInfo,
+    Lease,
+    LeaseUse,
+    RecoveredLease,
+    Settle,
+)
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 
@@ -32,7 +41,7 @@ _UNUSED_CONTROL = "127.0.0.1:1"
 
 
 class NoopControl(ControlClient):
-    """Every key is valid for every model, nothing is reserved, every settle is dropped.
+    """Every key is valid for every model, nothing is reserved or leased, every settle is dropped.
 
     Example::
 
@@ -53,6 +62,15 @@ class NoopControl(ControlClient):
 
     async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
+
+    async def grant_lease(self, key_hash: bytes, completion: CompletionRequest, ttl: float) -> Lease | None:
+        return None  # no lease: every request goes through the (stubbed) authorize
+
+    async def return_leases(self, uses: Sequence[LeaseUse]) -> None:
+        return None
+
+    async def recover_leases(self, recovered: Sequence[RecoveredLease]) -> int:
+        return 0
 
 
 def _noop_control(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:

@@ -162,9 +162,11 @@ class AccessLogMiddleware:
         async def noting_send(message: Message) -> None:
             kind = message.get("type")
             if kind == "http.response.start":
-                with contextlib.suppress(Exception):
+                try:
                     seen.status = int(message["status"])
                     seen.request_id = _request_id(message.get("headers", ()))
+                except Exception:  # noqa: S110 - an odd message is the server's to refuse, not the log's
+                    pass
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False) and seen.finished is None:
                 seen.finished = self._monotonic()
@@ -176,7 +178,7 @@ class AccessLogMiddleware:
             failed = True  # the server answers 500 if nothing was sent yet
             raise
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 finished = seen.finished if seen.finished is not None else self._monotonic()
                 status = seen.status if seen.status is not None else (500 if failed else None)
                 client = scope.get("client")
@@ -190,6 +192,8 @@ class AccessLogMiddleware:
                         request_id=seen.request_id,
                     )
                 )
+            except Exception:  # noqa: S110 - logging never breaks a request
+                pass
 
 
 class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
