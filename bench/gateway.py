@@ -157,9 +157,10 @@ def _start_bench_module(name: str, module: str, upstream_url: str, log_dir: Path
     return Server(Process(name, argv, env, log_dir), f"http://{address}/v1")
 
 
-def start_serve(name: str, upstream_url: str, log_dir: Path) -> Server:
-    """``claudeopus serve`` (control and edge in one process) on a new SQLite database in a directory
-    of its own, where it writes its first-start file; not waited for."""
+def start_serve(name: str, upstream_url: str, log_dir: Path, *, edge_workers: int = 0) -> Server:
+    """``claudeopus serve`` (control and edge in one process; with ``edge_workers``, that many edge
+    processes beside it) on a new SQLite database in a directory of its own, where it writes its
+    first-start file; not waited for."""
     directory = log_dir / name
     directory.mkdir()
     address = f"127.0.0.1:{free_port()}"
@@ -177,7 +178,8 @@ def start_serve(name: str, upstream_url: str, log_dir: Path) -> Server:
         "--log-level",
         "warning",
     ]
-    env = {"CLAUDEOPUS_SPOOL_DIR": str(directory / "spool"), **FLOOD_CONTROL_ENV}
+    env = {"CLAUDEOPUS_SPOOL_DIR": str(directory / "spool"), "CLAUDEOPUS_WORKERS": str(edge_workers)}
+    env.update(FLOOD_CONTROL_ENV)
     return Server(Process(name, argv, env, directory), f"http://{address}/v1")
 
 

@@ -35,6 +35,7 @@ from bench.scenarios import (
     CONTROL_PATHS,
     FLOOD_CONNECTIONS,
     LEASE_SECONDS,
+    SERVE_PATHS,
     Options,
     Scenario,
     flood_request,
@@ -63,12 +64,12 @@ class _Context:
     upstream: NginxUpstream
     control: gateway.Server | None = None
     keys: gateway.Keys | None = None
-    # The keys on the ``claudeopus serve`` process of the worker count being measured.
-    serve_keys: gateway.Keys | None = None
+    # The keys on each ``claudeopus serve`` process (by path) of the worker count being measured.
+    serve_keys: dict[str, gateway.Keys] = field(default_factory=dict)
     results: Results = field(default_factory=lambda: Results(machine={}, options={}))
 
     def request(self, scenario: Scenario) -> Request:
-        keys = self.serve_keys if scenario.path == "serve" else self.keys
+        keys = self.serve_keys.get(scenario.path) if scenario.path in SERVE_PATHS else self.keys
         budgeted = keys.budgeted if keys else ""
         unbudgeted = keys.unbudgeted if keys else ""
         return request_for(scenario, budgeted_key=budgeted, unbudgeted_key=unbudgeted)
@@ -179,17 +180,19 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
     groups: dict[str, list[gateway.Server]] = {}
     try:
         for group in sorted({_group(s) for s in scenarios if s.path != "direct"}):
-            path, payload = group.split("-")
+            path, payload = group.rsplit("-", 1)
             upstream_url = upstream.sse_url if payload == "sse" else upstream.json_url
             # One ``claudeopus serve`` process whatever the worker count: it is one deployment.
-            for index in range(1 if path == "serve" else workers):
+            for index in range(1 if path in SERVE_PATHS else workers):
                 name = f"edge-{group}-w{workers}-{index}"
                 if path == "bare":
                     server = gateway.start_bare_edge(name, upstream_url, context.workdir)
                 elif path == "floor":
                     server = gateway.start_floor(f"floor-{payload}-w{workers}-{index}", upstream_url, context.workdir)
-                elif path == "serve":
-                    server = gateway.start_serve(f"serve-w{workers}-{index}", upstream_url, context.workdir)
+                elif path in SERVE_PATHS:
+                    edge_workers = 1 if path == "serve-workers" else 0
+                    name = f"{path}-w{workers}"
+                    server = gateway.start_serve(name, upstream_url, context.workdir, edge_workers=edge_workers)
                 else:
                     assert context.control is not None
                     server = gateway.start_edge(
@@ -204,8 +207,9 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
         for servers in groups.values():
             for server in servers:
                 wait_for_http(server.process, f"{server.address}/models")
-        for server in groups.get("serve-json", []):
-            context.serve_keys = gateway.provision_serve(server)
+        for path in SERVE_PATHS:
+            for server in groups.get(f"{path}-json", []):
+                context.serve_keys[path] = gateway.provision_serve(server)
         direct = {False: f"{upstream.json_url}/chat/completions", True: f"{upstream.sse_url}/chat/completions"}
         context.log(f"bench: {workers} edge worker(s) per path started")
         yield _Topology(workers=workers, groups=groups, direct=direct)

@@ -16,14 +16,15 @@ from bench.upstream import MODEL
 from bench.wrk import Request
 from claudeopus.keys import new_secret
 
-PathKind = Literal["direct", "floor", "bare", "full", "unleased", "serve"]
+PathKind = Literal["direct", "floor", "bare", "full", "unleased", "serve", "serve-workers"]
 # An unauthenticated flood sent alongside (see flood_request): none, one made-up key, a new one per request.
 FloodKind = Literal["", "one-key", "new-keys"]
 # The paths through control: as configured by default (budget leases of LEASE_SECONDS, the
 # edge's default), and with leases off (CLAUDEOPUS_LEASE_SECONDS=0: each request authorized alone).
 CONTROL_PATHS = ("full", "unleased")
 # Paths whose requests carry a real key (the others get a well-formed key nobody checks).
-KEYED_PATHS = (*CONTROL_PATHS, "serve")
+SERVE_PATHS = ("serve", "serve-workers")
+KEYED_PATHS = (*CONTROL_PATHS, *SERVE_PATHS)
 LEASE_SECONDS = 1.0
 
 
@@ -80,6 +81,13 @@ SCENARIOS = (
         "serve",
         "(h) `claudeopus serve`: control and edge in one process on SQLite",
         "serve",
+        stream=False,
+        budget=True,
+    ),
+    Scenario(
+        "serve-workers",
+        "(h') `claudeopus serve` with CLAUDEOPUS_WORKERS=1: the edge in a process of its own",
+        "serve-workers",
         stream=False,
         budget=True,
     ),

@@ -56,8 +56,12 @@ def serve(
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
     access_log_stdout: AccessLogStdout = False,
+    workers: Annotated[
+        int,
+        typer.Option(envvar="CLAUDEOPUS_WORKERS", help="Edge processes beside control; 0 = the edge in-process."),
+    ] = 0,
 ) -> None:
-    """Run control and edge together in one process (embedded SQLite by default)."""
+    """Run control and edge together (one process by default; embedded SQLite by default)."""
     from claudeopus.cli.servers import ServeOptions, run_serve
 
     def settings() -> ServeOptions:
@@ -69,6 +73,7 @@ def serve(
             access_log_stdout=access_log_stdout,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            workers=workers,
         )
 
     _launch(log_level, settings, run_serve)

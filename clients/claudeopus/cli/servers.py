@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from claudeopus.cli.workers import MAX_WORKERS, EdgeWorkers
 from claudeopus.client import ClaudeOpusClient
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.server import ControlServer
@@ -63,6 +64,8 @@ class ServeOptions:
     # HTTPS for the edge (PEM files); the rest of TLS (control's port) comes from CLAUDEOPUS_* variables.
     tls_cert: str = ""
     tls_key: str = ""
+    # Edge processes beside the serve process (CLAUDEOPUS_WORKERS, see workers.py); 0: the edge in it.
+    workers: int = 0
 
     def edge_settings(self, upstream_url: str, service_token: str, control_target: str) -> EdgeSettings:
         """The edge's settings: the rest (timeouts, limits, upstream key) from CLAUDEOPUS_* variables."""
@@ -83,6 +86,8 @@ class ServeOptions:
             raise ValueError("--database-url must start with sqlite://, postgres:// or postgresql://")
         if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
             raise ValueError("--upstream-url must start with http:// or https://")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"CLAUDEOPUS_WORKERS must be from 0 to {MAX_WORKERS}")
         # Check the environment's edge and control settings now, before anything starts.
         edge = self.edge_settings("http://127.0.0.1:1/v1", "x" * 32, "127.0.0.1:1")
         control = self.control_settings("x" * 32)
@@ -119,11 +124,15 @@ async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
             _banner_demo(upstream_url)
         control_target = _local_target(options.grpc_address)
         edge_settings = options.edge_settings(upstream_url, token, control_target)
-        await stack.enter_async_context(
-            HttpServer(
-                build_app(edge_settings), edge_settings.http_host, edge_settings.http_port, **_https(edge_settings)
+        if options.workers:
+            level = logging.getLevelName(logging.getLogger("claudeopus").getEffectiveLevel())
+            await stack.enter_async_context(EdgeWorkers(edge_settings, options.workers, level, _https(edge_settings)))
+        else:
+            await stack.enter_async_context(
+                HttpServer(
+                    build_app(edge_settings), edge_settings.http_host, edge_settings.http_port, **_https(edge_settings)
+                )
             )
-        )
         if control.bootstrapped is None:
             _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
         else:
