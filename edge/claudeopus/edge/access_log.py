@@ -11,13 +11,12 @@ writes in a URL is ever kept), the latency in milliseconds until the last byte o
 (streams included), and the ``x-request-id`` the edge answered with (``-`` when the request was
 refused before authorize). No path, query string, header, body, key or model name is ever written.
 
-Lines go to a file rotated on a short window with the standard library's
+Lines go to a file rotated on a short window by the standard library's
 :class:`~logging.handlers.TimedRotatingFileHandler` (UTC, boundaries aligned to the window, the
-newest ``keep`` rotated files kept besides the current one) and/or to stdout, through a logger of
-their own that never propagates to the application's loggers. A file that reaches ``max_bytes``
-is rotated out early, under its window's name (numbered ``.000001``, ... after the first part of a
-window), so no file grows past the cap and the oldest go first. Files are created 0600 in
-directories created 0700 (claudeopus.private_files).
+newest ``keep`` rotated files kept besides the current one) and/or to stdout, never through a logger,
+flushed once per event-loop turn. A file that reaches ``max_bytes`` is rotated out early, under its
+window's name (numbered ``.000001``, ... after the first part of a window), so no file grows past
+the cap and the oldest go first. Files are created 0600 in directories created 0700.
 
 Example::
 
@@ -29,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -203,10 +203,8 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
     file's suffix name exactly the window it covers. A file left by an earlier run is rotated
     under its own window's name on the first line after a restart. A file that would pass
     ``max_bytes`` is rotated at once, under its window's name; the later parts of one window are
-    numbered, so names sort oldest first and the oldest are the ones deleted.
-
-    Lines are written with :meth:`write_line` (no log record is made, nothing is formatted); only
-    the rotation comes from the stdlib.
+    numbered, so names sort oldest first and the oldest are the ones deleted. Only the rotation comes
+    from the stdlib: :meth:`write_line` makes no log record and formats nothing.
     """
 
     def __init__(self, path: Path, *, seconds: int, keep: int, clock: Clock, max_bytes: int) -> None:
@@ -239,8 +237,7 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
             self.stream = self._open()
         if self._sized is not self.stream:  # opened anew (a rotation): count from its end
             self._sized, self._size = self.stream, self.stream.tell()
-        self.stream.write(data)
-        self.stream.flush()
+        self.stream.write(data)  # flushed by AccessLog, once per event-loop turn
         self._size += size
 
     def _due(self, size: int) -> bool:
@@ -268,13 +265,15 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
 
 
 class _StreamWriter:
-    """Lines to a text stream (stdout), flushed at once."""
+    """Lines to a text stream (stdout)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write_line(self, line: str) -> None:
         self._stream.write(line + "\n")
+
+    def flush(self) -> None:
         self._stream.flush()
 
     def close(self) -> None:
@@ -321,6 +320,7 @@ class AccessLog:
         self._clock = clock
         self._stream = stream
         self._writers: tuple[_UtcWindowHandler | _StreamWriter, ...] = ()
+        self._flush_pending = False
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> AccessLog:
@@ -377,5 +377,24 @@ class AccessLog:
                 writer.close()
 
     def write(self, line: str) -> None:
+        """``line`` reaches the file at the end of this event-loop turn (at once outside a loop): the
+        lines of requests that end together cost one system write."""
         for writer in self._writers:
             writer.write_line(line)
+        if self._flush_pending or not self._writers:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        for writer in self._writers:
+            try:
+                writer.flush()
+            except (OSError, ValueError) as error:  # a full disk: the lines are lost, never the request
+                _log.warning("access log: writing failed (%s)", type(error).__name__)
