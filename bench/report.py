@@ -116,7 +116,7 @@ def targets(results: Results) -> list[dict[str, object]]:
     low = 1 if 1 in connections else (connections[0] if connections else 0)
     rows: list[dict[str, object]] = []
 
-    def add(name: str, measured: float, limit: float, *, at_most: bool) -> None:
+    def add(name: str, measured: float, limit: float, *, at_most: bool = False) -> None:
         met: bool | None = None
         if math.isfinite(measured):
             met = measured <= limit if at_most else measured >= limit
@@ -126,26 +126,27 @@ def targets(results: Results) -> list[dict[str, object]]:
         cell = results.cell(workers, name, c)
         return float(getattr(cell, attribute)) if cell is not None else None
 
+    def ratio(path: str, base: str, c: int, attribute: str = "rps") -> float:
+        return _ratio(get(path, c, attribute), get(base, c, attribute))
+
+    def added(path: str, base: str, c: int, attribute: str) -> float:
+        return _diff(get(path, c, attribute), get(base, c, attribute))
+
     ttfb_low = min((c.connections for c in results.ttfb), default=0)
     direct_ttfb = results.ttfb_cell(workers, "direct-stream", ttfb_low)
     for path, stream_path, note in _TARGET_PATHS:
         if not any(c.scenario in (path, stream_path) for c in results.cells) and path != "full":
             continue
-        add(
-            f"throughput at {top} connections, {path} / bare relay",
-            _ratio(get(path, top, "rps"), get("bare", top, "rps")),
-            MIN_THROUGHPUT_OF_BARE,
-            at_most=False,
-        )
+        add(f"throughput at {top} connections, {path} / bare relay", ratio(path, "bare", top), MIN_THROUGHPUT_OF_BARE)
         add(
             f"added p50 latency at {low} connection(s) over direct{note}, ms",
-            _diff(get(path, low, "p50_ms"), get("direct", low, "p50_ms")),
+            added(path, "direct", low, "p50_ms"),
             MAX_ADDED_P50_MS,
             at_most=True,
         )
         add(
             f"added p99 latency at {low} connection(s) over direct{note}, ms",
-            _diff(get(path, low, "p99_ms"), get("direct", low, "p99_ms")),
+            added(path, "direct", low, "p99_ms"),
             MAX_ADDED_P99_MS,
             at_most=True,
         )
@@ -163,31 +164,18 @@ def targets(results: Results) -> list[dict[str, object]]:
         ("bare", MIN_BARE_OF_FLOOR, MAX_BARE_ADDED_P50_OVER_FLOOR_MS),
         ("full", MIN_FULL_OF_FLOOR, MAX_FULL_ADDED_P50_OVER_FLOOR_MS),
     ):
-        add(
-            f"throughput at {top} connections, {path} / floor",
-            _ratio(get(path, top, "rps"), get("floor", top, "rps")),
-            throughput,
-            at_most=False,
-        )
-        add(
-            f"added p50 latency at {low} connection(s), {path} over floor, ms",
-            _diff(get(path, low, "p50_ms"), get("floor", low, "p50_ms")),
-            added_p50,
-            at_most=True,
-        )
+        add(f"throughput at {top} connections, {path} / floor", ratio(path, "floor", top), throughput)
+        over_floor = added(path, "floor", low, "p50_ms")
+        add(f"added p50 latency at {low} connection(s), {path} over floor, ms", over_floor, added_p50, at_most=True)
     for serve in ("serve", "serve-workers"):
-        add(
-            f"p99 at {top} connections, {serve} / full (split deployment)",
-            _ratio(get(serve, top, "p99_ms"), get("full", top, "p99_ms")),
-            MAX_SERVE_P99_OF_FULL,
-            at_most=True,
-        )
+        split = ratio(serve, "full", top, "p99_ms")
+        add(f"p99 at {top} connections, {serve} / full (split deployment)", split, MAX_SERVE_P99_OF_FULL, at_most=True)
     for c in connections:
         flooded = get("full-login-flood", c, "p99_ms")
         if flooded is not None:
             add(
                 f"full path p99 at {c} connection(s) under a login flood / without",
-                _ratio(flooded, get("full", c, "p99_ms")),
+                ratio("full-login-flood", "full", c, "p99_ms"),
                 MAX_P99_UNDER_LOGIN_FLOOD,
                 at_most=True,
             )
