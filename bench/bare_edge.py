@@ -22,15 +22,8 @@ from claudeopus.cli.runtime import configure_logging, run
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.app import build_app
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import (
-    AuthorizeCall,
-    ControlClient,
-    KeyInfo,
-    Lease,
-    LeaseUse,
-    RecoveredLease,
-    Settle,
-)
+from claudeopus.edge.control import AuthorizeCall, ControlClient
+from claudeopus.edge.metering.types import KeyInfo, Lease, LeaseUse, RecoveredLease, Settlement
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 
@@ -57,10 +50,10 @@ class NoopControl(ControlClient):
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         return [0] * len(calls)
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         return None
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
 
     async def grant_lease(self, key_hash: bytes, completion: CompletionRequest, ttl: float) -> Lease | None:

@@ -164,3 +164,16 @@ def test_the_cli_refuses_plain_text_to_another_host_without_insecure() -> None:
     assert result.returncode == 2, result.describe()
     assert "--insecure" in result.stderr and "Traceback" not in result.stderr
     assert "sk-co-" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["admin", "--insecure"], {}), (["admin"], {"CLAUDEOPUS_CONTROL_INSECURE": "1"})],
+    ids=["flag", "environment"],
+)
+def test_the_cli_dials_another_host_in_plain_text_with_insecure(args: list[str], env: dict[str, str]) -> None:
+    key = "sk-co-" + "x" * 43
+    result = run_cli([*args, "accounts", "list", "--control", REMOTE[0], "--key", key, "--json"], env=env)
+    assert result.returncode == 1, result.describe()  # dialled (and failed to reach it), not refused
+    assert result.json()["error"]["code"] == "UNAVAILABLE"
+    assert "--insecure" not in result.stderr and key not in result.stdout + result.stderr

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from claudeopus.control.settings import ControlSettings, SettingsError
+from claudeopus.control.settings import ControlSettings
+from claudeopus.settings import SettingsError
 
 TOKEN = {"CLAUDEOPUS_SERVICE_TOKEN": "t" * 32}
 
@@ -91,3 +92,35 @@ def test_credential_settings_have_defaults_and_are_read_from_the_environment() -
         6,
     )
     assert (settings.email_probes_per_hour, settings.method_concurrency, settings.login_concurrency) == (7, 8, 3)
+
+
+def test_flags_win_over_the_environment_and_none_means_not_given() -> None:
+    env = {
+        **TOKEN,
+        "CLAUDEOPUS_GRPC": "127.0.0.1:1",
+        "CLAUDEOPUS_DATABASE_URL": "sqlite://./env.db",
+        "CLAUDEOPUS_LOG_LEVEL": "debug",
+    }
+    from_env = ControlSettings.from_env(env, grpc_address=None, database_url=None, log_level=None)
+    assert (from_env.grpc_address, from_env.database_url, from_env.log_level) == (
+        "127.0.0.1:1",
+        "sqlite://./env.db",
+        "debug",
+    )
+    flags = ControlSettings.from_env(
+        env, grpc_address="0.0.0.0:2", database_url="postgres://db/x", service_token="f" * 32, log_level="warning"
+    )
+    assert (flags.grpc_address, flags.database_url, flags.service_token, flags.log_level) == (
+        "0.0.0.0:2",
+        "postgres://db/x",
+        "f" * 32,
+        "warning",
+    )
+    defaults = ControlSettings.from_env(TOKEN)
+    assert (defaults.grpc_address, defaults.database_url, defaults.log_level) == (
+        "127.0.0.1:50051",
+        "sqlite://./claudeopus.db",
+        "info",
+    )
+    with pytest.raises(SettingsError, match="CLAUDEOPUS_DATABASE_URL"):
+        ControlSettings.from_env(env, database_url="mysql://db")

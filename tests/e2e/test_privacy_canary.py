@@ -49,7 +49,7 @@ import openai
 import pytest
 
 from claudeopus.client import Client
-from claudeopus.edge.spool import read_spool
+from claudeopus.edge.metering.spool import read_spool
 from tests.support import admin
 from tests.support.databases import engine, fresh_database
 from tests.support.fake_upstream import ECHO_ALL, FakeUpstream, ThreadedServer

@@ -26,7 +26,7 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.client import Client
-from claudeopus.edge.spool import encode_record, read_spool
+from claudeopus.edge.metering.spool import encode_record, read_spool
 from claudeopus.v1 import usage_pb2
 from tests.support import admin
 from tests.support.databases import dump_text, fresh_database
@@ -236,7 +236,11 @@ def _wait_spooled(stack: Stack, ids: set[str]) -> int:
         time.sleep(0.05)
     records = read_spool(stack.spool_dir)
     assert len(records) == len(ids), "each settle spooled once"
-    assert all((r.output_tokens, r.input_tokens, r.status, r.source) == (5, 8, SUCCEEDED, REPORTED) for r in records)
+    assert all(
+        (r.outcome.output_tokens, r.outcome.input_tokens, r.outcome.status, r.outcome.source)
+        == (5, 8, SUCCEEDED, REPORTED)
+        for r in records
+    )
     return sum(p.stat().st_size for p in stack.segments())
 
 

@@ -20,10 +20,12 @@ import pytest
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware, access_line
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
+from claudeopus.edge.control import AuthorizeCall, ControlClient
+from claudeopus.edge.metering.types import KeyInfo, Settlement
 from claudeopus.edge.routes import ROUTES
 from claudeopus.edge.server import HttpServer
-from claudeopus.edge.settings import EdgeSettings, SettingsError
+from claudeopus.edge.settings import EdgeSettings
+from claudeopus.settings import SettingsError
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
 TOKEN = "t" * 40
@@ -475,7 +477,7 @@ def test_access_log_settings_are_read_once(variables: dict[str, str], expected: 
 
 
 def test_the_stdout_flag_wins_over_the_environment() -> None:
-    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_STDOUT="0"), access_log_stdout="1").access_log_stdout
+    assert EdgeSettings.from_env(env(CLAUDEOPUS_ACCESS_LOG_STDOUT="0"), access_log_stdout=True).access_log_stdout
 
 
 @pytest.mark.parametrize(
@@ -531,10 +533,10 @@ class AllowAll(ControlClient):
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         return [0] * len(calls)
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         return None
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
 
 

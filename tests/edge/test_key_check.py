@@ -12,8 +12,9 @@ import pytest
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge import errors
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient, KeyInfo, Settle
+from claudeopus.edge.control import AuthorizeCall, ControlClient
 from claudeopus.edge.key_check import KeyCheck
+from claudeopus.edge.metering.types import KeyInfo, Settlement
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
@@ -45,10 +46,10 @@ class Verifying(ControlClient):
         self.authorized += len(calls)
         return [0] * len(calls)
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         return None
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
 
 

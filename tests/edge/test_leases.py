@@ -14,8 +14,9 @@ import pytest
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest, parse_completion
-from claudeopus.edge.control import ControlClient, Lease, LeaseUse
+from claudeopus.edge.control import ControlClient
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.types import Lease, LeaseUse
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32

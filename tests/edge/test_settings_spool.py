@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from claudeopus.edge.settings import EdgeSettings, SettingsError
+from claudeopus.edge.settings import EdgeSettings
+from claudeopus.settings import SettingsError
 
 BASE = {"CLAUDEOPUS_UPSTREAM_URL": "http://127.0.0.1:9/v1", "CLAUDEOPUS_SERVICE_TOKEN": "t" * 32}
 

@@ -17,11 +17,12 @@ import pytest
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.control import AuthorizeCall, ControlClient, Outcome, Settle, key_hash
+from claudeopus.edge.control import AuthorizeCall, ControlClient, key_hash
 from claudeopus.edge.forward import Forwarder
-from claudeopus.edge.replay import Replayer
+from claudeopus.edge.metering.replay import Replayer
+from claudeopus.edge.metering.spool import Spool, read_spool
+from claudeopus.edge.metering.types import Outcome, Settlement
 from claudeopus.edge.settler import Settler
-from claudeopus.edge.spool import Spool, read_spool
 from claudeopus.edge.upstream import ConnectFailed, UpstreamResponse
 from claudeopus.v1 import usage_pb2
 
@@ -48,7 +49,7 @@ class FakeControl(ControlClient):
         self.authorized: list[str] = []
         self.batches: list[int] = []
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         request_id, outcome = settle.request_id, settle.outcome
         self.attempts += 1
         if not self.up:
@@ -57,7 +58,7 @@ class FakeControl(ControlClient):
             raise self.refuse[request_id]
         self.settled.append((request_id, outcome.input_tokens))
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         """Like control's BatchSettle: fails as a whole while down, else answers per settle."""
         self.batches.append(len(settles))
         if not self.up:
@@ -131,7 +132,7 @@ async def test_while_control_is_down_settles_are_spooled_then_replayed_in_order(
         settler.submit(rid(n), outcome(n), time.perf_counter())
         await asyncio.sleep(0)
     await until(lambda: settler.pending == 0)
-    assert [r.input_tokens for r in read_spool(tmp_path)] == list(range(1, 21))
+    assert [r.outcome.input_tokens for r in read_spool(tmp_path)] == list(range(1, 21))
     assert control.settled == []
     control.up = True
     await until(lambda: len(control.settled) == 20)
@@ -183,7 +184,7 @@ async def test_records_control_can_never_take_are_dropped_and_logged(
     await until(lambda: settler.pending == 0)
     control.refuse[rid(2)] = NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
     control.refuse[rid(3)] = InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "FIELD_INVALID")
-    with caplog.at_level(logging.WARNING, logger="claudeopus.edge.replay"):
+    with caplog.at_level(logging.WARNING, logger="claudeopus.edge.metering.replay"):
         control.up = True
         await until(lambda: len(control.settled) == 2)
         await asyncio.sleep(0.05)
@@ -273,7 +274,7 @@ async def test_a_settle_control_does_not_answer_in_time_is_spooled(
         assert time.monotonic() - started < 2
         await settler.aclose()
     [record] = read_spool(tmp_path)
-    assert (record.request_id, record.input_tokens, record.output_tokens) == (rid(1), 1, 2)
+    assert (record.request_id, record.outcome.input_tokens, record.outcome.output_tokens) == (rid(1), 1, 2)
 
 
 # -- a full spool refuses new completions -----------------------------------------------------
@@ -313,7 +314,7 @@ class TimingOutControl(FakeControl):
         self.authorized.extend(call.request_id for call in calls)
         raise ClaudeOpusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         request_id, outcome = settle.request_id, settle.outcome
         self.attempts += 1
         self.outcomes.append(outcome)
@@ -358,7 +359,7 @@ class SlowControl(FakeControl):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         await self.gate.wait()
         return await super().settle_batch(settles)
 
@@ -388,7 +389,7 @@ async def test_shutdown_spools_what_control_did_not_take_in_time(
         settler.submit(rid(n), outcome(n), time.perf_counter())
     await asyncio.sleep(0.01)
     await settler.aclose()
-    assert sorted(r.input_tokens for r in read_spool(tmp_path)) == [1, 2, 3, 4, 5], "the batch in flight too"
+    assert sorted(r.outcome.input_tokens for r in read_spool(tmp_path)) == [1, 2, 3, 4, 5], "the batch in flight too"
     assert control.settled == []
 
 

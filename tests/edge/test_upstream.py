@@ -6,10 +6,11 @@ import asyncio
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from claudeopus.edge.settings import EdgeSettings, SettingsError
+from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.upstream import (
     AiohttpUpstream,
     ConnectFailed,
@@ -18,6 +19,7 @@ from claudeopus.edge.upstream import (
     ReadTimedOut,
     UpstreamError,
 )
+from claudeopus.settings import SettingsError
 from tests.support.fault_upstream import unanswered_port
 from tests.support.processes import free_port
 
@@ -38,6 +40,17 @@ def test_retries_and_the_longest_exchange_have_defaults_and_come_from_the_enviro
 def test_a_bad_retry_count_is_refused_by_name(raw: str) -> None:
     with pytest.raises(SettingsError, match="CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES"):
         EdgeSettings.from_env({**BASE, "CLAUDEOPUS_UPSTREAM_CONNECT_RETRIES": raw})
+
+
+async def test_an_https_upstream_is_verified_against_ssl_cert_file_read_with_the_settings(tmp_path: Path) -> None:
+    https = {**BASE, "CLAUDEOPUS_UPSTREAM_URL": "https://127.0.0.1:9/v1"}
+    assert EdgeSettings.from_env(https).upstream_ca_file == ""
+    await AiohttpUpstream(EdgeSettings.from_env(https)).aclose()  # certifi's bundle
+    missing = str(tmp_path / "no-such-ca.pem")
+    settings = EdgeSettings.from_env({**https, "SSL_CERT_FILE": missing})
+    assert settings.upstream_ca_file == missing
+    with pytest.raises(FileNotFoundError):
+        AiohttpUpstream(settings)
 
 
 async def _failure(url: str) -> type[UpstreamError]:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import sys
 import urllib.parse
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from claudeopus.cli.workers import MAX_WORKERS, EdgeWorkers
+from claudeopus.cli.settings import ServeSettings
+from claudeopus.cli.workers import EdgeWorkers
 from claudeopus.client import ClaudeOpusClient
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.server import ControlServer
@@ -21,7 +20,7 @@ from claudeopus.edge import https
 from claudeopus.edge.app import build_app
 from claudeopus.edge.demo import MODELS, DemoUpstream
 from claudeopus.edge.server import HttpServer
-from claudeopus.edge.settings import EdgeSettings, split_address
+from claudeopus.edge.settings import EdgeSettings
 from claudeopus.private_files import write_private
 
 _log = logging.getLogger("claudeopus")
@@ -52,96 +51,32 @@ async def run_edge(settings: EdgeSettings, stop: asyncio.Event) -> None:
     _log.info("edge stopped")
 
 
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    """The settings of ``claudeopus serve``, checked before anything starts."""
-
-    http_address: str
-    grpc_address: str
-    database_url: str
-    upstream_url: str
-    access_log_stdout: bool = False  # --access-log-stdout; the other access log settings come from the environment
-    # HTTPS for the edge (PEM files); the rest of TLS (control's port) comes from CLAUDEOPUS_* variables.
-    tls_cert: str = ""
-    tls_key: str = ""
-    # Edge processes beside the serve process (CLAUDEOPUS_WORKERS, see workers.py); 0: the edge in it.
-    workers: int = 0
-
-    def edge_settings(self, upstream_url: str, service_token: str, control_target: str) -> EdgeSettings:
-        """The edge's settings: the rest (timeouts, limits, upstream key) from CLAUDEOPUS_* variables."""
-        return EdgeSettings.from_env(
-            upstream_url=upstream_url,
-            service_token=service_token,
-            http_address=self.http_address,
-            control_target=control_target,
-            access_log_stdout="1" if self.access_log_stdout else "",
-            tls_cert=self.tls_cert,
-            tls_key=self.tls_key,
-        )
-
-    def __post_init__(self) -> None:
-        split_address(self.http_address, "--http")
-        split_address(self.grpc_address, "--grpc")
-        if not self.database_url.startswith(("sqlite://", "postgres://", "postgresql://")):
-            raise ValueError("--database-url must start with sqlite://, postgres:// or postgresql://")
-        if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
-            raise ValueError("--upstream-url must start with http:// or https://")
-        if not 0 <= self.workers <= MAX_WORKERS:
-            raise ValueError(f"CLAUDEOPUS_WORKERS must be from 0 to {MAX_WORKERS}")
-        # Check the environment's edge and control settings now, before anything starts.
-        edge = self.edge_settings("http://127.0.0.1:1/v1", "x" * 32, "127.0.0.1:1")
-        control = self.control_settings("x" * 32)
-        # The built-in edge talks to the built-in control: over TLS it must trust (and satisfy) it.
-        if control.tls_cert and not edge.control_ca:
-            raise ValueError(
-                "CLAUDEOPUS_CONTROL_TLS_CERT needs CLAUDEOPUS_CONTROL_CA in serve (the built-in edge verifies control)"
-            )
-        if control.tls_client_ca and not edge.control_client_cert:
-            raise ValueError(
-                "CLAUDEOPUS_CONTROL_CLIENT_CA needs CLAUDEOPUS_CONTROL_CLIENT_CERT and _KEY in serve "
-                "(the built-in edge presents them to control)"
-            )
-
-    def control_settings(self, service_token: str) -> ControlSettings:
-        return ControlSettings.from_env(
-            grpc_address=self.grpc_address, database_url=self.database_url, service_token=service_token
-        )
-
-
-async def run_serve(options: ServeOptions, stop: asyncio.Event) -> None:
+async def run_serve(settings: ServeSettings, stop: asyncio.Event) -> None:
     """Control and edge in one process; a demo upstream when none is configured."""
-    token = secrets.token_urlsafe(32)  # in-process only: never leaves this process
-    control_settings = options.control_settings(token)
     async with AsyncExitStack() as stack:
         # The admin is made before the gRPC port listens: no other process can bootstrap first.
         control = await stack.enter_async_context(
-            ControlServer(control_settings, bootstrap_as=(ADMIN_EMAIL, "Administrator"))
+            ControlServer(settings.control, bootstrap_as=(ADMIN_EMAIL, "Administrator"))
         )
-        upstream_url = options.upstream_url
-        if not upstream_url:
+        if settings.demo_upstream:
             demo = await stack.enter_async_context(HttpServer(DemoUpstream(), "127.0.0.1", 0))
-            upstream_url = f"http://127.0.0.1:{demo.port}/v1"
-            _banner_demo(upstream_url)
-        control_target = _local_target(options.grpc_address)
-        edge_settings = options.edge_settings(upstream_url, token, control_target)
-        if options.workers:
-            level = logging.getLevelName(logging.getLogger("claudeopus").getEffectiveLevel())
-            await stack.enter_async_context(EdgeWorkers(edge_settings, options.workers, level, _https(edge_settings)))
+            settings = settings.with_upstream(f"http://127.0.0.1:{demo.port}/v1")
+            _banner_demo(settings.edge.upstream_url)
+        edge = settings.edge
+        if settings.workers:
+            workers = EdgeWorkers(edge, settings.workers, settings.log_level, _https(edge))
+            await stack.enter_async_context(workers)
         else:
-            await stack.enter_async_context(
-                HttpServer(
-                    build_app(edge_settings), edge_settings.http_host, edge_settings.http_port, **_https(edge_settings)
-                )
-            )
+            await stack.enter_async_context(HttpServer(build_app(edge), edge.http_host, edge.http_port, **_https(edge)))
         if control.bootstrapped is None:
             _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
         else:
-            await _first_start(control.bootstrapped, control_target, edge_settings, demo_model=not options.upstream_url)
+            await _first_start(control.bootstrapped, edge, demo_model=settings.demo_upstream)
         _log.info(
             "ClaudeOpus ready: edge %s://%s, control %s",
-            _scheme(edge_settings),
-            options.http_address,
-            options.grpc_address,
+            _scheme(edge),
+            edge.http_address,
+            settings.control.grpc_address,
         )
         await stop.wait()
     _log.info("ClaudeOpus stopped")
@@ -160,13 +95,6 @@ def _control_link(settings: EdgeSettings) -> str:
     if settings.control_client_cert:
         return "mutual TLS"
     return "TLS" if settings.control_ca else "plain text"
-
-
-def _local_target(address: str) -> str:
-    host, port = split_address(address, "--grpc")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _db_label(settings: ControlSettings) -> str:
@@ -188,12 +116,13 @@ def _banner_demo(url: str) -> None:
     )
 
 
-async def _first_start(admin: Bootstrapped, control_target: str, edge: EdgeSettings, *, demo_model: bool) -> None:
+async def _first_start(admin: Bootstrapped, edge: EdgeSettings, *, demo_model: bool) -> None:
     """On the very first start (the admin was just bootstrapped): a demo user and its key, and how to call.
 
     The secrets are printed when stdout is a terminal; otherwise (a service manager, a log
     collector) they go to ``claudeopus-first-start.txt`` (0600) and only its path is printed.
     """
+    control_target = edge.control_target
     async with ClaudeOpusClient(
         control_target,
         key=admin.key.secret,

@@ -32,7 +32,6 @@ from claudeopus.edge.app import build_app
 from claudeopus.edge.server import HttpServer, bind
 from claudeopus.edge.settings import EdgeSettings
 
-MAX_WORKERS = 64
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 35.0  # the edge's graceful shutdown takes up to 30 s
 _READY = "ready"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
+from claudeopus.settings import DEFAULT_LOG_LEVEL, SettingsError, layered
 
 DEFAULT_DATABASE_URL = "sqlite://./claudeopus.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
@@ -14,10 +15,28 @@ DEFAULT_BOOTSTRAP_TOKEN_FILE = "claudeopus-bootstrap.token"
 MAX_OUTPUT_TOKENS = 100_000_000
 MAX_CACHED_KEYS = 10_000_000
 TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_TLS_CERT", "CLAUDEOPUS_CONTROL_TLS_KEY", "CLAUDEOPUS_CONTROL_CLIENT_CA")
+# The settings a command-line flag may override, and the variable each replaces.
+OVERRIDABLE = {
+    "grpc_address": "CLAUDEOPUS_GRPC",
+    "database_url": "CLAUDEOPUS_DATABASE_URL",
+    "service_token": "CLAUDEOPUS_SERVICE_TOKEN",
+    "tls_cert": TLS_SETTINGS[0],
+    "tls_key": TLS_SETTINGS[1],
+    "tls_client_ca": TLS_SETTINGS[2],
+    "log_level": "CLAUDEOPUS_LOG_LEVEL",
+}
 
 
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+class ControlOverrides(TypedDict, total=False):
+    """Command-line values for :meth:`ControlSettings.from_env`; None means the flag was not given."""
+
+    grpc_address: str | None
+    database_url: str | None
+    service_token: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    tls_client_ca: str | None
+    log_level: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +83,8 @@ class ControlSettings:
     # RESOURCE_EXHAUSTED. The gateway service is never limited.
     method_concurrency: int = 32
     login_concurrency: int = 4
+    # debug, info or warning: ClaudeOpus's own loggers (libraries never log below info).
+    log_level: str = DEFAULT_LOG_LEVEL
 
     def __post_init__(self) -> None:
         if len(self.service_token) < 32:
@@ -77,19 +98,22 @@ class ControlSettings:
         tls.check_server(self.tls_cert, self.tls_key, self.tls_client_ca, names=TLS_SETTINGS)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> ControlSettings:
-        env = os.environ if environ is None else environ
-        values = {
-            "grpc_address": env.get("CLAUDEOPUS_GRPC", DEFAULT_GRPC_ADDRESS),
-            "database_url": env.get("CLAUDEOPUS_DATABASE_URL", DEFAULT_DATABASE_URL),
-            "service_token": env.get("CLAUDEOPUS_SERVICE_TOKEN", ""),
-            "tls_cert": env.get(TLS_SETTINGS[0], ""),
-            "tls_key": env.get(TLS_SETTINGS[1], ""),
-            "tls_client_ca": env.get(TLS_SETTINGS[2], ""),
-        }
-        values.update({k: v for k, v in overrides.items() if v})
-        return cls(
-            **values,
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Unpack[ControlOverrides]
+    ) -> ControlSettings:
+        """Read ``CLAUDEOPUS_*`` variables once (this process's when ``environ`` is None).
+
+        ``overrides`` are command-line values (None: not given); each wins over its variable.
+        """
+        env, given = layered(environ, overrides, OVERRIDABLE)
+        values: dict[str, Any] = dict(
+            grpc_address=env.get("CLAUDEOPUS_GRPC", DEFAULT_GRPC_ADDRESS),
+            database_url=env.get("CLAUDEOPUS_DATABASE_URL", DEFAULT_DATABASE_URL),
+            service_token=env.get("CLAUDEOPUS_SERVICE_TOKEN", ""),
+            tls_cert=env.get(TLS_SETTINGS[0], ""),
+            tls_key=env.get(TLS_SETTINGS[1], ""),
+            tls_client_ca=env.get(TLS_SETTINGS[2], ""),
+            log_level=env.get("CLAUDEOPUS_LOG_LEVEL", "") or DEFAULT_LOG_LEVEL,
             default_max_output_tokens=_tokens(
                 "CLAUDEOPUS_DEFAULT_MAX_OUTPUT_TOKENS", env.get("CLAUDEOPUS_DEFAULT_MAX_OUTPUT_TOKENS", "4096")
             ),
@@ -108,6 +132,7 @@ class ControlSettings:
             method_concurrency=_limit(env, "method_concurrency"),
             login_concurrency=_limit(env, "login_concurrency"),
         )
+        return cls(**{**values, **given})
 
 
 LIMITS = {

@@ -23,9 +23,9 @@ from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
-from claudeopus.edge.lease_journal import LeaseJournal, old_journals
-from claudeopus.edge.lease_recovery import LeaseRecovery
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.journal import LeaseJournal, old_journals
+from claudeopus.edge.metering.recovery import LeaseRecovery
 from claudeopus.edge.routes import ROUTES, error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.edge.settler import Settler

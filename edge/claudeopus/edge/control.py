@@ -17,6 +17,7 @@ from claudeopus import keys
 from claudeopus.client import ClaudeOpusError, UnavailableError, error_of, from_rpc_error
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.metering.types import KeyInfo, Lease, LeasedReservation, LeaseUse, RecoveredLease, Settlement
 from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc, usage_pb2
 
 _log = logging.getLogger(__name__)
@@ -30,29 +31,6 @@ NOT_FORWARDED_STATUS = 503
 
 class AuthorizeTimedOut(errors.ControlUnavailable):
     """Authorize passed its deadline: control may still have reserved, so the edge releases it."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """What a key may use: the models priced on its chain (None: not known), narrowed by its own list (empty: all)."""
-
-    allowed_models: tuple[str, ...]
-    priced_models: frozenset[str] | None = None
-
-    def may_use(self, model: object) -> bool:
-        priced = self.priced_models is None or model in self.priced_models
-        return priced and (not self.allowed_models or model in self.allowed_models)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a forwarded request ended, as settled with control."""
-
-    input_tokens: int
-    output_tokens: int
-    status: usage_pb2.UsageStatus.ValueType
-    source: usage_pb2.UsageSource.ValueType
-    http_status: int
 
 
 def openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
@@ -144,7 +122,7 @@ class ControlClient:
             )
         return [_authorize_answer(result) for result in reply.results]
 
-    async def settle(self, settle: Settle) -> None:
+    async def settle(self, settle: Settlement) -> None:
         """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
         request = _settle_request(settle)
         try:
@@ -152,7 +130,7 @@ class ControlClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
-    async def settle_batch(self, settles: Sequence[Settle]) -> list[ClaudeOpusError | None]:
+    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         """Settle many in one call: per settle, None when control took it, else why it refused it.
 
         Raises :class:`ClaudeOpusError` when the call as a whole failed (nothing was applied
@@ -233,53 +211,6 @@ class ControlClient:
 
 
 @dataclass(frozen=True, slots=True)
-class Lease:
-    """A slice of a key's budgets control leased to this edge (GrantLease), as granted."""
-
-    lease_id: str
-    ttl: float
-    unlimited: bool
-    input_tokens: int
-    output_tokens: int
-    cost_micros: int
-    prices: tuple[int, int] | None  # (input, output) per million tokens, when a cost budget counts
-    default_output_tokens: int
-    caps_output: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseUse:
-    """What this edge admitted from one lease in all, when it gives the lease back."""
-
-    lease_id: str
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    cost_micros: int
-
-
-@dataclass(frozen=True, slots=True)
-class Leased:
-    """What the edge reserved for one request it admitted from a lease; its settle opens the row."""
-
-    lease_id: str
-    estimated_input_tokens: int
-    max_output_tokens: int
-    reserved_cost_micros: int
-    stream: bool
-    reserve_time_ns: int  # wall clock, nanoseconds since 1970
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveredLease:
-    """A lease a dead process of this edge held, and the requests it admitted whose settle was lost."""
-
-    lease_id: str
-    lost: Sequence[tuple[str, Leased]]  # (request id, its reservation)
-    release_rest: bool  # the journal is complete: control may release what the lease still holds
-
-
-@dataclass(frozen=True, slots=True)
 class AuthorizeCall:
     """One request to authorize: its id, its key's hash and what it asks for."""
 
@@ -288,30 +219,17 @@ class AuthorizeCall:
     completion: CompletionRequest
 
 
-@dataclass(frozen=True, slots=True)
-class Settle:
-    """One settle to send: how the request ended and how long it took."""
-
-    request_id: str
-    outcome: Outcome
-    latency_seconds: float
-    # Control may never have opened this reservation (its authorize timed out): not finding it is fine.
-    missing_ok: bool = False
-    # Admitted from a lease: this settle opens the request's row.
-    leased: Leased | None = None
-
-
-def _settle_request(settle: Settle) -> gateway_pb2.SettleRequest:
+def _settle_request(settle: Settlement) -> gateway_pb2.SettleRequest:
     latency = duration_pb2.Duration()
-    latency.FromNanoseconds(int(settle.latency_seconds * 1e9))
+    latency.FromNanoseconds(settle.latency_ns)
     outcome = settle.outcome
     request = gateway_pb2.SettleRequest(
         request_id=settle.request_id,
         input_tokens=outcome.input_tokens,
         output_tokens=outcome.output_tokens,
         latency=latency,
-        status=outcome.status,
-        source=outcome.source,
+        status=usage_pb2.UsageStatus.ValueType(outcome.status),
+        source=usage_pb2.UsageSource.ValueType(outcome.source),
         http_status=outcome.http_status,
     )
     if settle.leased is not None:
@@ -319,7 +237,7 @@ def _settle_request(settle: Settle) -> gateway_pb2.SettleRequest:
     return request
 
 
-def _fill_leased(message: gateway_pb2.LeasedReservation, leased: Leased) -> None:
+def _fill_leased(message: gateway_pb2.LeasedReservation, leased: LeasedReservation) -> None:
     message.lease_id = leased.lease_id
     message.estimated_input_tokens = leased.estimated_input_tokens
     message.max_output_tokens = leased.max_output_tokens

@@ -19,11 +19,12 @@ import orjson
 from claudeopus.edge import errors
 from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
-from claudeopus.edge.control import AuthorizeTimedOut, ControlClient, Leased, Outcome
+from claudeopus.edge.control import AuthorizeTimedOut, ControlClient
 from claudeopus.edge.deadline import Deadline
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.key_check import KeyCheck
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
@@ -31,14 +32,13 @@ from claudeopus.edge.settings import DEFAULT_MODELS_OWNED_BY
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
 from claudeopus.edge.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
-from claudeopus.v1 import usage_pb2
 
 # The settle of a request that was authorized (perhaps) but never forwarded.
 NOTHING_USED = Outcome(
     input_tokens=0,
     output_tokens=0,
-    status=usage_pb2.USAGE_STATUS_UPSTREAM_ERROR,
-    source=usage_pb2.USAGE_SOURCE_ESTIMATED,
+    status=UsageStatus.UPSTREAM_ERROR,
+    source=UsageSource.ESTIMATED,
     http_status=503,
 )
 
@@ -102,7 +102,7 @@ class Forwarder:
         if self._settler.spool_full:
             raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
         request_id = str(uuid.uuid4())
-        leased: Leased | None = None
+        leased: LeasedReservation | None = None
         admission = self._leases.admit(hashed, completion, request_id) if self._leases is not None else None
         if admission is not None:
             leased, cap = admission.leased, admission.cap
@@ -131,7 +131,7 @@ class Forwarder:
         request_id: str,
         started: float,
         receive: Receive | None,
-        leased: Leased | None,
+        leased: LeasedReservation | None,
     ) -> Reply:
         """Everything after a successful authorize; every way out of here settles exactly once."""
         headers = [(b"x-request-id", request_id.encode())]
@@ -254,12 +254,14 @@ class Forwarder:
             error = errors.upstream_broken(f"failed (HTTP {status})")
         return BodyReply(status=error.status, body=error.json())
 
-    def _settle_failure(self, request_id: str, leased: Leased | None, started: float, http_status: int) -> None:
+    def _settle_failure(
+        self, request_id: str, leased: LeasedReservation | None, started: float, http_status: int
+    ) -> None:
         outcome = Outcome(
             input_tokens=0,
             output_tokens=0,
-            status=usage_pb2.USAGE_STATUS_UPSTREAM_ERROR,
-            source=usage_pb2.USAGE_SOURCE_ESTIMATED,
+            status=UsageStatus.UPSTREAM_ERROR,
+            source=UsageSource.ESTIMATED,
             http_status=http_status,
         )
         self._settler.submit(request_id, outcome, started, leased=leased)
@@ -302,14 +304,14 @@ def _body_outcome(body: bytes, completion: CompletionRequest) -> Outcome | None:
         return Outcome(
             input_tokens=completion.estimated_input_tokens,
             output_tokens=len(body) // 4,
-            status=usage_pb2.USAGE_STATUS_SUCCEEDED,
-            source=usage_pb2.USAGE_SOURCE_ESTIMATED,
+            status=UsageStatus.SUCCEEDED,
+            source=UsageSource.ESTIMATED,
             http_status=200,
         )
     return Outcome(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
-        status=usage_pb2.USAGE_STATUS_SUCCEEDED,
-        source=usage_pb2.USAGE_SOURCE_REPORTED,
+        status=UsageStatus.SUCCEEDED,
+        source=UsageSource.REPORTED,
         http_status=200,
     )

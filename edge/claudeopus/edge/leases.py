@@ -6,7 +6,7 @@ of every budget on the key's chain, a whole number of requests like that one, or
 when a budget is near its limit. While it holds a live lease, a request of that key and
 model is admitted here: its worst case (input bound, output cap or the model's default,
 their cost at the lease's prices) is counted against what is left of the slice, and it is
-forwarded at once. Its settle carries the reservation (``Leased``) and opens its usage row
+forwarded at once. Its settle carries the reservation (``LeasedReservation``) and opens its usage row
 at control. A lease is given back (ReturnLeases) when its time is up, when a request no
 longer fits in it, and at shutdown; control releases what was not used. Once a lease is half used (or half its time
 is gone) its successor is asked for, so a busy key goes from lease to lease without a request
@@ -52,8 +52,9 @@ from dataclasses import dataclass, field
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient, Lease, Leased, LeaseUse
-from claudeopus.edge.lease_journal import LeaseJournal
+from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.journal import LeaseJournal
+from claudeopus.edge.metering.types import Lease, LeasedReservation, LeaseUse
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ _Key = tuple[bytes, str]
 class Admission:
     """A request admitted from a lease: ``leased`` goes with its settle, ``cap`` upstream (0: none)."""
 
-    leased: Leased
+    leased: LeasedReservation
     cap: int
 
 
@@ -184,7 +185,9 @@ class LeaseBook:
         held.used[0] += input_tokens
         held.used[1] += output_tokens
         held.used[2] += cost
-        leased = Leased(lease.lease_id, input_tokens, output_tokens, cost, completion.stream, self._wall_ns())
+        leased = LeasedReservation(
+            lease.lease_id, input_tokens, output_tokens, cost, completion.stream, self._wall_ns()
+        )
         cap = per_choice if lease.caps_output and not completion.max_output_tokens else 0
         return Admission(leased, cap)
 

@@ -27,13 +27,12 @@ import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import Leased, Outcome
 from claudeopus.edge.disconnect import DisconnectWatcher
+from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import DONE, EventBuffer, Usage, event_data, parse_usage, text_length
 from claudeopus.edge.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
-from claudeopus.v1 import usage_pb2
 
 
 class ClientGone(Exception):
@@ -67,7 +66,7 @@ class StreamRelay:
         settler: Settler,
         watcher: DisconnectWatcher,
         deadline: float = float("inf"),
-        leased: Leased | None = None,
+        leased: LeasedReservation | None = None,
         redactor: Redactor | None = None,
     ) -> None:
         """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended;
@@ -85,7 +84,7 @@ class StreamRelay:
         self._relayed_events = 0
         self._relayed_chars = 0
         self._done = False
-        self._status: usage_pb2.UsageStatus.ValueType = usage_pb2.USAGE_STATUS_SUCCEEDED
+        self._status: UsageStatus = UsageStatus.SUCCEEDED
 
     async def events(self) -> AsyncIterator[bytes]:
         self._watcher.start()
@@ -104,32 +103,32 @@ class StreamRelay:
             if not self._done and self._usage is None:
                 # Neither [DONE] nor the usage chunk (always asked for, always last): the upstream
                 # ended the stream early, perhaps cleanly closing mid-answer. Say so; do not bill it as whole.
-                self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+                self._status = UsageStatus.UPSTREAM_ERROR
                 yield _error_event(errors.upstream_broken("ended the stream before it was complete"))
         except ClientGone:
-            self._status = usage_pb2.USAGE_STATUS_CLIENT_DISCONNECTED
+            self._status = UsageStatus.CLIENT_DISCONNECTED
         except MalformedEvent:
             # Not relayed: the SDK would fail on it without ever reaching the error event.
-            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            self._status = UsageStatus.UPSTREAM_ERROR
             yield _error_event(errors.upstream_broken("sent an event that is not JSON"))
         except Overtime:
-            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            self._status = UsageStatus.UPSTREAM_ERROR
             yield _error_event(
                 errors.UpstreamTimeout(
                     "The upstream provider's answer took longer than the gateway allows.", code="upstream_timeout"
                 )
             )
         except UpstreamTimeout:
-            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            self._status = UsageStatus.UPSTREAM_ERROR
             yield _error_event(
                 errors.UpstreamTimeout("The upstream provider stopped responding.", code="upstream_timeout")
             )
         except UpstreamError:
-            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            self._status = UsageStatus.UPSTREAM_ERROR
             yield _error_event(errors.upstream_broken("dropped the connection mid-stream"))
         except asyncio.CancelledError:
             # The gateway is shutting down under this stream: settle it as failed.
-            self._status = usage_pb2.USAGE_STATUS_UPSTREAM_ERROR
+            self._status = UsageStatus.UPSTREAM_ERROR
             raise
         finally:
             await self._finish()
@@ -204,7 +203,7 @@ class StreamRelay:
                 input_tokens=self._usage.input_tokens,
                 output_tokens=self._usage.output_tokens,
                 status=self._status,
-                source=usage_pb2.USAGE_SOURCE_REPORTED,
+                source=UsageSource.REPORTED,
                 http_status=200,
             )
         # No usage arrived (client left, upstream broke): estimate from the text relayed,
@@ -217,7 +216,7 @@ class StreamRelay:
             input_tokens=self._completion.estimated_input_tokens if produced else 0,
             output_tokens=min(estimate, cap) if cap else estimate,
             status=self._status,
-            source=usage_pb2.USAGE_SOURCE_ESTIMATED,
+            source=UsageSource.ESTIMATED,
             http_status=200,
         )
 

@@ -6,9 +6,11 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_CHOICES
+from claudeopus.settings import CONTROL_CLIENT_TLS, DEFAULT_LOG_LEVEL, SettingsError, flag, layered
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_CONTROL = "127.0.0.1:50051"
@@ -28,11 +30,30 @@ DEFAULT_LEASE_SECONDS = 1.0
 MIN_LEASE_SECONDS = 0.05
 MAX_LEASE_SECONDS = 60.0
 TLS_SETTINGS = ("CLAUDEOPUS_TLS_CERT", "CLAUDEOPUS_TLS_KEY")
-CONTROL_TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
+# The settings a command-line flag may override, and the variable each replaces.
+OVERRIDABLE = {
+    "upstream_url": "CLAUDEOPUS_UPSTREAM_URL",
+    "service_token": "CLAUDEOPUS_SERVICE_TOKEN",
+    "http_address": "CLAUDEOPUS_HTTP",
+    "control_target": "CLAUDEOPUS_CONTROL",
+    "access_log_stdout": "CLAUDEOPUS_ACCESS_LOG_STDOUT",
+    "tls_cert": TLS_SETTINGS[0],
+    "tls_key": TLS_SETTINGS[1],
+    "log_level": "CLAUDEOPUS_LOG_LEVEL",
+}
 
 
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+class EdgeOverrides(TypedDict, total=False):
+    """Command-line values for :meth:`EdgeSettings.from_env`; None means the flag was not given."""
+
+    upstream_url: str | None
+    service_token: str | None
+    http_address: str | None
+    control_target: str | None
+    access_log_stdout: bool | None
+    tls_cert: str | None
+    tls_key: str | None
+    log_level: str | None
 
 
 def split_address(value: str, name: str) -> tuple[str, int]:
@@ -105,6 +126,11 @@ class EdgeSettings:
     control_ca: str = ""
     control_client_cert: str = ""
     control_client_key: str = ""
+    # The CA bundle an https:// upstream is verified against (the standard SSL_CERT_FILE);
+    # empty: certifi's bundle.
+    upstream_ca_file: str = ""
+    # debug, info or warning: ClaudeOpus's own loggers (libraries never log below info).
+    log_level: str = DEFAULT_LOG_LEVEL
 
     def __post_init__(self) -> None:
         if self.upstream_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
@@ -143,7 +169,7 @@ class EdgeSettings:
         if self.access_log_max_bytes < MIN_ACCESS_LOG_MAX_BYTES:
             raise SettingsError(f"CLAUDEOPUS_ACCESS_LOG_MAX_BYTES must be at least {MIN_ACCESS_LOG_MAX_BYTES}")
         tls.check_server(self.tls_cert, self.tls_key, names=(*TLS_SETTINGS, ""))
-        tls.check_client(self.control_ca, self.control_client_cert, self.control_client_key, names=CONTROL_TLS_SETTINGS)
+        tls.check_client(self.control_ca, self.control_client_cert, self.control_client_key, names=CONTROL_CLIENT_TLS)
 
     @property
     def http_host(self) -> str:
@@ -154,21 +180,13 @@ class EdgeSettings:
         return split_address(self.http_address, "CLAUDEOPUS_HTTP")[1]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> EdgeSettings:
-        """Read ``CLAUDEOPUS_*`` variables; non-empty ``overrides`` (command-line flags) win."""
-        env = {**(os.environ if environ is None else environ)}
-        names = {
-            "upstream_url": "CLAUDEOPUS_UPSTREAM_URL",
-            "service_token": "CLAUDEOPUS_SERVICE_TOKEN",
-            "upstream_api_key": "CLAUDEOPUS_UPSTREAM_API_KEY",
-            "http_address": "CLAUDEOPUS_HTTP",
-            "control_target": "CLAUDEOPUS_CONTROL",
-            "access_log_stdout": "CLAUDEOPUS_ACCESS_LOG_STDOUT",
-            "tls_cert": TLS_SETTINGS[0],
-            "tls_key": TLS_SETTINGS[1],
-        }
-        env.update({names[k]: v for k, v in overrides.items() if v})
-        return cls(
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Unpack[EdgeOverrides]) -> EdgeSettings:
+        """Read ``CLAUDEOPUS_*`` variables once (this process's when ``environ`` is None).
+
+        ``overrides`` are command-line values (None: not given); each wins over its variable.
+        """
+        env, given = layered(environ, overrides, OVERRIDABLE)
+        values: dict[str, Any] = dict(
             upstream_url=env.get("CLAUDEOPUS_UPSTREAM_URL", ""),
             service_token=env.get("CLAUDEOPUS_SERVICE_TOKEN", ""),
             upstream_api_key=env.get("CLAUDEOPUS_UPSTREAM_API_KEY", ""),
@@ -191,13 +209,16 @@ class EdgeSettings:
             access_log_rotate_seconds=_window(env, "CLAUDEOPUS_ACCESS_LOG_ROTATE", 3600),
             access_log_keep=_count(env, "CLAUDEOPUS_ACCESS_LOG_KEEP", 24),
             access_log_max_bytes=int(_number(env, "CLAUDEOPUS_ACCESS_LOG_MAX_BYTES", DEFAULT_ACCESS_LOG_MAX_BYTES)),
-            access_log_stdout=_flag(env, "CLAUDEOPUS_ACCESS_LOG_STDOUT"),
+            access_log_stdout=flag(env, "CLAUDEOPUS_ACCESS_LOG_STDOUT"),
             tls_cert=env.get(TLS_SETTINGS[0], ""),
             tls_key=env.get(TLS_SETTINGS[1], ""),
-            control_ca=env.get(CONTROL_TLS_SETTINGS[0], ""),
-            control_client_cert=env.get(CONTROL_TLS_SETTINGS[1], ""),
-            control_client_key=env.get(CONTROL_TLS_SETTINGS[2], ""),
+            control_ca=env.get(CONTROL_CLIENT_TLS[0], ""),
+            control_client_cert=env.get(CONTROL_CLIENT_TLS[1], ""),
+            control_client_key=env.get(CONTROL_CLIENT_TLS[2], ""),
+            upstream_ca_file=env.get("SSL_CERT_FILE", ""),
+            log_level=env.get("CLAUDEOPUS_LOG_LEVEL", "") or DEFAULT_LOG_LEVEL,
         )
+        return cls(**{**values, **given})
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -278,12 +299,3 @@ def _retries(env: Mapping[str, str], name: str, default: int) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or int(raw) > MAX_CONNECT_RETRIES:
         raise SettingsError(f"{name} must be a whole number from 0 to {MAX_CONNECT_RETRIES}, got {raw!r}")
     return int(raw)
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")

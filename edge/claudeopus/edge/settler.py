@@ -8,8 +8,8 @@ finish: a batch costs control little more than one settle, and on a quiet edge a
 sent at once would compete with the next request's authorize for control and for the same
 budget counters, on the request path. Reservations stay held that much longer. If control cannot be
 reached (or does not answer within ``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an
-error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.spool`)
-and the replayer (:mod:`claudeopus.edge.replay`) sends them when control is back. While
+error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.metering.spool`)
+and the replayer (:mod:`claudeopus.edge.metering.replay`) sends them when control is back. While
 the spool holds records, new settles join it behind them, so settles reach control in
 the order they were made. Nothing is fire-and-forget: the sending task is awaited on
 shutdown, and what it could not send by then is spooled for the next start.
@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable, Sequence
 import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
-from claudeopus.edge.control import ControlClient, Leased, Outcome, Settle
-from claudeopus.edge.replay import Replayer, is_permanent
-from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError
+from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.replay import Replayer, is_permanent
+from claudeopus.edge.metering.spool import Spool, SpoolError
+from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Settler:
         self._max_batch = max_batch
         self._linger = linger
         self._on_unreachable = on_unreachable  # told when a batch could not reach control at all
-        self._queue: collections.deque[Settle] = collections.deque()
+        self._queue: collections.deque[Settlement] = collections.deque()
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._batch_ready = asyncio.Event()  # a whole batch is queued, or shutdown began: linger no longer
@@ -114,12 +115,12 @@ class Settler:
         started_at: float,
         *,
         missing_ok: bool = False,
-        leased: Leased | None = None,
+        leased: LeasedReservation | None = None,
     ) -> None:
-        """Settle in the background; ``missing_ok``: control may never have opened this reservation;
+        """Settlement in the background; ``missing_ok``: control may never have opened this reservation;
         ``leased``: the request was admitted from a lease (its settle opens its row)."""
-        latency = time.perf_counter() - started_at
-        self._queue.append(Settle(request_id, outcome, latency, missing_ok, leased))
+        latency_ns = int((time.perf_counter() - started_at) * 1e9)
+        self._queue.append(Settlement(request_id, outcome, latency_ns, leased, missing_ok))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_forever())
         self._wake.set()
@@ -154,7 +155,7 @@ class Settler:
                     await self._batch_ready.wait()
         self._batch_ready.clear()
 
-    async def _send(self, batch: Sequence[Settle]) -> None:
+    async def _send(self, batch: Sequence[Settlement]) -> None:
         if not self._spool.empty:
             await self._spool_all(batch)
             return
@@ -173,20 +174,20 @@ class Settler:
             _log.error("batch of %d settles failed: %s; spooling it", len(batch), type(error).__name__)
             await self._spool_all(batch)
             return
-        retry: list[Settle] = []
-        done: list[Settle] = []
+        retry: list[Settlement] = []
+        done: list[Settlement] = []
         for settle, refusal in zip(batch, answers, strict=True):
             (retry if refusal and self._keep(settle, refusal) else done).append(settle)
         if retry:
             await self._spool_all(retry)  # each tells of itself once spooled
         self._tell_settled(done)
 
-    def _tell_settled(self, settles: Sequence[Settle]) -> None:
+    def _tell_settled(self, settles: Sequence[Settlement]) -> None:
         """Control or the spool took these: the lease journal may forget the leased ones."""
         if self._on_settled is not None:
             self._on_settled(settle.request_id for settle in settles if settle.leased is not None)
 
-    def _keep(self, settle: Settle, error: ClaudeOpusError) -> bool:
+    def _keep(self, settle: Settlement, error: ClaudeOpusError) -> bool:
         """Whether a settle control refused on its own should be spooled and tried again."""
         if settle.missing_ok and error.reason == "RESERVATION_NOT_FOUND":
             _log.debug("request %s was never reserved: nothing to release", settle.request_id)
@@ -199,26 +200,15 @@ class Settler:
         )
         return True
 
-    async def _spool_all(self, batch: Sequence[Settle]) -> None:
+    async def _spool_all(self, batch: Sequence[Settlement]) -> None:
         """Spool ``batch`` in order; its records share the spool's group commits (one fsync for many)."""
         if self._spool.empty:
             _log.warning("control unreachable for settles: spooling them to %s for replay", self._spool.directory)
         await asyncio.gather(*(self._spool_one(settle) for settle in batch))
 
-    async def _spool_one(self, settle: Settle) -> None:
-        outcome = settle.outcome
-        record = SpooledSettle(
-            request_id=settle.request_id,
-            input_tokens=outcome.input_tokens,
-            output_tokens=outcome.output_tokens,
-            status=outcome.status,
-            source=outcome.source,
-            http_status=outcome.http_status,
-            latency_ns=int(settle.latency_seconds * 1e9),
-            leased=settle.leased,
-        )
+    async def _spool_one(self, settle: Settlement) -> None:
         try:
-            await self._spool.append(record)
+            await self._spool.append(settle)
         except SpoolError as error:
             # Nothing else can keep it: control's sweeper will close the reservation (charged as reserved).
             _log.error("settle of request %s lost: %s", settle.request_id, error)

@@ -25,7 +25,6 @@ Their messages name a host or an OS error, never anything the upstream sent.
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -104,7 +103,7 @@ class AiohttpUpstream:
         connector = aiohttp.TCPConnector(
             limit=settings.upstream_max_connections,
             keepalive_timeout=KEEPALIVE_SECONDS,
-            ssl=_ssl_context() if settings.upstream_url.startswith("https://") else True,
+            ssl=_ssl_context(settings.upstream_ca_file) if settings.upstream_url.startswith("https://") else True,
         )
         headers = {"accept": "application/json"}
         if settings.upstream_api_key:
@@ -192,6 +191,6 @@ class _Mapped:
 _mapped = _Mapped()
 
 
-def _ssl_context() -> ssl.SSLContext:
-    """Verify the upstream against ``SSL_CERT_FILE`` when set, else certifi's bundle (as httpx did)."""
-    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    """Verify the upstream against ``ca_file`` (the edge's SSL_CERT_FILE) when set, else certifi's bundle."""
+    return ssl.create_default_context(cafile=ca_file or certifi.where())

@@ -17,14 +17,14 @@ import typer
 
 from claudeopus.cli.admin import accounts, budgets, keys, prices, usage
 from claudeopus.cli.admin._common import (
-    DEFAULT_CONTROL,
-    AdminOptions,
     ControlOpt,
     JsonOpt,
     KeyOpt,
     call,
+    connection,
     emit_message,
-    need_key,
+    keyless,
+    read_settings,
 )
 from claudeopus.cli.output import emit_json, emit_record, to_dict
 
@@ -42,12 +42,12 @@ def options(
         bool,
         typer.Option(
             "--insecure",
-            envvar="CLAUDEOPUS_CONTROL_INSECURE",
-            help="Allow plain-text gRPC to a control plane on another host (keys cross the network unencrypted).",
+            help="Allow plain-text gRPC to a control plane on another host (keys cross the network unencrypted; "
+            "env CLAUDEOPUS_CONTROL_INSECURE=1).",
         ),
     ] = False,
 ) -> None:
-    context.obj = AdminOptions(insecure=insecure)
+    read_settings(context, insecure)
 
 
 app.add_typer(accounts.app, name="accounts")
@@ -59,6 +59,7 @@ app.add_typer(budgets.app, name="budgets")
 
 @app.command()
 def bootstrap(
+    context: typer.Context,
     email: Annotated[str, typer.Option(help="Email of the root admin.")],
     name: Annotated[str, typer.Option(help="Display name.")] = "Administrator",
     token_file: Annotated[
@@ -68,12 +69,18 @@ def bootstrap(
         ),
     ] = None,
     token: Annotated[
-        str, typer.Option("--token", envvar="CLAUDEOPUS_BOOTSTRAP_TOKEN", help="The bootstrap token itself.")
-    ] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
+        str | None,
+        typer.Option(
+            "--token", help="The bootstrap token itself (env CLAUDEOPUS_BOOTSTRAP_TOKEN).", show_default=False
+        ),
+    ] = None,
+    control: ControlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create the root admin and print its management key (once; needs control's one-time bootstrap token)."""
+    settings = keyless(context, control)
+    if token is None:
+        token = settings.bootstrap_token
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
@@ -81,7 +88,7 @@ def bootstrap(
             raise typer.BadParameter(
                 f"cannot read {str(token_file)!r}: {error.strerror}", param_hint="--token-file"
             ) from None
-    done = call(control, None, as_json, lambda c: c.bootstrap_admin(email, name, token=token))
+    done = call(settings, as_json, lambda c: c.bootstrap_admin(email, name, token=token))
     if as_json:
         emit_json({"account": to_dict(done.account), "api_key": to_dict(done.api_key), "secret": done.secret})
         return
@@ -91,15 +98,22 @@ def bootstrap(
 
 @app.command()
 def login(
+    context: typer.Context,
     email: Annotated[str, typer.Option(help="Account email.")],
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, envvar="CLAUDEOPUS_PASSWORD", help="Dashboard password.")
-    ],
-    control: ControlOpt = DEFAULT_CONTROL,
+        str | None,
+        typer.Option(
+            help="Dashboard password (env CLAUDEOPUS_PASSWORD; asked for when neither is given).", show_default=False
+        ),
+    ] = None,
+    control: ControlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Exchange email and password for a session token (use it as --key)."""
-    reply = call(control, None, as_json, lambda c: c.login(email, password))
+    settings = keyless(context, control)
+    if password is None:
+        password = settings.password or typer.prompt("Password", hide_input=True)
+    reply = call(settings, as_json, lambda c: c.login(email, password))
     if as_json:
         emit_json({**to_dict(reply), "account": to_dict(reply.account)})
         return
@@ -108,9 +122,9 @@ def login(
 
 
 @app.command()
-def logout(control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def logout(context: typer.Context, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """End the session whose token is --key (CLAUDEOPUS_ADMIN_KEY)."""
-    call(control, need_key(key), as_json, lambda c: c.logout())
+    call(connection(context, control, key), as_json, lambda c: c.logout())
     if as_json:
         emit_json({"logged_out": True})
     else:

@@ -2,76 +2,80 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from claudeopus import tls
+from claudeopus.cli.admin.settings import AdminSettings
 from claudeopus.cli.output import emit_error, emit_json, emit_record, to_dict
 from claudeopus.client import ClaudeOpusError, Client
+from claudeopus.settings import SettingsError
 
 T = TypeVar("T")
-DEFAULT_CONTROL = "127.0.0.1:50051"
 
-ControlOpt = Annotated[str, typer.Option("--control", envvar="CLAUDEOPUS_CONTROL", help="Control plane HOST:PORT.")]
-KeyOpt = Annotated[
-    str,
+ControlOpt = Annotated[
+    str | None,
     typer.Option(
-        "--key", envvar="CLAUDEOPUS_ADMIN_KEY", help="Management key (sk-co-...) or session token.", show_default=False
+        "--control",
+        help="Control plane HOST:PORT (env CLAUDEOPUS_CONTROL; default 127.0.0.1:50051).",
+        show_default=False,
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key", help="Management key (sk-co-...) or session token (env CLAUDEOPUS_ADMIN_KEY).", show_default=False
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-TLS_SETTINGS = ("CLAUDEOPUS_CONTROL_CA", "CLAUDEOPUS_CONTROL_CLIENT_CERT", "CLAUDEOPUS_CONTROL_CLIENT_KEY")
 
 
-@dataclass(frozen=True, slots=True)
-class ControlTLS:
-    """TLS to control for every admin command; all empty means plain text.
-
-    Example::
-
-        options = ControlTLS.from_env({"CLAUDEOPUS_CONTROL_CA": "ca.pem"})  # checks the files
-    """
-
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ControlTLS:
-        env = os.environ if environ is None else environ
-        found = cls(*(env.get(name, "") for name in TLS_SETTINGS))
-        tls.check_client(found.ca, found.cert, found.key, names=TLS_SETTINGS)
-        return found
+def read_settings(context: typer.Context, insecure: bool) -> None:
+    """Read the admin settings once, for the command that follows (kept in the context); exit 2 if malformed."""
+    try:
+        context.obj = AdminSettings.from_env(insecure=True if insecure else None)
+    except SettingsError as error:
+        typer.echo(f"claudeopus: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
-@dataclass(frozen=True, slots=True)
-class AdminOptions:
-    """Options of ``claudeopus admin`` itself (before the sub-command), kept in the click context."""
-
-    insecure: bool = False
-
-
-def _insecure() -> bool:
-    context = click.get_current_context(silent=True)
-    found = context.find_object(AdminOptions) if context is not None else None
-    return found is not None and found.insecure
+def _settings(context: typer.Context, control: str | None, key: str | None) -> AdminSettings:
+    found = context.find_object(AdminSettings)
+    if found is None:
+        raise RuntimeError("admin commands run below `claudeopus admin`, which reads their settings")
+    return found.with_overrides(control=control, key=key)
 
 
-def call(control: str, key: str | None, as_json: bool, work: Callable[[Client], T]) -> T:
+def connection(context: typer.Context, control: str | None, key: str | None) -> AdminSettings:
+    """The admin settings with this command's --control and --key on top; a key is required."""
+    settings = _settings(context, control, key)
+    if not settings.key:
+        raise typer.BadParameter("pass --key or set CLAUDEOPUS_ADMIN_KEY", param_hint="--key")
+    return settings
+
+
+def keyless(context: typer.Context, control: str | None) -> AdminSettings:
+    """The admin settings with this command's --control on top, for the calls that need no key."""
+    return _settings(context, control, "")
+
+
+def call(settings: AdminSettings, as_json: bool, work: Callable[[Client], T]) -> T:
     """Run ``work`` with a client; a failed call prints the error (JSON with --json) and exits 1.
 
     Unusable TLS files (CLAUDEOPUS_CONTROL_CA and the client pair), and plain text to another
     machine without ``claudeopus admin --insecure``, print one line and exit 2.
     """
     try:
-        options = ControlTLS.from_env()
+        settings.check_tls()
         client = Client(
-            control, key=key, tls_ca=options.ca, tls_cert=options.cert, tls_key=options.key, insecure=_insecure()
+            settings.control,
+            key=settings.key or None,
+            tls_ca=settings.tls_ca,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            insecure=settings.insecure,
         )
     except (tls.TLSConfigError, tls.PlainTextRefused) as error:
         typer.echo(f"claudeopus: {error}", err=True)
@@ -82,12 +86,6 @@ def call(control: str, key: str | None, as_json: bool, work: Callable[[Client], 
     except ClaudeOpusError as error:
         emit_error(error, as_json)
         raise typer.Exit(1) from None
-
-
-def need_key(key: str) -> str:
-    if not key:
-        raise typer.BadParameter("pass --key or set CLAUDEOPUS_ADMIN_KEY", param_hint="--key")
-    return key
 
 
 def emit_message(title: str, message: Any, as_json: bool) -> None:

@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 
 from claudeopus.cli.admin._common import (
-    DEFAULT_CONTROL,
     ControlOpt,
     JsonOpt,
     KeyOpt,
     call,
     choice,
+    connection,
     emit_message,
-    need_key,
 )
 from claudeopus.cli.output import emit_json, emit_rows, to_dict
 
@@ -26,20 +25,20 @@ ROLES = ("reseller", "user")
 
 @app.command("create")
 def create(
+    context: typer.Context,
     email: Annotated[str, typer.Option(help="Login email of the new account.")],
     role: Annotated[str, typer.Option(help="reseller or user.")] = "user",
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     parent: Annotated[str, typer.Option(help="Parent account (accounts/N); default: yours.")] = "",
     request_id: Annotated[str, typer.Option(help="Idempotency id: retries with it create nothing new.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a reseller or user account below PARENT."""
     choice(role, ROLES, "--role")
     account = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.create_account(email=email, role=role, display_name=name, parent=parent, request_id=request_id),
     )
@@ -47,26 +46,28 @@ def create(
 
 
 @app.command("get")
-def get(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def get(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show one account."""
-    emit_message("account", call(control, need_key(key), as_json, lambda c: c.get_account(name)), as_json)
+    emit_message("account", call(connection(context, control, key), as_json, lambda c: c.get_account(name)), as_json)
 
 
 @app.command("list")
 def list_(
+    context: typer.Context,
     parent: Annotated[str, typer.Option(help="Whose children (accounts/N); default: yours.")] = "",
     role: Annotated[str | None, typer.Option(help="Only this role: reseller or user.")] = None,
     state: Annotated[str | None, typer.Option(help="Only this state: active or suspended.")] = None,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the child accounts of PARENT, oldest first (all pages)."""
     choice(role, ROLES, "--role")
     choice(state, ("active", "suspended"), "--state")
     rows = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: [to_dict(a) for a in c.iter_accounts(parent=parent, role=role, state=state)],
     )
@@ -78,12 +79,13 @@ def list_(
 
 @app.command("update")
 def update(
+    context: typer.Context,
     name: NameArg,
     email: Annotated[str | None, typer.Option(help="New email.")] = None,
     display_name: Annotated[str | None, typer.Option("--name", help="New display name.")] = None,
     role: Annotated[str | None, typer.Option(help="New role: reseller or user.")] = None,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change email, display name or role; only the options given are changed."""
@@ -91,8 +93,7 @@ def update(
     if email is None and display_name is None and role is None:
         raise typer.BadParameter("give at least one of --email, --name, --role")
     account = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.update_account(name, display_name=display_name, email=email, role=role),
     )
@@ -100,9 +101,11 @@ def update(
 
 
 @app.command("delete")
-def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def delete(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Delete an account without live keys or children (its usage history stays)."""
-    call(control, need_key(key), as_json, lambda c: c.delete_account(name))
+    call(connection(context, control, key), as_json, lambda c: c.delete_account(name))
     if as_json:
         emit_json({"deleted": name})
     else:
@@ -110,26 +113,33 @@ def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "
 
 
 @app.command("suspend")
-def suspend(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def suspend(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Suspend an account: every key of its subtree stops at once."""
-    emit_message("account", call(control, need_key(key), as_json, lambda c: c.suspend_account(name)), as_json)
+    emit_message(
+        "account", call(connection(context, control, key), as_json, lambda c: c.suspend_account(name)), as_json
+    )
 
 
 @app.command("resume")
-def resume(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def resume(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Lift a suspension."""
-    emit_message("account", call(control, need_key(key), as_json, lambda c: c.resume_account(name)), as_json)
+    emit_message("account", call(connection(context, control, key), as_json, lambda c: c.resume_account(name)), as_json)
 
 
 @app.command("set-password")
 def set_password(
+    context: typer.Context,
     name: Annotated[str, typer.Argument(help="The account, accounts/N; default: yours.")] = "",
     password: Annotated[
-        str,
+        str | None,
         typer.Option(
-            prompt=True, hide_input=True, confirmation_prompt=True, envvar="CLAUDEOPUS_PASSWORD", help="New password."
+            help="New password (env CLAUDEOPUS_PASSWORD; asked for twice when neither is given).", show_default=False
         ),
-    ] = "",
+    ] = None,
     current: Annotated[
         bool,
         typer.Option(
@@ -137,24 +147,22 @@ def set_password(
             help="Ask for your current password (never echoed): needed to change your own; implied without NAME.",
         ),
     ] = False,
-    current_password: Annotated[
-        str, typer.Option("--current-password", envvar="CLAUDEOPUS_CURRENT_PASSWORD", hidden=True)
-    ] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    current_password: Annotated[str | None, typer.Option("--current-password", hidden=True)] = None,
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set the dashboard password (12+ characters) of an account; its sessions end."""
+    settings = connection(context, control, key)
+    if password is None:
+        password = settings.password or typer.prompt("Password", default="", hide_input=True, confirmation_prompt=True)
+    if current_password is None:
+        current_password = settings.current_password
     if (current or not name) and not current_password:
         current_password = typer.prompt(
             "Current password (empty if none is set)", default="", hide_input=True, show_default=False
         )
-    call(
-        control,
-        need_key(key),
-        as_json,
-        lambda c: c.set_password(password, name=name, current_password=current_password),
-    )
+    call(settings, as_json, lambda c: c.set_password(password, name=name, current_password=current_password))
     if as_json:
         emit_json({"password_set": name or "own account"})
     else:
@@ -174,6 +182,7 @@ def _lifetime(value: str) -> timedelta:
 
 @app.command("policy")
 def policy(
+    context: typer.Context,
     name: NameArg,
     allowed_models: Annotated[
         str | None, typer.Option(help="Models keys below may use, comma-separated; '' allows every model.")
@@ -185,8 +194,8 @@ def policy(
     max_key_lifetime: Annotated[
         str | None, typer.Option(help="Longest key lifetime, e.g. 30d; 'none' removes the bound.")
     ] = None,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set the key policy of an account below yours; only the options given change.
@@ -200,8 +209,7 @@ def policy(
     clear = max_key_lifetime == "none"
     lifetime = None if max_key_lifetime is None or clear else _lifetime(max_key_lifetime)
     account = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.set_account_policy(
             name,

@@ -7,14 +7,13 @@ from typing import Annotated, Any
 import typer
 
 from claudeopus.cli.admin._common import (
-    DEFAULT_CONTROL,
     ControlOpt,
     JsonOpt,
     KeyOpt,
     call,
     choice,
+    connection,
     emit_message,
-    need_key,
 )
 from claudeopus.cli.output import emit_json, emit_rows, to_dict
 
@@ -37,21 +36,21 @@ def _row(budget: dict[str, Any]) -> dict[str, Any]:
 
 @app.command("create")
 def create(
+    context: typer.Context,
     owner: Annotated[str, typer.Option(help="An account below yours (accounts/N) or a key (apiKeys/N).")],
     metric: Annotated[str, typer.Option(help="input_tokens, output_tokens, total_tokens or cost_micros.")],
     period: Annotated[str, typer.Option(help="total, daily or monthly (UTC days and months).")],
     limit: LimitOpt,
     request_id: Annotated[str, typer.Option(help="Idempotency id.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a budget; it starts with what OWNER already spent in the current period."""
     choice(metric, METRICS, "--metric")
     choice(period, PERIODS, "--period")
     budget = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.create_budget(owner, metric=metric, period=period, limit=limit, request_id=request_id),
     )
@@ -59,20 +58,23 @@ def create(
 
 
 @app.command("get")
-def get(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def get(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show one budget with what is spent and reserved in its current period."""
-    emit_message("budget", call(control, need_key(key), as_json, lambda c: c.get_budget(name)), as_json)
+    emit_message("budget", call(connection(context, control, key), as_json, lambda c: c.get_budget(name)), as_json)
 
 
 @app.command("list")
 def list_(
+    context: typer.Context,
     owner: Annotated[str, typer.Option(help="Whose budgets (accounts/N or apiKeys/N); default: your account.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the budgets set on an account or a key, oldest first (all pages)."""
-    rows = call(control, need_key(key), as_json, lambda c: [to_dict(b) for b in c.iter_budgets(owner)])
+    rows = call(connection(context, control, key), as_json, lambda c: [to_dict(b) for b in c.iter_budgets(owner)])
     if as_json:
         emit_json({"budgets": rows})
     else:
@@ -81,20 +83,27 @@ def list_(
 
 @app.command("update")
 def update(
+    context: typer.Context,
     name: NameArg,
     limit: LimitOpt,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a budget's limit (0 refuses every further request)."""
-    emit_message("budget", call(control, need_key(key), as_json, lambda c: c.update_budget(name, limit=limit)), as_json)
+    emit_message(
+        "budget",
+        call(connection(context, control, key), as_json, lambda c: c.update_budget(name, limit=limit)),
+        as_json,
+    )
 
 
 @app.command("delete")
-def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def delete(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Remove a budget; requests already admitted settle normally."""
-    call(control, need_key(key), as_json, lambda c: c.delete_budget(name))
+    call(connection(context, control, key), as_json, lambda c: c.delete_budget(name))
     if as_json:
         emit_json({"deleted": name})
     else:

@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 
 from claudeopus.cli.admin._common import (
-    DEFAULT_CONTROL,
     ControlOpt,
     JsonOpt,
     KeyOpt,
     call,
     choice,
+    connection,
     emit_message,
-    need_key,
 )
 from claudeopus.cli.output import emit_json, emit_record, emit_rows, to_dict
 
@@ -43,21 +42,21 @@ def _emit_secret(title: str, key: object, secret: str, as_json: bool) -> None:
 
 @app.command("create")
 def create(
+    context: typer.Context,
     account: Annotated[str, typer.Option(help="Owning account (accounts/N); default: yours.")] = "",
     name: Annotated[str, typer.Option(help="Label of the key.")] = "",
     scope: Annotated[list[str] | None, typer.Option(help="inference (default) and/or management.")] = None,
     model: Annotated[list[str] | None, typer.Option(help="Allowed model (repeat); default: all.")] = None,
     expires: Annotated[datetime | None, typer.Option(help="Expiry time (ISO 8601, UTC).")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency id.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key and print its secret (shown this once only)."""
     scopes = _scopes(scope) or ["inference"]
     created = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.create_api_key(
             parent=account,
@@ -72,23 +71,25 @@ def create(
 
 
 @app.command("get")
-def get(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def get(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show one key (never its secret)."""
-    emit_message("API key", call(control, need_key(key), as_json, lambda c: c.get_api_key(name)), as_json)
+    emit_message("API key", call(connection(context, control, key), as_json, lambda c: c.get_api_key(name)), as_json)
 
 
 @app.command("list")
 def list_(
+    context: typer.Context,
     account: Annotated[str, typer.Option(help="Owning account (accounts/N); default: yours.")] = "",
     show_revoked: Annotated[bool, typer.Option(help="Include revoked keys.")] = False,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the keys of an account, newest first (all pages)."""
     rows = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: [to_dict(k) for k in c.iter_api_keys(parent=account, show_revoked=show_revoked)],
     )
@@ -101,6 +102,7 @@ def list_(
 
 @app.command("update")
 def update(
+    context: typer.Context,
     name: NameArg,
     display_name: Annotated[str | None, typer.Option("--name", help="New label.")] = None,
     scope: Annotated[list[str] | None, typer.Option(help="New scopes (repeat).")] = None,
@@ -108,8 +110,8 @@ def update(
     all_models: Annotated[bool, typer.Option("--all-models", help="Allow every model.")] = False,
     expires: Annotated[datetime | None, typer.Option(help="New expiry (ISO 8601, UTC).")] = None,
     no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry.")] = False,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change label, scopes, allowed models or expiry; only the options given are changed."""
@@ -117,8 +119,7 @@ def update(
     if display_name is None and scope is None and models is None and expires is None and not no_expiry:
         raise typer.BadParameter("give at least one of --name, --scope, --model, --all-models, --expires, --no-expiry")
     updated = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.update_api_key(
             name,
@@ -133,23 +134,28 @@ def update(
 
 
 @app.command("revoke")
-def revoke(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def revoke(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Revoke a key at once."""
-    emit_message("API key", call(control, need_key(key), as_json, lambda c: c.revoke_api_key(name)), as_json)
+    emit_message("API key", call(connection(context, control, key), as_json, lambda c: c.revoke_api_key(name)), as_json)
 
 
 @app.command("rotate")
 def rotate(
+    context: typer.Context,
     name: NameArg,
     grace: Annotated[
         int, typer.Option(help="Seconds the old secret keeps working (max 30 days).", min=0, max=30 * 86400)
     ] = 0,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Give the key a new secret (shown once); the old one works for --grace seconds more."""
     rotated = call(
-        control, need_key(key), as_json, lambda c: c.rotate_api_key(name, grace_period=timedelta(seconds=grace))
+        connection(context, control, key),
+        as_json,
+        lambda c: c.rotate_api_key(name, grace_period=timedelta(seconds=grace)),
     )
     _emit_secret("API key", rotated.api_key, rotated.secret, as_json)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from claudeopus.cli.admin._common import DEFAULT_CONTROL, ControlOpt, JsonOpt, KeyOpt, call, emit_message, need_key
+from claudeopus.cli.admin._common import ControlOpt, JsonOpt, KeyOpt, call, connection, emit_message
 from claudeopus.cli.output import emit_json, emit_record, emit_rows, to_dict
 
 app = typer.Typer(help="Prices per model: base prices (admin) and markups (resellers).", no_args_is_help=True)
@@ -19,19 +19,19 @@ SET_ABOVE = "(above you)"
 
 @app.command("create")
 def create(
+    context: typer.Context,
     model: Annotated[str, typer.Option(help="The model, exactly as clients name it.")],
     input_micros: InputOpt,
     output_micros: OutputOpt,
     account: Annotated[str, typer.Option(help="Account to set it on (accounts/N); default: yours.")] = "",
     request_id: Annotated[str, typer.Option(help="Idempotency id.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a price for MODEL on an account of your subtree (never below the parent's)."""
     price = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.create_price(
             model=model,
@@ -45,20 +45,25 @@ def create(
 
 
 @app.command("get")
-def get(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def get(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show one price."""
-    emit_message("price", call(control, need_key(key), as_json, lambda c: c.get_price(name)), as_json)
+    emit_message("price", call(connection(context, control, key), as_json, lambda c: c.get_price(name)), as_json)
 
 
 @app.command("list")
 def list_(
+    context: typer.Context,
     account: Annotated[str, typer.Option(help="Whose prices (accounts/N); default: yours.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the prices set on an account, by model."""
-    rows = call(control, need_key(key), as_json, lambda c: [to_dict(p) for p in c.iter_prices(parent=account)])
+    rows = call(
+        connection(context, control, key), as_json, lambda c: [to_dict(p) for p in c.iter_prices(parent=account)]
+    )
     if as_json:
         emit_json({"prices": rows})
     else:
@@ -68,19 +73,19 @@ def list_(
 
 @app.command("update")
 def update(
+    context: typer.Context,
     name: NameArg,
     input_micros: Annotated[int | None, typer.Option("--input", help="New input price.", min=0)] = None,
     output_micros: Annotated[int | None, typer.Option("--output", help="New output price.", min=0)] = None,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change the input and/or output amount of a price set by your account or below it."""
     if input_micros is None and output_micros is None:
         raise typer.BadParameter("give --input and/or --output")
     price = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.update_price(name, input_micros=input_micros, output_micros=output_micros),
     )
@@ -88,9 +93,11 @@ def update(
 
 
 @app.command("delete")
-def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "", as_json: JsonOpt = False) -> None:
+def delete(
+    context: typer.Context, name: NameArg, control: ControlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Remove a price set by your account or below it; the account falls back to its ancestors' prices."""
-    call(control, need_key(key), as_json, lambda c: c.delete_price(name))
+    call(connection(context, control, key), as_json, lambda c: c.delete_price(name))
     if as_json:
         emit_json({"deleted": name})
     else:
@@ -99,17 +106,18 @@ def delete(name: NameArg, control: ControlOpt = DEFAULT_CONTROL, key: KeyOpt = "
 
 @app.command("resolve")
 def resolve(
+    context: typer.Context,
     model: Annotated[str, typer.Option(help="The model.")],
     account: Annotated[str, typer.Option(help="The account (accounts/N); default: yours.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The price in force for MODEL on an account (what its requests cost) and where it comes from.
 
     Prices set above your account show as one inherited figure; yours and those below you are listed.
     """
-    reply = call(control, need_key(key), as_json, lambda c: c.resolve_price(model=model, account=account))
+    reply = call(connection(context, control, key), as_json, lambda c: c.resolve_price(model=model, account=account))
     if as_json:
         emit_json(to_dict(reply))
         return

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from claudeopus.cli.admin._common import DEFAULT_CONTROL, ControlOpt, JsonOpt, KeyOpt, call, choice, need_key
+from claudeopus.cli.admin._common import ControlOpt, JsonOpt, KeyOpt, call, choice, connection
 from claudeopus.cli.output import emit_json, emit_rows, to_dict
 from claudeopus.client import Client
 
@@ -22,6 +22,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 @app.command("list")
 def list_(
+    context: typer.Context,
     parent: Annotated[str, typer.Option("--parent", help="Subtree root (accounts/N); default: yours.")] = "",
     account: Annotated[str, typer.Option(help="Only this account (accounts/N), not its subtree.")] = "",
     api_key: Annotated[str, typer.Option("--api-key", help="Only this key (apiKeys/N).")] = "",
@@ -29,8 +30,8 @@ def list_(
     since: SinceOpt = None,
     until: UntilOpt = None,
     limit: Annotated[int, typer.Option(help="At most this many records (newest first).", min=1)] = 50,
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List usage records of your subtree, newest first."""
@@ -52,7 +53,7 @@ def list_(
                 break
         return rows
 
-    rows = call(control, need_key(key), as_json, collect)
+    rows = call(connection(context, control, key), as_json, collect)
     if as_json:
         emit_json({"usage_records": rows})
         return
@@ -62,6 +63,7 @@ def list_(
 
 @app.command("summary")
 def summary(
+    context: typer.Context,
     group_by: Annotated[
         list[str] | None, typer.Option("--by", help="Group by api_key, account and/or model (repeat).")
     ] = None,
@@ -72,8 +74,8 @@ def summary(
     parent: Annotated[str, typer.Option("--parent", help="Subtree root (accounts/N); default: yours.")] = "",
     api_key: Annotated[str, typer.Option("--api-key", help="Only this key (apiKeys/N).")] = "",
     model: Annotated[str, typer.Option(help="Only this model.")] = "",
-    control: ControlOpt = DEFAULT_CONTROL,
-    key: KeyOpt = "",
+    control: ControlOpt = None,
+    key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Requests, tokens and latency p50/p95, grouped and bucketed."""
@@ -83,8 +85,7 @@ def summary(
     choice(interval, ("hour", "day", "month"), "--interval")
     start = _utc(since) or datetime.now(UTC) - timedelta(days=days)
     reply = call(
-        control,
-        need_key(key),
+        connection(context, control, key),
         as_json,
         lambda c: c.summarize_usage(
             start_time=start,

@@ -3,7 +3,7 @@
 A request admitted from a lease has no row at control until its settle arrives, and a lease
 holds budget until it is returned. If the process dies first (SIGKILL, the OOM killer), the
 next process started on the same spool directory reads the journal and tells control
-(RecoverLeases, see :mod:`claudeopus.edge.lease_recovery`): each request whose settle was
+(RecoverLeases, see :mod:`claudeopus.edge.metering.recovery`): each request whose settle was
 lost gets its usage row — expired and charged what it reserved, as a request authorized alone
 whose settle never came — and what each lease still held is released. So every admitted
 request leaves exactly one usage row, with leases as without.
@@ -20,17 +20,26 @@ Files in the spool directory (the spool's ``LOCK`` gives it to one process)::
     leases-000000000001.journal   one per process; removed at a clean stop when nothing is
                                   left in it, or once control took what it names
 
-Slots, 96 bytes each, little-endian; only ids and numbers, never text::
+Slots, 96 bytes each, each holding one frame of :mod:`claudeopus.edge.metering.records`
+(zero-padded); its payload, only ids and numbers, never text::
 
-    u32 CRC-32 of the 92 bytes after it | u8 kind | ...
+    u8 kind | ...
     kind 1 (slot 0, the header): 16 bytes boot id
     kind 2, a lease held:        16 bytes lease id
-    kind 3, a request admitted:  16 bytes request id | 16 bytes lease id | u64 reserved input
-                                 | u64 reserved output | u64 reserved cost | u8 stream
-                                 | u64 reserve time in ns since 1970
+    kind 3, a request admitted:  16 bytes request id | its leased reservation (records' 49 bytes)
 
-A slot whose checksum does not match is free (freeing zeroes the checksum). A request's slot
-is written before it is forwarded, so one torn by a kill mid-store was never forwarded.
+A slot without a whole frame is free (freeing zeroes the frame's header). A frame's checksum
+is stored last, and a request's slot is written before it is forwarded, so one torn by a kill
+mid-store was never forwarded.
+
+A journal left by the edge version before this layout (its slots were ``u32 CRC-32 | kind |
+...``, without a length) is not read: none of its slots holds a whole frame, so it names
+nothing; :func:`read_journal` logs that it has no header, and recovery removes it. This was
+chosen over reading the old layout as well, which would keep a second slot format alive for
+one start: a journal only matters to the next start after a process of the same edge died
+holding leases (or stopped while control was away). An upgrade right after that leaves those
+leases to control's sweeper, which charges what they held when they end, as when no edge
+ever starts again: budgets still hold, only the lost requests' own rows are missing.
 
 Example::
 
@@ -52,11 +61,18 @@ import os
 import re
 import struct
 import uuid
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from claudeopus.edge.control import Leased, RecoveredLease
+from claudeopus.edge.metering.records import (
+    LEASED_BYTES,
+    decode_leased,
+    encode_leased,
+    erase_frame,
+    read_frame,
+    store_frame,
+)
+from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
 from claudeopus.private_files import open_private, private_directory
 
 __all__ = ["LeaseJournal", "boot_id", "old_journals", "read_journal"]
@@ -66,12 +82,9 @@ _log = logging.getLogger(__name__)
 SLOT_BYTES = 96
 DEFAULT_SLOTS = 65_536  # at most this many leased requests in flight and leases held (6 MiB, sparse)
 _HEADER, _LEASE, _REQUEST = 1, 2, 3
-_CRC = struct.Struct("<I")
-_KIND = struct.Struct("<B16s")
-_REQUEST_SLOT = struct.Struct("<B16s16sQQQBQ")
+_KIND = struct.Struct("<B16s")  # kind and the first id; a request's reservation follows
 _NAME = re.compile(r"^leases-(\d{12})\.journal$")
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-_FREE = b"\0" * _CRC.size
 
 
 def boot_id() -> bytes:
@@ -159,22 +172,12 @@ class LeaseJournal:
         if slot is not None:
             self._release(slot)
 
-    def admitted(self, request_id: str, leased: Leased) -> bool:
+    def admitted(self, request_id: str, leased: LeasedReservation) -> bool:
         """Record a request admitted from a lease, before it is forwarded; False when the journal is full."""
         slot = self._take()
         if slot is None:
             return False
-        payload = _REQUEST_SLOT.pack(
-            _REQUEST,
-            uuid.UUID(request_id).bytes,
-            uuid.UUID(leased.lease_id).bytes,
-            leased.estimated_input_tokens,
-            leased.max_output_tokens,
-            leased.reserved_cost_micros,
-            leased.stream,
-            leased.reserve_time_ns,
-        )
-        self._write(slot, payload)
+        self._write(slot, _KIND.pack(_REQUEST, uuid.UUID(request_id).bytes) + encode_leased(leased))
         self._requests[request_id] = slot
         return True
 
@@ -203,39 +206,45 @@ class LeaseJournal:
         return self._next - 1
 
     def _release(self, slot: int) -> None:
-        start = slot * SLOT_BYTES
-        self._memory[start : start + _CRC.size] = _FREE
+        erase_frame(self._memory, slot * SLOT_BYTES)
         self._free.append(slot)
 
     def _write(self, slot: int, payload: bytes) -> None:
-        start = slot * SLOT_BYTES
-        body = payload.ljust(SLOT_BYTES - _CRC.size, b"\0")
-        self._memory[start + _CRC.size : start + SLOT_BYTES] = body
-        _CRC.pack_into(self._memory, start, zlib.crc32(body))  # last: the slot counts only once whole
+        store_frame(self._memory, slot * SLOT_BYTES, SLOT_BYTES, payload)  # the checksum last: whole or free
 
 
 def read_journal(path: Path, current_boot: bytes) -> list[RecoveredLease]:
     """What a dead process's journal names, per lease: its lost requests, and whether control may
-    release the rest (the journal was written during this boot, so no store in it was lost)."""
+    release the rest (the journal was written during this boot, so no store in it was lost).
+
+    A journal written in an earlier version's slot layout names nothing (see the module docstring).
+    """
     data = path.read_bytes()
-    leases: dict[str, list[tuple[str, Leased]]] = {}
+    payloads = [_slot_payload(data, start) for start in range(0, len(data) - SLOT_BYTES + 1, SLOT_BYTES)]
+    header = payloads[0] if payloads else None
     written_boot = b""
-    for start in range(0, len(data) - SLOT_BYTES + 1, SLOT_BYTES):
-        body = data[start + _CRC.size : start + SLOT_BYTES]
-        (crc,) = _CRC.unpack_from(data, start)
-        if zlib.crc32(body) != crc:  # free, or torn by a kill mid-store
+    if header is not None and len(header) >= _KIND.size and header[0] == _HEADER:
+        written_boot = _KIND.unpack_from(header)[1]
+    else:
+        _log.warning(
+            "lease journal %s has no header this edge reads (left by an earlier version, or damaged): "
+            "what its leases hold is left to control's sweeper",
+            path.name,
+        )
+    leases: dict[str, list[tuple[str, LeasedReservation]]] = {}
+    for payload in payloads[1:]:
+        if payload is None or len(payload) < _KIND.size:  # free, or torn by a kill mid-store
             continue
-        kind, first = _KIND.unpack_from(body)
-        if kind == _HEADER and start == 0:
-            written_boot = first
-        elif kind == _LEASE:
+        kind, first = _KIND.unpack_from(payload)
+        if kind == _LEASE:
             leases.setdefault(str(uuid.UUID(bytes=first)), [])
-        elif kind == _REQUEST:
-            _, request_id, lease_id, input_tokens, output_tokens, cost, stream, reserve_time_ns = (
-                _REQUEST_SLOT.unpack_from(body)
-            )
-            lease = str(uuid.UUID(bytes=lease_id))
-            leased = Leased(lease, input_tokens, output_tokens, cost, bool(stream), reserve_time_ns)
-            leases.setdefault(lease, []).append((str(uuid.UUID(bytes=request_id)), leased))
+        elif kind == _REQUEST and len(payload) >= _KIND.size + LEASED_BYTES:
+            leased = decode_leased(payload, _KIND.size)
+            leases.setdefault(leased.lease_id, []).append((str(uuid.UUID(bytes=first)), leased))
     complete = bool(current_boot) and written_boot == current_boot
     return [RecoveredLease(lease_id, lost, complete) for lease_id, lost in leases.items()]
+
+
+def _slot_payload(data: bytes, start: int) -> bytes | None:
+    frame = read_frame(data[start : start + SLOT_BYTES])
+    return frame[0] if frame is not None else None

@@ -1,29 +1,29 @@
-"""The edge's lease journal and its recovery: what a killed process leaves, and what the next one sends."""
+"""The edge's lease journal: what a killed process leaves for the next one to recover."""
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
 import shutil
+import struct
 import uuid
-from collections.abc import Sequence
+import zlib
 from pathlib import Path
 
-import grpc
+import pytest
 
-from claudeopus.client import ClaudeOpusError, InvalidArgumentError, UnavailableError
-from claudeopus.edge.control import ControlClient, Leased, RecoveredLease
-from claudeopus.edge.lease_journal import SLOT_BYTES, LeaseJournal, old_journals, read_journal
-from claudeopus.edge.lease_recovery import MAX_LEASES, MAX_LOST, LeaseRecovery, batches
 from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.journal import SLOT_BYTES, LeaseJournal, old_journals, read_journal
+from claudeopus.edge.metering.records import encode_frame, encode_leased
+from claudeopus.edge.metering.types import LeasedReservation
 from tests.edge.test_leases import KEY, Clock, LeasingControl, completion, lease, settled
 
 BOOT = uuid.UUID("11111111-2222-4333-8444-555555555555").bytes
 LEASE_ID = "00000000-0000-4000-8000-00000000000a"
 
 
-def leased(lease_id: str = LEASE_ID, tokens: int = 7) -> Leased:
-    return Leased(lease_id, tokens, 2 * tokens, 3 * tokens, True, 1_700_000_000_123_456_789)
+def leased(lease_id: str = LEASE_ID, tokens: int = 7) -> LeasedReservation:
+    return LeasedReservation(lease_id, tokens, 2 * tokens, 3 * tokens, True, 1_700_000_000_123_456_789)
 
 
 def killed_copy(journal: LeaseJournal, into: Path) -> Path:
@@ -133,60 +133,64 @@ async def test_a_full_journal_makes_the_book_authorize_with_control(tmp_path: Pa
     journal.close()
 
 
-class RecoveringControl(ControlClient):
-    def __init__(self, failures: Sequence[ClaudeOpusError] = ()) -> None:
-        self.failures = list(failures)
-        self.calls: list[list[RecoveredLease]] = []
-
-    async def recover_leases(self, recovered: Sequence[RecoveredLease]) -> int:
-        if self.failures:
-            raise self.failures.pop(0)
-        self.calls.append(list(recovered))
-        return sum(len(entry.lost) for entry in recovered)
-
-
-async def test_recovery_waits_for_the_spool_then_retries_until_control_takes_it(tmp_path: Path) -> None:
+def test_each_slot_holds_one_frame_of_the_shared_record_format(tmp_path: Path) -> None:
     journal = LeaseJournal.create(tmp_path, boot=BOOT)
+    request_id = str(uuid.uuid4())
     journal.lease_held(LEASE_ID)
-    journal.admitted(str(uuid.uuid4()), leased())
-    path = journal.path
-    control = RecoveringControl([UnavailableError(grpc.StatusCode.UNAVAILABLE, "down")])
-    idle = asyncio.Event()
-    recovery = LeaseRecovery(control, [path], spool_idle=idle.is_set, boot=BOOT, min_delay=0.01, max_delay=0.02)
-    recovery.start()
-    await asyncio.sleep(0.1)
-    assert control.calls == [] and len(control.failures) == 1, "not before the spool was replayed"
-    idle.set()
-    await asyncio.wait_for(recovery.wait(), 5)
-    assert [[entry.lease_id for entry in call] for call in control.calls] == [[LEASE_ID]]
-    assert recovery.rows_opened == 1 and not path.exists()
-    await recovery.aclose()
-
-
-async def test_a_refused_recovery_is_left_to_the_sweeper_and_stopping_keeps_the_journal(tmp_path: Path) -> None:
-    first = LeaseJournal.create(tmp_path, boot=BOOT)
-    first.lease_held(LEASE_ID)
-    refused = RecoveringControl([InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "bad")])
-    recovery = LeaseRecovery(refused, [first.path], spool_idle=lambda: True, boot=BOOT)
-    recovery.start()
-    await asyncio.wait_for(recovery.wait(), 5)
-    assert refused.calls == [] and not first.path.exists()
-    second = LeaseJournal.create(tmp_path, boot=BOOT)
-    second.lease_held(LEASE_ID)
-    stopped = LeaseRecovery(RecoveringControl(), [second.path], spool_idle=lambda: False, boot=BOOT)
-    stopped.start()
-    await stopped.aclose()
-    assert second.path.exists()
-
-
-def test_recovery_batches_stay_within_what_control_takes_per_call() -> None:
-    one = (str(uuid.uuid4()), leased())
-    many = [RecoveredLease(str(uuid.uuid4()), [], True) for _ in range(MAX_LEASES + 1)]
-    big = RecoveredLease(LEASE_ID, [one] * (MAX_LOST + 5), True)
-    calls = list(batches([*many, big]))
-    assert [len(call) for call in calls] == [MAX_LEASES, 2, 1]
-    assert [sum(len(e.lost) for e in call) for call in calls] == [0, MAX_LOST, 5]
-    assert [e.release_rest for e in calls[1] + calls[2] if e.lease_id == LEASE_ID] == [False, True], (
-        "the rest is released with the lease's last part, once every lost request has its row"
+    journal.admitted(request_id, leased())
+    data = killed_copy(journal, tmp_path / "k").read_bytes()
+    assert data[:SLOT_BYTES] == encode_frame(b"\x01" + BOOT).ljust(SLOT_BYTES, b"\0")
+    assert data[SLOT_BYTES : 2 * SLOT_BYTES] == encode_frame(b"\x02" + uuid.UUID(LEASE_ID).bytes).ljust(
+        SLOT_BYTES, b"\0"
     )
-    assert list(batches([])) == []
+    request = b"\x03" + uuid.UUID(request_id).bytes + encode_leased(leased())
+    assert data[2 * SLOT_BYTES : 3 * SLOT_BYTES] == encode_frame(request).ljust(SLOT_BYTES, b"\0"), (
+        "the reservation packed as the spool packs it"
+    )
+    journal.settled([request_id])
+    freed = killed_copy(journal, tmp_path / "k2").read_bytes()
+    assert freed[2 * SLOT_BYTES : 2 * SLOT_BYTES + 8] == bytes(8), "freeing zeroes the frame's header"
+    journal.lease_returned(LEASE_ID)
+    journal.close()
+
+
+def previous_layout_slot(payload: bytes) -> bytes:
+    """A slot as the edge version before the shared record format wrote it: CRC-32 of the 92 bytes after it."""
+    body = payload.ljust(SLOT_BYTES - 4, b"\0")
+    return struct.pack("<I", zlib.crc32(body)) + body
+
+
+def test_a_journal_in_the_previous_slot_layout_names_nothing_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "leases-000000000001.journal"
+    request = b"\x03" + uuid.uuid4().bytes + encode_leased(leased())
+    path.write_bytes(
+        previous_layout_slot(b"\x01" + BOOT)
+        + previous_layout_slot(b"\x02" + uuid.UUID(LEASE_ID).bytes)
+        + previous_layout_slot(request)
+    )
+    with caplog.at_level(logging.WARNING, logger="claudeopus.edge.metering.journal"):
+        assert read_journal(path, BOOT) == []
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == (
+        "lease journal leases-000000000001.journal has no header this edge reads (left by an earlier version, "
+        "or damaged): what its leases hold is left to control's sweeper"
+    )
+
+
+def test_a_damaged_header_keeps_the_lost_requests_but_releases_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = LeaseJournal.create(tmp_path, boot=BOOT)
+    request_id = str(uuid.uuid4())
+    journal.admitted(request_id, leased())
+    path = killed_copy(journal, tmp_path / "k")
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # in the header's boot id
+    path.write_bytes(bytes(data))
+    [entry] = read_journal(path, BOOT)
+    assert (entry.lost, entry.release_rest) == ([(request_id, leased())], False)
+    assert "has no header this edge reads" in caplog.text
+    journal.settled([request_id])
+    journal.close()

@@ -6,35 +6,52 @@ import asyncio
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from claudeopus.edge import spool as spool_module
-from claudeopus.edge.control import Leased
-from claudeopus.edge.spool import Spool, SpooledSettle, SpoolError, decode_records, encode_record, read_spool
+from claudeopus.edge.metering import spool as spool_module
+from claudeopus.edge.metering.spool import Spool, SpoolError, decode_records, encode_record, read_spool
+from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
 
 RECORD_BYTES = 55  # 8 bytes of framing, 47 of payload
 LEASED_RECORD_BYTES = 104  # and 49 more for a request admitted from a lease
 
 
-def settle(n: int = 0, **fields: int) -> SpooledSettle:
+def settle(n: int = 0, **fields: int) -> Settlement:
     values = {"input_tokens": 10 + n, "output_tokens": 20 + n, "status": 1, "source": 1, "http_status": 200}
     values.update(fields)
-    return SpooledSettle(request_id=str(uuid.UUID(int=n + 1)), latency_ns=1_000_000 * n, **values)
+    return spooled(str(uuid.UUID(int=n + 1)), latency_ns=1_000_000 * n, **values)
+
+
+def spooled(
+    request_id: str,
+    input_tokens: int,
+    output_tokens: int,
+    status: int,
+    source: int,
+    http_status: int,
+    latency_ns: int,
+    leased: LeasedReservation | None = None,
+) -> Settlement:
+    outcome = Outcome(input_tokens, output_tokens, status, source, http_status)  # type: ignore[arg-type]
+    return Settlement(request_id, outcome, latency_ns, leased)
 
 
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("settles-*.log"))
 
 
-async def replay_all(spool: Spool) -> list[SpooledSettle]:
-    seen: list[SpooledSettle] = []
+async def replay_all(spool: Spool, max_batch: int = 3) -> list[Settlement]:
+    seen: list[Settlement] = []
 
-    async def handle(record: SpooledSettle) -> None:
-        seen.append(record)
+    async def handle(batch: Sequence[Settlement]) -> int:
+        assert 0 < len(batch) <= max_batch
+        seen.extend(batch)
+        return len(batch)
 
-    await spool.replay(handle)
+    await spool.replay(handle, max_batch=max_batch)
     return seen
 
 
@@ -46,8 +63,8 @@ def test_a_record_round_trips_and_is_fixed_size() -> None:
 
 
 def test_a_leased_settle_round_trips_with_its_reservation() -> None:
-    leased = Leased(str(uuid.uuid4()), 120, 64, 99, True, 1_800_000_000_123_456_789)
-    record = SpooledSettle(str(uuid.uuid4()), 5, 7, 1, 1, 200, 42, leased)
+    leased = LeasedReservation(str(uuid.uuid4()), 120, 64, 99, True, 1_800_000_000_123_456_789)
+    record = spooled(str(uuid.uuid4()), 5, 7, 1, 1, 200, 42, leased)
     frame = encode_record(record)
     assert len(frame) == LEASED_RECORD_BYTES
     plain = encode_record(settle(3))
@@ -57,9 +74,10 @@ def test_a_leased_settle_round_trips_with_its_reservation() -> None:
 
 
 def test_counts_are_clamped_to_what_control_stores() -> None:
-    huge = SpooledSettle(str(uuid.uuid4()), 2**70, -5, 70_000, 1, 200, 2**64)
+    huge = spooled(str(uuid.uuid4()), 2**70, -5, 70_000, 1, 200, 2**64)
     [decoded], _ = decode_records(encode_record(huge))
-    assert (decoded.input_tokens, decoded.output_tokens, decoded.status, decoded.latency_ns) == (
+    outcome = decoded.outcome
+    assert (outcome.input_tokens, outcome.output_tokens, outcome.status, decoded.latency_ns) == (
         2**63 - 1,
         0,
         2**16 - 1,
@@ -69,7 +87,7 @@ def test_counts_are_clamped_to_what_control_stores() -> None:
 
 def test_only_uuid_request_ids_are_accepted() -> None:
     with pytest.raises(ValueError, match="UUID"):
-        encode_record(SpooledSettle("some prompt text", 1, 1, 1, 1, 200, 1))
+        encode_record(spooled("some prompt text", 1, 1, 1, 1, 200, 1))
 
 
 @pytest.mark.parametrize("cut", range(1, RECORD_BYTES))
@@ -190,26 +208,49 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
     seen: list[int] = []
 
-    async def flaky(record: SpooledSettle) -> None:
-        if record.input_tokens == 13:
+    async def flaky(batch: Sequence[Settlement]) -> int:
+        [record] = batch
+        if record.outcome.input_tokens == 13:
             seen.append(-1)
             raise ConnectionError("control went away")
-        seen.append(record.input_tokens)
+        seen.append(record.outcome.input_tokens)
+        return 1
 
     try:
         for n in range(6):
             await spool.append(settle(n))
         with pytest.raises(ConnectionError):
-            await spool.replay(flaky)
+            await spool.replay(flaky, max_batch=1)
         assert seen == [10, 11, 12, -1]
         assert spool.has_records and read_spool(tmp_path) == [settle(n) for n in range(6)], "kept until replayed"
         seen.clear()
 
-        async def steady(record: SpooledSettle) -> None:
-            seen.append(record.input_tokens)
+        async def steady(batch: Sequence[Settlement]) -> int:
+            seen.extend(record.outcome.input_tokens for record in batch)
+            return len(batch)
 
-        assert await spool.replay(steady) == 3
+        assert await spool.replay(steady, max_batch=2) == 3
         assert seen == [13, 14, 15], "resumed at the record that failed"
+        assert segments(tmp_path) == []
+    finally:
+        await spool.aclose()
+
+
+async def test_a_handler_that_took_part_of_a_batch_ends_the_pass_after_that_part(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20, segment_bytes=6 * RECORD_BYTES)
+    batches: list[list[int]] = []
+
+    async def takes_one_of_the_second_batch(batch: Sequence[Settlement]) -> int:
+        batches.append([record.outcome.input_tokens for record in batch])
+        return 1 if len(batches) == 2 else len(batch)
+
+    try:
+        for n in range(10):
+            await spool.append(settle(n))
+        assert await spool.replay(takes_one_of_the_second_batch, max_batch=4) == 5
+        assert batches == [[10, 11, 12, 13], [14, 15]], "at most max_batch, never across two segments"
+        assert len(segments(tmp_path)) == 2, "the first segment is kept: one of its records is left"
+        assert await replay_all(spool) == [settle(n) for n in range(5, 10)], "resumed after the part taken"
         assert segments(tmp_path) == []
     finally:
         await spool.aclose()
@@ -218,14 +259,14 @@ async def test_a_failed_handler_stops_the_pass_and_the_next_resumes_there(tmp_pa
 async def test_failing_passes_do_not_split_the_spool_into_many_files(tmp_path: Path) -> None:
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
 
-    async def down(record: SpooledSettle) -> None:
+    async def down(batch: Sequence[Settlement]) -> int:
         raise ConnectionError("control is down")
 
     try:
         for n in range(20):
             await spool.append(settle(n))
             with pytest.raises(ConnectionError):
-                await spool.replay(down)
+                await spool.replay(down, max_batch=8)
         assert len(segments(tmp_path)) == 2, "the first one sealed for replay, the rest still appended to one"
         assert await replay_all(spool) == [settle(n) for n in range(20)]
         assert segments(tmp_path) == []

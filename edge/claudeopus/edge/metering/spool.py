@@ -1,8 +1,8 @@
 """A durable local spool for settles that could not reach control, replayed when it is back.
 
-Only a settle's metadata is written: request id, token counts, status, source, HTTP status and
-latency. The record format has no field that could hold text, so no prompt, output or key can
-ever land here.
+Only a settle's metadata is written: request id, token counts, status, source, HTTP status,
+latency and, for a request admitted from a lease, its reservation. The record format has no
+field that could hold text, so no prompt, output or key can ever land here.
 
 Files in the spool directory (``CLAUDEOPUS_SPOOL_DIR``)::
 
@@ -13,17 +13,12 @@ Files in the spool directory (``CLAUDEOPUS_SPOOL_DIR``)::
 A process never appends to a segment that an earlier one left behind (its last record may be
 torn); it replays those first.
 
-Record framing, little-endian::
+Each record is one frame of :mod:`claudeopus.edge.metering.records` holding a settle's payload:
+55 bytes on disk, 104 for a request admitted from a lease (its reservation travels with it).
 
-    u32 length | u32 CRC-32 of (length field + payload) | payload
-    payload v1, 47 bytes: u8 version (1) | 16 bytes request id (UUID) | u64 input tokens
-        | u64 output tokens | u64 latency in ns | u16 status | u16 source | u16 HTTP status
-    payload v2, 96 bytes, a request admitted from a lease: v1's fields (version 2) | 16 bytes
-        lease id (UUID) | u64 reserved input tokens | u64 reserved output tokens
-        | u64 reserved cost | u8 stream | u64 reserve time in ns since 1970
-
-Reading a segment stops at the first frame that is cut short or fails its checksum: after a
-crash that is a torn last record, and it is ignored (with a warning naming the byte count).
+Reading a segment stops at the first frame that is cut short, fails its checksum or holds no
+settle this edge knows: after a crash that is a torn last record, and it is ignored (with a
+warning naming the byte count).
 
 Appends are group-committed: records appended within a few milliseconds of each other (and
 any that arrive while the previous group is being written) go out in one ``write`` and one
@@ -33,8 +28,8 @@ once its record is durable.
 Example::
 
     spool = await Spool.open("spool", max_bytes=64 * 1024 * 1024)
-    await spool.append(SpooledSettle(request_id, 12, 40, status, source, 200, latency_ns))
-    await spool.replay(send_to_control)  # oldest first; each segment removed once replayed
+    await spool.append(Settlement(request_id, Outcome(12, 40, status, source, 200), latency_ns))
+    await spool.replay(send_to_control, max_batch=256)  # oldest first; each segment removed once replayed
     await spool.aclose()
 """
 
@@ -46,117 +41,49 @@ import fcntl
 import logging
 import os
 import re
-import struct
-import uuid
-import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from claudeopus.edge.control import Leased
+from claudeopus.edge.metering.records import decode_settlement, encode_frame, encode_settlement, read_frame
+from claudeopus.edge.metering.types import Settlement
 from claudeopus.private_files import open_private, private_directory
 
-__all__ = ["Spool", "SpoolError", "SpooledSettle", "decode_records", "encode_record", "read_spool"]
+__all__ = ["Spool", "SpoolError", "decode_records", "encode_record", "read_spool"]
 
 _log = logging.getLogger(__name__)
 
-VERSION = 1
-LEASED_VERSION = 2
 GROUP_WINDOW_SECONDS = 0.002
 SEGMENT_BYTES = 1024 * 1024
-_HEADER = struct.Struct("<II")
-_PAYLOAD = struct.Struct("<B16sQQQHHH")
-_LEASED = struct.Struct("<16sQQQBQ")
-_LENGTH = struct.Struct("<I")
 _SEGMENT_NAME = re.compile(r"^settles-(\d{12})\.log$")
-_INT64_MAX = 2**63 - 1
-_U16_MAX = 2**16 - 1
 
 
 class SpoolError(Exception):
     """The spool cannot be opened or written (directory in use, disk full, closed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledSettle:
-    """One settle as spooled: metadata only."""
-
-    request_id: str
-    input_tokens: int
-    output_tokens: int
-    status: int
-    source: int
-    http_status: int
-    latency_ns: int
-    leased: Leased | None = None  # admitted from a lease: the settle opens the request's row
-
-
-def encode_record(settle: SpooledSettle) -> bytes:
+def encode_record(settle: Settlement) -> bytes:
     """One framed record; counts are clamped to what control stores (``ValueError`` for a non-UUID id)."""
-    leased = settle.leased
-    payload = _PAYLOAD.pack(
-        VERSION if leased is None else LEASED_VERSION,
-        uuid.UUID(settle.request_id).bytes,
-        _clamp(settle.input_tokens, _INT64_MAX),
-        _clamp(settle.output_tokens, _INT64_MAX),
-        _clamp(settle.latency_ns, _INT64_MAX),
-        _clamp(settle.status, _U16_MAX),
-        _clamp(settle.source, _U16_MAX),
-        _clamp(settle.http_status, _U16_MAX),
-    )
-    if leased is not None:
-        payload += _LEASED.pack(
-            uuid.UUID(leased.lease_id).bytes,
-            _clamp(leased.estimated_input_tokens, _INT64_MAX),
-            _clamp(leased.max_output_tokens, _INT64_MAX),
-            _clamp(leased.reserved_cost_micros, _INT64_MAX),
-            int(leased.stream),
-            _clamp(leased.reserve_time_ns, _INT64_MAX),
-        )
-    length = _LENGTH.pack(len(payload))
-    return _HEADER.pack(len(payload), zlib.crc32(length + payload)) + payload
+    return encode_frame(encode_settlement(settle))
 
 
-def decode_records(data: bytes) -> tuple[list[SpooledSettle], int]:
+def decode_records(data: bytes) -> tuple[list[Settlement], int]:
     """The whole records at the start of ``data``, and how many bytes they take; the rest is ignored."""
-    records: list[SpooledSettle] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, checksum = _HEADER.unpack_from(data, offset)
-        end = offset + _HEADER.size + length
-        if length not in (_PAYLOAD.size, _PAYLOAD.size + _LEASED.size) or end > len(data):
+    found: list[Settlement] = []
+    used = 0
+    while (frame := read_frame(data, used)) is not None:
+        payload, end = frame
+        settle = decode_settlement(payload)
+        if settle is None:
             break
-        payload = data[offset + _HEADER.size : end]
-        if zlib.crc32(_LENGTH.pack(length) + payload) != checksum:
-            break
-        version, rid, input_tokens, output_tokens, latency_ns, status, source, http_status = _PAYLOAD.unpack_from(
-            payload
-        )
-        if (version, length) not in ((VERSION, _PAYLOAD.size), (LEASED_VERSION, _PAYLOAD.size + _LEASED.size)):
-            break
-        leased = None
-        if version == LEASED_VERSION:
-            lease_id, reserved_in, reserved_out, reserved_cost, stream, reserve_ns = _LEASED.unpack_from(
-                payload, _PAYLOAD.size
-            )
-            leased = Leased(
-                str(uuid.UUID(bytes=lease_id)), reserved_in, reserved_out, reserved_cost, bool(stream), reserve_ns
-            )
-        request_id = str(uuid.UUID(bytes=rid))
-        records.append(
-            SpooledSettle(request_id, input_tokens, output_tokens, status, source, http_status, latency_ns, leased)
-        )
-        offset = end
-    return records, offset
+        found.append(settle)
+        used = end
+    return found, used
 
 
-def read_spool(directory: str | os.PathLike[str]) -> list[SpooledSettle]:
+def read_spool(directory: str | os.PathLike[str]) -> list[Settlement]:
     """Every record in a spool directory, oldest first (for operators and tests; takes no lock)."""
     return [record for _, path in _segment_files(Path(directory)) for record in _read_segment(path)]
-
-
-def _clamp(value: int, top: int) -> int:
-    return min(max(int(value), 0), top)
 
 
 def _segment_files(directory: Path) -> list[tuple[int, Path]]:
@@ -168,7 +95,7 @@ def _segment_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _read_segment(path: Path) -> list[SpooledSettle]:
+def _read_segment(path: Path) -> list[Settlement]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # removed by hand: nothing left to replay
@@ -238,7 +165,7 @@ class Spool:
     ``max_bytes`` bounds it for admission: once the spool holds that much, :attr:`full` is true
     and the edge refuses new completions (503) until replay has made room. Settles of requests
     already admitted are still written, so the spool can pass ``max_bytes`` by one record
-    (55 bytes) per request that was in flight.
+    (55 bytes, 104 for a request admitted from a lease) per request that was in flight.
     """
 
     def __init__(
@@ -320,7 +247,7 @@ class Spool:
         """Nothing on disk and nothing being written."""
         return not self.has_records and not self._queue and not self._committing
 
-    async def append(self, settle: SpooledSettle) -> None:
+    async def append(self, settle: Settlement) -> None:
         """Write one record; returns once it is on disk (raises :class:`SpoolError` if it could not be)."""
         if self._closing:
             raise SpoolError("the usage spool is closed")
@@ -335,12 +262,15 @@ class Spool:
             self._written.clear()
             await self._written.wait()
 
-    async def replay(self, handle: Callable[[SpooledSettle], Awaitable[None]]) -> int:
-        """Pass every record on disk to ``handle``, oldest first; returns how many were handled.
+    async def replay(self, handle: Callable[[Sequence[Settlement]], Awaitable[int]], *, max_batch: int) -> int:
+        """Pass the records on disk to ``handle`` oldest first, in batches; returns how many were handled.
 
-        A segment is removed once all its records were handled. If ``handle`` raises, the pass
-        stops there and the record stays spooled; the next pass resumes with it. After a crash
-        a segment may be replayed again from its start: ``handle`` must be idempotent.
+        A batch holds at most ``max_batch`` records, all of one segment. ``handle`` answers how
+        many of its batch, from the first, it is done with; fewer than all ends the pass there,
+        and so does an exception from ``handle`` (then none of that batch counts as done). What
+        was not handled stays spooled, and the next pass resumes with it. A segment is removed
+        once all its records were handled. After a crash a segment may be replayed again from
+        its start: ``handle`` must be idempotent.
         """
         handled = 0
         while True:
@@ -352,9 +282,12 @@ class Spool:
                 segment = self._closed_segments[0]
             records = await asyncio.to_thread(_read_segment, segment.path)
             while segment.replayed < len(records):
-                await handle(records[segment.replayed])
-                segment.replayed += 1
-                handled += 1
+                batch = records[segment.replayed : segment.replayed + max_batch]
+                done = await handle(batch)
+                segment.replayed += done
+                handled += done
+                if done < len(batch):
+                    return handled
             await asyncio.to_thread(segment.path.unlink, True)
             self._closed_segments.remove(segment)
             self._closed_bytes -= segment.size
