@@ -1,6 +1,9 @@
-"""HTTP routes at OpenAI's paths; thin: read the request, call the forwarder, answer."""
+"""HTTP routes at OpenAI's paths; thin: read the request, call the forwarder, answer.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: BlackSheep reads a handler's annotations as
+objects, and calls a handler that takes only the request and is declared to return a Response
+as it is, without wrapping it in a parameter binder and a response converter.
+"""
 
 from types import MappingProxyType
 
