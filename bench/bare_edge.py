@@ -22,7 +22,7 @@ from claudeopus.cli.runtime import configure_logging, run
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.app import build_app
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import AuthorizeCall, ControlClient
+from claudeopus.edge.metering.port import AuthorizeCall, ControlPort
 from claudeopus.edge.metering.types import KeyInfo, Lease, LeaseUse, RecoveredLease, Settlement
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
@@ -33,31 +33,26 @@ _UNUSED_TOKEN = "bench-bare-relay-" + "x" * 32
 _UNUSED_CONTROL = "127.0.0.1:1"
 
 
-class NoopControl(ControlClient):
-    """Every key is valid for every model, nothing is reserved or leased, every settle is dropped.
+class NoopControl:
+    """A control port where every key is valid for every model, nothing is reserved, every settle
+    is dropped and no lease is granted (so every request goes through the authorize batcher).
 
     Example::
 
         app = build_app(settings, control_factory=lambda channel, settings: NoopControl())
     """
 
-    def __init__(self) -> None:  # no channel, no stub: control is never called
-        pass
-
-    async def verify(self, secret: str) -> KeyInfo:
+    async def verify(self, key_hash: bytes) -> KeyInfo:
         return KeyInfo(allowed_models=())
 
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
         return [0] * len(calls)
 
-    async def settle(self, settle: Settlement) -> None:
-        return None
-
     async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         return [None] * len(settles)
 
     async def grant_lease(self, key_hash: bytes, completion: CompletionRequest, ttl: float) -> Lease | None:
-        return None  # no lease: every request goes through the (stubbed) authorize
+        return None
 
     async def return_leases(self, uses: Sequence[LeaseUse]) -> None:
         return None
@@ -66,7 +61,7 @@ class NoopControl(ControlClient):
         return 0
 
 
-def _noop_control(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:
+def _noop_control(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlPort:
     return NoopControl()
 
 

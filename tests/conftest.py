@@ -4,50 +4,36 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.support import admin
-from tests.support.databases import fresh_database
+from tests.support.databases import copy_of, fresh_database, migrated_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.prices import serve_fake_models
-from tests.support.processes import Process, start_control, start_edge
-
-UPSTREAM_KEY = "upstream-secret-" + "k" * 24
+from tests.support.processes import UPSTREAM_KEY, Gateway, start_control, start_edge
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    with fresh_database(tmp_path) as url:
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One database migrated once per session; tests get copies of it, never it."""
+    with migrated_database(tmp_path_factory.mktemp("template")) as url:
         yield url
 
 
-@dataclass
-class Gateway:
-    """Real control and edge processes, a fake upstream, and the bootstrapped admin."""
+@pytest.fixture
+def database_url(tmp_path: Path, migrated_template: str) -> Iterator[str]:
+    """A fresh database of this test's own, with every migration applied."""
+    with copy_of(migrated_template, tmp_path) as url:
+        yield url
 
-    database_url: str
-    control_target: str
-    edge_url: str
-    admin_key: str
-    upstream: FakeUpstream
-    processes: list[Process] = field(default_factory=list)
 
-    def new_user_key(self, **key_options: object) -> tuple[str, str]:
-        """A fresh user account with one inference key: (key resource name, secret)."""
-
-        async def make(client):  # type: ignore[no-untyped-def]
-            email = f"user-{secrets.token_hex(4)}@example.com"
-            account = await client.create_account(email=email, role="user")
-            created = await client.create_api_key(parent=account.name, **key_options)
-            return created.api_key.name, created.secret
-
-        return admin.call(self.control_target, self.admin_key, make)
-
-    def logs(self) -> str:
-        return "\n".join(p.output() for p in self.processes)
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh database without any table, for tests of the migrations themselves."""
+    with fresh_database(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ from typing import Any
 import openai
 import pytest
 
-from tests.clients.cli_support import SECRET_PATTERN, Result, run_cli
-from tests.conftest import Gateway
+from tests.support.cli import SECRET_PATTERN, Result, run_cli
 from tests.support.databases import fresh_database
-from tests.support.processes import free_port, start_control
+from tests.support.processes import Gateway, free_port, start_control
 
 
 def _admin(gateway: Gateway, *args: str) -> Result:
@@ -260,7 +259,7 @@ def test_usage_list_human_output_does_not_truncate_the_request_id(gateway: Gatew
     key_name, secret = gateway.new_user_key()
     _openai(gateway, secret).chat.completions.create(model="fake-1", messages=[{"role": "user", "content": "x"}])
     [record] = _settled_usage(gateway, key_name, 1)
-    result = _admin(gateway, "usage", "list", "--api-key", key_name).ok()  # COLUMNS=120, see cli_support
+    result = _admin(gateway, "usage", "list", "--api-key", key_name).ok()  # COLUMNS=120, see tests/support/cli.py
     assert record["request_id"] in result.stdout, result.stdout
     assert record["status"] in result.stdout, result.stdout
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import openai
 import pytest
 
-from tests.clients.cli_support import Result, clean_env, run_cli
-from tests.conftest import Gateway
+from tests.support.cli import Result, clean_env, run_cli
+from tests.support.processes import Gateway
 
 
 def admin(gateway: Gateway, *args: str, key: str | None = None, env: dict[str, str] | None = None) -> Result:

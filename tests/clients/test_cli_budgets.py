@@ -8,9 +8,9 @@ from typing import Any
 
 import openai
 
-from tests.clients.cli_support import Result, run_cli
-from tests.conftest import Gateway
 from tests.support import admin as support
+from tests.support.cli import Result, run_cli
+from tests.support.processes import Gateway
 
 
 def _admin(gateway: Gateway, *args: str, key: str | None = None) -> Result:

@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from claudeopus.v1 import accounts_pb2, accounts_pb2_grpc
-from tests.clients.cli_support import SECRET_PATTERN, TIMEOUT, Result, clean_env, run_cli
+from tests.support.cli import SECRET_PATTERN, TIMEOUT, Result, clean_env, run_cli
 from tests.support.processes import CLI, free_port
 
 DEMO_MODEL = "demo-small"

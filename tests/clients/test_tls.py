@@ -13,7 +13,7 @@ from claudeopus import tls
 from claudeopus.client import AsyncClient, Client, TLSConfigError
 from claudeopus.control.settings import ControlSettings
 from claudeopus.edge.settings import EdgeSettings
-from tests.clients.cli_support import run_cli
+from tests.support.cli import run_cli
 
 TOKEN = "s" * 40
 

@@ -13,7 +13,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -25,14 +25,14 @@ from grpc_status import rpc_status
 
 from claudeopus import keys
 from claudeopus.control.db import open_database
+from claudeopus.control.domain import account_lifecycle, logins, passwords, validation
 from claudeopus.control.domain import accounts as accounts_domain
-from claudeopus.control.domain import logins, passwords, validation
 from claudeopus.control.domain.errors import InvalidArgument, Reason, Throttled, Unauthenticated
 from claudeopus.control.domain.logins import LoginPolicy
 from claudeopus.control.domain.principal import authenticate_management
 from claudeopus.control.domain.throttle import Throttle, Throttles
 from claudeopus.control.models import Account
-from claudeopus.control.server import ControlServer, throttles
+from claudeopus.control.server import throttles
 from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
     accounts_pb2,
@@ -44,11 +44,11 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
-from tests.control.test_grpc import assert_error, bearer, error_info, field_violations, rpc_error
+from tests.support.clock import FakeClock
+from tests.support.control_server import in_process_control
 from tests.support.databases import dump_text
-from tests.support.prices import serve_free_over
+from tests.support.rpc import Metadata, assert_error, bearer, error_info, field_violations, rpc_error
 
-Metadata = tuple[tuple[str, str], ...]
 PASSWORD = "correct horse battery"
 START = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -59,33 +59,17 @@ SUSPENDED = accounts_pb2.ACCOUNT_STATE_SUSPENDED
 
 
 @dataclass
-class Clock:
-    """The server's injected clock; tests move it forward."""
-
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
 class World:
     database_url: str
     service_token: str
-    clock: Clock
+    clock: FakeClock
     channel: grpc.aio.Channel
     admin: accounts_pb2.Account
     admin_md: Metadata
-    accounts: accounts_pb2_grpc.AccountServiceAsyncStub = field(init=False)
-    api_keys: api_keys_pb2_grpc.ApiKeyServiceAsyncStub = field(init=False)
-    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub = field(init=False)
-    usage: usage_pb2_grpc.UsageServiceAsyncStub = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.accounts = accounts_pb2_grpc.AccountServiceStub(self.channel)
-        self.api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
-        self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
-        self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
+    accounts: accounts_pb2_grpc.AccountServiceAsyncStub
+    api_keys: api_keys_pb2_grpc.ApiKeyServiceAsyncStub
+    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub
+    usage: usage_pb2_grpc.UsageServiceAsyncStub
 
     async def create(
         self, md: Metadata, role: int = ROLE_USER, parent: str = "", email: str = ""
@@ -164,20 +148,20 @@ class World:
 
 @pytest.fixture
 async def world(database_url: str) -> AsyncIterator[World]:
-    token = secrets.token_urlsafe(32)
-    clock = Clock()
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with (
-        ControlServer(settings, clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(
-                email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
-            )
+    clock = FakeClock(START)
+    async with in_process_control(database_url, clock=clock) as control:
+        yield World(
+            database_url=database_url,
+            service_token=control.service_token,
+            clock=clock,
+            channel=control.channel,
+            admin=control.admin,
+            admin_md=bearer(control.admin_secret),
+            accounts=control.accounts,
+            api_keys=control.api_keys,
+            gateway=control.gateway,
+            usage=control.usage,
         )
-        await serve_free_over(channel, boot.secret)  # only priced models are served
-        yield World(database_url, token, clock, channel, boot.account, bearer(boot.secret))
 
 
 async def expect(
@@ -946,7 +930,7 @@ async def test_login_rehashes_an_outdated_hash(database_url: str) -> None:
 def test_a_tombstone_is_never_a_valid_email() -> None:
     long_email = "a" * 300 + "@example.com"
     account = Account(id=123456, email=long_email)
-    tombstone = accounts_domain.tombstone_email(account)
+    tombstone = account_lifecycle.tombstone_email(account)
     assert len(tombstone) == 320 and tombstone.startswith("deleted-123456 ")
     with pytest.raises(InvalidArgument):
         validation.email("e", tombstone)

@@ -18,15 +18,12 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from claudeopus import keys
+from claudeopus.control.domain import api_key_rotation, api_key_updates
 from claudeopus.control.domain import api_keys as api_keys_domain
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey
-from claudeopus.control.server import ControlServer
-from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -35,24 +32,14 @@ from claudeopus.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
+from tests.support.clock import FakeClock
+from tests.support.control_server import in_process_control
+from tests.support.rpc import assert_error, bearer, rpc_error, stamp
+from tests.support.rpc import resource_id as ident
 
-Metadata = tuple[tuple[str, str], ...]
 INFERENCE = api_keys_pb2.SCOPE_INFERENCE
 MANAGEMENT = api_keys_pb2.SCOPE_MANAGEMENT
 UNKNOWN_SCOPE = api_keys_pb2.Scope.ValueType(7)
-
-
-class FakeClock:
-    """The control plane's clock, moved by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -108,66 +95,23 @@ class Control:
         return await self.accounts.GetAccount(request, metadata=bearer(secret))
 
 
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
 @pytest.fixture
 async def control(database_url: str) -> AsyncIterator[Control]:
-    token = secrets.token_urlsafe(32)
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with (
-        ControlServer(settings, clock=clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
-        )
+    async with in_process_control(database_url, clock=clock, free_models=()) as running:
         yield Control(
             clock=clock,
-            service_token=token,
-            admin=boot.account,
-            admin_secret=boot.secret,
-            accounts=accounts,
-            keys=api_keys_pb2_grpc.ApiKeyServiceStub(channel),
-            gateway=gateway_pb2_grpc.GatewayServiceStub(channel),
+            service_token=running.service_token,
+            admin=running.admin,
+            admin_secret=running.admin_secret,
+            accounts=running.accounts,
+            keys=running.api_keys,
+            gateway=running.gateway,
         )
-
-
-async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str, field: str | None = None) -> None:
-    """``error`` has ``code``, one ErrorInfo with ``reason`` and, if given, exactly one violation on ``field``."""
-    assert error.code() == code, error
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the status carries no details"
-    infos: list[error_details_pb2.ErrorInfo] = []
-    violations: list[str] = []
-    for detail in status.details:
-        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-        if detail.Unpack(info):
-            infos.append(info)
-        elif detail.Unpack(bad):
-            violations.extend(v.field for v in bad.field_violations)
-    assert [(i.domain, i.reason) for i in infos] == [("claudeopus", reason)], status
-    if field is not None:
-        assert violations == [field], status
 
 
 def when(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 # -- ListApiKeys ---------------------------------------------------------------
@@ -360,14 +304,14 @@ async def test_update_refuses_bad_arguments(control: Control) -> None:
 
 async def test_update_does_not_undo_a_concurrent_revoke(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
     created = await control.new_key(control.admin_secret)
-    original = api_keys_domain.key_in_subtree
+    original = api_key_updates.key_in_subtree
 
     async def revoked_meanwhile(principal: Principal, key_id: int) -> ApiKey:
         key = await original(principal, key_id)  # read while live ...
         await ApiKey.filter(id=key_id).update(revoked_at=control.clock.now)  # ... revoked before the write
         return key
 
-    monkeypatch.setattr(api_keys_domain, "key_in_subtree", revoked_meanwhile)
+    monkeypatch.setattr(api_key_updates, "key_in_subtree", revoked_meanwhile)
     error = await rpc_error(control.update(api_keys_pb2.ApiKey(name=created.api_key.name, scopes=[MANAGEMENT])))
     assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_NOT_LIVE")
     monkeypatch.undo()
@@ -510,19 +454,19 @@ async def test_rotate_refuses_bad_arguments(control: Control) -> None:
 
 async def test_a_rotation_that_lost_a_race_issues_no_secret(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
     created = await control.new_key(control.admin_secret)
-    original = api_keys_domain.key_in_subtree
+    original = api_key_rotation.key_in_subtree
     winners: list[api_keys_domain.IssuedKey] = []
 
     async def rotated_meanwhile(principal: Principal, key_id: int) -> ApiKey:
         key = await original(principal, key_id)  # the loser reads the key ...
-        monkeypatch.setattr(api_keys_domain, "key_in_subtree", original)
+        monkeypatch.setattr(api_key_rotation, "key_in_subtree", original)
         # ... and another rotation wins before the loser writes.
         winners.append(
-            await api_keys_domain.rotate_api_key(principal, key_id, grace=timedelta(0), now=control.clock.now)
+            await api_key_rotation.rotate_api_key(principal, key_id, grace=timedelta(0), now=control.clock.now)
         )
         return key
 
-    monkeypatch.setattr(api_keys_domain, "key_in_subtree", rotated_meanwhile)
+    monkeypatch.setattr(api_key_rotation, "key_in_subtree", rotated_meanwhile)
     error = await rpc_error(control.rotate(created.api_key.name, 60))
     assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "KEY_ROTATED")
     [winner] = winners
@@ -602,10 +546,6 @@ async def test_a_reseller_cannot_touch_keys_outside_its_subtree(control: Control
 
 
 # -- limits set from above ---------------------------------------------------------------
-
-
-def ident(name: str) -> int:
-    return int(name.rsplit("/", 1)[1])
 
 
 async def key_row(name: str) -> ApiKey:

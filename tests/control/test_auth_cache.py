@@ -3,7 +3,7 @@
 Against a real database (SQLite or PostgreSQL): the epoch triggers, and authorizes through
 shared caches (two of them, as two control replicas would have) around revocations,
 suspensions, rotations, budgets and prices. The world and helpers are those of
-``test_reservations.py``.
+``tests/support/world.py``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from datetime import timedelta
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.domain import accounts, api_keys, budgets, gateway, prices
-from claudeopus.control.domain.auth_cache import AuthCache, current_epoch
+from claudeopus.control.domain import account_lifecycle, api_key_rotation, api_keys, budgets, gateway, price_changes
+from claudeopus.control.domain.auth_cache import AuthCache
 from claudeopus.control.domain.errors import PermissionDenied, Reason, Unauthenticated
 from claudeopus.control.models import Account, ApiKey, Budget, BudgetCounter, Price, Session, UsageRecord
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from claudeopus.control.store.auth_epoch import current_epoch
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     NOW,
     World,
@@ -28,10 +29,6 @@ from tests.control.test_reservations import (
     fails,
     set_budget,
 )
-from tests.support.prices import set_price
-
-# The fixtures of test_reservations, used here too.
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 
 
 @pytest.fixture
@@ -119,10 +116,10 @@ async def test_a_suspension_above_refuses_at_once_and_a_resume_admits_again(
 ) -> None:
     for cache in replicas:
         await authorize_with(cache, world.key.secret)
-    await accounts.suspend_account(world.admin, world.reseller.id, NOW)
+    await account_lifecycle.suspend_account(world.admin, world.reseller.id, NOW)
     for cache in replicas:
         await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, authorize_with(cache, world.key.secret))
-    await accounts.resume_account(world.admin, world.reseller.id, NOW)
+    await account_lifecycle.resume_account(world.admin, world.reseller.id, NOW)
     for cache in replicas:
         await authorize_with(cache, world.key.secret)
 
@@ -145,7 +142,9 @@ async def test_time_is_checked_per_request_not_cached(world: World) -> None:
         Unauthenticated, Reason.KEY_EXPIRED, authorize_with(cache, world.key.secret, now=NOW + timedelta(hours=1))
     )
 
-    rotated = await api_keys.rotate_api_key(world.admin, world.other_key.key.id, grace=timedelta(minutes=5), now=NOW)
+    rotated = await api_key_rotation.rotate_api_key(
+        world.admin, world.other_key.key.id, grace=timedelta(minutes=5), now=NOW
+    )
     await authorize_with(cache, world.other_key.secret, now=NOW + timedelta(minutes=4))
     await authorize_with(cache, rotated.secret, now=NOW + timedelta(minutes=4))
     await fails(
@@ -180,12 +179,12 @@ async def test_a_cost_budget_reserves_at_the_price_in_force_now(world: World) ->
     price = await set_price(world.admin, "m-1", 1_000_000, 1_000_000)
     first = await authorize_with(cache, world.key.secret)
     assert first.record.reserved_cost_micros == 33
-    await prices.update_price(
+    await price_changes.update_price(
         world.admin, price.id, paths=["input_micros_per_million"], input_micros=3_000_000, output_micros=0, now=NOW
     )
     second = await authorize_with(cache, world.key.secret)
     assert second.record.reserved_cost_micros == 33 + 22
-    await prices.delete_price(world.admin, price.id)
+    await price_changes.delete_price(world.admin, price.id)
     # Without a price the model is not served any more: the cache does not keep serving it.
     with pytest.raises(PermissionDenied) as refused:
         await authorize_with(cache, world.key.secret)

@@ -1,6 +1,6 @@
 """BatchAuthorize's domain side: each entry is decided exactly as a single Authorize would, in order.
 
-The world, the budgets and the helpers are those of ``test_reservations.py``: every authorize
+The world, the budgets and the helpers are those of ``tests/support/world.py``: every authorize
 reserves 11 input and 22 output tokens (33 in total) unless it says otherwise.
 """
 
@@ -26,8 +26,8 @@ from claudeopus.control.domain.errors import (
     Unauthenticated,
 )
 from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     DAILY,
     IN,
@@ -41,11 +41,9 @@ from tests.control.test_reservations import (
     authorize,
     counter,
     set_budget,
+    settle,
 )
-from tests.support.prices import set_price
 
-# The fixtures of test_reservations, used here too.
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 POLICY = gateway.OutputPolicy(default=4096)
 
 
@@ -135,7 +133,7 @@ async def test_a_batch_holds_in_order_what_fits_and_opens_one_row_per_admitted_e
 
     # Settled like any other reservation.
     first = admitted(results)[0]
-    await test_reservations.settle(first)
+    await settle(first)
     assert await counter(on_key) == (12, IN + 2 * OUT)
     await assert_counters_match_rows()
 

@@ -1,6 +1,6 @@
 """BatchSettle's domain side: each entry ends exactly as a single Settle would, against a real database.
 
-The world, the budgets and the helpers are those of ``test_reservations.py``: every authorize
+The world, the budgets and the helpers are those of ``tests/support/world.py``: every authorize
 reserves 11 input and 22 output tokens unless it says otherwise.
 """
 
@@ -13,12 +13,12 @@ from datetime import timedelta
 
 import pytest
 
-from claudeopus.control.domain import gateway, prices
+from claudeopus.control.domain import gateway, price_changes
 from claudeopus.control.domain.batch_settle import MAX_BATCH, SettleResult, settle_batch
 from claudeopus.control.domain.errors import InvalidArgument, NotFound, Reason
 from claudeopus.control.models import BudgetCounter, UsageRecord, UsageSource, UsageStatus
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     DAILY,
     INPUT_TOKENS,
@@ -33,10 +33,6 @@ from tests.control.test_reservations import (
     set_budget,
     settle_input,
 )
-from tests.support.prices import set_price
-
-# The fixtures of test_reservations, used here too.
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 
 
 def ok(result: SettleResult, already_settled: bool = False) -> None:
@@ -112,7 +108,7 @@ async def test_entries_control_refuses_are_reported_alone_and_hold_no_one_back(w
 async def test_batched_and_single_settles_leave_the_same_rows_and_counters(world: World) -> None:
     await set_price(world.admin, "m-1", 1_500_000, 2_000_000)
     await set_price(world.admin, "m-2", 300_000, 700_000)
-    await prices.create_price(
+    await price_changes.create_price(
         world.admin,
         parent_id=world.reseller.id,
         model="m-1",

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from claudeopus import keys
@@ -33,8 +32,6 @@ from claudeopus.client import (
     PermissionDeniedError,
 )
 from claudeopus.client import _requests as build
-from claudeopus.control.server import ControlServer
-from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -48,9 +45,11 @@ from claudeopus.v1 import (
     prices_pb2_grpc,
     usage_pb2,
 )
-from tests.support.prices import FREE_MODELS, serve_free_over
+from tests.support.clock import FakeClock
+from tests.support.control_server import in_process_control
+from tests.support.prices import FREE_MODELS
+from tests.support.rpc import assert_error, bearer, error_info, rpc_error
 
-Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, 12, tzinfo=UTC)
 INPUT = budgets_pb2.BUDGET_METRIC_INPUT_TOKENS
 OUTPUT = budgets_pb2.BUDGET_METRIC_OUTPUT_TOKENS
@@ -65,20 +64,6 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 # -- harness -------------------------------------------------------------------
-
-
-class Clock:
-    """The server's clock; tests move ``now``."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
 
 
 def utc(*parts: int) -> datetime:
@@ -108,7 +93,7 @@ class Manager:
 
 @dataclass
 class Control:
-    clock: Clock
+    clock: FakeClock
     service_token: str
     target: str
     admin: Manager
@@ -209,65 +194,22 @@ class Control:
 
 @pytest.fixture
 async def control(database_url: str) -> AsyncIterator[Control]:
-    token = secrets.token_urlsafe(32)
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     # The tests move the clock by days with reservations open: no sweep may expire them meanwhile.
-    settings = ControlSettings(
-        grpc_address="127.0.0.1:0", database_url=database_url, service_token=token, sweep_interval=3600.0
-    )
-    async with (
-        ControlServer(settings, clock=clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
-        )
-        # Only priced models are served; the tests price gpt-x themselves.
-        await serve_free_over(channel, boot.secret, tuple(m for m in FREE_MODELS if m != "gpt-x"))
+    # Only priced models are served; the tests price gpt-x themselves.
+    free = tuple(m for m in FREE_MODELS if m != "gpt-x")
+    async with in_process_control(database_url, clock=clock, free_models=free, sweep_interval=3600.0) as running:
         yield Control(
             clock=clock,
-            service_token=token,
-            target=f"127.0.0.1:{server.port}",
-            admin=Manager(boot.account, boot.api_key.name, boot.secret),
-            accounts=accounts,
-            keys=api_keys_pb2_grpc.ApiKeyServiceStub(channel),
-            budgets=budgets_pb2_grpc.BudgetServiceStub(channel),
-            prices=prices_pb2_grpc.PriceServiceStub(channel),
-            gateway=gateway_pb2_grpc.GatewayServiceStub(channel),
+            service_token=running.service_token,
+            target=running.target,
+            admin=Manager(running.admin, running.admin_key, running.admin_secret),
+            accounts=running.accounts,
+            keys=running.api_keys,
+            budgets=running.budgets,
+            prices=running.prices,
+            gateway=running.gateway,
         )
-
-
-async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str, *fields: str) -> None:
-    """``error`` has ``code``, one ErrorInfo with ``reason`` and, if given, exactly these violated ``fields``."""
-    assert error.code() == code, error
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the status carries no details"
-    infos: list[error_details_pb2.ErrorInfo] = []
-    violations: list[str] = []
-    for detail in status.details:
-        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-        if detail.Unpack(info):
-            infos.append(info)
-        elif detail.Unpack(bad):
-            violations.extend(v.field for v in bad.field_violations)
-    assert [(i.domain, i.reason) for i in infos] == [("claudeopus", reason)], status
-    if fields:
-        assert sorted(violations) == sorted(fields), status
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    assert any(detail.Unpack(info) for detail in status.details), status
-    return info
 
 
 def counts(budget: budgets_pb2.Budget) -> tuple[int, int, int, int]:

@@ -10,16 +10,13 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from claudeopus import keys
-from claudeopus.control.db import open_database
 from claudeopus.control.domain import accounts, api_keys, gateway, usage
-from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.domain.api_keys import IssuedKey, issue_key
 from claudeopus.control.domain.errors import (
     AlreadyExists,
@@ -35,44 +32,9 @@ from claudeopus.control.domain.instance import PAGE_TOKEN_KEY, load_or_create_se
 from claudeopus.control.domain.paging import PageTokenCodec
 from claudeopus.control.domain.principal import Principal, authenticate_management
 from claudeopus.control.models import Account, AccountState, ApiKey, Role, Scope, UsageRecord, UsageSource, UsageStatus
-from tests.support.prices import serve_free
-
-NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-
+from tests.support.world import NOW, Root, fails, new_account, new_key, settle_input
 
 # -- fixtures and helpers ------------------------------------------------------
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[None]:
-    async with open_database(database_url):
-        yield
-
-
-@dataclass
-class Root:
-    boot: Bootstrapped
-    principal: Principal
-
-    @property
-    def account(self) -> Account:
-        return self.boot.account
-
-
-@pytest.fixture
-async def root(db: None) -> Root:
-    boot = await accounts.bootstrap_admin("root@example.com", "Root", peer_is_local=True)
-    await serve_free(boot.account.id)  # only priced models are served
-    return Root(boot=boot, principal=await authenticate_management(boot.key.secret, NOW))
-
-
-async def fails(error: type[DomainError], reason: Reason, call: Awaitable[object]) -> DomainError:
-    """Await ``call``; it must raise exactly ``error`` carrying ``reason``."""
-    with pytest.raises(error) as caught:
-        await call
-    assert type(caught.value) is error
-    assert caught.value.reason is reason, caught.value
-    return caught.value
 
 
 def violated_fields(error: DomainError) -> list[str]:
@@ -84,40 +46,6 @@ async def manager(account: Account) -> Principal:
     """A management principal for ``account``, through a real management key."""
     issued = await issue_key(account, display_name="mgmt", scopes=Scope.MANAGEMENT)
     return await authenticate_management(issued.secret, NOW)
-
-
-async def new_account(
-    principal: Principal, email: str, role: Role = Role.USER, parent: Account | None = None
-) -> Account:
-    return await accounts.create_account(
-        principal,
-        parent_id=None if parent is None else parent.id,
-        email=email,
-        display_name="",
-        role=role,
-        request_id="",
-    )
-
-
-async def new_key(
-    owner: Principal,
-    account: Account,
-    *,
-    allowed_models: list[str] | None = None,
-    expires_at: datetime | None = None,
-    request_id: str = "",
-    scopes: list[int] | None = None,
-) -> IssuedKey:
-    return await api_keys.create_api_key(
-        owner,
-        account=account,
-        display_name="k",
-        scopes=[Scope.INFERENCE] if scopes is None else scopes,
-        allowed_models=allowed_models or [],
-        expires_at=expires_at,
-        request_id=request_id,
-        now=NOW,
-    )
 
 
 async def authorize(
@@ -134,22 +62,6 @@ async def authorize(
         policy=gateway.OutputPolicy(),
     )
     return authorized.record
-
-
-def settle_input(
-    request_id: object, *, input_tokens: int = 5, output_tokens: int = 7, **changes: int
-) -> gateway.SettleInput:
-    values = {
-        "request_id": str(request_id),
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "latency_us": 1234,
-        "status": UsageStatus.SUCCEEDED,
-        "source": UsageSource.REPORTED,
-        "http_status": 200,
-    }
-    values.update(changes)
-    return gateway.SettleInput(**values)  # type: ignore[arg-type]
 
 
 # -- bootstrap -----------------------------------------------------------------

@@ -14,16 +14,13 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from claudeopus import keys
 from claudeopus.client import (
@@ -37,7 +34,9 @@ from claudeopus.control.domain import passwords
 from claudeopus.control.server import ControlServer
 from claudeopus.control.settings import ControlSettings
 from claudeopus.edge.completions import parse_completion
-from claudeopus.edge.control import AuthorizeCall, ControlClient, openai_error
+from claudeopus.edge.metering.grpc_control import GrpcControl
+from claudeopus.edge.metering.port import AuthorizeCall
+from claudeopus.edge.metering.refusals import openai_error
 from claudeopus.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -49,79 +48,19 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
-from tests.support.prices import serve_free_over
-
-Metadata = tuple[tuple[str, str], ...]
-
-
-@dataclass
-class Control:
-    target: str
-    service_token: str
-    admin_secret: str
-    admin: accounts_pb2.Account
-    channel: grpc.aio.Channel
-
-    def admin_client(self) -> ClaudeOpusClient:
-        return ClaudeOpusClient(self.target, key=self.admin_secret)
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
+from tests.support.control_server import InProcessControl, in_process_control
+from tests.support.rpc import Metadata, assert_error, bearer, error_info, field_violations, rpc_error
 
 
 @pytest.fixture
-async def control(database_url: str) -> AsyncIterator[Control]:
-    token = secrets.token_urlsafe(32)
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with ControlServer(settings) as server:
-        assert server.port > 0
-        target = f"127.0.0.1:{server.port}"
-        async with ClaudeOpusClient(target) as anonymous:
-            boot = await anonymous.bootstrap_admin("root@example.com", "Root", token=server.bootstrap_token or "")
-        async with grpc.aio.insecure_channel(target) as channel:
-            await serve_free_over(channel, boot.secret)  # only priced models are served
-            yield Control(target, token, boot.secret, boot.account, channel)
+async def control(database_url: str) -> AsyncIterator[InProcessControl]:
+    async with in_process_control(database_url) as running:
+        yield running
 
 
-async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The single ErrorInfo of a failed call; its domain must be ``claudeopus``."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the status carries no details"
-    assert status.code == error.code().value[0]
-    infos = []
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            infos.append(info)
-    assert len(infos) == 1, status
-    assert infos[0].domain == "claudeopus"
-    return infos[0]
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    violations: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            violations.update({v.field: v.description for v in bad.field_violations})
-    return violations
-
-
-def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str) -> None:
-    assert error.code() == code, error
-    assert error_info(error).reason == reason
-
-
-async def new_user_key(control: Control, *scopes: str, allowed_models: tuple[str, ...] = ()) -> tuple[str, str, str]:
+async def new_user_key(
+    control: InProcessControl, *scopes: str, allowed_models: tuple[str, ...] = ()
+) -> tuple[str, str, str]:
     """A fresh user with one key: (account name, key name, secret)."""
     async with control.admin_client() as client:
         account = await client.create_account(email=f"u-{secrets.token_hex(4)}@example.com", role="user")
@@ -134,7 +73,7 @@ async def new_user_key(control: Control, *scopes: str, allowed_models: tuple[str
 # -- errors --------------------------------------------------------------------
 
 
-async def test_invalid_argument_carries_error_info_and_bad_request(control: Control) -> None:
+async def test_invalid_argument_carries_error_info_and_bad_request(control: InProcessControl) -> None:
     stub = accounts_pb2_grpc.AccountServiceStub(control.channel)
     request = accounts_pb2.CreateAccountRequest(
         account=accounts_pb2.Account(email="not-an-email", role=accounts_pb2.ROLE_USER)
@@ -152,7 +91,7 @@ async def test_invalid_argument_carries_error_info_and_bad_request(control: Cont
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_domain_errors_map_to_codes_and_reasons(control: Control) -> None:
+async def test_domain_errors_map_to_codes_and_reasons(control: InProcessControl) -> None:
     accounts = accounts_pb2_grpc.AccountServiceStub(control.channel)
     admin = bearer(control.admin_secret)
 
@@ -178,7 +117,7 @@ async def test_domain_errors_map_to_codes_and_reasons(control: Control) -> None:
     assert caught.value.reason == "RESOURCE_NOT_FOUND"
 
 
-async def test_gateway_requires_the_service_token(control: Control) -> None:
+async def test_gateway_requires_the_service_token(control: InProcessControl) -> None:
     gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
     _, _, secret = await new_user_key(control)
     request = gateway_pb2.VerifyApiKeyRequest(key_hash=keys.hash_secret_bytes(secret))
@@ -203,7 +142,7 @@ async def test_gateway_requires_the_service_token(control: Control) -> None:
     assert reply.api_key.startswith("apiKeys/")
 
 
-async def test_management_calls_need_a_management_key(control: Control) -> None:
+async def test_management_calls_need_a_management_key(control: InProcessControl) -> None:
     accounts = accounts_pb2_grpc.AccountServiceStub(control.channel)
     api_keys = api_keys_pb2_grpc.ApiKeyServiceStub(control.channel)
     usage = usage_pb2_grpc.UsageServiceStub(control.channel)
@@ -238,7 +177,7 @@ async def test_management_calls_need_a_management_key(control: Control) -> None:
 # -- health and reflection -----------------------------------------------------
 
 
-async def test_health_reports_serving(control: Control) -> None:
+async def test_health_reports_serving(control: InProcessControl) -> None:
     health = health_pb2_grpc.HealthStub(control.channel)
     for service in ("", "claudeopus.v1.GatewayService", "claudeopus.v1.AccountService"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -247,7 +186,7 @@ async def test_health_reports_serving(control: Control) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_reflection_lists_the_services(control: Control) -> None:
+async def test_reflection_lists_the_services(control: InProcessControl) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(control.channel)
     call = stub.ServerReflectionInfo()
     await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
@@ -266,7 +205,7 @@ async def test_reflection_lists_the_services(control: Control) -> None:
     assert "grpc.health.v1.Health" in names
 
 
-async def test_a_resource_name_with_a_unicode_digit_is_invalid_argument(control: Control) -> None:
+async def test_a_resource_name_with_a_unicode_digit_is_invalid_argument(control: InProcessControl) -> None:
     accounts = accounts_pb2_grpc.AccountServiceStub(control.channel)
     request = accounts_pb2.GetAccountRequest(name="accounts/\u00b2")  # SUPERSCRIPT TWO: isdigit() but not int()
     error = await rpc_error(accounts.GetAccount(request, metadata=bearer(control.admin_secret)))
@@ -277,7 +216,7 @@ async def test_a_resource_name_with_a_unicode_digit_is_invalid_argument(control:
 # -- the edge's round trip -----------------------------------------------------
 
 
-async def test_authorize_settle_then_list_usage(control: Control) -> None:
+async def test_authorize_settle_then_list_usage(control: InProcessControl) -> None:
     account_name, key_name, secret = await new_user_key(control, allowed_models=("m-1",))
     gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
     service = bearer(control.service_token)
@@ -461,7 +400,7 @@ async def test_bootstrap_is_accepted_over_ipv6_loopback(database_url: str) -> No
     assert boot.account.role == accounts_pb2.ROLE_ADMIN
 
 
-async def test_bytes_that_are_no_protobuf_message_are_invalid_argument(control: Control) -> None:
+async def test_bytes_that_are_no_protobuf_message_are_invalid_argument(control: InProcessControl) -> None:
     call = control.channel.unary_unary(
         "/claudeopus.v1.AccountService/GetAccount",
         request_serializer=lambda raw: raw,
@@ -478,7 +417,7 @@ async def test_bytes_that_are_no_protobuf_message_are_invalid_argument(control: 
     assert good.name == control.admin.name
 
 
-async def test_batch_settle_answers_each_entry_and_wants_the_service_token(control: Control) -> None:
+async def test_batch_settle_answers_each_entry_and_wants_the_service_token(control: InProcessControl) -> None:
     _, key_name, secret = await new_user_key(control)
     gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
     service = bearer(control.service_token)
@@ -526,7 +465,7 @@ async def test_batch_settle_answers_each_entry_and_wants_the_service_token(contr
     assert {r.latency.ToMicroseconds() for r in page.usage_records} == {5000}
 
 
-async def test_batch_authorize_answers_each_entry_and_the_edge_reads_each_answer(control: Control) -> None:
+async def test_batch_authorize_answers_each_entry_and_the_edge_reads_each_answer(control: InProcessControl) -> None:
     _, key_name, secret = await new_user_key(control, allowed_models=("m-1",))
     gateway = gateway_pb2_grpc.GatewayServiceStub(control.channel)
     service = bearer(control.service_token)
@@ -557,7 +496,7 @@ async def test_batch_authorize_answers_each_entry_and_the_edge_reads_each_answer
     assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
 
     # The edge's client reads the same answers as the typed errors a single call would raise.
-    edge = ControlClient(control.channel, control.service_token, timeout=10)
+    edge = GrpcControl(control.channel, control.service_token, timeout=10)
     body = b'{"model": "m-2", "messages": [{"role": "user", "content": "hi"}]}'
     completion = parse_completion(body)
     calls = [AuthorizeCall(str(uuid.uuid4()), key_hash, completion), AuthorizeCall("bad-id", key_hash, completion)]

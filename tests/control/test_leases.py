@@ -1,6 +1,6 @@
 """Budget leases on the control side: grant, open leased rows with their settles, return, expire.
 
-The world, budgets and helpers are those of ``test_reservations.py``: a request like the
+The world, budgets and helpers are those of ``tests/support/world.py``: a request like the
 one a lease is sized after reserves 11 input and 22 output tokens (33 in total), and a
 settle reports 5 input and 7 output tokens. Every test ends with the invariant that
 budget counters equal the usage rows plus what live leases hold.
@@ -17,14 +17,14 @@ import pytest
 
 from claudeopus import keys
 from claudeopus.control.domain import (
-    accounts,
+    account_lifecycle,
     api_keys,
     batch_authorize,
     batch_settle,
     budgets,
     gateway,
     leases,
-    prices,
+    price_changes,
     reservations,
 )
 from claudeopus.control.domain.api_keys import IssuedKey
@@ -39,8 +39,8 @@ from claudeopus.control.domain.errors import (
 from claudeopus.control.domain.leases import LEASE_SHARE, Granted, LeaseUse
 from claudeopus.control.models import BudgetCounter, BudgetLease, Scope, UsageRecord, UsageSource, UsageStatus
 from claudeopus.control.sweeper import ReservationSweeper
-from tests.control import test_reservations
-from tests.control.test_reservations import (
+from tests.support.prices import set_price
+from tests.support.world import (
     COST,
     DAILY,
     IN,
@@ -58,9 +58,7 @@ from tests.control.test_reservations import (
     set_budget,
     settle_input,
 )
-from tests.support.prices import set_price
 
-db, root, world = test_reservations.db, test_reservations.root, test_reservations.world
 POLICY = gateway.OutputPolicy(default=4096)
 SECOND = timedelta(seconds=1)
 ONE = reservations.Amounts(IN, OUT, 0)
@@ -215,7 +213,7 @@ async def test_taking_a_keys_rights_away_returns_once_its_leases_have_ended(worl
 
     assert await grant(world.sibling_key, ttl=ttl) is not None
     started = time.monotonic()
-    await accounts.suspend_account(world.admin, world.reseller.id, now=NOW)
+    await account_lifecycle.suspend_account(world.admin, world.reseller.id, now=NOW)
     assert time.monotonic() - started >= 0.25, "a suspension waits for the leases of the whole subtree"
     await fails(PermissionDenied, Reason.ACCOUNT_SUSPENDED, grant(world.sibling_key))
 
@@ -260,7 +258,7 @@ async def test_lowering_a_limit_or_changing_a_price_returns_once_leases_on_the_o
     started = time.monotonic()
     price = await set_price(world.admin, "m-2", 1, 1, now=NOW + SECOND)
     assert time.monotonic() - started < 0.2, "another model's price: no wait"
-    await prices.update_price(
+    await price_changes.update_price(
         world.admin, price.id, paths=["input_micros_per_million"], input_micros=2, output_micros=0, now=NOW + SECOND
     )
     assert time.monotonic() - started < 0.2

@@ -17,8 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from tortoise.context import TortoiseContext
@@ -43,34 +42,16 @@ from claudeopus.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from tests.support.clock import FakeClock
+from tests.support.control_server import in_process_control
+from tests.support.rpc import assert_error, bearer, rpc_error, stamp
 
-Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, 12, tzinfo=UTC)
 INPUT = "input_micros_per_million"
 OUTPUT = "output_micros_per_million"
 
 
 # -- harness -------------------------------------------------------------------
-
-
-class Clock:
-    """The server's clock; tests move ``now``."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 @dataclass
@@ -87,7 +68,7 @@ class Manager:
 
 @dataclass
 class Control:
-    clock: Clock
+    clock: FakeClock
     service_token: str
     admin: Manager
     accounts: accounts_pb2_grpc.AccountServiceAsyncStub
@@ -176,51 +157,18 @@ class Control:
 
 @pytest.fixture
 async def control(database_url: str) -> AsyncIterator[Control]:
-    token = secrets.token_urlsafe(32)
-    clock = Clock(T0)
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with (
-        ControlServer(settings, clock=clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        accounts = accounts_pb2_grpc.AccountServiceStub(channel)
-        boot = await accounts.BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
-        )
+    clock = FakeClock(T0)
+    async with in_process_control(database_url, clock=clock, free_models=()) as running:
         yield Control(
             clock=clock,
-            service_token=token,
-            admin=Manager(boot.account, boot.secret),
-            accounts=accounts,
-            keys=api_keys_pb2_grpc.ApiKeyServiceStub(channel),
-            prices=prices_pb2_grpc.PriceServiceStub(channel),
-            gateway=gateway_pb2_grpc.GatewayServiceStub(channel),
-            usage=usage_pb2_grpc.UsageServiceStub(channel),
+            service_token=running.service_token,
+            admin=Manager(running.admin, running.admin_secret),
+            accounts=running.accounts,
+            keys=running.api_keys,
+            prices=running.prices,
+            gateway=running.gateway,
+            usage=running.usage,
         )
-
-
-async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str, *fields: str) -> None:
-    """``error`` has ``code``, one ErrorInfo with ``reason`` and, if given, exactly these violated ``fields``."""
-    assert error.code() == code, error
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the status carries no details"
-    infos: list[error_details_pb2.ErrorInfo] = []
-    violations: list[str] = []
-    for detail in status.details:
-        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-        if detail.Unpack(info):
-            infos.append(info)
-        elif detail.Unpack(bad):
-            violations.extend(v.field for v in bad.field_violations)
-    assert [(i.domain, i.reason) for i in infos] == [("claudeopus", reason)], status
-    if fields:
-        assert sorted(violations) == sorted(fields), status
 
 
 def amounts(message: prices_pb2.Price | prices_pb2.ResolvePriceResponse) -> tuple[int, int]:
@@ -845,15 +793,15 @@ INSERT INTO usage_record (
 """
 
 
-async def test_upgrading_a_database_with_usage_rows_costs_them_zero(database_url: str) -> None:
+async def test_upgrading_a_database_with_usage_rows_costs_them_zero(empty_database_url: str) -> None:
     """0003 -> 0004 on a database that already holds usage rows (a NOT NULL column needs its DB default)."""
     async with TortoiseContext():
-        await migrate(config=tortoise_config(database_url), target="control.0003_usage_query_indexes")
+        await migrate(config=tortoise_config(empty_database_url), target="control.0003_usage_query_indexes")
     async with TortoiseContext() as ctx:
-        await ctx.init(config=tortoise_config(database_url))
+        await ctx.init(config=tortoise_config(empty_database_url))
         await ctx.db().execute_script(ROWS_BEFORE_PRICES)
         await ctx.close_connections()
-    async with open_database(database_url):
+    async with open_database(empty_database_url):
         [record] = await UsageRecord.all()
         assert (record.model, record.input_tokens, record.cost_micros) == ("gpt-x", 10, 0)
         assert await Price.all().count() == 0

@@ -3,6 +3,7 @@
 No gRPC here: these tests call ``claudeopus.control.domain`` (authorize, settle,
 expire_stale, create_budget) and the sweeper directly, with an injected clock,
 and check the budget counters and usage rows they leave behind, to the unit.
+The world and helpers are in tests/support/world.py.
 
 Every authorize below reserves 11 input and 22 output tokens (33 in total)
 unless it says otherwise, and every settle reports 5 input and 7 output tokens
@@ -14,289 +15,56 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from claudeopus import keys
-from claudeopus.control.db import open_database
-from claudeopus.control.domain import accounts, api_keys, budgets, gateway, prices, reservations
-from claudeopus.control.domain.accounts import Bootstrapped
+from claudeopus.control.domain import budgets, gateway, price_changes, reservations
 from claudeopus.control.domain.api_keys import IssuedKey
 from claudeopus.control.domain.errors import (
     AlreadyExists,
-    DomainError,
     FailedPrecondition,
     PermissionDenied,
     Reason,
     ResourceExhausted,
 )
 from claudeopus.control.domain.periods import period_bounds, period_index
-from claudeopus.control.domain.principal import Principal, authenticate_management
 from claudeopus.control.models import (
-    Account,
     Budget,
     BudgetCounter,
     BudgetMetric,
     BudgetPeriod,
-    Role,
-    Scope,
     UsageRecord,
     UsageSource,
     UsageStatus,
 )
 from claudeopus.control.sweeper import ReservationSweeper
-from tests.support.prices import serve_free, set_price
-
-NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-LATER = NOW + timedelta(seconds=3)
-IN, OUT = 11, 22  # what every authorize reserves unless told otherwise
-RESERVED = IN + OUT
-MAX_AGE = timedelta(minutes=15)
-
-TOTAL_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS, COST = (
-    BudgetMetric.TOTAL_TOKENS,
-    BudgetMetric.INPUT_TOKENS,
-    BudgetMetric.OUTPUT_TOKENS,
-    BudgetMetric.COST_MICROS,
+from tests.support.clock import FakeClock
+from tests.support.prices import set_price
+from tests.support.world import (
+    COST,
+    DAILY,
+    IN,
+    INPUT_TOKENS,
+    LATER,
+    MAX_AGE,
+    MONTHLY,
+    NOW,
+    OUT,
+    OUTPUT_TOKENS,
+    RESERVED,
+    TOTAL,
+    TOTAL_TOKENS,
+    World,
+    assert_counters_match_rows,
+    authorize,
+    counter,
+    exhausted,
+    fails,
+    set_budget,
+    settle,
+    settle_input,
 )
-TOTAL, DAILY, MONTHLY = BudgetPeriod.TOTAL, BudgetPeriod.DAILY, BudgetPeriod.MONTHLY
-
-
-# -- fixtures and helpers ------------------------------------------------------
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[None]:
-    async with open_database(database_url):
-        yield
-
-
-@dataclass
-class Root:
-    boot: Bootstrapped
-    principal: Principal
-
-    @property
-    def account(self) -> Account:
-        return self.boot.account
-
-
-@pytest.fixture
-async def root(db: None) -> Root:
-    boot = await accounts.bootstrap_admin("root@example.com", "Root", peer_is_local=True)
-    await serve_free(boot.account.id)  # only priced models are served
-    return Root(boot=boot, principal=await authenticate_management(boot.key.secret, NOW))
-
-
-@dataclass
-class World:
-    """root > reseller > user (key, other_key) and sibling (sibling_key); root > direct (direct_key).
-
-    The reseller has an inference key of its own too (reseller_key).
-    """
-
-    root: Root
-    reseller: Account
-    user: Account
-    sibling: Account
-    direct: Account
-    key: IssuedKey
-    other_key: IssuedKey
-    sibling_key: IssuedKey
-    reseller_key: IssuedKey
-    direct_key: IssuedKey
-
-    @property
-    def admin(self) -> Principal:
-        return self.root.principal
-
-
-async def new_account(
-    principal: Principal, email: str, role: Role = Role.USER, parent: Account | None = None
-) -> Account:
-    return await accounts.create_account(
-        principal,
-        parent_id=None if parent is None else parent.id,
-        email=email,
-        display_name="",
-        role=role,
-        request_id="",
-    )
-
-
-async def new_key(owner: Principal, account: Account) -> IssuedKey:
-    return await api_keys.create_api_key(
-        owner,
-        account=account,
-        display_name="k",
-        scopes=[Scope.INFERENCE],
-        allowed_models=[],
-        expires_at=None,
-        request_id="",
-        now=NOW,
-    )
-
-
-@pytest.fixture
-async def world(root: Root) -> World:
-    admin = root.principal
-    reseller = await new_account(admin, "reseller@example.com", Role.RESELLER)
-    user = await new_account(admin, "user@example.com", parent=reseller)
-    sibling = await new_account(admin, "sibling@example.com", parent=reseller)
-    direct = await new_account(admin, "direct@example.com")
-    return World(
-        root=root,
-        reseller=reseller,
-        user=user,
-        sibling=sibling,
-        direct=direct,
-        key=await new_key(admin, user),
-        other_key=await new_key(admin, user),
-        sibling_key=await new_key(admin, sibling),
-        reseller_key=await new_key(admin, reseller),
-        direct_key=await new_key(admin, direct),
-    )
-
-
-async def fails(error: type[DomainError], reason: Reason, call: Awaitable[object]) -> DomainError:
-    """Await ``call``; it must raise exactly ``error`` carrying ``reason``."""
-    with pytest.raises(error) as caught:
-        await call
-    assert type(caught.value) is error
-    assert caught.value.reason is reason, caught.value
-    return caught.value
-
-
-async def exhausted(call: Awaitable[object]) -> ResourceExhausted:
-    error = await fails(ResourceExhausted, Reason.BUDGET_EXHAUSTED, call)
-    assert isinstance(error, ResourceExhausted)
-    return error
-
-
-async def set_budget(
-    world: World,
-    account: Account,
-    limit: int,
-    *,
-    key: IssuedKey | None = None,
-    metric: BudgetMetric = TOTAL_TOKENS,
-    period: BudgetPeriod = TOTAL,
-    now: datetime = NOW,
-) -> Budget:
-    """A budget set by the admin on ``account`` (or on its ``key``)."""
-    view = await budgets.create_budget(
-        world.admin,
-        owner=budgets.Owner(account, None if key is None else key.key.id),
-        metric=metric,
-        period=period,
-        limit=limit,
-        request_id="",
-        now=now,
-    )
-    return view.budget
-
-
-async def authorize(
-    key: IssuedKey,
-    *,
-    input_tokens: int = IN,
-    max_output_tokens: int = OUT,
-    model: str = "m-1",
-    now: datetime = NOW,
-    request_id: str | None = None,
-    policy: gateway.OutputPolicy = gateway.OutputPolicy(),  # noqa: B008 - frozen
-) -> gateway.Authorized:
-    return await gateway.authorize(
-        request_id=request_id or str(uuid.uuid4()),
-        key_hash=keys.hash_secret_bytes(key.secret),
-        model=model,
-        estimated_input_tokens=input_tokens,
-        max_output_tokens=max_output_tokens,
-        stream=True,
-        now=now,
-        policy=policy,
-    )
-
-
-def settle_input(
-    request_id: object, *, input_tokens: int = 5, output_tokens: int = 7, **changes: int
-) -> gateway.SettleInput:
-    values = {
-        "request_id": str(request_id),
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "latency_us": 1234,
-        "status": UsageStatus.SUCCEEDED,
-        "source": UsageSource.REPORTED,
-        "http_status": 200,
-    }
-    values.update(changes)
-    return gateway.SettleInput(**values)  # type: ignore[arg-type]
-
-
-async def settle(
-    authorized: gateway.Authorized, *, input_tokens: int = 5, output_tokens: int = 7, now: datetime = LATER
-) -> gateway.Settlement:
-    data = settle_input(authorized.record.request_id, input_tokens=input_tokens, output_tokens=output_tokens)
-    return await gateway.settle(data, now)
-
-
-async def counter(budget: Budget, at: datetime = NOW) -> tuple[int, int]:
-    """(spent, reserved) of ``budget`` in the period of ``at``; (0, 0) when it has no counter there."""
-    row = await BudgetCounter.get_or_none(budget_id=budget.id, period_index=period_index(budget.period, at))
-    return (0, 0) if row is None else (row.spent, row.reserved)
-
-
-def of(metric: BudgetMetric, input_tokens: int, output_tokens: int, cost_micros: int) -> int:
-    return {
-        INPUT_TOKENS: input_tokens,
-        OUTPUT_TOKENS: output_tokens,
-        TOTAL_TOKENS: input_tokens + output_tokens,
-        COST: cost_micros,
-    }[metric]
-
-
-async def expected_counters() -> dict[tuple[int, int], tuple[int, int]]:
-    """What every budget's counters must hold, recomputed from the usage rows alone.
-
-    A row counts in a budget when it is the budget's key's (key budget) or in the
-    subtree of the budget's account (account budget), in the period of the
-    row's ``created_at``: closed rows in ``spent`` at their charged amounts,
-    open ones in ``reserved`` at their reserved amounts.
-    """
-    rows = await UsageRecord.all().select_related("account")
-    expected: dict[tuple[int, int], tuple[int, int]] = {}
-    for budget in await Budget.all().select_related("account"):
-        for row in rows:
-            if budget.api_key_id is not None:  # type: ignore[attr-defined]
-                covered = row.api_key_id == budget.api_key_id  # type: ignore[attr-defined]
-            else:
-                covered = row.account.path.startswith(budget.account.path)
-            if not covered:
-                continue
-            where = (budget.id, period_index(budget.period, row.created_at))
-            spent, reserved = expected.get(where, (0, 0))
-            if row.status is UsageStatus.RESERVED:
-                reserved += of(
-                    budget.metric, row.estimated_input_tokens, row.max_output_tokens, row.reserved_cost_micros
-                )
-            else:
-                spent += of(budget.metric, row.input_tokens, row.output_tokens, row.cost_micros)
-            expected[where] = (spent, reserved)
-    return {where: value for where, value in expected.items() if value != (0, 0)}
-
-
-async def assert_counters_match_rows() -> None:
-    """Every counter equals the sum of the usage rows it covers, for every metric and period."""
-    actual = {
-        (c.budget_id, c.period_index): (c.spent, c.reserved)  # type: ignore[attr-defined]
-        for c in await BudgetCounter.all()
-        if (c.spent, c.reserved) != (0, 0)
-    }
-    assert actual == await expected_counters()
 
 
 def budget_name(budget: Budget) -> str:
@@ -593,7 +361,7 @@ async def test_a_cost_budget_reserves_and_charges_at_the_price_in_force(world: W
     assert await counter(tokens) == (0, 33)
 
     # The reseller marks the model up; the price in force is the highest per component.
-    await prices.create_price(
+    await price_changes.create_price(
         world.admin,
         parent_id=world.reseller.id,
         model="m-1",
@@ -932,7 +700,7 @@ async def test_expiry_charges_the_reserved_cost_even_after_a_price_change(world:
     budget = await set_budget(world, world.user, 61, metric=COST)
     authorized = await authorize(world.key)
     assert await counter(budget) == (0, 61)
-    await prices.update_price(
+    await price_changes.update_price(
         world.admin, price.id, paths=["*"], input_micros=3_000_000, output_micros=4_000_000, now=NOW
     )
     assert await gateway.expire_stale(NOW + timedelta(hours=1), MAX_AGE) == 1
@@ -985,14 +753,6 @@ async def test_expire_stale_without_budgets_closes_the_row_at_its_reservation(wo
 def held(encoded: str) -> str:
     """Budget id, period index and metric of each stored hold, in stored (lock) order."""
     return ",".join(":".join(part.split(":")[:3]) for part in encoded.split(",") if part)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def test_the_sweeper_expires_by_its_clock(world: World) -> None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,26 +21,23 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from claudeopus import keys
 from claudeopus.control.domain import usage as usage_domain
-from claudeopus.control.server import ControlServer
-from claudeopus.control.settings import ControlSettings
 from claudeopus.v1 import (
     accounts_pb2,
-    accounts_pb2_grpc,
     api_keys_pb2,
-    api_keys_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
-from tests.support.prices import serve_free_over
+from tests.support.clock import FakeClock
+from tests.support.control_server import InProcessControl, in_process_control
+from tests.support.rpc import assert_error, bearer, rpc_error
+from tests.support.rpc import resource_id as ident
+from tests.support.rpc import stamp as ts
 
-Metadata = tuple[tuple[str, str], ...]
 T0 = datetime(2030, 1, 10, tzinfo=UTC)
 API_KEY, ACCOUNT, MODEL = usage_pb2.USAGE_GROUP_API_KEY, usage_pb2.USAGE_GROUP_ACCOUNT, usage_pb2.USAGE_GROUP_MODEL
 HOUR, DAY, MONTH = usage_pb2.USAGE_INTERVAL_HOUR, usage_pb2.USAGE_INTERVAL_DAY, usage_pb2.USAGE_INTERVAL_MONTH
@@ -51,32 +47,8 @@ NO_INTERVAL = usage_pb2.USAGE_INTERVAL_UNSPECIFIED
 # -- harness -------------------------------------------------------------------
 
 
-class Clock:
-    """The server's clock; tests move ``now``."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def ts(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
-
-
-def ident(name: str) -> int:
-    return int(name.rpartition("/")[2])
 
 
 @dataclass
@@ -96,11 +68,12 @@ class Record:
 
 @dataclass
 class Control:
-    clock: Clock
+    clock: FakeClock
     service_token: str
     admin_secret: str
     admin: str
     channel: grpc.aio.Channel
+    running: InProcessControl
     records: list[Record] = field(default_factory=list)
 
     @property
@@ -108,18 +81,11 @@ class Control:
         return usage_pb2_grpc.UsageServiceStub(self.channel)
 
     async def new_account(self, parent: str, role: int = accounts_pb2.ROLE_USER) -> str:
-        stub = accounts_pb2_grpc.AccountServiceStub(self.channel)
-        request = accounts_pb2.CreateAccountRequest(
-            parent=parent, account=accounts_pb2.Account(email=f"a-{secrets.token_hex(6)}@example.com", role=role)
-        )
-        return (await stub.CreateAccount(request, metadata=bearer(self.admin_secret))).name
+        return await self.running.new_account(parent, role)  # type: ignore[arg-type]
 
     async def new_key(self, parent: str, scope: int = api_keys_pb2.SCOPE_INFERENCE) -> tuple[str, str]:
         """(key name, secret)."""
-        stub = api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
-        request = api_keys_pb2.CreateApiKeyRequest(parent=parent, api_key=api_keys_pb2.ApiKey(scopes=[scope]))
-        created = await stub.CreateApiKey(request, metadata=bearer(self.admin_secret))
-        return created.api_key.name, created.secret
+        return await self.running.new_key(parent, scope)  # type: ignore[arg-type]
 
     async def record(
         self,
@@ -173,42 +139,10 @@ class Control:
 
 @pytest.fixture
 async def control(database_url: str) -> AsyncIterator[Control]:
-    clock = Clock(T0)
-    token = secrets.token_urlsafe(32)
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with (
-        ControlServer(settings, clock=clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(
-                email="root@example.com", display_name="Root", bootstrap_token=server.bootstrap_token
-            )
-        )
-        await serve_free_over(channel, boot.secret)  # only priced models are served
-        yield Control(clock, token, boot.secret, boot.account.name, channel)
-
-
-async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def assert_error(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str, fields: Sequence[str] = ()) -> None:
-    """The call failed with ``code``, one ErrorInfo carrying ``reason``, and these field violations."""
-    assert error.code() == code, error
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    infos, violations = [], []
-    for detail in status.details:
-        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-        if detail.Unpack(info):
-            infos.append(info)
-        elif detail.Unpack(bad):
-            violations.extend(v.field for v in bad.field_violations)
-    assert [(i.domain, i.reason) for i in infos] == [("claudeopus", reason)], status
-    assert violations == list(fields), status
+    clock = FakeClock(T0)
+    async with in_process_control(database_url, clock=clock) as running:
+        admin = running.admin.name
+        yield Control(clock, running.service_token, running.admin_secret, admin, running.channel, running)
 
 
 # -- the world -----------------------------------------------------------------
@@ -392,12 +326,12 @@ async def test_list_page_token_is_bound_to_every_filter(world: World) -> None:
         changed = {k: v for k, v in {**filters, **change}.items() if v is not None}
         request = usage_pb2.ListUsageRecordsRequest(page_size=1, page_token=token, **changed)
         error = await rpc_error(control.usage.ListUsageRecords(request, metadata=bearer(control.admin_secret)))
-        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", ["page_token"])
+        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
 
     # Another caller with the same filters cannot use it either.
     request = usage_pb2.ListUsageRecordsRequest(page_size=1, page_token=token, **filters)
     error = await rpc_error(control.usage.ListUsageRecords(request, metadata=bearer(world.a_secret)))
-    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", ["page_token"])
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
 
     # The same caller and filters continue where the first page ended.
     second = await control.usage.ListUsageRecords(request, metadata=bearer(control.admin_secret))
@@ -421,7 +355,7 @@ async def test_list_rejects_bad_filters(world: World) -> None:
     for filters, fields in cases:
         request = usage_pb2.ListUsageRecordsRequest(**filters)
         error = await rpc_error(control.usage.ListUsageRecords(request, metadata=bearer(control.admin_secret)))
-        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", fields)
+        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", *fields)
 
 
 # -- SummarizeUsage: a reference in Python -------------------------------------
@@ -703,7 +637,7 @@ async def test_summary_rejects_bad_requests(world: World) -> None:
                 usage_pb2.SummarizeUsageRequest(**fields), metadata=bearer(control.admin_secret)
             )
         )
-        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", violations)
+        assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", *violations)
 
 
 async def test_a_summary_with_too_many_rows_asks_to_narrow_it(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -714,7 +648,7 @@ async def test_a_summary_with_too_many_rows_asks_to_narrow_it(world: World, monk
     assert len(await summarize(control, world.a_secret, interval=MONTH, start_time=start)) == 3
     request = usage_pb2.SummarizeUsageRequest(interval=DAY, start_time=start)
     error = await rpc_error(control.usage.SummarizeUsage(request, metadata=bearer(world.a_secret)))
-    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", ["start_time"])
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID", "start_time")
     assert "more than 3 rows" in (error.details() or "")
 
 

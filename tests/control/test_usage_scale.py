@@ -10,7 +10,6 @@ Python. Elapsed times are printed and recorded as test properties (run with
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -19,15 +18,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 
-from claudeopus.control.domain import usage as usage_domain
-from claudeopus.control.server import ControlServer
-from claudeopus.control.settings import ControlSettings
-from claudeopus.v1 import accounts_pb2, accounts_pb2_grpc, usage_pb2
-from tests.control.test_usage_api import Clock, Control, bearer, ident, ts
+from claudeopus.control.domain.usage import MAX_SUMMARY_ROWS
+from claudeopus.control.store.usage import SummaryQuery, UsageGroup, UsageInterval, summary_sql
+from claudeopus.v1 import accounts_pb2, usage_pb2
+from tests.support.clock import FakeClock
+from tests.support.control_server import InProcessControl, in_process_control
 from tests.support.databases import engine
+from tests.support.rpc import bearer
+from tests.support.rpc import resource_id as ident
+from tests.support.rpc import stamp as ts
 
 pytestmark = pytest.mark.skipif(
     engine() != "postgres",
@@ -125,7 +126,7 @@ def nanos(value: Any) -> int:
 
 @dataclass
 class Big:
-    control: Control
+    control: InProcessControl
     reseller_a: str
     keys: list[int]  # key ids; SEED_SQL picks keys[g % n]
     owners: list[int]  # the account of each key
@@ -135,22 +136,13 @@ class Big:
 @pytest.fixture
 async def big(database_url: str) -> AsyncIterator[Big]:
     """Reseller A (4 users), reseller B (3 users), 2 direct users; two keys per user; ROWS rows."""
-    clock = Clock(BASE + timedelta(days=31))
-    token = secrets.token_urlsafe(32)
-    settings = ControlSettings(grpc_address="127.0.0.1:0", database_url=database_url, service_token=token)
-    async with (
-        ControlServer(settings, clock=clock) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        boot = await accounts_pb2_grpc.AccountServiceStub(channel).BootstrapAdmin(
-            accounts_pb2.BootstrapAdminRequest(email="root@example.com", bootstrap_token=server.bootstrap_token)
-        )
-        control = Control(clock, token, boot.secret, boot.account.name, channel)
-        reseller_a = await control.new_account(control.admin, accounts_pb2.ROLE_RESELLER)
-        reseller_b = await control.new_account(control.admin, accounts_pb2.ROLE_RESELLER)
+    clock = FakeClock(BASE + timedelta(days=31))
+    async with in_process_control(database_url, clock=clock, free_models=()) as control:
+        reseller_a = await control.new_account(control.admin.name, accounts_pb2.ROLE_RESELLER)
+        reseller_b = await control.new_account(control.admin.name, accounts_pb2.ROLE_RESELLER)
         a_users = [await control.new_account(reseller_a) for _ in range(4)]
         users = a_users + [await control.new_account(reseller_b) for _ in range(3)]
-        users += [await control.new_account(control.admin) for _ in range(2)]
+        users += [await control.new_account(control.admin.name) for _ in range(2)]
         keys, owners = [], []
         for user in users:
             for _ in range(2):
@@ -227,14 +219,14 @@ async def test_summaries_over_200k_rows(big: Big, database_url: str, record_prop
 
         async def explain(parent: str, days: int) -> str:
             path = await connection.fetchval("SELECT path FROM account WHERE id = $1", ident(parent))
-            query = usage_domain.SummaryQuery(
+            query = SummaryQuery(
                 parent_path=path,
-                group_by=(usage_domain.UsageGroup.MODEL,),
-                interval=usage_domain.UsageInterval.DAY,
+                group_by=(UsageGroup.MODEL,),
+                interval=UsageInterval.DAY,
                 start_time=start,
                 end_time=start + timedelta(days=days),
             )
-            sql, params = usage_domain.summary_sql("postgres", query, limit=usage_domain.MAX_SUMMARY_ROWS + 1)
+            sql, params = summary_sql("postgres", query, limit=MAX_SUMMARY_ROWS + 1)
             plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *params)
             return "\n".join(r[0] for r in plan)
 

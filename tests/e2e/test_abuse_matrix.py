@@ -25,8 +25,8 @@ import pytest
 
 from claudeopus.client import ClaudeOpusError, Client
 from claudeopus.tls import PlainTextRefused
-from tests.conftest import Gateway
 from tests.support.fake_upstream import UNPRICED_MODEL
+from tests.support.processes import Gateway
 
 MODEL = "fake-1"
 OTHER_MODEL = "fake-slow"  # priced on the root like MODEL, but not in the user's policy

@@ -13,12 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.prices import serve_fake_models
-from tests.support.processes import CLI, Process, start_control, start_edge
+from tests.support.processes import CLI, UPSTREAM_KEY, Gateway, Process, start_control, start_edge
 
 LINE = re.compile(
     r"(?P<ip>\S+) (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<status>\d{3}|-) (?P<path>/\S*|\(unmatched\)) "

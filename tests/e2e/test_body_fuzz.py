@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, MAX_OUTPUT_TOKENS
-from tests.conftest import Gateway
 from tests.support import admin
 from tests.support.databases import usage_row
+from tests.support.processes import Gateway
 
 MODELS = ("fake-fuzz-a", "fake-fuzz-b")
 LIMITS = ("max_tokens", "max_completion_tokens")

@@ -9,10 +9,10 @@ import openai
 import pytest
 
 from claudeopus.v1 import usage_pb2
-from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support import admin
 from tests.support.databases import dump_text
 from tests.support.fake_upstream import UNPRICED_MODEL
+from tests.support.processes import UPSTREAM_KEY, Gateway
 
 
 def _client(gateway: Gateway, secret: str) -> openai.OpenAI:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 
 from claudeopus.v1 import usage_pb2
-from tests.conftest import Gateway
 from tests.support import admin
+from tests.support.processes import Gateway
 
 
 def test_client_disconnect_mid_stream_is_settled_as_estimated(gateway: Gateway) -> None:

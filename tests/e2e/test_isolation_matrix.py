@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from claudeopus.client import ClaudeOpusError, Client
-from tests.conftest import Gateway
+from tests.support.processes import Gateway
 
 PRINCIPALS = ("admin", "reseller_a", "reseller_b", "sub_a", "user")
 START = datetime.now(UTC) - timedelta(days=1)

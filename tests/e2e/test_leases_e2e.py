@@ -24,13 +24,18 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.test_budgets import EXPIRED, OUTPUT, REPORTED, SUCCEEDED, Manager
+from claudeopus.v1 import budgets_pb2, usage_pb2
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
+from tests.support.manager import Manager
 from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 
+OUTPUT = budgets_pb2.BUDGET_METRIC_OUTPUT_TOKENS
+SUCCEEDED = usage_pb2.USAGE_STATUS_SUCCEEDED
+EXPIRED = usage_pb2.USAGE_STATUS_EXPIRED
+REPORTED = usage_pb2.USAGE_SOURCE_REPORTED
 LEASE_SECONDS = 1.0
 MAX_TOKENS = 5
 # Control leases at most 1/64 of a budget's headroom, and only two requests' worth or more.

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from claudeopus.client import Client
-from tests.conftest import Gateway
+from tests.support.processes import Gateway
 
 
 def _ask(gateway: Gateway, secret: str) -> str:

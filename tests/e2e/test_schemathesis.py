@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from claudeopus.edge.completions import MAX_OUTPUT_TOKENS
-from tests.conftest import Gateway
 from tests.support import admin
+from tests.support.processes import Gateway
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -31,8 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from claudeopus import keys
 from claudeopus.client import AsyncClient, Client, UnavailableError
 from claudeopus.v1 import gateway_pb2, gateway_pb2_grpc, usage_pb2
-from tests.clients.cli_support import TIMEOUT, clean_env, run_cli
 from tests.support import admin as admin_calls
+from tests.support.cli import TIMEOUT, clean_env, run_cli
 from tests.support.databases import fresh_database
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 from tests.support.processes import CLI, Process, free_port, start_control, start_edge

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from claudeopus.v1 import usage_pb2
-from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support import admin
+from tests.support.processes import UPSTREAM_KEY, Gateway
 
 LEAKS = (UPSTREAM_KEY, "sk-ups****Z123", "org-SeCrEtOrG123")
 

@@ -23,10 +23,10 @@ import openai
 import pytest
 
 from claudeopus.v1 import budgets_pb2, usage_pb2
-from tests.e2e.test_budgets import Manager
 from tests.support import admin
 from tests.support.databases import fresh_database
 from tests.support.fault_upstream import FaultUpstream, unanswered_port
+from tests.support.manager import Manager
 from tests.support.prices import serve_fake_models
 from tests.support.processes import Process, start_control, start_edge
 

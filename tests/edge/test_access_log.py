@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,15 +17,13 @@ import httpx
 import orjson
 import pytest
 
-from claudeopus.client import ClaudeOpusError
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware, access_line
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient
-from claudeopus.edge.metering.types import KeyInfo, Settlement
 from claudeopus.edge.routes import ROUTES
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
 from claudeopus.settings import SettingsError
+from tests.support.fake_control import FakeControl
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
 TOKEN = "t" * 40
@@ -521,25 +519,6 @@ def test_an_access_log_that_cannot_be_written_is_refused_before_start(tmp_path: 
 # The real edge app
 
 
-class AllowAll(ControlClient):
-    """Every key may use every model; settles are dropped (no control process needed)."""
-
-    def __init__(self) -> None:
-        pass
-
-    async def verify(self, secret: str) -> KeyInfo:
-        return KeyInfo(allowed_models=())
-
-    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
-        return [0] * len(calls)
-
-    async def settle(self, settle: Settlement) -> None:
-        return None
-
-    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
-        return [None] * len(settles)
-
-
 @pytest.fixture
 def upstream_url() -> Iterator[str]:
     with ThreadedServer(FakeUpstream()) as server:
@@ -560,7 +539,7 @@ async def test_the_edge_logs_each_request_once_and_nothing_from_inside_it(
         access_log_path=str(path),
         access_log_stdout=True,
     )
-    app = build_app(settings, control_factory=lambda channel, settings: AllowAll())
+    app = build_app(settings, control_factory=lambda channel, settings: FakeControl())
     body = {"model": f"model-{canary}", "messages": [{"role": "user", "content": canary}], "max_tokens": 3}
     async with (
         HttpServer(app, "127.0.0.1", 0) as server,

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
-from claudeopus.client import ClaudeOpusError
+from claudeopus.client import UnavailableError, error_of
 from claudeopus.edge import errors
 from claudeopus.edge.app import build_app
-from claudeopus.edge.control import AuthorizeCall, ControlClient
 from claudeopus.edge.key_check import KeyCheck
-from claudeopus.edge.metering.types import KeyInfo, Settlement
+from claudeopus.edge.metering.refusals import key_hash
+from claudeopus.edge.metering.types import KeyInfo
 from claudeopus.edge.server import HttpServer
 from claudeopus.edge.settings import EdgeSettings
+from tests.support.fake_control import FakeControl
 from tests.support.fake_upstream import FakeUpstream, ThreadedServer
 
 GOOD = "sk-co-" + "G" * 43
@@ -24,33 +26,25 @@ BAD = "sk-co-" + "B" * 43
 REVOKED = "sk-co-" + "R" * 43
 
 
-class Verifying(ControlClient):
+class Verifying(FakeControl):
     """Knows GOOD; refuses BAD (unknown) and REVOKED; counts what it is asked."""
 
     def __init__(self) -> None:
-        self.verified: list[str] = []
-        self.authorized = 0
+        super().__init__()
         self.up = True
 
-    async def verify(self, secret: str) -> KeyInfo:
-        self.verified.append(secret)
+    async def verify(self, key_hash: bytes) -> KeyInfo:
+        self.verified.append(key_hash)
         if not self.up:
-            raise errors.ControlUnavailable("down", code="control_unavailable")
-        if secret == BAD:
-            raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
-        if secret == REVOKED:
-            raise errors.AuthenticationFailed("This API key was revoked.", code="api_key_revoked")
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        if key_hash == HASHES[BAD]:
+            raise error_of(grpc.StatusCode.UNAUTHENTICATED, "This API key does not exist.", "KEY_INVALID")
+        if key_hash == HASHES[REVOKED]:
+            raise error_of(grpc.StatusCode.UNAUTHENTICATED, "This API key was revoked.", "KEY_REVOKED")
         return KeyInfo(allowed_models=())
 
-    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
-        self.authorized += len(calls)
-        return [0] * len(calls)
 
-    async def settle(self, settle: Settlement) -> None:
-        return None
-
-    async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
-        return [None] * len(settles)
+HASHES = {secret: key_hash(secret) for secret in (GOOD, BAD, REVOKED)}
 
 
 class Clock:
@@ -70,13 +64,13 @@ async def test_a_known_key_is_asked_about_once_per_window_and_a_refusal_is_remem
         with pytest.raises(errors.AuthenticationFailed) as caught:
             await check.check(REVOKED)
         assert caught.value.code == "api_key_revoked" and caught.value.headers == []
-    assert control.verified == [GOOD, REVOKED]
+    assert control.verified == [HASHES[GOOD], HASHES[REVOKED]]
     clock.now += 5.0
     await check.check(GOOD)
-    assert control.verified == [GOOD, REVOKED, GOOD], "asked again once the window is over"
-    check.remember(check_hash(REVOKED))  # control authorized it after all
+    assert control.verified == [HASHES[GOOD], HASHES[REVOKED], HASHES[GOOD]], "asked again once the window is over"
+    check.remember(HASHES[REVOKED])  # control authorized it after all
     await check.check(REVOKED)
-    assert control.verified == [GOOD, REVOKED, GOOD]
+    assert control.verified == [HASHES[GOOD], HASHES[REVOKED], HASHES[GOOD]]
 
 
 async def test_control_unreachable_is_503_and_not_remembered() -> None:
@@ -86,10 +80,10 @@ async def test_control_unreachable_is_503_and_not_remembered() -> None:
     for _ in range(2):
         with pytest.raises(errors.ControlUnavailable):
             await check.check(GOOD)
-    assert control.verified == [GOOD, GOOD]
+    assert control.verified == [HASHES[GOOD], HASHES[GOOD]]
     with pytest.raises(errors.AuthenticationFailed):
         await check.check("not a key")  # refused from its form alone
-    assert control.verified == [GOOD, GOOD]
+    assert control.verified == [HASHES[GOOD], HASHES[GOOD]]
 
 
 async def test_what_is_remembered_stays_bounded_and_keeps_the_newest() -> None:
@@ -102,12 +96,6 @@ async def test_what_is_remembered_stays_bounded_and_keeps_the_newest() -> None:
     assert len(control.verified) == 3, "the newest is still known"
     await check.check(keys[0])
     assert len(control.verified) == 4, "the oldest was forgotten"
-
-
-def check_hash(secret: str) -> bytes:
-    from claudeopus.edge.control import key_hash
-
-    return key_hash(secret)
 
 
 @pytest.fixture
@@ -145,5 +133,7 @@ async def test_the_edge_refuses_an_unknown_key_before_reading_its_body(
     ]
     assert [a.headers.get("connection") for a in answers] == ["close"] * 3 + [None], "an unread body is not drained"
     assert [s.status_code for s in served] == [200, 200, 200]
-    assert control.verified == [BAD, REVOKED, GOOD], "each key asked about once; authorized keys stay known"
-    assert control.authorized == 3
+    assert control.verified == [HASHES[BAD], HASHES[REVOKED], HASHES[GOOD]], (
+        "each key asked about once; authorized keys stay known"
+    )
+    assert len(control.authorized) == 3

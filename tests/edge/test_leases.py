@@ -14,9 +14,9 @@ import pytest
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest, parse_completion
-from claudeopus.edge.control import ControlClient
-from claudeopus.edge.leases import LeaseBook
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.types import Lease, LeaseUse
+from tests.support.fake_control import FakeControl
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
@@ -54,11 +54,11 @@ def lease(requests: int = 3, **changes: object) -> Lease:
     return Lease(**values)  # type: ignore[arg-type]
 
 
-class LeasingControl(ControlClient):
+class LeasingControl(FakeControl):
     def __init__(self, granted: Lease | ClaudeOpusError | None) -> None:
+        super().__init__()
         self.granted = granted
         self.asked: list[tuple[bytes, str, float]] = []
-        self.returned: list[LeaseUse] = []
 
     async def grant_lease(self, key_hash: bytes, completion: CompletionRequest, ttl: float) -> Lease | None:
         self.asked.append((key_hash, completion.model, ttl))
@@ -67,9 +67,6 @@ class LeasingControl(ControlClient):
         if self.granted is None:
             return None
         return dataclasses.replace(self.granted, lease_id=f"00000000-0000-4000-8000-{len(self.asked):012d}")
-
-    async def return_leases(self, uses: Sequence[LeaseUse]) -> None:
-        self.returned.extend(uses)
 
 
 class Clock:
@@ -249,7 +246,7 @@ async def test_shutdown_gives_every_lease_back_and_admits_nothing_more() -> None
 
 @pytest.mark.parametrize("failures", [1, 3])
 async def test_a_return_control_did_not_take_is_sent_again(failures: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("claudeopus.edge.leases.NO_LEASE_BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr("claudeopus.edge.metering.leases.NO_LEASE_BACKOFF_SECONDS", 0.01)
     control = LeasingControl(lease(5))
     calls = 0
     real = control.return_leases

@@ -24,11 +24,13 @@ def chunk(text: str) -> bytes:
     return b"data: " + orjson.dumps({"choices": [{"delta": {"content": text}}]}) + b"\n\n"
 
 
-class RecordingSettler:
+class RecordingTicket:
+    """A ticket that keeps what it was settled with."""
+
     def __init__(self) -> None:
         self.settled: list[Any] = []
 
-    def submit(self, request_id: str, outcome: Any, started_at: float, leased: Any = None) -> None:
+    def settle(self, outcome: Any) -> None:
         self.settled.append(outcome)
 
 
@@ -71,13 +73,11 @@ async def relay(
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, **fields}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
-    settler = RecordingSettler()
+    settler = RecordingTicket()
     relayed = StreamRelay(
         response=upstream,
         completion=parse_completion(orjson.dumps(body)),
-        request_id="r",
-        started_at=0.0,
-        settler=settler,  # type: ignore[arg-type]
+        ticket=settler,  # type: ignore[arg-type]
         watcher=DisconnectWatcher(None),
         deadline=deadline or float("inf"),
         redactor=redactor,

@@ -11,20 +11,17 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, NotFoundError, UnavailableError
-from claudeopus.edge import errors
-from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.control import AuthorizeCall, ControlClient, key_hash
-from claudeopus.edge.forward import Forwarder
+from claudeopus.edge.metering.grpc_control import GrpcControl
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.replay import Replayer
+from claudeopus.edge.metering.settler import Settler
 from claudeopus.edge.metering.spool import Spool, read_spool
 from claudeopus.edge.metering.types import Outcome, Settlement
-from claudeopus.edge.settler import Settler
-from claudeopus.edge.upstream import ConnectFailed, UpstreamResponse
 from claudeopus.v1 import usage_pb2
+from tests.support.fake_control import FakeControl
 
 SUCCEEDED = usage_pb2.USAGE_STATUS_SUCCEEDED
 REPORTED = usage_pb2.USAGE_SOURCE_REPORTED
@@ -38,18 +35,19 @@ def rid(n: int) -> str:
     return str(uuid.UUID(int=n))
 
 
-class FakeControl(ControlClient):
+class SettlingControl(FakeControl):
     """Settle succeeds while ``up``; ``refuse`` maps request ids to the error control answers for them."""
 
-    def __init__(self) -> None:  # no channel: nothing real is called
+    def __init__(self) -> None:
+        super().__init__()
         self.up = True
         self.settled: list[tuple[str, int]] = []
         self.attempts = 0
         self.refuse: dict[str, ClaudeOpusError] = {}
-        self.authorized: list[str] = []
         self.batches: list[int] = []
 
-    async def settle(self, settle: Settlement) -> None:
+    async def take(self, settle: Settlement) -> None:
+        """One settle of a batch: control's answer for it."""
         request_id, outcome = settle.request_id, settle.outcome
         self.attempts += 1
         if not self.up:
@@ -67,29 +65,11 @@ class FakeControl(ControlClient):
         answers: list[ClaudeOpusError | None] = []
         for settle in settles:
             try:
-                await self.settle(settle)
+                await self.take(settle)
                 answers.append(None)
             except ClaudeOpusError as error:
                 answers.append(error)
         return answers
-
-    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
-        self.authorized.extend(call.request_id for call in calls)
-        return [0] * len(calls)
-
-
-class NoUpstream:
-    """An ``Upstream`` that records each call and fails the test's expectations by being called at all."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def send(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
-        self.calls.append(f"{method} {path}")
-        raise ConnectFailed("never answers")
-
-    async def aclose(self) -> None:
-        pass
 
 
 async def until(condition: object, timeout: float = 5.0) -> None:
@@ -100,12 +80,12 @@ async def until(condition: object, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-async def control() -> FakeControl:
-    return FakeControl()
+async def control() -> SettlingControl:
+    return SettlingControl()
 
 
 @pytest.fixture
-async def settler(control: FakeControl, tmp_path: Path) -> AsyncIterator[Settler]:
+async def settler(control: SettlingControl, tmp_path: Path) -> AsyncIterator[Settler]:
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
     replayer = Replayer(control, spool, min_delay=0.01, max_delay=0.05)
     replayer.start()
@@ -115,7 +95,7 @@ async def settler(control: FakeControl, tmp_path: Path) -> AsyncIterator[Settler
 
 
 async def test_with_control_up_settles_go_straight_there(
-    settler: Settler, control: FakeControl, tmp_path: Path
+    settler: Settler, control: SettlingControl, tmp_path: Path
 ) -> None:
     for n in range(1, 4):
         settler.submit(rid(n), outcome(n), time.perf_counter())
@@ -125,7 +105,7 @@ async def test_with_control_up_settles_go_straight_there(
 
 
 async def test_while_control_is_down_settles_are_spooled_then_replayed_in_order(
-    settler: Settler, control: FakeControl, tmp_path: Path
+    settler: Settler, control: SettlingControl, tmp_path: Path
 ) -> None:
     control.up = False
     for n in range(1, 21):
@@ -140,9 +120,14 @@ async def test_while_control_is_down_settles_are_spooled_then_replayed_in_order(
     await until(lambda: list(tmp_path.glob("settles-*")) == [])
 
 
-async def test_a_batch_that_cannot_reach_control_tells_the_lease_book(control: FakeControl, tmp_path: Path) -> None:
+async def test_a_batch_that_cannot_reach_control_tells_the_lease_book(control: SettlingControl, tmp_path: Path) -> None:
     told: list[str] = []
-    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), on_unreachable=lambda: told.append("x"))
+
+    class Told(LeaseBook):
+        def drop_all(self) -> None:
+            told.append("x")
+
+    settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), leases=Told(control, 1.0))
     settler.submit(rid(1), outcome(1), time.perf_counter())
     await until(lambda: len(control.settled) == 1)
     assert told == [], "control answered"
@@ -155,7 +140,7 @@ async def test_a_batch_that_cannot_reach_control_tells_the_lease_book(control: F
 
 
 async def test_behind_a_backlog_new_settles_queue_up_instead_of_overtaking(
-    control: FakeControl, tmp_path: Path
+    control: SettlingControl, tmp_path: Path
 ) -> None:
     spool = await Spool.open(tmp_path, max_bytes=1 << 20)
     settler = Settler(control, spool)  # no replayer yet: the backlog stays
@@ -175,7 +160,7 @@ async def test_behind_a_backlog_new_settles_queue_up_instead_of_overtaking(
 
 
 async def test_records_control_can_never_take_are_dropped_and_logged(
-    settler: Settler, control: FakeControl, caplog: pytest.LogCaptureFixture
+    settler: Settler, control: SettlingControl, caplog: pytest.LogCaptureFixture
 ) -> None:
     control.up = False
     for n in range(1, 5):
@@ -198,7 +183,7 @@ async def test_records_control_can_never_take_are_dropped_and_logged(
 
 
 async def test_other_refusals_are_retried_until_control_takes_the_record(
-    settler: Settler, control: FakeControl
+    settler: Settler, control: SettlingControl
 ) -> None:
     control.up = False
     settler.submit(rid(1), outcome(1), time.perf_counter())
@@ -212,7 +197,7 @@ async def test_other_refusals_are_retried_until_control_takes_the_record(
 
 
 async def test_a_permanent_refusal_of_a_direct_settle_is_logged_not_spooled(
-    settler: Settler, control: FakeControl, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    settler: Settler, control: SettlingControl, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     control.refuse[rid(1)] = NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
     settler.submit(rid(1), outcome(1), time.perf_counter())
@@ -222,7 +207,7 @@ async def test_a_permanent_refusal_of_a_direct_settle_is_logged_not_spooled(
 
 
 async def test_a_new_process_replays_what_the_last_one_spooled(tmp_path: Path) -> None:
-    down = FakeControl()
+    down = SettlingControl()
     down.up = False
     first = await Settler.start(down, tmp_path, 1 << 20)
     for n in range(1, 6):
@@ -230,7 +215,7 @@ async def test_a_new_process_replays_what_the_last_one_spooled(tmp_path: Path) -
     await first.aclose()  # control never came back: the records stay
     assert len(read_spool(tmp_path)) == 5
 
-    up = FakeControl()
+    up = SettlingControl()
     second = await Settler.start(up, tmp_path, 1 << 20)
     try:
         await until(lambda: len(up.settled) == 5)
@@ -265,7 +250,7 @@ async def test_a_settle_control_does_not_answer_in_time_is_spooled(
 ) -> None:
     port = request.getfixturevalue(f"{which}_port")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        control = ControlClient(channel, "t" * 32, timeout=0.3)
+        control = GrpcControl(channel, "t" * 32, timeout=0.3)
         spool = await Spool.open(tmp_path, max_bytes=1 << 20)
         settler = Settler(control, spool)
         started = time.monotonic()
@@ -277,82 +262,10 @@ async def test_a_settle_control_does_not_answer_in_time_is_spooled(
     assert (record.request_id, record.outcome.input_tokens, record.outcome.output_tokens) == (rid(1), 1, 2)
 
 
-# -- a full spool refuses new completions -----------------------------------------------------
-
-
-async def test_a_full_spool_refuses_completions_before_authorize(control: FakeControl, tmp_path: Path) -> None:
-    spool = await Spool.open(tmp_path, max_bytes=100)
-    settler = Settler(control, spool)
-    control.up = False
-    for n in (1, 2):
-        settler.submit(rid(n), outcome(n), time.perf_counter())
-    await until(lambda: settler.pending == 0)
-    assert settler.spool_full
-    upstream = NoUpstream()
-    authorizer = Authorizer(control, timeout=5.0)
-    forwarder = Forwarder(
-        upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
-    )
-    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    with pytest.raises(errors.ControlUnavailable) as caught:
-        await forwarder.chat_completions("sk-co-" + "A" * 43, key_hash("sk-co-" + "A" * 43), raw, None)
-    assert (caught.value.status, caught.value.code) == (503, "usage_spool_full")
-    assert control.authorized == [] and upstream.calls == [], "nothing reserved, nothing forwarded"
-    await authorizer.aclose()
-    await settler.aclose()
-
-
-class TimingOutControl(FakeControl):
-    """Authorize passes its deadline (control may have reserved); settles of unknown ids are NOT_FOUND."""
-
-    def __init__(self, reserved: bool) -> None:
-        super().__init__()
-        self.reserved = reserved
-        self.outcomes: list[Outcome] = []
-
-    async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
-        self.authorized.extend(call.request_id for call in calls)
-        raise ClaudeOpusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-
-    async def settle(self, settle: Settlement) -> None:
-        request_id, outcome = settle.request_id, settle.outcome
-        self.attempts += 1
-        self.outcomes.append(outcome)
-        if not self.reserved:
-            raise NotFoundError(grpc.StatusCode.NOT_FOUND, "no such", "RESERVATION_NOT_FOUND")
-        self.settled.append((request_id, outcome.input_tokens))
-
-
-@pytest.mark.parametrize("reserved", [True, False], ids=["reserved", "never-reserved"])
-async def test_an_authorize_past_its_deadline_releases_what_control_may_have_reserved(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, reserved: bool
-) -> None:
-    control = TimingOutControl(reserved)
-    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
-    settler = Settler(control, spool)
-    upstream = NoUpstream()
-    authorizer = Authorizer(control, timeout=5.0)
-    forwarder = Forwarder(
-        upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
-    )
-    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    with caplog.at_level(logging.INFO), pytest.raises(errors.ControlUnavailable) as caught:
-        await forwarder.chat_completions("sk-co-" + "A" * 43, key_hash("sk-co-" + "A" * 43), raw, None)
-    await until(lambda: settler.pending == 0)
-    assert caught.value.status == 503 and upstream.calls == [], "nothing forwarded"
-    [released] = control.outcomes
-    assert (released.input_tokens, released.output_tokens, released.http_status) == (0, 0, 503)
-    assert control.settled == ([(control.authorized[0], 0)] if reserved else [])
-    assert read_spool(tmp_path) == [], "a release control never needed is not spooled either"
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an expected miss is no alarm"
-    await authorizer.aclose()
-    await settler.aclose()
-
-
 # -- batching ----------------------------------------------------------------------------------
 
 
-class SlowControl(FakeControl):
+class SlowControl(SettlingControl):
     """Each batch waits until the test opens ``gate``."""
 
     def __init__(self) -> None:
@@ -382,7 +295,7 @@ async def test_settles_finished_while_a_batch_is_on_its_way_travel_together(tmp_
 async def test_shutdown_spools_what_control_did_not_take_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("claudeopus.edge.settler.SHUTDOWN_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr("claudeopus.edge.tasks.SHUTDOWN_GRACE_SECONDS", 0.2)
     control = SlowControl()  # never answers
     settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), max_batch=2)
     for n in range(1, 6):
@@ -394,7 +307,7 @@ async def test_shutdown_spools_what_control_did_not_take_in_time(
 
 
 async def test_settles_finishing_within_the_linger_travel_in_one_batch(tmp_path: Path) -> None:
-    control = FakeControl()
+    control = SettlingControl()
     settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), max_batch=4, linger=0.3)
     started = time.monotonic()
     for n in range(1, 4):
@@ -415,7 +328,7 @@ async def test_settles_finishing_within_the_linger_travel_in_one_batch(tmp_path:
 
 
 async def test_shutdown_does_not_wait_out_the_linger(tmp_path: Path) -> None:
-    control = FakeControl()
+    control = SettlingControl()
     settler = Settler(control, await Spool.open(tmp_path, max_bytes=1 << 20), linger=30)
     settler.submit(rid(1), outcome(1), time.perf_counter())
     await asyncio.sleep(0.01)

@@ -2,11 +2,17 @@
 
 ``CLAUDEOPUS_TEST_DATABASE`` selects the engine: ``sqlite`` (default) or a
 PostgreSQL server URL without a database name, e.g. ``postgres://postgres@127.0.0.1:5432``.
+
+Migrating an empty database takes a good part of a second, so tests that do not test the
+migrations themselves start from a copy of one database migrated once per session
+(:func:`migrated_database` and :func:`copy_of`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -14,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+
+from claudeopus.control.db import apply_migrations
 
 ENV = "CLAUDEOPUS_TEST_DATABASE"
 
@@ -32,25 +40,53 @@ async def _pg_admin(statement: str) -> None:
 
 
 @contextmanager
-def fresh_database(tmp_path: Path) -> Iterator[str]:
-    """Yield a database URL for an empty database; drop it afterwards."""
-    import asyncio
-
-    if engine() == "sqlite":
-        yield f"sqlite://{tmp_path / 'claudeopus.db'}"
-        return
+def _postgres_database(template: str = "") -> Iterator[str]:
+    """A new PostgreSQL database (empty, or a copy of the database ``template``), dropped afterwards."""
     name = f"co_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    copied = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"{copied}'))
     try:
         yield os.environ[ENV].rstrip("/") + "/" + name
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@contextmanager
+def fresh_database(tmp_path: Path) -> Iterator[str]:
+    """Yield a database URL for an empty database; drop it afterwards."""
+    if engine() == "sqlite":
+        yield f"sqlite://{tmp_path / 'claudeopus.db'}"
+        return
+    with _postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def migrated_database(tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a fresh database with every migration applied; drop it afterwards."""
+    with fresh_database(tmp_path) as url:
+        asyncio.run(apply_migrations(url))
+        yield url
+
+
+@contextmanager
+def copy_of(template_url: str, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a new database holding what ``template_url`` holds; drop it afterwards.
+
+    Nothing may be connected to the template meanwhile (PostgreSQL copies with ``TEMPLATE``).
+    """
+    if engine() == "sqlite":
+        file = tmp_path / "claudeopus.db"
+        shutil.copyfile(template_url.removeprefix("sqlite://"), file)
+        file.chmod(0o600)
+        yield f"sqlite://{file}"
+        return
+    with _postgres_database(template=template_url.rpartition("/")[2]) as url:
+        yield url
+
+
 def dump_text(database_url: str) -> str:
     """Every row of every table as text: what a privacy check searches."""
-    import asyncio
-
     if database_url.startswith("sqlite://"):
         path = database_url.removeprefix("sqlite://")
         connection = sqlite3.connect(path)
@@ -77,8 +113,6 @@ def dump_text(database_url: str) -> str:
 
 def usage_row(database_url: str, request_id: str) -> dict[str, object] | None:
     """The usage row of one request as stored (model, reserved and used tokens, status), or None."""
-    import asyncio
-
     columns = "model, max_output_tokens, output_tokens, status, settled_at"
     if database_url.startswith("sqlite://"):
         connection = sqlite3.connect(database_url.removeprefix("sqlite://"))

@@ -14,7 +14,7 @@ from datetime import datetime
 import grpc
 
 from claudeopus.client import ClaudeOpusClient
-from claudeopus.control.domain import prices
+from claudeopus.control.domain import price_changes
 from claudeopus.control.domain.clock import utc_now
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Price
@@ -58,7 +58,7 @@ async def set_price(
     :func:`serve_free` put there changes, or a new one is created."""
     existing = await Price.get_or_none(account_id=principal.account_id, model=model)
     if existing is None:
-        return await prices.create_price(
+        return await price_changes.create_price(
             principal,
             parent_id=None,
             model=model,
@@ -67,10 +67,10 @@ async def set_price(
             request_id="",
             now=now,
         )
-    return await prices.update_price(
+    return await price_changes.update_price(
         principal,
         existing.id,
-        paths=prices.UPDATABLE_FIELDS,
+        paths=price_changes.UPDATABLE_FIELDS,
         input_micros=input_micros,
         output_micros=output_micros,
         now=now or utc_now(),

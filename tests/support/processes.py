@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -10,14 +11,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support import admin
+from tests.support.fake_upstream import FakeUpstream
+
 CLI = str(Path(sys.executable).parent / "claudeopus")
 START_TIMEOUT = 30.0
+# The key the gateway fixture's edge presents to the fake upstream: never to be seen by a client.
+UPSTREAM_KEY = "upstream-secret-" + "k" * 24
 
 
 def free_port() -> int:
@@ -158,3 +165,29 @@ def start_edge(
     process = Process(name, args, variables, log_dir)
     wait_for_http(process, port, tls_ca)
     return process, port
+
+
+@dataclass
+class Gateway:
+    """Real control and edge processes, a fake upstream, and the bootstrapped admin."""
+
+    database_url: str
+    control_target: str
+    edge_url: str
+    admin_key: str
+    upstream: FakeUpstream
+    processes: list[Process] = field(default_factory=list)
+
+    def new_user_key(self, **key_options: object) -> tuple[str, str]:
+        """A fresh user account with one inference key: (key resource name, secret)."""
+
+        async def make(client):  # type: ignore[no-untyped-def]
+            email = f"user-{secrets.token_hex(4)}@example.com"
+            account = await client.create_account(email=email, role="user")
+            created = await client.create_api_key(parent=account.name, **key_options)
+            return created.api_key.name, created.secret
+
+        return admin.call(self.control_target, self.admin_key, make)
+
+    def logs(self) -> str:
+        return "\n".join(p.output() for p in self.processes)

@@ -4,6 +4,9 @@ No column anywhere can hold request or response content: usage rows carry only
 metadata (who, which model, how many tokens, how long, how it ended). Money and
 token counters are integers. API keys are stored as a SHA-256 hex digest plus a
 short display prefix; the secret itself is never stored.
+
+Tortoise sets the id of each foreign key as an attribute (``account_id``); an annotation
+(``account_id: int``) tells the type checker about it and adds no column.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Account(Model):
     parent: fields.ForeignKeyNullableRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="children", null=True, on_delete=fields.RESTRICT
     )
+    parent_id: int | None
     path = fields.CharField(max_length=1000, db_index=True, default="")
     state = fields.IntEnumField(AccountState, default=AccountState.ACTIVE)
     password_hash = fields.CharField(max_length=200, null=True)
@@ -121,6 +125,7 @@ class ApiKey(Model):
     account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="api_keys", on_delete=fields.RESTRICT
     )
+    account_id: int
     key_hash = fields.CharField(max_length=64, unique=True)
     prefix = fields.CharField(max_length=16)
     display_name = fields.CharField(max_length=200, default="")
@@ -250,6 +255,7 @@ class Price(Model):
     account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="prices", on_delete=fields.RESTRICT
     )
+    account_id: int
     model = fields.CharField(max_length=200)
     input_micros_per_million = fields.BigIntField()
     output_micros_per_million = fields.BigIntField()
@@ -308,6 +314,7 @@ class BudgetCounter(Model):
     budget: fields.ForeignKeyRelation[Budget] = fields.ForeignKeyField(
         "control.Budget", related_name="counters", on_delete=fields.CASCADE
     )
+    budget_id: int
     period_index = fields.BigIntField()
     metric = fields.IntEnumField(BudgetMetric)
     spent = fields.BigIntField(default=0)
@@ -326,6 +333,7 @@ class Session(Model):
     account: fields.ForeignKeyRelation[Account] = fields.ForeignKeyField(
         "control.Account", related_name="sessions", on_delete=fields.CASCADE
     )
+    account_id: int
     created_at = fields.DatetimeField(auto_now_add=True)
     expires_at = fields.DatetimeField(db_index=True)
 

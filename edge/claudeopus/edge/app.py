@@ -20,15 +20,12 @@ from blacksheep.server.routing import Router
 from claudeopus import tls
 from claudeopus.edge import errors
 from claudeopus.edge.access_log import AccessLog, AccessLogMiddleware
-from claudeopus.edge.authorizer import Authorizer
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.forward import Forwarder
-from claudeopus.edge.leases import LeaseBook
-from claudeopus.edge.metering.journal import LeaseJournal, old_journals
-from claudeopus.edge.metering.recovery import LeaseRecovery
+from claudeopus.edge.metering.grpc_control import GrpcControl
+from claudeopus.edge.metering.meter import Metering
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.routes import ROUTES, error_response, register_routes
 from claudeopus.edge.settings import EdgeSettings
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.upstream import AiohttpUpstream
 
 _log = logging.getLogger(__name__)
@@ -53,12 +50,12 @@ class EdgeApplication(Application):
         _log.debug("answered %s on %s %s", type(exc).__name__, request.method, request.path)
 
 
-ControlFactory = Callable[[grpc.aio.Channel, EdgeSettings], ControlClient]
+ControlFactory = Callable[[grpc.aio.Channel, EdgeSettings], ControlPort]
 
 
-def control_client(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlClient:
+def control_client(channel: grpc.aio.Channel, settings: EdgeSettings) -> ControlPort:
     """The real control client: what every edge uses."""
-    return ControlClient(channel, settings.service_token, settings.control_timeout)
+    return GrpcControl(channel, settings.service_token, settings.control_timeout)
 
 
 def control_channel(settings: EdgeSettings) -> grpc.aio.Channel:
@@ -88,39 +85,21 @@ def build_app(
     async def resources(app: Application) -> AsyncIterator[None]:
         upstream = AiohttpUpstream(settings)
         async with contextlib.aclosing(upstream), control_channel(settings) as channel:
-            control = control_factory(channel, settings)
-            # Numbered after every journal there: those an earlier process left are recovered below.
-            journal = LeaseJournal.create(settings.spool_dir) if settings.lease_seconds else None
-            leases = LeaseBook(control, settings.lease_seconds, journal=journal) if journal is not None else None
-            try:
-                settler = await Settler.start(  # takes the spool directory's lock
-                    control,
-                    settings.spool_dir,
-                    settings.spool_max_bytes,
-                    linger=settings.settle_linger,
-                    on_unreachable=leases.drop_all if leases is not None else None,
-                    on_settled=journal.settled if journal is not None else None,
-                )
-            except BaseException:
-                if journal is not None:
-                    journal.close()  # empty: another process has the directory
-                raise
-            below = journal.number if journal is not None else None
-            recovery = LeaseRecovery(
-                control, old_journals(settings.spool_dir, below=below), spool_idle=lambda: settler.spool_empty
+            metering = await Metering.start(
+                control_factory(channel, settings),
+                spool_dir=settings.spool_dir,
+                spool_max_bytes=settings.spool_max_bytes,
+                control_timeout=settings.control_timeout,
+                lease_seconds=settings.lease_seconds,
+                settle_linger=settings.settle_linger,
             )
-            recovery.start()
-            authorizer = Authorizer(control, settings.control_timeout)
             forwarder = Forwarder(
                 upstream=upstream,
-                control=control,
-                authorizer=authorizer,
-                settler=settler,
+                metering=metering,
                 upstream_api_key=settings.upstream_api_key,
                 output_cap_field=settings.upstream_max_tokens_field,
                 connect_retries=settings.upstream_connect_retries,
                 max_duration=settings.upstream_max_duration,
-                leases=leases,
                 max_choices=settings.max_choices,
                 models_owned_by=settings.models_owned_by,
             )
@@ -128,13 +107,7 @@ def build_app(
             try:
                 yield
             finally:
-                await authorizer.aclose()  # first: a request it refuses may still settle
-                await recovery.aclose()
-                if leases is not None:
-                    await leases.aclose()
-                await settler.aclose()
-                if journal is not None:
-                    journal.close()  # kept if a lease or settle it names did not reach control
+                await metering.aclose()
 
     app.lifespan(resources)  # type: ignore[no-untyped-call]
 

@@ -1,7 +1,7 @@
-"""Forwarding completions to the upstream: authorize, relay, settle.
+"""Forwarding completions to the upstream: admit, forward, relay, settle.
 
-This is the edge's core collaborator; it knows the upstream client and the control client,
-but no web framework: it returns :mod:`claudeopus.edge.replies` objects.
+This is the edge's core collaborator; it knows the upstream client and metering, but no web
+framework: it returns :mod:`claudeopus.edge.replies` objects.
 """
 
 from __future__ import annotations
@@ -10,37 +10,23 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from claudeopus.edge import errors
-from claudeopus.edge.authorizer import Authorizer
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
-from claudeopus.edge.control import AuthorizeTimedOut, ControlClient
 from claudeopus.edge.deadline import Deadline
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
-from claudeopus.edge.key_check import KeyCheck
-from claudeopus.edge.leases import LeaseBook
-from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
+from claudeopus.edge.metering.meter import Metering, Ticket
+from claudeopus.edge.metering.types import Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
 from claudeopus.edge.relay import StreamRelay
 from claudeopus.edge.replies import BodyReply, Reply, StreamReply
 from claudeopus.edge.settings import DEFAULT_MODELS_OWNED_BY
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import parse_usage
 from claudeopus.edge.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
-
-# The settle of a request that was authorized (perhaps) but never forwarded.
-NOTHING_USED = Outcome(
-    input_tokens=0,
-    output_tokens=0,
-    status=UsageStatus.UPSTREAM_ERROR,
-    source=UsageSource.ESTIMATED,
-    http_status=503,
-)
 
 # The pause before another attempt at a connection that failed (refused, unreachable).
 CONNECT_RETRY_DELAY_SECONDS = 0.05
@@ -50,110 +36,73 @@ CLIENT_ERRORS = frozenset({400, 404, 409, 413, 415, 422})
 
 
 class Forwarder:
-    """Authorize with control, call the upstream, hand back a reply, settle afterwards.
+    """Admit the request, call the upstream, hand back a reply, settle afterwards.
 
     Example::
 
-        forwarder = Forwarder(
-            upstream=upstream, control=control, authorizer=authorizer, settler=settler, upstream_api_key=""
-        )
+        forwarder = Forwarder(upstream=upstream, metering=metering, upstream_api_key="")
         hashed = await forwarder.authenticate(secret)  # before the body is read
-        reply = await forwarder.chat_completions(secret, hashed, raw_body, receive)
+        reply = await forwarder.chat_completions(hashed, raw_body, receive)
     """
 
     def __init__(
         self,
         *,
         upstream: Upstream,
-        control: ControlClient,
-        authorizer: Authorizer,
-        settler: Settler,
+        metering: Metering,
         upstream_api_key: str,
         output_cap_field: str = "max_completion_tokens",
         connect_retries: int = 1,
         max_duration: float = 600.0,
-        leases: LeaseBook | None = None,
-        key_check: KeyCheck | None = None,
         max_choices: int = DEFAULT_MAX_CHOICES,
         models_owned_by: str = DEFAULT_MODELS_OWNED_BY,
     ) -> None:
         self._upstream = upstream
-        self._control = control
-        self._authorizer = authorizer
-        self._settler = settler
+        self._metering = metering
         self._redactor = Redactor(upstream_api_key)
         self._cap_field = output_cap_field
         self._connect_retries = connect_retries
         self._max_duration = max_duration
-        self._leases = leases
-        self._key_check = key_check or KeyCheck(control)
         self._max_choices = max_choices
         self._owned_by = models_owned_by
 
     async def authenticate(self, secret: str) -> bytes:
         """The key's hash, or the refusal of a key control does not know, before its request's body
         is read (see key_check.py)."""
-        return await self._key_check.check(secret)
+        return await self._metering.authenticate(secret)
 
-    async def chat_completions(self, secret: str, hashed: bytes, raw: bytes, receive: Receive | None) -> Reply:
+    async def chat_completions(self, hashed: bytes, raw: bytes, receive: Receive | None) -> Reply:
         """Forward a request whose key :meth:`authenticate` passed (``hashed`` is what it returned)."""
         started = time.perf_counter()
         completion = parse_completion(raw, self._max_choices)
-        if self._settler.spool_full:
-            raise errors.usage_spool_full()  # its usage could not be kept: admit nothing
-        request_id = str(uuid.uuid4())
-        leased: LeasedReservation | None = None
-        admission = self._leases.admit(hashed, completion, request_id) if self._leases is not None else None
-        if admission is not None:
-            leased, cap = admission.leased, admission.cap
-        else:
-            try:
-                cap = await self._authorizer.authorize(request_id, secret, completion)
-            except AuthorizeTimedOut:
-                # The answer never came, but the reservation may exist: release it at once (a
-                # settle of nothing), instead of leaving it for the sweeper to charge in full.
-                self._settler.submit(request_id, NOTHING_USED, started, missing_ok=True)
-                raise
-            if self._leases is not None:
-                self._leases.want(hashed, completion)
-        self._key_check.remember(hashed)
-        if cap and not completion.max_output_tokens:
-            completion = with_output_cap(completion, cap, self._cap_field)
+        ticket = await self._metering.admit(hashed, completion, started)
+        if ticket.cap and not completion.max_output_tokens:
+            completion = with_output_cap(completion, ticket.cap, self._cap_field)
         try:
-            return await self._forward(completion, request_id, started, receive, leased)
+            return await self._forward(completion, ticket, receive)
         except errors.OpenAIError as error:
-            error.headers.append((b"x-request-id", request_id.encode()))
+            error.headers.append((b"x-request-id", ticket.request_id.encode()))
             raise
 
-    async def _forward(
-        self,
-        completion: CompletionRequest,
-        request_id: str,
-        started: float,
-        receive: Receive | None,
-        leased: LeasedReservation | None,
-    ) -> Reply:
-        """Everything after a successful authorize; every way out of here settles exactly once."""
-        headers = [(b"x-request-id", request_id.encode())]
+    async def _forward(self, completion: CompletionRequest, ticket: Ticket, receive: Receive | None) -> Reply:
+        """Everything after the request was admitted; every way out of here settles the ticket exactly once."""
+        headers = [(b"x-request-id", ticket.request_id.encode())]
         deadline = time.perf_counter() + self._max_duration
         try:
             response = await self._open(completion, deadline)
         except errors.OpenAIError as error:
-            self._settle_failure(request_id, leased, started, error.status)
+            ticket.settle(Outcome.failed(error.status))
             raise
         except BaseException:
-            self._settle_failure(request_id, leased, started, 499)
+            ticket.settle(Outcome.failed(499))
             raise
         if completion.stream and response.status_code == 200 and response.content_type.startswith("text/event-stream"):
             relay = StreamRelay(
                 response=response,
                 completion=completion,
-                request_id=request_id,
-                started_at=started,
-                settler=self._settler,
+                ticket=ticket,
                 watcher=DisconnectWatcher(receive),
                 deadline=deadline,
-                leased=leased,
                 redactor=self._redactor,
             )
             return StreamReply(events=relay.events, headers=[*headers, (b"cache-control", b"no-cache")])
@@ -161,29 +110,29 @@ class Forwarder:
             async with Deadline(deadline):
                 body = await response.aread()
         except (UpstreamTimeout, TimeoutError):
-            self._settle_failure(request_id, leased, started, 504)
+            ticket.settle(Outcome.failed(504))
             raise errors.upstream_timeout() from None
         except UpstreamError:
-            self._settle_failure(request_id, leased, started, 502)
+            ticket.settle(Outcome.failed(502))
             raise errors.upstream_broken("cut its answer off") from None
         except BaseException:
-            self._settle_failure(request_id, leased, started, 499)
+            ticket.settle(Outcome.failed(499))
             raise
         finally:
             await response.aclose()
         if response.status_code != 200:
             error_reply = self._upstream_error(response.status_code, body)
-            self._settle_failure(request_id, leased, started, error_reply.status)
+            ticket.settle(Outcome.failed(error_reply.status))
             return BodyReply(status=error_reply.status, body=error_reply.body, headers=headers)
         outcome = _body_outcome(body, completion)
         if outcome is None:
-            self._settle_failure(request_id, leased, started, 502)
+            ticket.settle(Outcome.failed(502))
             raise errors.upstream_broken("sent an answer that is not a JSON object")
-        self._settler.submit(request_id, outcome, started, leased=leased)
+        ticket.settle(outcome)
         return BodyReply(status=200, body=body, headers=headers)
 
     async def models(self, secret: str) -> BodyReply:
-        info = await self._control.verify(secret)
+        info = await self._metering.key_info(secret)
         with _upstream_call():
             response = await self._upstream.send("GET", "models")
             try:
@@ -253,18 +202,6 @@ class Forwarder:
         else:
             error = errors.upstream_broken(f"failed (HTTP {status})")
         return BodyReply(status=error.status, body=error.json())
-
-    def _settle_failure(
-        self, request_id: str, leased: LeasedReservation | None, started: float, http_status: int
-    ) -> None:
-        outcome = Outcome(
-            input_tokens=0,
-            output_tokens=0,
-            status=UsageStatus.UPSTREAM_ERROR,
-            source=UsageSource.ESTIMATED,
-            http_status=http_status,
-        )
-        self._settler.submit(request_id, outcome, started, leased=leased)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from claudeopus.edge import errors
-from claudeopus.edge.control import ControlClient, key_hash
+from claudeopus.edge.metering.port import ControlPort
+from claudeopus.edge.metering.refusals import key_hash, verified
 
 __all__ = ["KNOWN_KEY_SECONDS", "KeyCheck"]
 
@@ -53,7 +54,7 @@ class KeyCheck:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         ttl: float = KNOWN_KEY_SECONDS,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -79,7 +80,7 @@ class KeyCheck:
         if refusal is not None and refusal.until > now:
             raise refusal.error()
         try:
-            await self._control.verify(secret)
+            await verified(self._control, hashed)
         except (errors.AuthenticationFailed, errors.PermissionDenied) as error:
             if len(self._refused) >= self._max_refused:
                 self._refused.clear()

@@ -13,7 +13,7 @@ sends mid-stream (any payload with an ``error`` member, or ``"object": "error"``
 reaches the client redacted, as an error answer would (redaction.py): its message,
 type, param and code, with nothing key- or account-like. Whatever ends the
 stream (the upstream finishing, failing, or the client going away), the
-upstream response is closed and exactly one settle is submitted.
+upstream response is closed and the request's ticket is settled, exactly once.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import orjson
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
 from claudeopus.edge.disconnect import DisconnectWatcher
-from claudeopus.edge.metering.types import LeasedReservation, Outcome, UsageSource, UsageStatus
+from claudeopus.edge.metering.meter import Ticket
+from claudeopus.edge.metering.types import Outcome, UsageSource, UsageStatus
 from claudeopus.edge.redaction import Redactor, error_object
-from claudeopus.edge.settler import Settler
 from claudeopus.edge.sse import DONE, EventBuffer, Usage, event_data, parse_usage, text_length
 from claudeopus.edge.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 
@@ -61,24 +61,18 @@ class StreamRelay:
         *,
         response: UpstreamResponse,
         completion: CompletionRequest,
-        request_id: str,
-        started_at: float,
-        settler: Settler,
+        ticket: Ticket,
         watcher: DisconnectWatcher,
         deadline: float = float("inf"),
-        leased: LeasedReservation | None = None,
         redactor: Redactor | None = None,
     ) -> None:
-        """``deadline``: the ``time.perf_counter()`` value by which the stream must have ended;
-        ``leased``: the request was admitted from a lease (its settle carries the reservation)."""
+        """``ticket``: the request's admission, settled once the stream ends; ``deadline``: the
+        ``time.perf_counter()`` value by which the stream must have ended."""
         self._response = response
         self._completion = completion
-        self._request_id = request_id
-        self._started_at = started_at
-        self._settler = settler
+        self._ticket = ticket
         self._watcher = watcher
         self._deadline = deadline
-        self._leased = leased
         self._redactor = redactor or Redactor("")
         self._usage: Usage | None = None
         self._relayed_events = 0
@@ -195,7 +189,7 @@ class StreamRelay:
         await self._watcher.aclose()
         with contextlib.suppress(UpstreamError):
             await self._response.aclose()
-        self._settler.submit(self._request_id, self._outcome(), self._started_at, leased=self._leased)
+        self._ticket.settle(self._outcome())
 
     def _outcome(self) -> Outcome:
         if self._usage is not None:

@@ -129,7 +129,7 @@ def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> 
             raise
         receive = _receive(request)
         raw = await read_body(request, max_body_bytes)
-        return to_response(await forwarder.chat_completions(secret, hashed, raw, receive))
+        return to_response(await forwarder.chat_completions(hashed, raw, receive))
 
     async def list_models(request: Request) -> Response:
         return to_response(await serving[0].models(bearer_secret(request)))

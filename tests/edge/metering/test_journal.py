@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from claudeopus.edge.leases import LeaseBook
 from claudeopus.edge.metering.journal import SLOT_BYTES, LeaseJournal, old_journals, read_journal
+from claudeopus.edge.metering.leases import LeaseBook
 from claudeopus.edge.metering.records import encode_frame, encode_leased
 from claudeopus.edge.metering.types import LeasedReservation
 from tests.edge.test_leases import KEY, Clock, LeasingControl, completion, lease, settled

@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 
 from claudeopus.client import ClaudeOpusError, InvalidArgumentError, UnavailableError
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.metering.journal import SLOT_BYTES, LeaseJournal
 from claudeopus.edge.metering.recovery import LeaseRecovery, batches
 from claudeopus.edge.metering.types import LeasedReservation, RecoveredLease
 from claudeopus.gateway_limits import MAX_LEASES_PER_CALL, MAX_LOST_REQUESTS_PER_CALL
+from tests.support.fake_control import FakeControl
 
 BOOT = uuid.UUID("11111111-2222-4333-8444-555555555555").bytes
 LEASE_ID = "00000000-0000-4000-8000-00000000000a"
@@ -26,8 +26,9 @@ def leased(lease_id: str = LEASE_ID, tokens: int = 7) -> LeasedReservation:
     return LeasedReservation(lease_id, tokens, 2 * tokens, 3 * tokens, True, 1_700_000_000_123_456_789)
 
 
-class RecoveringControl(ControlClient):
+class RecoveringControl(FakeControl):
     def __init__(self, failures: Sequence[ClaudeOpusError] = ()) -> None:
+        super().__init__()
         self.failures = list(failures)
         self.calls: list[list[RecoveredLease]] = []
 

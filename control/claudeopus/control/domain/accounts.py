@@ -1,11 +1,12 @@
-"""Accounts and the reseller hierarchy: bootstrap, create, read, change, suspend, delete.
+"""Accounts and the reseller hierarchy: bootstrap, create, read, list, change.
 
 Every lookup is confined to the caller's subtree; anything outside it is
 reported as not found, so callers cannot learn that it exists. A deleted
 account keeps its row (its usage history refers to it) but is invisible to
 every call. Changes that depend on an account's children (a new child, a
 reseller becoming a user, a delete) lock that account's row first, so on
-PostgreSQL they cannot interleave.
+PostgreSQL they cannot interleave. Deleting, suspending and resuming are in
+:mod:`~claudeopus.control.domain.account_lifecycle`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import sessions, validation
+from claudeopus.control.domain import validation
 from claudeopus.control.domain.api_keys import IssuedKey, issue_key
 from claudeopus.control.domain.errors import (
     AlreadyExists,
@@ -29,10 +29,9 @@ from claudeopus.control.domain.errors import (
     Reason,
 )
 from claudeopus.control.domain.instance import ADMIN_BOOTSTRAPPED
-from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
-from claudeopus.control.models import Account, AccountState, ApiKey, InstanceValue, Role, Scope, Session
+from claudeopus.control.models import Account, AccountState, InstanceValue, Role, Scope
 
 CREATABLE_ROLES = (Role.RESELLER, Role.USER)
 UPDATABLE_FIELDS = ("display_name", "email", "role")
@@ -74,11 +73,11 @@ async def account_in_subtree(principal: Principal, account_id: int | None, field
     return account
 
 
-async def _has_children(account_id: int) -> bool:
+async def has_children(account_id: int) -> bool:
     return await Account.filter(parent_id=account_id, deleted_at__isnull=True).exists()
 
 
-async def _locked(account_id: int, field: str) -> Account:
+async def locked_account(account_id: int, field: str) -> Account:
     """The live account row, locked until the end of the transaction (PostgreSQL)."""
     account = await Account.filter(id=account_id, deleted_at__isnull=True).select_for_update().first()
     if account is None:
@@ -134,7 +133,7 @@ async def create_account(
 
 
 async def _locked_parent(parent_id: int) -> None:
-    parent = await _locked(parent_id, "parent")
+    parent = await locked_account(parent_id, "parent")
     if parent.role not in (Role.ADMIN, Role.RESELLER):
         raise FailedPrecondition(Reason.ROLE_DENIED, "parent: a user account cannot have sub-accounts.")
 
@@ -262,8 +261,8 @@ async def update_account(
     try:
         async with in_transaction():
             if new_role is Role.USER:
-                await _locked(target.id, "account.name")
-                if await _has_children(target.id):
+                await locked_account(target.id, "account.name")
+                if await has_children(target.id):
                     raise FailedPrecondition(
                         Reason.ACCOUNT_NOT_EMPTY, "account.role: a reseller with sub-accounts cannot become a user."
                     )
@@ -274,102 +273,3 @@ async def update_account(
         raise AlreadyExists(Reason.RESOURCE_EXISTS, "account.email: an account with this email exists.") from None
     await target.refresh_from_db()
     return target
-
-
-# -- delete, suspend, resume ---------------------------------------------------
-
-
-async def _strictly_below(principal: Principal, account_id: int, action: str) -> Account:
-    target = await account_in_subtree(principal, account_id, "name")
-    if target.id == principal.account_id:
-        raise PermissionDenied(Reason.SELF_CHANGE_DENIED, f"name: an account cannot {action} itself.")
-    return target
-
-
-def tombstone_email(account: Account) -> str:
-    """The deleted account's email, freeing the address for reuse.
-
-    The space makes it an invalid address, so no live account can hold it (and
-    block a delete); the id makes it unique.
-    """
-    return f"deleted-{account.id} {account.email}"[:MAX_EMAIL]
-
-
-async def delete_account(principal: Principal, account_id: int, now: datetime) -> None:
-    """Soft-delete an account below the caller that has no live sub-accounts and no live keys.
-
-    The row stays for its usage history; its email becomes a tombstone, its
-    password hash and sessions are removed, and every call treats it as absent.
-    """
-    target = await _strictly_below(principal, account_id, "delete")
-    async with in_transaction():
-        locked = await _locked(target.id, "name")
-        if await _has_children(locked.id):
-            raise FailedPrecondition(Reason.ACCOUNT_NOT_EMPTY, "name: the account has sub-accounts; delete them first.")
-        live_keys = ApiKey.filter(account_id=locked.id, revoked_at__isnull=True).filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
-        )
-        if await live_keys.exists():
-            raise FailedPrecondition(
-                Reason.ACCOUNT_NOT_EMPTY, "name: the account has live API keys; revoke them first."
-            )
-        await Account.filter(id=locked.id).update(
-            deleted_at=now,
-            updated_at=now,
-            email=tombstone_email(locked),
-            password_hash=None,
-            create_request_id=None,
-        )
-        await Session.filter(account_id=locked.id).delete()
-
-
-async def _set_state(principal: Principal, account_id: int, state: AccountState, action: str, now: datetime) -> Account:
-    target = await _strictly_below(principal, account_id, action)
-    suspender = principal.account_id if state is AccountState.SUSPENDED else None
-    if state is AccountState.SUSPENDED and target.state is AccountState.SUSPENDED:
-        if not await _is_at_or_above(principal, target.suspended_by):
-            return target  # already suspended from above: keep the stronger hold
-    elif state is AccountState.ACTIVE and target.state is AccountState.SUSPENDED:
-        if not await _is_at_or_above(principal, target.suspended_by):
-            raise FailedPrecondition(
-                Reason.SUSPENSION_HELD_ABOVE, "name: this account was suspended above you; only they can resume it."
-            )
-    elif target.state == state:
-        return target
-    async with in_transaction():
-        updated = await Account.filter(id=target.id, deleted_at__isnull=True).update(
-            state=state, suspended_by=suspender, updated_at=now
-        )
-        if not updated:
-            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: account not found.")
-        if state is AccountState.SUSPENDED:
-            # A resume must not bring back what may have been stolen: every session of the
-            # subtree ends, and so do the management keys minted through them.
-            # The keys it revokes belong to the subtree, whose leases suspend_account outlives.
-            subtree = Account.filter(path__startswith=target.path).values("id")
-            await sessions.end_sessions(Session.filter(account_id__in=Subquery(subtree)), now)
-    target.state, target.suspended_by = state, suspender
-    return target
-
-
-async def _is_at_or_above(principal: Principal, account_id: int | None) -> bool:
-    """Whether the caller is ``account_id`` or one of its ancestors (true when nobody is recorded)."""
-    if account_id is None or account_id == principal.account_id:
-        return True
-    holder = await Account.get_or_none(id=account_id)
-    return holder is None or holder.path.startswith(principal.account_path)
-
-
-async def suspend_account(principal: Principal, account_id: int, now: datetime) -> Account:
-    """Suspend an account below the caller; every key and session of its subtree stops at once.
-
-    "At once" includes edges admitting from leases: the call returns when the subtree's leases ended.
-    """
-    target = await _set_state(principal, account_id, AccountState.SUSPENDED, "suspend", now)
-    await outlive_leases(account=target, now=now)
-    return target
-
-
-async def resume_account(principal: Principal, account_id: int, now: datetime) -> Account:
-    """Lift a suspension imposed by the caller or below it (a suspended ancestor still blocks the subtree)."""
-    return await _set_state(principal, account_id, AccountState.ACTIVE, "resume", now)

@@ -1,4 +1,4 @@
-"""API keys: issue, get, list, update, revoke, rotate. A secret is shown once and never stored.
+"""API keys: issue, get, list and revoke. A secret is shown once and never stored.
 
 Every lookup is confined to the caller's subtree (anything outside it is not
 found). A revoked key is final: it can be read and listed, not changed or
@@ -11,15 +11,22 @@ key's own account). A limit set by an account above the key's own may be widened
 only by that account or one above it (``KEY_LIMIT_SET_ABOVE``); anyone with access,
 the owner included, may narrow it, and narrowing keeps the higher setter. Every key
 created or changed fits the policy in force on its account (:mod:`policies`).
-Rotation changes only the secret: limits and setters stay as they are.
+Changing a key's fields and limits is in :mod:`~claudeopus.control.domain.api_key_updates`,
+giving it a new secret in :mod:`~claudeopus.control.domain.api_key_rotation`.
+
+Example::
+
+    issued = await create_api_key(principal, account=account, display_name="ci", scopes=[Scope.INFERENCE],
+                                  allowed_models=[], expires_at=None, request_id="", now=now)
+    print(issued.secret)   # shown this once
+    await revoke_api_key(principal, issued.key.id, now)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
@@ -31,16 +38,12 @@ from claudeopus.control.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     Reason,
 )
-from claudeopus.control.domain.lease_fence import LONGEST_WAIT, outlive_leases
+from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.domain.paging import PageTokenCodec, keyset_page, page_size
 from claudeopus.control.domain.principal import Principal
 from claudeopus.control.models import Account, ApiKey, Scope
-
-MAX_GRACE_PERIOD = timedelta(days=30)
-UPDATABLE_FIELDS = ("display_name", "scopes", "allowed_models", "expire_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ async def issue_key(
     return IssuedKey(key=key, secret=secret)
 
 
-def _scopes(values: Sequence[int]) -> int:
+def scopes_mask(values: Sequence[int]) -> int:
     mask = 0
     for index, value in enumerate(values):
         try:
@@ -97,7 +100,7 @@ def _scopes(values: Sequence[int]) -> int:
     return mask or Scope.INFERENCE
 
 
-def _models(values: Sequence[str]) -> list[str]:
+def valid_models(values: Sequence[str]) -> list[str]:
     return policies.valid_models(values, "api_key.allowed_models")
 
 
@@ -118,8 +121,8 @@ async def create_api_key(
     the limits a caller above ``account`` sets are recorded as set by it.
     """
     name = validation.display_name("api_key.display_name", display_name)
-    mask = _scopes(scopes)
-    models = _models(allowed_models)
+    mask = scopes_mask(scopes)
+    models = valid_models(allowed_models)
     if expires_at is not None and expires_at <= now:
         raise InvalidArgument.field("api_key.expire_time", "must be in the future")
     rid = validation.request_id("request_id", request_id)
@@ -178,7 +181,7 @@ async def revoke_api_key(principal: Principal, key_id: int, now: datetime) -> Ap
     return key
 
 
-def _not_live() -> FailedPrecondition:
+def not_live() -> FailedPrecondition:
     return FailedPrecondition(Reason.KEY_NOT_LIVE, "name: the API key is revoked, so it cannot be changed or rotated.")
 
 
@@ -214,128 +217,7 @@ async def list_api_keys(
     return KeyPage(keys=rows, next_page_token=next_token)
 
 
-# -- update --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KeyUpdate:
-    """The new values of an UpdateApiKey request, as they came (validated here).
-
-    ``expire_time`` is a protobuf Timestamp's ``(seconds, nanos)``, or None to
-    clear the expiry.
-    """
-
-    display_name: str = ""
-    scopes: Sequence[int] = ()
-    allowed_models: Sequence[str] = ()
-    expire_time: tuple[int, int] | None = None
-
-
-def update_paths(paths: Sequence[str]) -> frozenset[str]:
-    """The fields an update mask names; ``*`` (AIP-134) means every updatable field, empty means none."""
-    if list(paths) == ["*"]:
-        return frozenset(UPDATABLE_FIELDS)
-    unknown = sorted({p for p in paths if p not in UPDATABLE_FIELDS})
-    if unknown:
-        raise InvalidArgument.field(
-            "update_mask", f"cannot update {', '.join(unknown)}; updatable: {', '.join(UPDATABLE_FIELDS)}"
-        )
-    return frozenset(paths)
-
-
-def _changes(paths: frozenset[str], update: KeyUpdate, now: datetime) -> dict[str, Any]:
-    """Column values for the fields in ``paths``, validated like create."""
-    changes: dict[str, Any] = {}
-    if "display_name" in paths:
-        changes["display_name"] = validation.display_name("api_key.display_name", update.display_name)
-    if "scopes" in paths:
-        changes["scopes"] = _scopes(update.scopes)
-    if "allowed_models" in paths:
-        changes["allowed_models"] = _models(update.allowed_models) or None
-    if "expire_time" in paths:
-        expires_at = None
-        if update.expire_time is not None:
-            expires_at = validation.timestamp("api_key.expire_time", *update.expire_time)
-            if expires_at <= now:
-                raise InvalidArgument.field("api_key.expire_time", "must be in the future")
-        changes["expires_at"] = expires_at
-    return changes
-
-
-# Each limit: its column, the column of its setter, the field named in errors, and whether a new
-# value is wider than the old one.
-_LIMITS: tuple[tuple[str, str, str, Callable[[Any, Any], bool]], ...] = (
-    ("allowed_models", "models_set_by", "allowed_models", lambda old, new: policies.wider_models(old, new)),
-    ("expires_at", "expiry_set_by", "expire_time", lambda old, new: old is not None and (new is None or new > old)),
-    ("scopes", "scopes_set_by", "scopes", lambda old, new: bool(new & ~old)),
-)
-
-
-async def _fit(key: ApiKey, changes: dict[str, Any]) -> None:
-    """Make the changed limits fit the policy in force on the key's account (in place)."""
-    if not {"allowed_models", "expires_at", "scopes"} & changes.keys():
-        return
-    policy = await policies.policy_in_force(key.account)
-    if "scopes" in changes:
-        policies.fit_scopes(policy, changes["scopes"])
-    if "allowed_models" in changes:
-        changes["allowed_models"] = policies.fit_models(policy, changes["allowed_models"] or []) or None
-    if "expires_at" in changes:
-        policies.fit_expiry(policy, changes["expires_at"], key.created_at)
-
-
-def _setters(principal: Principal, key: ApiKey, changes: dict[str, Any]) -> dict[str, int | None]:
-    """The new setter of each limit that changes, or KEY_LIMIT_SET_ABOVE for a widening the caller may not make."""
-    chain = key.account.ancestor_ids()
-    caller = None if principal.account_id == key.account.id else principal.account_id
-    setters: dict[str, int | None] = {}
-    for column, setter_column, field, wider in _LIMITS:
-        if column not in changes or changes[column] == getattr(key, column):
-            continue
-        set_by = getattr(key, setter_column)
-        if wider(getattr(key, column), changes[column]) and not policies.may_widen(chain, principal.account_id, set_by):
-            raise PermissionDenied(
-                Reason.KEY_LIMIT_SET_ABOVE,
-                f"api_key.{field}: this limit was set above you; you may narrow it, not widen it.",
-            )
-        setters[setter_column] = policies.higher(chain, set_by, caller)
-    return setters
-
-
-async def update_api_key(
-    principal: Principal, key_id: int, *, paths: Sequence[str], update: KeyUpdate, now: datetime
-) -> ApiKey:
-    """Change the fields named by ``paths`` (see ``update_paths``) of a live key of the caller's subtree.
-
-    Example::
-
-        key = await update_api_key(principal, 12, paths=["display_name"], update=KeyUpdate(display_name="ci"), now=now)
-    """
-    changes = _changes(update_paths(paths), update, now)
-    key = await key_in_subtree(principal, key_id)
-    if key.revoked_at is not None:
-        raise _not_live()
-    await _fit(key, changes)
-    setters = _setters(principal, key, changes)
-    if "scopes" in changes:
-        changes |= _minted(principal, changes["scopes"])
-    # Conditional on the key still being live and on the setters the check read, so a concurrent
-    # revoke is never undone and a limit set from above meanwhile is never widened or taken over.
-    held: dict[str, Any] = {}
-    for column in setters:
-        held |= policies.setter_is(column, getattr(key, column))
-    if not await ApiKey.filter(id=key.id, revoked_at__isnull=True, **held).update(**changes, **setters):
-        if await ApiKey.filter(id=key.id, revoked_at__isnull=True).exists():
-            raise PermissionDenied(
-                Reason.KEY_LIMIT_SET_ABOVE, "api_key: a limit was changed above you meanwhile; read the key and retry."
-            )
-        raise _not_live()
-    await key.refresh_from_db()
-    await outlive_leases(api_key_id=key.id, now=now)  # a narrower key holds on every edge on return
-    return key
-
-
-def _minted(principal: Principal, scopes: int) -> dict[str, int]:
+def minted(principal: Principal, scopes: int) -> dict[str, int]:
     """``minted_by_session`` for a management secret a caller whose rights come from a session
     (see :attr:`Principal.session_origin`) is handed or enables.
 
@@ -347,68 +229,3 @@ def _minted(principal: Principal, scopes: int) -> dict[str, int]:
     if principal.session_origin is None or not scopes & Scope.MANAGEMENT:
         return {}
     return {"minted_by_session": principal.session_origin}
-
-
-# -- rotate --------------------------------------------------------------------
-
-
-def grace_period(seconds: int, nanos: int) -> timedelta:
-    """A protobuf Duration's fields as a grace period, or InvalidArgument on ``grace_period``."""
-    same_sign = not (seconds > 0 and nanos < 0) and not (seconds < 0 and nanos > 0)
-    if not -999_999_999 <= nanos <= 999_999_999 or not same_sign:
-        raise InvalidArgument.field("grace_period", "is not a valid duration")
-    if seconds < 0 or nanos < 0 or seconds > MAX_GRACE_PERIOD.days * 86_400:
-        raise _grace_out_of_range()
-    grace = timedelta(seconds=seconds, microseconds=nanos // 1000)
-    _check_grace(grace)
-    return grace
-
-
-def _grace_out_of_range() -> InvalidArgument:
-    return InvalidArgument.field("grace_period", f"must be between 0 and {MAX_GRACE_PERIOD.days} days")
-
-
-def _check_grace(grace: timedelta) -> None:
-    if grace < timedelta(0) or grace > MAX_GRACE_PERIOD:
-        raise _grace_out_of_range()
-
-
-async def rotate_api_key(principal: Principal, key_id: int, *, grace: timedelta, now: datetime) -> IssuedKey:
-    """Give a live key of the caller's subtree a new secret; the old one works until ``now + grace``.
-
-    The key keeps its id, settings and usage. After the grace period (at once
-    when ``grace`` is zero) the old secret is refused as ``KEY_ROTATED``. Only one earlier secret
-    is kept: rotating again while a previous rotation's grace period is running
-    replaces that older secret (it stops working at once) with the one being
-    rotated away now.
-
-    The swap is one conditional UPDATE on the secret the caller saw, so of two
-    concurrent rotations exactly one wins; the other fails with
-    FAILED_PRECONDITION ``KEY_ROTATED`` and its secret is never issued.
-    """
-    _check_grace(grace)
-    key = await key_in_subtree(principal, key_id)
-    if key.revoked_at is not None:
-        raise _not_live()
-    secret = keys.new_secret()
-    swapped = await ApiKey.filter(id=key.id, key_hash=key.key_hash, revoked_at__isnull=True).update(
-        key_hash=keys.hash_secret(secret),
-        prefix=keys.display_prefix(secret),
-        previous_key_hash=key.key_hash,
-        previous_expires_at=now + grace,
-        rotated_at=now,
-        **_minted(principal, key.scopes),
-    )
-    if not swapped:
-        latest = await ApiKey.get_or_none(id=key.id)
-        if latest is None:
-            raise NotFound(Reason.RESOURCE_NOT_FOUND, "name: API key not found.")
-        if latest.revoked_at is not None:
-            raise _not_live()
-        raise FailedPrecondition(
-            Reason.KEY_ROTATED, "name: the API key was rotated by another call at the same time; read it and retry."
-        )
-    await key.refresh_from_db()
-    if grace < LONGEST_WAIT:  # a lease of the old secret may outlive its grace: let it end first
-        await outlive_leases(api_key_id=key.id, now=now)
-    return IssuedKey(key=key, secret=secret)

@@ -28,11 +28,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from tortoise.backends.base.client import BaseDBAsyncClient
-
 from claudeopus.control.domain import policies, prices, reservations
 from claudeopus.control.domain.principal import find_key
-from claudeopus.control.models import Account, AccountState, ApiKey, AuthEpoch, Budget
+from claudeopus.control.models import Account, AccountState, ApiKey, Budget
+from claudeopus.control.store.auth_epoch import current_epoch
 
 DEFAULT_MAX_KEYS = 10_000
 
@@ -71,13 +70,6 @@ async def load_context(key_hash_hex: str) -> KeyContext | None:
     )
 
 
-async def current_epoch(conn: BaseDBAsyncClient | None = None) -> int:
-    """The auth epoch as committed now (on ``conn``: as that transaction's next statement sees it)."""
-    db = conn if conn is not None else AuthEpoch._meta.db
-    rows = await db.execute_query_dict("SELECT value FROM auth_epoch WHERE id = 1")
-    return int(rows[0]["value"]) if rows else -1
-
-
 class AuthCache:
     """Key contexts of the current epoch, at most ``max_keys`` of them (least recently used go first).
 
@@ -96,7 +88,7 @@ class AuthCache:
         """The context cached for this hash and the epoch it is filed under, without asking the database.
 
         The caller must make sure the epoch is still current before it acts on the context
-        (the usage row's INSERT checks it, see :func:`~claudeopus.control.domain.usage_rows.open_record`),
+        (the usage row's INSERT checks it, see :func:`~claudeopus.control.store.usage_rows.open_record`),
         and call :meth:`forget` when it is not.
         """
         context = self._contexts.get(key_hash_hex)
@@ -115,7 +107,8 @@ class AuthCache:
         return await self.context_at(await current_epoch(), key_hash_hex)
 
     async def context_at(self, epoch: int, key_hash_hex: str) -> KeyContext | None:
-        """:meth:`context` under ``epoch``, which the caller read with :func:`current_epoch` just before
+        """:meth:`context` under ``epoch``, which the caller read with
+        :func:`~claudeopus.control.store.auth_epoch.current_epoch` just before
         (a batch reads it once for all its keys)."""
         if epoch != self._epoch:
             # Filed under the epoch read *before* the rows: a change committed in between makes

@@ -33,10 +33,12 @@ from typing import Any
 from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
 from tortoise.transactions import in_transaction
 
-from claudeopus.control.domain import gateway, leases, reservations, usage_rows, validation
-from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_epoch, load_context
+from claudeopus.control.domain import gateway, leases, reservations, validation
+from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, load_context
 from claudeopus.control.domain.errors import DomainError, InvalidArgument
 from claudeopus.control.models import ApiKey, Budget, UsageRecord
+from claudeopus.control.store import usage_rows
+from claudeopus.control.store.auth_epoch import current_epoch
 
 _log = logging.getLogger(__name__)
 MAX_BATCH = 1000

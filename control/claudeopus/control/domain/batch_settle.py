@@ -29,9 +29,9 @@ from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import gateway, leases, prices, reservations, validation
 from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason
-from claudeopus.control.domain.sqlbind import Binder
-from claudeopus.control.domain.usage_rows import db_value as _db_value
 from claudeopus.control.models import Price, UsageRecord, UsageSource, UsageStatus, ids_on_path
+from claudeopus.control.store.sql import Binder
+from claudeopus.control.store.sql import db_value as _db_value
 
 MAX_BATCH = 1000
 _OPEN = (UsageStatus.RESERVED, UsageStatus.EXPIRED)

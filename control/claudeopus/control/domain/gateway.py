@@ -18,7 +18,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import prices, reservations, validation
-from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, current_epoch, load_context
+from claudeopus.control.domain.auth_cache import AuthCache, KeyContext, load_context
 from claudeopus.control.domain.errors import (
     AlreadyExists,
     DomainError,
@@ -30,8 +30,9 @@ from claudeopus.control.domain.errors import (
     Unauthenticated,
 )
 from claudeopus.control.domain.principal import check_key, suspended
-from claudeopus.control.domain.usage_rows import open_fields, open_record
 from claudeopus.control.models import ApiKey, BudgetMetric, Scope, UsageRecord, UsageSource, UsageStatus
+from claudeopus.control.store.auth_epoch import current_epoch
+from claudeopus.control.store.usage_rows import open_fields, open_record
 from claudeopus.costs import capped_cost_micros
 
 KEY_HASH_BYTES = 32

@@ -51,14 +51,15 @@ from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
 from claudeopus.control.domain import gateway, prices, reservations, validation
-from claudeopus.control.domain.auth_cache import AuthCache, current_epoch, load_context
+from claudeopus.control.domain.auth_cache import AuthCache, load_context
 from claudeopus.control.domain.errors import DomainError, InvalidArgument, NotFound, Reason, ResourceExhausted
 from claudeopus.control.domain.gateway import LeasedInput
 from claudeopus.control.domain.periods import period_bounds
 from claudeopus.control.domain.prices import PriceInForce
-from claudeopus.control.domain.sqlbind import Binder
-from claudeopus.control.domain.usage_rows import insert_open_records, open_fields
 from claudeopus.control.models import Account, ApiKey, Budget, BudgetLease, BudgetMetric
+from claudeopus.control.store.auth_epoch import current_epoch
+from claudeopus.control.store.sql import Binder
+from claudeopus.control.store.usage_rows import insert_open_records, open_fields
 
 LEASE_SHARE = 64
 MIN_LEASE_REQUESTS = 2

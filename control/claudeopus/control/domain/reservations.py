@@ -32,8 +32,8 @@ from tortoise.expressions import Q
 from claudeopus.control.domain.errors import Reason, ResourceExhausted
 from claudeopus.control.domain.names import BUDGETS, format_name
 from claudeopus.control.domain.periods import period_index
-from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.models import ApiKey, Budget, BudgetMetric, BudgetPeriod
+from claudeopus.control.store.sql import Binder
 
 _METRIC_WORDS = {
     BudgetMetric.INPUT_TOKENS: "input-token",

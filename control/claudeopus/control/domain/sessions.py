@@ -28,7 +28,6 @@ from claudeopus.control.domain.lease_fence import outlive_leases
 from claudeopus.control.models import Account, ApiKey, Scope, Session
 
 TOKEN_PREFIX = "co-session-"
-DEFAULT_TTL = timedelta(hours=12)
 _TOKEN_RE = re.compile(r"^co-session-[A-Za-z0-9_-]{43}$")
 
 

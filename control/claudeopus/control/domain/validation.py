@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from claudeopus.control.domain.errors import InvalidArgument
@@ -66,3 +67,15 @@ def non_negative(field: str, value: int) -> int:
     if value < 0:
         raise InvalidArgument.field(field, "must not be negative")
     return value
+
+
+def update_paths(paths: Sequence[str], updatable: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``updatable`` fields an update mask names, in their order; ``*`` (AIP-134) means all, empty none."""
+    if list(paths) == ["*"]:
+        return updatable
+    unknown = sorted({p for p in paths if p not in updatable})
+    if unknown:
+        raise InvalidArgument.field(
+            "update_mask", f"cannot update {', '.join(unknown)}; updatable: {', '.join(updatable)}"
+        )
+    return tuple(f for f in updatable if f in paths)

@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from claudeopus.control.bootstrap_token import BootstrapGate
-from claudeopus.control.domain import accounts, logins, policies
+from claudeopus.control.domain import account_lifecycle, accounts, logins, policies
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.errors import AlreadyExists, InvalidArgument
 from claudeopus.control.domain.logins import LoginPolicy
@@ -128,7 +128,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     ) -> empty_pb2.Empty:
         now = self._clock()
         principal = await management_principal(context, now)
-        await accounts.delete_account(principal, parse_id("name", ACCOUNTS, request.name), now)
+        await account_lifecycle.delete_account(principal, parse_id("name", ACCOUNTS, request.name), now)
         return empty_pb2.Empty()
 
     @rpc
@@ -137,7 +137,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     ) -> accounts_pb2.Account:
         now = self._clock()
         principal = await management_principal(context, now)
-        row = await accounts.suspend_account(principal, parse_id("name", ACCOUNTS, request.name), now)
+        row = await account_lifecycle.suspend_account(principal, parse_id("name", ACCOUNTS, request.name), now)
         return convert.account(row)
 
     @rpc
@@ -146,7 +146,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     ) -> accounts_pb2.Account:
         now = self._clock()
         principal = await management_principal(context, now)
-        row = await accounts.resume_account(principal, parse_id("name", ACCOUNTS, request.name), now)
+        row = await account_lifecycle.resume_account(principal, parse_id("name", ACCOUNTS, request.name), now)
         return convert.account(row)
 
     @rpc

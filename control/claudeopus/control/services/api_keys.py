@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from claudeopus.control.domain import accounts, api_keys, validation
+from claudeopus.control.domain import accounts, api_key_rotation, api_key_updates, api_keys, validation
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, parse_id, parse_optional_id
 from claudeopus.control.domain.paging import PageTokenCodec
@@ -85,11 +85,11 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
         now = self._clock()
         principal = await management_principal(context, now)
         spec = request.api_key
-        key = await api_keys.update_api_key(
+        key = await api_key_updates.update_api_key(
             principal,
             parse_id("api_key.name", API_KEYS, spec.name),
-            paths=update_paths(request.update_mask, request.api_key, api_keys.UPDATABLE_FIELDS),
-            update=api_keys.KeyUpdate(
+            paths=update_paths(request.update_mask, request.api_key, api_key_updates.UPDATABLE_FIELDS),
+            update=api_key_updates.KeyUpdate(
                 display_name=spec.display_name,
                 scopes=list(spec.scopes),
                 allowed_models=list(spec.allowed_models),
@@ -117,6 +117,6 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
         now = self._clock()
         principal = await management_principal(context, now)
         key_id = parse_id("name", API_KEYS, request.name)
-        grace = api_keys.grace_period(request.grace_period.seconds, request.grace_period.nanos)
-        rotated = await api_keys.rotate_api_key(principal, key_id, grace=grace, now=now)
+        grace = api_key_rotation.grace_period(request.grace_period.seconds, request.grace_period.nanos)
+        rotated = await api_key_rotation.rotate_api_key(principal, key_id, grace=grace, now=now)
         return api_keys_pb2.RotateApiKeyResponse(api_key=convert.api_key(rotated.key, now), secret=rotated.secret)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import empty_pb2
 
-from claudeopus.control.domain import budgets
+from claudeopus.control.domain import budget_owners, budgets
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import BUDGETS, parse_id
 from claudeopus.control.domain.paging import PageTokenCodec
@@ -31,7 +31,7 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
         principal = await management_principal(context, now)
         view = await budgets.create_budget(
             principal,
-            owner=await budgets.resolve_owner(principal, "parent", request.parent),
+            owner=await budget_owners.resolve_owner(principal, "parent", request.parent),
             metric=request.budget.metric,
             period=request.budget.period,
             limit=request.budget.limit,
@@ -58,7 +58,7 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
         page = await budgets.list_budgets(
             principal,
             self._codec,
-            owner=await budgets.resolve_owner(principal, "parent", request.parent),
+            owner=await budget_owners.resolve_owner(principal, "parent", request.parent),
             size=request.page_size,
             token=request.page_token,
             now=now,

@@ -21,6 +21,7 @@ import grpc
 
 from claudeopus.control.domain.errors import Throttled
 from claudeopus.control.services.errors import to_status
+from claudeopus.control.services.handlers import unary_behavior
 
 RETRY_AFTER_SECONDS = 0.5
 
@@ -41,9 +42,10 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(self._exempt):
+        behavior = None if handler is None else unary_behavior(handler)
+        if handler is None or behavior is None or method.startswith(self._exempt):
             return handler
-        behavior, limit = handler.unary_unary, self._overrides.get(method, self._default)
+        limit = self._overrides.get(method, self._default)
 
         async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             running = self._running.get(method, 0)
@@ -51,7 +53,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(self._busy)
             self._running[method] = running + 1
             try:
-                return await behavior(request, context)  # type: ignore[arg-type]  # an aio handler
+                return await behavior(request, context)
             finally:
                 left = self._running[method] - 1
                 if left:

@@ -10,8 +10,8 @@ from claudeopus.control.domain.budgets import BudgetView
 from claudeopus.control.domain.names import ACCOUNTS, API_KEYS, BUDGETS, PRICES, USAGE_RECORDS, format_name
 from claudeopus.control.domain.prices import PriceView
 from claudeopus.control.domain.principal import Principal
-from claudeopus.control.domain.usage import UsageSummary
 from claudeopus.control.models import Account, ApiKey, Scope, UsageRecord
+from claudeopus.control.store.usage import UsageSummary
 from claudeopus.v1 import accounts_pb2, api_keys_pb2, budgets_pb2, prices_pb2, usage_pb2
 
 
@@ -24,14 +24,14 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def account(row: Account) -> accounts_pb2.Account:
-    parent_id = row.parent_id  # type: ignore[attr-defined]
+    parent_id = row.parent_id
     return accounts_pb2.Account(
         name=format_name(ACCOUNTS, row.id),
         email=row.email,
         display_name=row.display_name,
-        role=int(row.role),  # type: ignore[arg-type]
+        role=accounts_pb2.Role.ValueType(row.role),
         parent=format_name(ACCOUNTS, parent_id) if parent_id else "",
-        state=int(row.state),  # type: ignore[arg-type]
+        state=accounts_pb2.AccountState.ValueType(row.state),
         create_time=timestamp(row.created_at),
         policy=account_policy(row),
     )
@@ -61,10 +61,10 @@ def api_key(row: ApiKey, now: datetime | None = None) -> api_keys_pb2.ApiKey:
     )
     return api_keys_pb2.ApiKey(
         name=format_name(API_KEYS, row.id),
-        account=format_name(ACCOUNTS, row.account_id),  # type: ignore[attr-defined]
+        account=format_name(ACCOUNTS, row.account_id),
         display_name=row.display_name,
         prefix=row.prefix,
-        scopes=[int(s) for s in Scope if row.has_scope(s)],  # type: ignore[misc]
+        scopes=[api_keys_pb2.Scope.ValueType(s) for s in Scope if row.has_scope(s)],
         allowed_models=row.allowed_models or [],
         create_time=timestamp(row.created_at),
         revoke_time=timestamp(row.revoked_at),
@@ -90,8 +90,8 @@ def usage_record(row: UsageRecord) -> usage_pb2.UsageRecord:
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,
         latency=duration_us(row.latency_us),
-        status=int(row.status),  # type: ignore[arg-type]
-        source=int(row.source),  # type: ignore[arg-type]
+        status=usage_pb2.UsageStatus.ValueType(row.status),
+        source=usage_pb2.UsageSource.ValueType(row.source),
         http_status=row.http_status,
         create_time=timestamp(row.created_at),
         settle_time=timestamp(row.settled_at),
@@ -118,7 +118,7 @@ def price(view: PriceView) -> prices_pb2.Price:
     row = view.price
     return prices_pb2.Price(
         name=format_name(PRICES, row.id),
-        account=format_name(ACCOUNTS, row.account_id),  # type: ignore[attr-defined]
+        account=format_name(ACCOUNTS, row.account_id),
         model=row.model,
         input_micros_per_million=row.input_micros_per_million,
         output_micros_per_million=row.output_micros_per_million,
@@ -136,8 +136,8 @@ def budget(view: BudgetView, principal: Principal) -> budgets_pb2.Budget:
     return budgets_pb2.Budget(
         name=format_name(BUDGETS, row.id),
         owner=row.owner,
-        metric=int(row.metric),  # type: ignore[arg-type]
-        period=int(row.period),  # type: ignore[arg-type]
+        metric=budgets_pb2.BudgetMetric.ValueType(row.metric),
+        period=budgets_pb2.BudgetPeriod.ValueType(row.period),
         limit=row.limit_amount,
         spent=view.spent,
         reserved=view.reserved,

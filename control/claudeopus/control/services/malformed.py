@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from claudeopus.control.domain.errors import InvalidArgument
 from claudeopus.control.services.errors import to_status
+from claudeopus.control.services.handlers import unary_behavior
 
 _MALFORMED = object()  # sentinel: never mutated
 
@@ -26,9 +27,10 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        behavior = None if handler is None else unary_behavior(handler)
+        if handler is None or behavior is None or handler.request_deserializer is None:
             return handler
-        deserialize, behavior = handler.request_deserializer, handler.unary_unary
+        deserialize = handler.request_deserializer
 
         def tolerant(data: bytes) -> Any:
             try:
@@ -40,7 +42,7 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             if request is _MALFORMED:
                 error = InvalidArgument.field("request", "is not a valid protobuf message for this method")
                 await context.abort_with_status(to_status(error))
-            return await behavior(request, context)  # type: ignore[arg-type]  # an aio handler
+            return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=tolerant, response_serializer=handler.response_serializer

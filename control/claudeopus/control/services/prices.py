@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import empty_pb2
 
-from claudeopus.control.domain import accounts, prices
+from claudeopus.control.domain import accounts, price_changes, prices
 from claudeopus.control.domain.clock import Clock
 from claudeopus.control.domain.names import ACCOUNTS, PRICES, parse_id, parse_optional_id
 from claudeopus.control.domain.paging import PageTokenCodec
@@ -29,7 +29,7 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
     ) -> prices_pb2.Price:
         now = self._clock()
         principal = await management_principal(context, now)
-        row = await prices.create_price(
+        row = await price_changes.create_price(
             principal,
             parent_id=parse_optional_id("parent", ACCOUNTS, request.parent),
             model=request.price.model,
@@ -66,10 +66,10 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
     ) -> prices_pb2.Price:
         now = self._clock()
         principal = await management_principal(context, now)
-        row = await prices.update_price(
+        row = await price_changes.update_price(
             principal,
             parse_id("price.name", PRICES, request.price.name),
-            paths=update_paths(request.update_mask, request.price, prices.UPDATABLE_FIELDS),
+            paths=update_paths(request.update_mask, request.price, price_changes.UPDATABLE_FIELDS),
             input_micros=request.price.input_micros_per_million,
             output_micros=request.price.output_micros_per_million,
             now=now,
@@ -82,7 +82,7 @@ class PriceServicer(prices_pb2_grpc.PriceServiceServicer):
     ) -> empty_pb2.Empty:
         now = self._clock()
         principal = await management_principal(context, now)
-        await prices.delete_price(principal, parse_id("name", PRICES, request.name), now)
+        await price_changes.delete_price(principal, parse_id("name", PRICES, request.name), now)
         return empty_pb2.Empty()
 
     @rpc

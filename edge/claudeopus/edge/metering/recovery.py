@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from claudeopus.client import ClaudeOpusError
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.metering.journal import boot_id, read_journal
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.replay import is_permanent
 from claudeopus.edge.metering.retrying import RetryingTask
 from claudeopus.edge.metering.types import RecoveredLease
@@ -66,7 +66,7 @@ class LeaseRecovery:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         journals: Sequence[Path],
         *,
         spool_idle: Callable[[], bool],

@@ -37,7 +37,7 @@ from claudeopus.client import (
     NotFoundError,
     UnavailableError,
 )
-from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.retrying import RetryingTask
 from claudeopus.edge.metering.spool import Spool, SpoolError
 from claudeopus.edge.metering.types import Settlement
@@ -62,7 +62,7 @@ class Replayer:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         spool: Spool,
         *,
         min_delay: float = MIN_DELAY_SECONDS,

@@ -60,6 +60,11 @@ class Outcome:
     source: UsageSource
     http_status: int
 
+    @classmethod
+    def failed(cls, http_status: int) -> Outcome:
+        """Nothing used: the request failed before the upstream produced anything (or was never forwarded)."""
+        return cls(0, 0, UsageStatus.UPSTREAM_ERROR, UsageSource.ESTIMATED, http_status)
+
 
 @dataclass(frozen=True, slots=True)
 class LeasedReservation:

@@ -35,9 +35,9 @@ What leases change, and why it is bounded:
 Example::
 
     book = LeaseBook(control, seconds=1.0)
-    admission = book.admit(key_hash, completion)     # None: authorize with control instead
-    book.want(key_hash, completion)                  # after an authorize: lease the next ones
-    await book.aclose()                              # gives every lease back
+    admission = book.admit(key_hash, completion, request_id)  # None: authorize with control instead
+    book.want(key_hash, completion)  # after an authorize: lease the next ones
+    await book.aclose()  # gives every lease back
 """
 
 from __future__ import annotations
@@ -46,19 +46,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
 from claudeopus.costs import capped_cost_micros
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import ControlClient
 from claudeopus.edge.metering.journal import LeaseJournal
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.types import Lease, LeasedReservation, LeaseUse
 from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_SECONDS = 5.0
 RETURN_BATCH = 1000
 # A key and model that got no lease (near a limit, or refused) is not asked about again for this long.
 NO_LEASE_BACKOFF_SECONDS = 1.0
@@ -91,11 +90,14 @@ class _Held:
 
 
 class LeaseBook:
-    """The leases this edge holds, per key hash and model; one owned task asks for and returns them."""
+    """The leases this edge holds, per key hash and model; one owned task asks for and returns them.
+
+    ``seconds`` 0 turns leasing off: the book then admits nothing and asks for nothing.
+    """
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         seconds: float,
         *,
         journal: LeaseJournal | None = None,
@@ -115,10 +117,6 @@ class LeaseBook:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-
-    @property
-    def held(self) -> int:
-        return len(self._held)
 
     def admit(self, key_hash: bytes, completion: CompletionRequest, request_id: str) -> Admission | None:
         """Admit the request from a live lease of its key and model, or None (authorize it instead).
@@ -194,7 +192,7 @@ class LeaseBook:
     def want(self, key_hash: bytes, completion: CompletionRequest) -> None:
         """A request of this key and model was just authorized with control: lease the next ones."""
         key = (key_hash, completion.model)
-        if self._closing or key in self._held or key in self._wanted:
+        if not self._seconds or self._closing or key in self._held or key in self._wanted:
             return
         quiet = self._quiet_until.get(key)
         if quiet is not None:
@@ -204,6 +202,11 @@ class LeaseBook:
         self._wanted[key] = completion
         self._start()
         self._wake.set()
+
+    def settled(self, request_ids: Iterable[str]) -> None:
+        """Control or the spool took the settles of these requests admitted from leases: the journal forgets them."""
+        if self._journal is not None:
+            self._journal.settled(request_ids)
 
     def drop_all(self) -> None:
         """Control could not be reached: stop admitting from any lease until it is back.
@@ -320,7 +323,7 @@ class LeaseBook:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="lease-book")
         if self._task is not None:
             self._wake.set()
-            await finish(self._task, SHUTDOWN_GRACE_SECONDS)
+            await finish(self._task)
             self._task = None
         if self._returns:
             _log.warning("%d lease(s) not returned at shutdown: control's sweeper will close them", len(self._returns))

@@ -1,48 +1,50 @@
 """Settling usage after the response: batched, owned, spooled to disk while control is unreachable.
 
 Settles run after the client already has its answer, so they add no latency. They queue
-up and one owned task sends them to control's BatchSettle: whatever finished while the
-previous batch was on its way travels in the next one, up to ``max_batch``. Before each
-call the task lingers up to ``linger`` seconds (``CLAUDEOPUS_SETTLE_LINGER``) for more to
-finish: a batch costs control little more than one settle, and on a quiet edge a settle
-sent at once would compete with the next request's authorize for control and for the same
-budget counters, on the request path. Reservations stay held that much longer. If control cannot be
+up in the settle batcher (:mod:`~claudeopus.edge.metering.batcher`), whose owned task sends
+them to control's BatchSettle: whatever finished while the previous batch was on its way
+travels in the next one, up to ``max_batch``. Before each call the task lingers up to
+``linger`` seconds (``CLAUDEOPUS_SETTLE_LINGER``) for more to finish: a batch costs control
+little more than one settle, and on a quiet edge a settle sent at once would compete with
+the next request's authorize for control and for the same budget counters, on the request
+path. Reservations stay held that much longer. If control cannot be
 reached (or does not answer within ``CLAUDEOPUS_CONTROL_TIMEOUT``), or answers with an
 error that may pass, the settles go to the durable spool (:mod:`claudeopus.edge.metering.spool`)
 and the replayer (:mod:`claudeopus.edge.metering.replay`) sends them when control is back. While
 the spool holds records, new settles join it behind them, so settles reach control in
 the order they were made. Nothing is fire-and-forget: the sending task is awaited on
 shutdown, and what it could not send by then is spooled for the next start.
+
+The lease book hears of both: a batch that could not reach control drops every lease (requests
+fail closed until control answers again), and a leased request whose settle control or the
+spool took leaves the lease journal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import grpc
 
 from claudeopus.client import ClaudeOpusError, UnavailableError
-from claudeopus.edge.control import ControlClient
+from claudeopus.edge.metering.batcher import MAX_BATCH, Batcher
+from claudeopus.edge.metering.leases import LeaseBook
+from claudeopus.edge.metering.port import ControlPort
 from claudeopus.edge.metering.replay import Replayer, is_permanent
 from claudeopus.edge.metering.spool import Spool, SpoolError
 from claudeopus.edge.metering.types import LeasedReservation, Outcome, Settlement
-from claudeopus.edge.tasks import finish
 
 _log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_SECONDS = 15.0
 # Whole-batch failures that mean control could not be reached (in time).
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-MAX_BATCH = 256
 
 
 class Settler:
-    """Queue settles for one owned sending task; :meth:`aclose` drains it, then stops replay and the spool.
+    """Settle through one owned batcher; :meth:`aclose` drains it, then stops replay and the spool.
 
     Example::
 
@@ -53,45 +55,36 @@ class Settler:
 
     def __init__(
         self,
-        control: ControlClient,
+        control: ControlPort,
         spool: Spool,
         replayer: Replayer | None = None,
         *,
         max_batch: int = MAX_BATCH,
         linger: float = 0.0,
-        on_unreachable: Callable[[], None] | None = None,
-        on_settled: Callable[[Iterable[str]], None] | None = None,
+        leases: LeaseBook | None = None,
     ) -> None:
+        """``leases``: the lease book to tell (none given: leasing is off)."""
         self._control = control
-        self._on_settled = on_settled  # told the request ids whose settle control or the spool took
         self._spool = spool
         self._replayer = replayer
-        self._max_batch = max_batch
-        self._linger = linger
-        self._on_unreachable = on_unreachable  # told when a batch could not reach control at all
-        self._queue: collections.deque[Settlement] = collections.deque()
-        self._in_flight = 0
-        self._wake = asyncio.Event()
-        self._batch_ready = asyncio.Event()  # a whole batch is queued, or shutdown began: linger no longer
-        self._sender: asyncio.Task[None] | None = None
-        self._closing = False
+        self._leases = leases if leases is not None else LeaseBook(control, 0)
+        self._batcher = Batcher(self._send, name="settle", max_batch=max_batch, linger=linger)
 
     @classmethod
     async def start(
         cls,
-        control: ControlClient,
+        control: ControlPort,
         spool_dir: str | os.PathLike[str],
         spool_max_bytes: int,
         *,
         linger: float = 0.0,
-        on_unreachable: Callable[[], None] | None = None,
-        on_settled: Callable[[Iterable[str]], None] | None = None,
+        leases: LeaseBook | None = None,
     ) -> Settler:
         """Open the spool and start replaying whatever it holds (also what an earlier process left)."""
         spool = await Spool.open(spool_dir, max_bytes=spool_max_bytes)
         replayer = Replayer(control, spool)
         replayer.start()
-        return cls(control, spool, replayer, linger=linger, on_unreachable=on_unreachable, on_settled=on_settled)
+        return cls(control, spool, replayer, linger=linger, leases=leases)
 
     @property
     def spool_empty(self) -> bool:
@@ -101,7 +94,7 @@ class Settler:
     @property
     def pending(self) -> int:
         """Settles submitted and not yet taken by control or the spool."""
-        return len(self._queue) + self._in_flight
+        return self._batcher.pending
 
     @property
     def spool_full(self) -> bool:
@@ -120,42 +113,17 @@ class Settler:
         """Settlement in the background; ``missing_ok``: control may never have opened this reservation;
         ``leased``: the request was admitted from a lease (its settle opens its row)."""
         latency_ns = int((time.perf_counter() - started_at) * 1e9)
-        self._queue.append(Settlement(request_id, outcome, latency_ns, leased, missing_ok))
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_forever())
-        self._wake.set()
-        if len(self._queue) >= self._max_batch:
-            self._batch_ready.set()
+        self._batcher.submit(Settlement(request_id, outcome, latency_ns, leased, missing_ok))
 
-    async def _send_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._gather_more()
-            while self._queue:
-                count = min(len(self._queue), self._max_batch)
-                batch = [self._queue.popleft() for _ in range(count)]
-                self._in_flight = count
-                try:
-                    await self._send(batch)
-                except asyncio.CancelledError:
-                    # Shutdown ran out of patience: keep them on disk for the next start.
-                    await asyncio.shield(self._spool_all(batch))
-                    raise
-                finally:
-                    self._in_flight = 0
-            if self._closing:
-                return
+    async def _send(self, batch: list[Settlement]) -> None:
+        try:
+            await self._send_now(batch)
+        except asyncio.CancelledError:
+            # Shutdown ran out of patience: keep them on disk for the next start.
+            await asyncio.shield(self._spool_all(batch))
+            raise
 
-    async def _gather_more(self) -> None:
-        """Linger for more settles to join the batch (not once a whole batch waits, not at shutdown)."""
-        if self._linger and not self._closing and len(self._queue) < self._max_batch:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._linger):
-                    await self._batch_ready.wait()
-        self._batch_ready.clear()
-
-    async def _send(self, batch: Sequence[Settlement]) -> None:
+    async def _send_now(self, batch: Sequence[Settlement]) -> None:
         if not self._spool.empty:
             await self._spool_all(batch)
             return
@@ -166,8 +134,8 @@ class Settler:
                 _log.warning(
                     "batch of %d settles not taken (%s %s); spooling it", len(batch), error.code.name, error.reason
                 )
-            if self._on_unreachable is not None and error.code in _UNREACHABLE:
-                self._on_unreachable()
+            if error.code in _UNREACHABLE:
+                self._leases.drop_all()
             await self._spool_all(batch)
             return
         except Exception as error:  # a settle must never vanish without a trace: spool it
@@ -184,8 +152,7 @@ class Settler:
 
     def _tell_settled(self, settles: Sequence[Settlement]) -> None:
         """Control or the spool took these: the lease journal may forget the leased ones."""
-        if self._on_settled is not None:
-            self._on_settled(settle.request_id for settle in settles if settle.leased is not None)
+        self._leases.settled(settle.request_id for settle in settles if settle.leased is not None)
 
     def _keep(self, settle: Settlement, error: ClaudeOpusError) -> bool:
         """Whether a settle control refused on its own should be spooled and tried again."""
@@ -217,16 +184,9 @@ class Settler:
         self._tell_settled((settle,))
 
     async def aclose(self) -> None:
-        """Send what is queued (up to a grace period; the rest is spooled), then stop replay and the spool."""
-        self._closing = True
-        if self._sender is not None:
-            self._wake.set()
-            self._batch_ready.set()
-            await finish(self._sender, SHUTDOWN_GRACE_SECONDS)
-            self._sender = None
-        if self._queue:
-            left = list(self._queue)
-            self._queue.clear()
+        """Send what is queued (up to the grace period; the rest is spooled), then stop replay and the spool."""
+        left = await self._batcher.aclose()
+        if left:
             _log.warning("%d settles still queued at shutdown: spooling them for the next start", len(left))
             await self._spool_all(left)
         if self._replayer is not None:

@@ -23,8 +23,8 @@ from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from claudeopus.control.domain.sqlbind import Binder
 from claudeopus.control.models import UsageRecord, UsageSource, UsageStatus
+from claudeopus.control.store.sql import Binder, db_value, pg_types
 
 # Rows per INSERT of a batch: 17 bound values each stays far below every driver's limit.
 INSERT_ROWS = 500
@@ -34,16 +34,17 @@ async def open_record(conn: BaseDBAsyncClient, fields: dict[str, Any], epoch: in
     """Insert the row of a reservation (:func:`open_fields`); IntegrityError if the request id is taken.
 
     With ``epoch``, only while the auth epoch still has that value (see
-    :mod:`~claudeopus.control.domain.auth_cache`): None when it moved on, nothing inserted.
+    :mod:`~claudeopus.control.store.auth_epoch`): None when it moved on, nothing inserted.
     """
     bind = Binder(conn.capabilities.dialect)
     if epoch is None:
         values = ", ".join(bind(db_value(value)) for value in fields.values())
         sql = f"INSERT INTO usage_record ({', '.join(fields)}) VALUES ({values}) RETURNING id"  # noqa: S608
     else:
-        postgres = conn.capabilities.dialect == "postgres"
+        # PostgreSQL cannot infer the type of a bound value in a SELECT list.
+        types = pg_types(UsageRecord) if conn.capabilities.dialect == "postgres" else None
         values = ", ".join(
-            f"CAST({bind(db_value(value))} AS {_PG_TYPES[name]})" if postgres else bind(db_value(value))
+            f"CAST({bind(db_value(value))} AS {types[name]})" if types else bind(db_value(value))
             for name, value in fields.items()
         )
         sql = (
@@ -105,15 +106,15 @@ async def insert_open_records(
         return []
     columns = list(rows[0])
     inserted: list[uuid.UUID] = []
-    postgres = conn.capabilities.dialect == "postgres"
+    types = pg_types(UsageRecord) if conn.capabilities.dialect == "postgres" else None
     for start in range(0, len(rows), INSERT_ROWS):
         bind = Binder(conn.capabilities.dialect)
         part = rows[start : start + INSERT_ROWS]
-        if postgres:
+        if types:
             # One array per column: the statement's text is the same whatever the batch's size,
             # so asyncpg prepares it once per connection instead of once per batch.
             arrays = ", ".join(
-                f"{bind([db_value(row[column]) for row in part])}::{_PG_TYPES[column]}[]" for column in columns
+                f"{bind([db_value(row[column]) for row in part])}::{types[column]}[]" for column in columns
             )
             values = f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 - fixed names, bound values
         else:
@@ -132,35 +133,3 @@ async def insert_open_records(
 
 def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-# Column types for the bound values of INSERT ... SELECT, which PostgreSQL cannot infer there.
-_PG_TYPES = {
-    "request_id": "UUID",
-    "api_key_id": "BIGINT",
-    "account_id": "BIGINT",
-    "model": "VARCHAR",
-    "input_tokens": "BIGINT",
-    "output_tokens": "BIGINT",
-    "estimated_input_tokens": "BIGINT",
-    "max_output_tokens": "BIGINT",
-    "latency_us": "BIGINT",
-    "status": "SMALLINT",
-    "source": "SMALLINT",
-    "http_status": "SMALLINT",
-    "stream": "BOOLEAN",
-    "created_at": "TIMESTAMPTZ",
-    "cost_micros": "BIGINT",
-    "reserved_cost_micros": "BIGINT",
-    "reserved_counters": "VARCHAR",
-    "settled_at": "TIMESTAMPTZ",
-}
-
-
-def db_value(value: object) -> object:
-    """``value`` as bound in hand-written SQL: UUIDs as the ORM stores them, enums as their numbers."""
-    if isinstance(value, uuid.UUID):
-        return str(value)  # as the ORM stores a UUIDField, on PostgreSQL and SQLite alike
-    if isinstance(value, UsageStatus | UsageSource):
-        return int(value)
-    return value

@@ -1,81 +1,33 @@
-"""The edge's client of control's internal GatewayService.
+"""Control's internal GatewayService over gRPC: the edge's one client of it.
 
-Control's answers become OpenAI-shaped errors here; if control cannot be
-reached in time the edge fails closed with 503 and forwards nothing.
+The only edge module that imports the gateway's generated code: it turns the edge's own
+metering types into the gateway's messages and the answers back, and every gRPC failure into
+a :class:`~claudeopus.client.ClaudeOpusError`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf import duration_pb2
 
-from claudeopus import keys
-from claudeopus.client import ClaudeOpusError, UnavailableError, error_of, from_rpc_error
-from claudeopus.edge import errors
+from claudeopus.client import ClaudeOpusError, error_of, from_rpc_error
 from claudeopus.edge.completions import CompletionRequest
+from claudeopus.edge.metering.port import AuthorizeCall
 from claudeopus.edge.metering.types import KeyInfo, Lease, LeasedReservation, LeaseUse, RecoveredLease, Settlement
 from claudeopus.v1 import error_reason_pb2, gateway_pb2, gateway_pb2_grpc, usage_pb2
 
-_log = logging.getLogger(__name__)
+__all__ = ["GrpcControl"]
 
 
-UNAVAILABLE_MESSAGE = "The gateway could not check your API key right now; nothing was forwarded. Please retry."
-
-# How a request that was never forwarded is settled: nothing used.
-NOT_FORWARDED_STATUS = 503
-
-
-class AuthorizeTimedOut(errors.ControlUnavailable):
-    """Authorize passed its deadline: control may still have reserved, so the edge releases it."""
-
-
-def openai_error(error: ClaudeOpusError) -> errors.OpenAIError:
-    """Control's refusal of a key or a request, as the OpenAI error the client gets."""
-    reason, message = error.reason, error.message
-    if reason == "KEY_INVALID":
-        return errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
-    if reason == "KEY_REVOKED":
-        return errors.AuthenticationFailed(message, code="api_key_revoked")
-    if reason == "KEY_EXPIRED":
-        return errors.AuthenticationFailed(message, code="api_key_expired")
-    if reason == "KEY_ROTATED":
-        return errors.AuthenticationFailed(message, code="api_key_rotated")
-    if reason in ("KEY_SCOPE_DENIED", "ACCOUNT_SUSPENDED"):
-        return errors.PermissionDenied(message, code=reason.lower())
-    if reason == "MODEL_NOT_ALLOWED":
-        return errors.PermissionDenied(message, code="model_not_allowed", param="model")
-    if reason == "MODEL_NOT_AVAILABLE":
-        return errors.PermissionDenied(message, code="model_not_available", param="model")
-    if reason == "BUDGET_EXHAUSTED":
-        return errors.QuotaExceeded(message, code="insufficient_quota")
-    if reason == "FIELD_INVALID":
-        field = next(iter(error.field_violations), None)
-        return errors.BadRequest(message, code="invalid_value", param=field)
-    if reason == "SERVICE_CREDENTIAL_INVALID":
-        _log.error("control refused the edge's service token; check CLAUDEOPUS_SERVICE_TOKEN on both")
-    elif not isinstance(error, UnavailableError):
-        _log.error("authorization failed with %s (%s)", error.code.name, reason or "no reason")
-    return errors.ControlUnavailable(UNAVAILABLE_MESSAGE, code="control_unavailable")
-
-
-def key_hash(secret: str) -> bytes:
-    """The SHA-256 control knows a key by; a string that cannot be a key is refused here."""
-    if not keys.looks_like_secret(secret):
-        raise errors.AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
-    return keys.hash_secret_bytes(secret)
-
-
-class ControlClient:
-    """Authorize and settle over one shared gRPC channel.
+class GrpcControl:
+    """The :class:`~claudeopus.edge.metering.port.ControlPort` over one shared gRPC channel.
 
     Example::
 
-        control = ControlClient(channel, service_token, timeout=5.0)
-        await control.authorize(request_id, secret, completion)
+        control = GrpcControl(channel, service_token, timeout=5.0)
+        [cap] = await control.authorize_batch([AuthorizeCall(request_id, key_hash, completion)])
     """
 
     def __init__(self, channel: grpc.aio.Channel, service_token: str, timeout: float) -> None:
@@ -83,12 +35,13 @@ class ControlClient:
         self._metadata = (("authorization", f"Bearer {service_token}"),)
         self._timeout = timeout
 
-    async def verify(self, secret: str) -> KeyInfo:
-        request = gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash(secret))
+    async def verify(self, key_hash: bytes) -> KeyInfo:
+        """What the key may use; raises :class:`ClaudeOpusError` when control refuses it."""
+        request = gateway_pb2.VerifyApiKeyRequest(key_hash=key_hash)
         try:
             reply = await self._stub.VerifyApiKey(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
-            raise openai_error(from_rpc_error(error)) from None
+            raise from_rpc_error(error) from None
         return KeyInfo(allowed_models=tuple(reply.allowed_models), priced_models=frozenset(reply.priced_models))
 
     async def authorize_batch(self, calls: Sequence[AuthorizeCall]) -> list[int | ClaudeOpusError]:
@@ -121,14 +74,6 @@ class ControlClient:
                 grpc.StatusCode.INTERNAL, "BatchAuthorize answered for a different number of requests"
             )
         return [_authorize_answer(result) for result in reply.results]
-
-    async def settle(self, settle: Settlement) -> None:
-        """Settle once; raises :class:`ClaudeOpusError` (the settler decides about retries)."""
-        request = _settle_request(settle)
-        try:
-            await self._stub.Settle(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
 
     async def settle_batch(self, settles: Sequence[Settlement]) -> list[ClaudeOpusError | None]:
         """Settle many in one call: per settle, None when control took it, else why it refused it.
@@ -208,15 +153,6 @@ class ControlClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
         return reply.rows_opened
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizeCall:
-    """One request to authorize: its id, its key's hash and what it asks for."""
-
-    request_id: str
-    key_hash: bytes
-    completion: CompletionRequest
 
 
 def _settle_request(settle: Settlement) -> gateway_pb2.SettleRequest:

@@ -1,25 +1,20 @@
-"""Authorizing completions with control in batches: one owned task, one BatchAuthorize at a time.
+"""Authorizing completions with control in batches (:mod:`~claudeopus.edge.metering.batcher`).
 
-A gRPC call costs far more CPU on both sides than the work control does for one request,
-so the edge does not make one per request: each request waits in a queue, and one owned
-task sends whatever is queued in one BatchAuthorize (up to ``max_batch``), then the next.
-A quiet edge therefore authorizes each request at once, alone; a busy one in batches as
-big as its concurrency, at one call's cost. Control decides every entry exactly as a
-single Authorize would, in queue order.
+Each request waits in the authorize batcher's queue; its owned task sends whatever is queued
+in one BatchAuthorize, then the next. Control decides every entry exactly as it would alone,
+in queue order.
 
 Each request waits at most ``timeout`` (``CLAUDEOPUS_CONTROL_TIMEOUT``) in all. A request
 that gives up while still queued is never sent (503, nothing reserved); one that gives up
-while its batch is on its way raises :class:`~claudeopus.edge.control.AuthorizeTimedOut`,
-so that the forwarder releases what control may have reserved. The task is awaited on
-shutdown; requests still queued then get 503.
+while its batch is on its way raises :class:`~claudeopus.edge.metering.refusals.AuthorizeTimedOut`,
+so that what control may have reserved is released. The task is awaited on shutdown;
+requests still queued then get 503.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -27,23 +22,15 @@ import grpc
 from claudeopus.client import ClaudeOpusError
 from claudeopus.edge import errors
 from claudeopus.edge.completions import CompletionRequest
-from claudeopus.edge.control import (
-    UNAVAILABLE_MESSAGE,
-    AuthorizeCall,
-    AuthorizeTimedOut,
-    ControlClient,
-    key_hash,
-    openai_error,
-)
-from claudeopus.edge.tasks import finish
+from claudeopus.edge.metering.batcher import MAX_BATCH, Batcher
+from claudeopus.edge.metering.port import AuthorizeCall, ControlPort
+from claudeopus.edge.metering.refusals import openai_error, timed_out, unavailable
 
 _log = logging.getLogger(__name__)
-MAX_BATCH = 256
 LEASES_END_KEY = "leases_end_in_ms"
 # Refused while leases hold what a budget has left: asked again after 10, 20, 40 ms... until they end.
 FIRST_RECHECK_SECONDS = 0.01
 MAX_LEASE_WAIT_SECONDS = 62.0  # a lease lives at most 60 s, and its return takes a moment
-SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -54,32 +41,28 @@ class _Waiting:
 
 
 class Authorizer:
-    """Queue authorizes for one owned sending task; :meth:`aclose` stops it.
+    """Authorize requests through one owned batcher; :meth:`aclose` stops it.
 
     Example::
 
         authorizer = Authorizer(control, timeout=5.0)
-        cap = await authorizer.authorize(request_id, secret, completion)  # or an OpenAIError
+        cap = await authorizer.authorize(request_id, key_hash, completion)  # or an OpenAIError
         await authorizer.aclose()
     """
 
-    def __init__(self, control: ControlClient, timeout: float, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, control: ControlPort, timeout: float, *, max_batch: int = MAX_BATCH) -> None:
         self._control = control
         self._timeout = timeout
-        self._max_batch = max_batch
-        self._queue: collections.deque[_Waiting] = collections.deque()
-        self._wake = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
-        self._closing = False
+        self._batcher = Batcher(self._send, name="authorize", max_batch=max_batch, stale=_gave_up)
 
-    async def authorize(self, request_id: str, secret: str, completion: CompletionRequest) -> int:
+    async def authorize(self, request_id: str, key_hash: bytes, completion: CompletionRequest) -> int:
         """Reserve the request; returns the output cap the upstream must get (0: none needed).
 
         Refused because leases (see leases.py) hold what the budget has left, it asks again as
         those leases end and are returned, until the last one has: near a limit, a request is
         refused only when the budget cannot hold it, as without leases.
         """
-        call = AuthorizeCall(request_id, key_hash(secret), completion)
+        call = AuthorizeCall(request_id, key_hash, completion)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         pause = FIRST_RECHECK_SECONDS
@@ -96,39 +79,22 @@ class Authorizer:
                 pause *= 2
 
     async def _authorize_once(self, call: AuthorizeCall) -> int:
+        if self._batcher.closing:
+            raise unavailable()
         waiting = _Waiting(call)
-        if self._closing:
-            raise _unavailable()
-        self._queue.append(waiting)
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_forever())
-        self._wake.set()
+        self._batcher.submit(waiting)
         try:
             async with asyncio.timeout(self._timeout):
                 return await waiting.answer
         except TimeoutError:
             # Still queued: it is never sent. On its way: control may reserve it yet.
             if waiting.sent:
-                raise AuthorizeTimedOut(UNAVAILABLE_MESSAGE, code="control_unavailable") from None
-            raise _unavailable() from None
+                raise timed_out() from None
+            raise unavailable() from None
 
-    async def _send_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch: list[_Waiting] = []
-                while self._queue and len(batch) < self._max_batch:
-                    waiting = self._queue.popleft()
-                    if not waiting.answer.done():  # its caller gave up while it was queued
-                        waiting.sent = True
-                        batch.append(waiting)
-                if batch:
-                    await self._send(batch)
-            if self._closing:
-                return
-
-    async def _send(self, batch: Sequence[_Waiting]) -> None:
+    async def _send(self, batch: list[_Waiting]) -> None:
+        for waiting in batch:
+            waiting.sent = True
         try:
             answers = await self._control.authorize_batch([waiting.call for waiting in batch])
         except ClaudeOpusError as error:
@@ -145,16 +111,10 @@ class Authorizer:
                 waiting.answer.set_result(answer)
 
     async def aclose(self) -> None:
-        """Let the batch on its way finish (up to a grace period); requests still queued get 503."""
-        self._closing = True
-        if self._sender is not None:
-            self._wake.set()
-            await finish(self._sender, SHUTDOWN_GRACE_SECONDS)
-            self._sender = None
-        while self._queue:
-            waiting = self._queue.popleft()
+        """Let the batch on its way finish (up to the grace period); requests still queued get 503."""
+        for waiting in await self._batcher.aclose():
             if not waiting.answer.done():
-                waiting.answer.set_exception(_unavailable())
+                waiting.answer.set_exception(unavailable())
 
 
 class _HeldByLeases(Exception):
@@ -176,9 +136,10 @@ def _held_by_leases(error: ClaudeOpusError) -> _HeldByLeases | None:
 def _refusal(error: ClaudeOpusError) -> errors.OpenAIError:
     """A fresh error per request (the forwarder adds its own headers to it)."""
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return AuthorizeTimedOut(UNAVAILABLE_MESSAGE, code="control_unavailable")
+        return timed_out()
     return openai_error(error)
 
 
-def _unavailable() -> errors.OpenAIError:
-    return errors.ControlUnavailable(UNAVAILABLE_MESSAGE, code="control_unavailable")
+def _gave_up(waiting: _Waiting) -> bool:
+    """Its caller gave up while it was queued: it is never sent."""
+    return waiting.answer.done()
