@@ -30,6 +30,7 @@ import grpc
 
 from bench.login_flood import FLOOD_CONTROL_ENV
 from bench.procs import Process, free_port
+from bench.scenarios import LEASE_SECONDS
 from bench.upstream import MODEL
 from claudeopus.cli.servers import FIRST_START_FILE
 from claudeopus.client import ClaudeOpusClient
@@ -110,6 +111,19 @@ def start_control(database_url: str, token: str, log_dir: Path) -> Server:
     env = {"CLAUDEOPUS_SERVICE_TOKEN": token, "CLAUDEOPUS_DATABASE_URL": database_url, **FLOOD_CONTROL_ENV}
     argv = [*claudeopus_argv(), "control", "--grpc", target, "--log-level", "warning"]
     return Server(Process("control", argv, env, log_dir), target)
+
+
+def start_path(path: str, name: str, upstream_url: str, log_dir: Path, *, control: str, token: str) -> Server:
+    """The process of a scenario's path (not ``direct``); not waited for. ``control``: its address, for
+    the paths through it (``full``, ``unleased``)."""
+    if path == "floor":
+        return start_floor(name, upstream_url, log_dir)
+    if path == "bare":
+        return start_bare_edge(f"edge-{name}", upstream_url, log_dir)
+    if path in ("serve", "serve-workers"):
+        return start_serve(name, upstream_url, log_dir, edge_workers=1 if path == "serve-workers" else 0)
+    lease_seconds = 0.0 if path == "unleased" else LEASE_SECONDS
+    return start_edge(f"edge-{name}", control, upstream_url, token, log_dir, lease_seconds=lease_seconds)
 
 
 def start_edge(
