@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,9 @@ import grpc
 
 from bench.login_flood import FLOOD_CONTROL_ENV
 from bench.procs import Process, free_port
+from bench.scenarios import LEASE_SECONDS
 from bench.upstream import MODEL
+from claudeopus.cli.servers import FIRST_START_FILE
 from claudeopus.client import ClaudeOpusClient
 from claudeopus.control.settings import DEFAULT_BOOTSTRAP_TOKEN_FILE
 from claudeopus.v1 import budgets_pb2, budgets_pb2_grpc
@@ -39,6 +42,7 @@ from claudeopus.v1 import budgets_pb2, budgets_pb2_grpc
 RESELLER_LIMIT = 10**15
 KEY_LIMIT = 10**14
 SETTLE_DRAIN_SECONDS = 30.0
+FIRST_START_TIMEOUT_SECONDS = 30.0
 
 
 def claudeopus_argv() -> list[str]:
@@ -109,6 +113,19 @@ def start_control(database_url: str, token: str, log_dir: Path) -> Server:
     return Server(Process("control", argv, env, log_dir), target)
 
 
+def start_path(path: str, name: str, upstream_url: str, log_dir: Path, *, control: str, token: str) -> Server:
+    """The process of a scenario's path (not ``direct``); not waited for. ``control``: its address, for
+    the paths through it (``full``, ``unleased``)."""
+    if path == "floor":
+        return start_floor(name, upstream_url, log_dir)
+    if path == "bare":
+        return start_bare_edge(f"edge-{name}", upstream_url, log_dir)
+    if path in ("serve", "serve-workers"):
+        return start_serve(name, upstream_url, log_dir, edge_workers=1 if path == "serve-workers" else 0)
+    lease_seconds = 0.0 if path == "unleased" else LEASE_SECONDS
+    return start_edge(f"edge-{name}", control, upstream_url, token, log_dir, lease_seconds=lease_seconds)
+
+
 def start_edge(
     name: str, control_target: str, upstream_url: str, token: str, log_dir: Path, *, lease_seconds: float = 0.0
 ) -> Server:
@@ -137,12 +154,54 @@ def start_edge(
 
 def start_bare_edge(name: str, upstream_url: str, log_dir: Path) -> Server:
     """The edge app with control stubbed out (:mod:`bench.bare_edge`); not waited for."""
+    return _start_bench_module(name, "bench.bare_edge", upstream_url, log_dir)
+
+
+def start_floor(name: str, upstream_url: str, log_dir: Path) -> Server:
+    """The minimal relay (:mod:`bench.floor`); not waited for."""
+    return _start_bench_module(name, "bench.floor", upstream_url, log_dir)
+
+
+def _start_bench_module(name: str, module: str, upstream_url: str, log_dir: Path) -> Server:
     address = f"127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "bench.bare_edge", "--http", address, "--upstream-url", upstream_url]
+    argv = [sys.executable, "-m", module, "--http", address, "--upstream-url", upstream_url]
     # The child starts in the log directory: put the repository (bench's parent) on its path.
     path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))
     env = {"PYTHONPATH": path, "CLAUDEOPUS_SPOOL_DIR": str(log_dir / f"{name}.spool")}
     return Server(Process(name, argv, env, log_dir), f"http://{address}/v1")
+
+
+def start_serve(name: str, upstream_url: str, log_dir: Path, *, edge_workers: int = 0) -> Server:
+    """``claudeopus serve`` (control and edge in one process; with ``edge_workers``, that many edge
+    processes beside it) on a new SQLite database in a directory of its own, where it writes its
+    first-start file; not waited for."""
+    directory = log_dir / name
+    directory.mkdir()
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        *claudeopus_argv(),
+        "serve",
+        "--http",
+        address,
+        "--grpc",
+        f"127.0.0.1:{free_port()}",
+        "--database-url",
+        f"sqlite://{directory / 'serve.db'}",
+        "--upstream-url",
+        upstream_url,
+        "--log-level",
+        "warning",
+    ]
+    env = {"CLAUDEOPUS_SPOOL_DIR": str(directory / "spool"), "CLAUDEOPUS_WORKERS": str(edge_workers)}
+    env.update(FLOOD_CONTROL_ENV)
+    return Server(Process(name, argv, env, directory), f"http://{address}/v1")
+
+
+def serve_control_target(serve: Server) -> str:
+    """The gRPC target of a ``claudeopus serve`` process (its ``--grpc``)."""
+    argv = serve.process.popen.args
+    assert isinstance(argv, list)
+    return str(argv[argv.index("--grpc") + 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +220,26 @@ def provision(control_target: str, control_dir: Path) -> Keys:
     return asyncio.run(_provision(control_target, token))
 
 
+def provision_serve(serve: Server) -> Keys:
+    """The accounts, keys and budgets on a ``claudeopus serve`` process, as the admin it bootstrapped
+    (whose key its first start wrote to a file, stdout not being a terminal)."""
+    first_start = serve.process.stdout_path.parent / FIRST_START_FILE
+    deadline = time.monotonic() + FIRST_START_TIMEOUT_SECONDS  # written just after the edge listens
+    while not first_start.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = first_start.read_text()
+    admin_key = next(line.split(":", 1)[1].strip() for line in text.splitlines() if "admin management key" in line)
+    return asyncio.run(_provision_as(serve_control_target(serve), admin_key))
+
+
 async def _provision(target: str, token: str) -> Keys:
     async with ClaudeOpusClient(target) as anonymous:
         admin = await anonymous.bootstrap_admin("admin@bench.invalid", "Benchmark admin", token=token)
-    async with ClaudeOpusClient(target, key=admin.secret) as client:
+    return await _provision_as(target, admin.secret)
+
+
+async def _provision_as(target: str, admin_key: str) -> Keys:
+    async with ClaudeOpusClient(target, key=admin_key) as client:
         reseller = await client.create_account(email="reseller@bench.invalid", role="reseller")
         user = await client.create_account(email="user@bench.invalid", role="user", parent=reseller.name)
         budgeted = await client.create_api_key(parent=user.name, display_name="bench, budgets")
@@ -180,9 +255,9 @@ async def _provision(target: str, token: str) -> Keys:
                 metric=budgets_pb2.BUDGET_METRIC_TOTAL_TOKENS, period=budgets_pb2.BUDGET_PERIOD_MONTHLY, limit=limit
             )
             request = budgets_pb2.CreateBudgetRequest(parent=owner, budget=budget)
-            created = await stub.CreateBudget(request, metadata=_bearer(admin.secret), timeout=10)
+            created = await stub.CreateBudget(request, metadata=_bearer(admin_key), timeout=10)
             names.append(created.name)
-    return Keys(admin_key=admin.secret, budgeted=budgeted.secret, unbudgeted=unbudgeted.secret, budgets=tuple(names))
+    return Keys(admin_key=admin_key, budgeted=budgeted.secret, unbudgeted=unbudgeted.secret, budgets=tuple(names))
 
 
 def budget_state(control_target: str, keys: Keys) -> list[dict[str, object]]:

@@ -10,10 +10,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -149,3 +151,31 @@ def wait_for_grpc(process: Process, target: str) -> None:
                 pass
             time.sleep(0.1)
     raise process.fail("not serving gRPC in time")
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of some processes about once a second while the block runs."""
+
+    INTERVAL_SECONDS = 1.0
+
+    def __init__(self, pids: list[int], start: float) -> None:
+        super().__init__(daemon=True)
+        self._pids = pids
+        self._start = start
+        self._stop_event = threading.Event()
+        self.samples: dict[int, list[tuple[float, float]]] = {pid: [] for pid in pids}
+
+    def __enter__(self) -> RssSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.INTERVAL_SECONDS):
+            elapsed = round(time.monotonic() - self._start, 1)
+            for pid in self._pids:
+                with contextlib.suppress(OSError):
+                    self.samples[pid].append((elapsed, round(memory(pid).rss_mb, 1)))

@@ -27,9 +27,21 @@ MAX_RSS_GROWTH_PCT = 10.0
 MAX_RSS_MB = 150.0
 # The full path's p99 under a login flood against control, over its p99 without one.
 MAX_P99_UNDER_LOGIN_FLOOD = 1.20
+# The edge's own cost against the minimal relay (floor): throughput at the most connections, and
+# the p50 latency added at the fewest.
+MIN_BARE_OF_FLOOR = 0.85
+MIN_FULL_OF_FLOOR = 0.80
+MAX_BARE_ADDED_P50_OVER_FLOOR_MS = 0.10
+MAX_FULL_ADDED_P50_OVER_FLOOR_MS = 0.15
+# ``claudeopus serve``'s p99 at the most connections, over the split deployment's (full).
+MAX_SERVE_P99_OF_FULL = 2.0
 NOT_MEASURED = "-"
 
 _RATIOS = (
+    ("bare / floor", "bare", "floor"),
+    ("full / floor", "full", "floor"),
+    ("serve / floor", "serve", "floor"),
+    ("serve-workers / floor", "serve-workers", "floor"),
     ("full / bare", "full", "bare"),
     ("full / direct", "full", "direct"),
     ("full-stream / bare-stream", "full-stream", "bare-stream"),
@@ -38,6 +50,8 @@ _RATIOS = (
     ("full-unleased / bare", "full-unleased", "bare"),
     ("full-unleased-stream / bare-stream", "full-unleased-stream", "bare-stream"),
 )
+# The paths whose latency over the floor is shown.
+_OVER_FLOOR = ("bare", "full", "serve", "serve-workers")
 # The paths the targets are checked for: the full path as configured by default, and with leases off.
 _TARGET_PATHS = (("full", "full-stream", ""), ("full-unleased", "full-unleased-stream", ", leases off"))
 
@@ -74,11 +88,21 @@ def ratios(results: Results) -> list[dict[str, object]]:
             row["p99 full-login-flood / full"] = _ratio(
                 cell_value("full-login-flood", "p99_ms"), cell_value("full", "p99_ms")
             )
+            row["p99 serve / full"] = _ratio(cell_value("serve", "p99_ms"), cell_value("full", "p99_ms"))
+            row["p99 serve-workers / full"] = _ratio(
+                cell_value("serve-workers", "p99_ms"), cell_value("full", "p99_ms")
+            )
             for base in ("direct", "bare"):
                 for percentile in ("p50", "p99"):
                     attribute = f"{percentile}_ms"
                     row[f"added {percentile} ms vs {base}"] = _diff(
                         cell_value("full", attribute), cell_value(base, attribute)
+                    )
+            for path in _OVER_FLOOR:
+                for percentile in ("p50", "p99"):
+                    attribute = f"{percentile}_ms"
+                    row[f"{path}: added {percentile} ms vs floor"] = _diff(
+                        cell_value(path, attribute), cell_value("floor", attribute)
                     )
             rows.append(row)
     return rows
@@ -92,7 +116,7 @@ def targets(results: Results) -> list[dict[str, object]]:
     low = 1 if 1 in connections else (connections[0] if connections else 0)
     rows: list[dict[str, object]] = []
 
-    def add(name: str, measured: float, limit: float, *, at_most: bool) -> None:
+    def add(name: str, measured: float, limit: float, *, at_most: bool = False) -> None:
         met: bool | None = None
         if math.isfinite(measured):
             met = measured <= limit if at_most else measured >= limit
@@ -102,26 +126,27 @@ def targets(results: Results) -> list[dict[str, object]]:
         cell = results.cell(workers, name, c)
         return float(getattr(cell, attribute)) if cell is not None else None
 
+    def ratio(path: str, base: str, c: int, attribute: str = "rps") -> float:
+        return _ratio(get(path, c, attribute), get(base, c, attribute))
+
+    def added(path: str, base: str, c: int, attribute: str) -> float:
+        return _diff(get(path, c, attribute), get(base, c, attribute))
+
     ttfb_low = min((c.connections for c in results.ttfb), default=0)
     direct_ttfb = results.ttfb_cell(workers, "direct-stream", ttfb_low)
     for path, stream_path, note in _TARGET_PATHS:
         if not any(c.scenario in (path, stream_path) for c in results.cells) and path != "full":
             continue
-        add(
-            f"throughput at {top} connections, {path} / bare relay",
-            _ratio(get(path, top, "rps"), get("bare", top, "rps")),
-            MIN_THROUGHPUT_OF_BARE,
-            at_most=False,
-        )
+        add(f"throughput at {top} connections, {path} / bare relay", ratio(path, "bare", top), MIN_THROUGHPUT_OF_BARE)
         add(
             f"added p50 latency at {low} connection(s) over direct{note}, ms",
-            _diff(get(path, low, "p50_ms"), get("direct", low, "p50_ms")),
+            added(path, "direct", low, "p50_ms"),
             MAX_ADDED_P50_MS,
             at_most=True,
         )
         add(
             f"added p99 latency at {low} connection(s) over direct{note}, ms",
-            _diff(get(path, low, "p99_ms"), get("direct", low, "p99_ms")),
+            added(path, "direct", low, "p99_ms"),
             MAX_ADDED_P99_MS,
             at_most=True,
         )
@@ -135,12 +160,22 @@ def targets(results: Results) -> list[dict[str, object]]:
             MAX_TTFB_OVERHEAD_MS,
             at_most=True,
         )
+    for path, throughput, added_p50 in (
+        ("bare", MIN_BARE_OF_FLOOR, MAX_BARE_ADDED_P50_OVER_FLOOR_MS),
+        ("full", MIN_FULL_OF_FLOOR, MAX_FULL_ADDED_P50_OVER_FLOOR_MS),
+    ):
+        add(f"throughput at {top} connections, {path} / floor", ratio(path, "floor", top), throughput)
+        over_floor = added(path, "floor", low, "p50_ms")
+        add(f"added p50 latency at {low} connection(s), {path} over floor, ms", over_floor, added_p50, at_most=True)
+    for serve in ("serve", "serve-workers"):
+        split = ratio(serve, "full", top, "p99_ms")
+        add(f"p99 at {top} connections, {serve} / full (split deployment)", split, MAX_SERVE_P99_OF_FULL, at_most=True)
     for c in connections:
         flooded = get("full-login-flood", c, "p99_ms")
         if flooded is not None:
             add(
                 f"full path p99 at {c} connection(s) under a login flood / without",
-                _ratio(flooded, get("full", c, "p99_ms")),
+                ratio("full-login-flood", "full", c, "p99_ms"),
                 MAX_P99_UNDER_LOGIN_FLOOD,
                 at_most=True,
             )
@@ -278,6 +313,20 @@ def _ratio_tables(results: Results) -> list[str]:
     lines += _table(
         ["workers", "connections", "p50 vs direct", "p99 vs direct", "p50 vs bare", "p99 vs bare"],
         ([str(r["workers"]), str(r["connections"]), *(_ms(float(str(r[k]))) for k in keys)] for r in data),
+        right_from=0,
+    )
+    lines += ["## Latency added over the floor (ms; the path minus floor, same connections)", ""]
+    keys = [f"{path}: added {percentile} ms vs floor" for path in _OVER_FLOOR for percentile in ("p50", "p99")]
+    lines += _table(
+        ["workers", "connections", *(key.replace(": added", "").replace(" ms vs floor", "") for key in keys)],
+        ([str(r["workers"]), str(r["connections"]), *(_ms(float(str(r[k]))) for k in keys)] for r in data),
+        right_from=0,
+    )
+    lines += ["## p99 of `claudeopus serve` over the split deployment's (full)", ""]
+    keys = ["p99 serve / full", "p99 serve-workers / full"]
+    lines += _table(
+        ["workers", "connections", *keys],
+        ([str(r["workers"]), str(r["connections"]), *(_ratio_text(float(str(r[k]))) for k in keys)] for r in data),
         right_from=0,
     )
     return lines

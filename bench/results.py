@@ -9,8 +9,10 @@ Example::
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 
 from bench.ttfb import TtfbResult
@@ -164,3 +166,17 @@ def _finite(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]
     return value
+
+
+def now() -> str:
+    """The time of day in UTC, to the second (when a run started or finished)."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def without_credentials(url: str) -> str:
+    """A database URL fit for the results file: no user name or password."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return url
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))

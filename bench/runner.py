@@ -12,13 +12,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import datetime
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,13 +26,13 @@ import httpx
 from bench import gateway
 from bench.login_flood import LoginFlood
 from bench.machine import load_average, machine_info
-from bench.procs import Process, memory, wait_for_grpc, wait_for_http
-from bench.results import Cell, ProcessMemory, Results, RssRun, TtfbCell
+from bench.procs import Process, RssSampler, memory, wait_for_grpc, wait_for_http
+from bench.results import Cell, ProcessMemory, Results, RssRun, TtfbCell, now, without_credentials
 from bench.scenarios import (
     BY_NAME,
     CONTROL_PATHS,
     FLOOD_CONNECTIONS,
-    LEASE_SECONDS,
+    SERVE_PATHS,
     Options,
     Scenario,
     flood_request,
@@ -63,11 +61,14 @@ class _Context:
     upstream: NginxUpstream
     control: gateway.Server | None = None
     keys: gateway.Keys | None = None
+    # The keys on each ``claudeopus serve`` process (by path) of the worker count being measured.
+    serve_keys: dict[str, gateway.Keys] = field(default_factory=dict)
     results: Results = field(default_factory=lambda: Results(machine={}, options={}))
 
     def request(self, scenario: Scenario) -> Request:
-        budgeted = self.keys.budgeted if self.keys else ""
-        unbudgeted = self.keys.unbudgeted if self.keys else ""
+        keys = self.serve_keys.get(scenario.path) if scenario.path in SERVE_PATHS else self.keys
+        budgeted = keys.budgeted if keys else ""
+        unbudgeted = keys.unbudgeted if keys else ""
         return request_for(scenario, budgeted_key=budgeted, unbudgeted_key=unbudgeted)
 
 
@@ -97,14 +98,14 @@ def run_benchmark(options: Options, log: Log) -> Results:
     workdir = Path(tempfile.mkdtemp(prefix="claudeopus-bench-"))
     scenarios = [BY_NAME[name] for name in options.scenarios]
     needs_control = any(s.path in CONTROL_PATHS for s in scenarios)
-    started = _now()
+    started = now()
     log(f"bench: nginx {tools.nginx}, wrk {tools.wrk}, work directory {workdir}")
     try:
         with NginxUpstream(tools.nginx, workdir / "nginx") as upstream:
             context = _Context(options=options, tools=tools, workdir=workdir, log=log, upstream=upstream)
             context.results = Results(
                 machine=machine_info(tools, options.postgres if needs_control else ""),
-                options={**asdict(options), "postgres": _without_credentials(options.postgres)},
+                options={**asdict(options), "postgres": without_credentials(options.postgres)},
                 started=started,
             )
             if needs_control:
@@ -119,7 +120,7 @@ def run_benchmark(options: Options, log: Log) -> Results:
         log(f"bench: logs of the processes are kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    context.results.finished = _now()
+    context.results.finished = now()
     context.results.machine["load_average_end"] = load_average()
     return context.results
 
@@ -176,26 +177,20 @@ def _topology(context: _Context, scenarios: list[Scenario], workers: int, token:
     groups: dict[str, list[gateway.Server]] = {}
     try:
         for group in sorted({_group(s) for s in scenarios if s.path != "direct"}):
-            path, payload = group.split("-")
+            path, payload = group.rsplit("-", 1)
             upstream_url = upstream.sse_url if payload == "sse" else upstream.json_url
-            for index in range(workers):
-                name = f"edge-{group}-w{workers}-{index}"
-                if path == "bare":
-                    server = gateway.start_bare_edge(name, upstream_url, context.workdir)
-                else:
-                    assert context.control is not None
-                    server = gateway.start_edge(
-                        name,
-                        context.control.address,
-                        upstream_url,
-                        token,
-                        context.workdir,
-                        lease_seconds=0.0 if path == "unleased" else LEASE_SECONDS,
-                    )
+            # One ``claudeopus serve`` process whatever the worker count: it is one deployment.
+            for index in range(1 if path in SERVE_PATHS else workers):
+                control = context.control.address if context.control is not None else ""
+                name = f"{group}-w{workers}-{index}"
+                server = gateway.start_path(path, name, upstream_url, context.workdir, control=control, token=token)
                 groups.setdefault(group, []).append(server)
         for servers in groups.values():
             for server in servers:
                 wait_for_http(server.process, f"{server.address}/models")
+        for path in SERVE_PATHS:
+            for server in groups.get(f"{path}-json", []):
+                context.serve_keys[path] = gateway.provision_serve(server)
         direct = {False: f"{upstream.json_url}/chat/completions", True: f"{upstream.sse_url}/chat/completions"}
         context.log(f"bench: {workers} edge worker(s) per path started")
         yield _Topology(workers=workers, groups=groups, direct=direct)
@@ -357,7 +352,7 @@ def _rss_runs(context: _Context, topology: _Topology) -> None:
         edge = servers[0]
         context.log(f"bench: {options.requests_for_rss} requests through {edge.process.name} for RSS")
         before = memory(edge.process.pid)
-        with _Sampler([edge.process.pid, control_pid], start) as sampler:
+        with RssSampler([edge.process.pid, control_pid], start) as sampler:
             result = run_load(
                 context.tools.wrk,
                 [edge.completions_url],
@@ -394,44 +389,3 @@ def _rss_runs(context: _Context, topology: _Topology) -> None:
             samples=control_samples,
         )
     )
-
-
-class _Sampler(threading.Thread):
-    """Samples the RSS of some processes about once a second while the block runs."""
-
-    INTERVAL_SECONDS = 1.0
-
-    def __init__(self, pids: list[int], start: float) -> None:
-        super().__init__(daemon=True)
-        self._pids = pids
-        self._start = start
-        self._stop_event = threading.Event()
-        self.samples: dict[int, list[tuple[float, float]]] = {pid: [] for pid in pids}
-
-    def __enter__(self) -> _Sampler:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop_event.set()
-        self.join()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.INTERVAL_SECONDS):
-            elapsed = round(time.monotonic() - self._start, 1)
-            for pid in self._pids:
-                with contextlib.suppress(OSError):
-                    self.samples[pid].append((elapsed, round(memory(pid).rss_mb, 1)))
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def _without_credentials(url: str) -> str:
-    """A database URL fit for the results file: no user name or password."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.hostname:
-        return url
-    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))

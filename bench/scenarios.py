@@ -16,12 +16,15 @@ from bench.upstream import MODEL
 from bench.wrk import Request
 from claudeopus.keys import new_secret
 
-PathKind = Literal["direct", "bare", "full", "unleased"]
+PathKind = Literal["direct", "floor", "bare", "full", "unleased", "serve", "serve-workers"]
 # An unauthenticated flood sent alongside (see flood_request): none, one made-up key, a new one per request.
 FloodKind = Literal["", "one-key", "new-keys"]
 # The paths through control: as configured by default (budget leases of LEASE_SECONDS, the
 # edge's default), and with leases off (CLAUDEOPUS_LEASE_SECONDS=0: each request authorized alone).
 CONTROL_PATHS = ("full", "unleased")
+# Paths whose requests carry a real key (the others get a well-formed key nobody checks).
+SERVE_PATHS = ("serve", "serve-workers")
+KEYED_PATHS = (*CONTROL_PATHS, *SERVE_PATHS)
 LEASE_SECONDS = 1.0
 
 
@@ -41,6 +44,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("direct", "(a) nginx directly", "direct", stream=False),
+    Scenario("floor", "(a') minimal relay: BlackSheep, uvicorn, aiohttp, no checks", "floor", stream=False),
     Scenario("bare", "(b) bare relay: edge, control stubbed out", "bare", stream=False),
     Scenario("full", "(c) full path: key auth, budget leases, usage settle", "full", stream=False, budget=True),
     Scenario("full-no-budget", "(c') full path, no budget on the key or above it", "full", stream=False),
@@ -73,6 +77,20 @@ SCENARIOS = (
         budget=True,
         flood="new-keys",
     ),
+    Scenario(
+        "serve",
+        "(h) `claudeopus serve`: control and edge in one process on SQLite",
+        "serve",
+        stream=False,
+        budget=True,
+    ),
+    Scenario(
+        "serve-workers",
+        "(h') `claudeopus serve` with CLAUDEOPUS_WORKERS=1: the edge in a process of its own",
+        "serve-workers",
+        stream=False,
+        budget=True,
+    ),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
@@ -103,8 +121,8 @@ def flood_request(kind: FloodKind) -> Request:
 
 
 def request_for(scenario: Scenario, *, budgeted_key: str, unbudgeted_key: str) -> Request:
-    """The scenario's request; the direct and bare paths get a well-formed key nobody checks."""
-    if scenario.path not in CONTROL_PATHS:
+    """The scenario's request; the direct, floor and bare paths get a well-formed key nobody checks."""
+    if scenario.path not in KEYED_PATHS:
         return Request(body=body(stream=scenario.stream), api_key=new_secret())
     return Request(body=body(stream=scenario.stream), api_key=budgeted_key if scenario.budget else unbudgeted_key)
 

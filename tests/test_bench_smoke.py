@@ -66,3 +66,6 @@ def test_quick_run_measures_every_scenario_without_errors(tmp_path: Path) -> Non
     assert results["ratios"] and results["targets"]
     table = (tmp_path / "latest.md").read_text()
     assert "## Targets" in table and "full / bare" in table
+    # The floor, bare, full and serve side by side, with the ratios to the floor.
+    assert "bare / floor" in table and "full / floor" in table and "serve / floor" in table
+    assert "p99 serve / full" in table

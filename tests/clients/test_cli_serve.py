@@ -62,6 +62,7 @@ class Served:
     grpc_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     exit_seconds: float | None = None
+    env: dict[str, str] = field(default_factory=dict)  # on top of the clean environment
 
     @property
     def edge_url(self) -> str:
@@ -87,7 +88,7 @@ class Served:
     def start(self) -> Served:
         self.http_port, self.grpc_port = _two_ports()
         args = [CLI, "serve", "--http", f"127.0.0.1:{self.http_port}", "--grpc", self.control_target]
-        env = clean_env()  # above all: no CLAUDEOPUS_UPSTREAM_URL, no CLAUDEOPUS_DATABASE_URL
+        env = {**clean_env(), **self.env}  # above all: no CLAUDEOPUS_UPSTREAM_URL, no CLAUDEOPUS_DATABASE_URL
         out = (self.log_dir / f"{self.name}.stdout").open("wb")
         err = (self.log_dir / f"{self.name}.stderr").open("wb")
         with out, err:
@@ -384,6 +385,38 @@ def test_sigterm_exits_0_and_a_restart_keeps_the_installation(tmp_path: Path) ->
         served.stop()
 
 
+def test_edge_workers_share_the_port_bill_every_request_and_stop_on_sigterm(tmp_path: Path) -> None:
+    cwd, log_dir = tmp_path / "work", tmp_path / "logs"
+    cwd.mkdir()
+    log_dir.mkdir()
+    served = Served(cwd, log_dir, "workers", env={"CLAUDEOPUS_WORKERS": "2"})
+    try:
+        first = _keys(served.start())
+        # A new connection per request: the kernel hands them to either worker.
+        for index in range(6):
+            reply = _openai(served, first.demo_key).chat.completions.create(
+                model=DEMO_MODEL, messages=[{"role": "user", "content": f"hello {index}"}], max_tokens=2
+            )
+            assert reply.choices[0].message.content == " ".join(DEMO_GREETING.split()[:2])
+        _wait_for_records(first, 6)
+        assert served.process is not None
+        workers = _edge_workers(served.process.pid)
+        assert len(workers) == 2, workers
+        assert served.stop() == 0, served.describe()
+        assert served.exit_seconds is not None and served.exit_seconds < 10
+        assert "ClaudeOpus stopped" in served.stderr()
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "every worker stopped with serve"
+        assert first.admin_key not in served.stderr() and first.demo_key not in served.stderr()
+    finally:
+        served.stop()
+
+
+def _edge_workers(pid: int) -> list[int]:
+    """The worker processes ``serve`` (``pid``) spawned (not multiprocessing's resource tracker)."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
 # -- start-up errors ----------------------------------------------------------------------------
 
 
@@ -424,11 +457,20 @@ def test_serve_with_a_bad_reservation_setting_is_a_clean_error(tmp_path: Path, n
 
 
 def test_serve_with_a_busy_http_port_is_a_clean_error(tmp_path: Path) -> None:
+    (tmp_path / "workers").mkdir()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
         result = run_cli(["serve", "--http", f"127.0.0.1:{busy}", "--grpc", f"127.0.0.1:{free_port()}"], cwd=tmp_path)
+        with_workers = run_cli(
+            ["serve", "--http", f"127.0.0.1:{busy}", "--grpc", f"127.0.0.1:{free_port()}"],
+            env={"CLAUDEOPUS_WORKERS": "1"},
+            cwd=tmp_path / "workers",
+        )
+    assert with_workers.returncode != 0, with_workers.describe()
+    assert str(busy) in with_workers.stderr
+    assert "Traceback" not in with_workers.stderr, with_workers.describe()
     assert result.returncode != 0, result.describe()
     assert str(busy) in result.stderr
     assert "Traceback" not in result.stderr, result.describe()

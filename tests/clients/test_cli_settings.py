@@ -20,6 +20,7 @@ def test_defaults_a_demo_upstream_and_one_token_made_for_this_process() -> None:
     assert len(settings.control.service_token) >= 32
     assert settings.edge.control_target == "127.0.0.1:50051"
     assert settings.log_level == settings.edge.log_level == "info"
+    assert settings.workers == 0, "the edge runs in the serve process unless workers are asked for"
     assert ServeSettings.from_env({}).control.service_token != settings.control.service_token
     served = settings.with_upstream("http://127.0.0.1:5/v1")
     assert served.edge.upstream_url == "http://127.0.0.1:5/v1" and served.demo_upstream
@@ -35,8 +36,11 @@ def test_flags_win_over_variables() -> None:
         "CLAUDEOPUS_CONTROL": "elsewhere:9",
         "CLAUDEOPUS_LOG_LEVEL": "debug",
         "CLAUDEOPUS_ACCESS_LOG_STDOUT": "1",
+        "CLAUDEOPUS_WORKERS": "2",
     }
     from_env = ServeSettings.from_env(env)
+    assert from_env.workers == 2
+    assert ServeSettings.from_env(env, workers=1).workers == 1
     assert (from_env.edge.http_address, from_env.control.grpc_address) == ("127.0.0.1:1", "0.0.0.0:2")
     assert (from_env.control.database_url, from_env.edge.upstream_url) == ("sqlite://./env.db", "http://env/v1")
     assert not from_env.demo_upstream and from_env.edge.access_log_stdout
@@ -82,6 +86,8 @@ def test_the_edge_dials_the_control_beside_it(address: str, target: str) -> None
         ({"upstream_url": "ftp://u"}, {}, "CLAUDEOPUS_UPSTREAM_URL"),
         ({}, {"CLAUDEOPUS_RESERVATION_TIMEOUT": "soon"}, "CLAUDEOPUS_RESERVATION_TIMEOUT"),
         ({}, {"CLAUDEOPUS_SPOOL_MAX_BYTES": "lots"}, "CLAUDEOPUS_SPOOL_MAX_BYTES"),
+        ({}, {"CLAUDEOPUS_WORKERS": "many"}, "CLAUDEOPUS_WORKERS"),
+        ({"workers": 65}, {}, "CLAUDEOPUS_WORKERS"),
     ],
 )
 def test_a_bad_value_of_either_part_is_named(flags: dict[str, str], env: dict[str, str], name: str) -> None:

@@ -571,3 +571,15 @@ async def test_the_edge_logs_each_request_once_and_nothing_from_inside_it(
     assert all(m["ip"] == "127.0.0.1" for m in parsed if m)
     for forbidden in (canary, secret, "key=", "?", "Bearer", "upstream-", "model-", "content"):
         assert forbidden not in logged
+
+
+async def test_inside_an_event_loop_the_lines_of_one_turn_reach_the_file_together(tmp_path: Path) -> None:
+    log = AccessLog(tmp_path / "access.log")
+    with log.opened():
+        log.write("first")
+        log.write("second")
+        assert (tmp_path / "access.log").read_text() == "", "written at the end of the turn, not per line"
+        await asyncio.sleep(0)
+        assert (tmp_path / "access.log").read_text() == "first\nsecond\n"
+        log.write("last")
+    assert (tmp_path / "access.log").read_text() == "first\nsecond\nlast\n", "closing writes what is left"

@@ -88,8 +88,14 @@ def serve(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     access_log_stdout: AccessLogStdout = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Edge processes beside control (env CLAUDEOPUS_WORKERS); 0 = in-process.", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    """Run control and edge together in one process (embedded SQLite by default)."""
+    """Run control and edge together (one process unless workers are asked for; embedded SQLite by default)."""
     from claudeopus.cli.servers import run_serve
     from claudeopus.cli.settings import ServeSettings
 
@@ -103,6 +109,7 @@ def serve(
             tls_key=tls_key,
             access_log_stdout=_on_or_unset(access_log_stdout),
             log_level=log_level,
+            workers=workers,
         ),
         run_serve,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from claudeopus.cli.settings import ServeSettings
+from claudeopus.cli.workers import EdgeWorkers
 from claudeopus.client import ClaudeOpusClient
 from claudeopus.control.domain.accounts import Bootstrapped
 from claudeopus.control.server import ControlServer
@@ -62,7 +63,11 @@ async def run_serve(settings: ServeSettings, stop: asyncio.Event) -> None:
             settings = settings.with_upstream(f"http://127.0.0.1:{demo.port}/v1")
             _banner_demo(settings.edge.upstream_url)
         edge = settings.edge
-        await stack.enter_async_context(HttpServer(build_app(edge), edge.http_host, edge.http_port, **_https(edge)))
+        if settings.workers:
+            workers = EdgeWorkers(edge, settings.workers, settings.log_level, _https(edge))
+            await stack.enter_async_context(workers)
+        else:
+            await stack.enter_async_context(HttpServer(build_app(edge), edge.http_host, edge.http_port, **_https(edge)))
         if control.bootstrapped is None:
             _log.info("existing installation: admin already bootstrapped (keys are shown only once)")
         else:

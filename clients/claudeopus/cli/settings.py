@@ -13,6 +13,8 @@ from claudeopus.settings import SettingsError, layered
 
 # The edge's upstream until the built-in demo upstream listens (on a port chosen then).
 DEMO_UPSTREAM_PENDING = "http://127.0.0.1:1/v1"
+# CLAUDEOPUS_WORKERS: edge processes beside control (see cli/workers.py); 0 runs the edge in-process.
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +32,12 @@ class ServeSettings:
     edge: EdgeSettings
     # No upstream configured: the edge forwards to the built-in demo upstream.
     demo_upstream: bool = False
+    # Edge processes beside control (CLAUDEOPUS_WORKERS); 0: the edge in the serve process.
+    workers: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise SettingsError(f"CLAUDEOPUS_WORKERS must be from 0 to {MAX_WORKERS}")
         # The built-in edge talks to the built-in control: over TLS it must trust (and satisfy) it.
         if self.control.tls_cert and not self.edge.control_ca:
             raise SettingsError(
@@ -64,14 +70,20 @@ class ServeSettings:
         tls_key: str | None = None,
         access_log_stdout: bool | None = None,
         log_level: str | None = None,
+        workers: int | None = None,
     ) -> ServeSettings:
         """Read ``CLAUDEOPUS_*`` variables once; the arguments are command-line values (None: not given).
 
         The service token is made here, for this process only, whatever CLAUDEOPUS_SERVICE_TOKEN says;
         the edge's control address is the control's own, whatever CLAUDEOPUS_CONTROL says.
         """
-        env, given = layered(environ, {"upstream_url": upstream_url}, {"upstream_url": "CLAUDEOPUS_UPSTREAM_URL"})
+        env, given = layered(
+            environ,
+            {"upstream_url": upstream_url, "workers": workers},
+            {"upstream_url": "CLAUDEOPUS_UPSTREAM_URL", "workers": "CLAUDEOPUS_WORKERS"},
+        )
         upstream = given.get("upstream_url", env.get("CLAUDEOPUS_UPSTREAM_URL", ""))
+        edge_workers = given["workers"] if "workers" in given else _whole(env, "CLAUDEOPUS_WORKERS")
         token = secrets.token_urlsafe(32)  # in-process only: never leaves this process
         control = ControlSettings.from_env(
             env, grpc_address=grpc_address, database_url=database_url, service_token=token, log_level=log_level
@@ -87,7 +99,14 @@ class ServeSettings:
             tls_key=tls_key,
             log_level=log_level,
         )
-        return cls(control=control, edge=edge, demo_upstream=not upstream)
+        return cls(control=control, edge=edge, demo_upstream=not upstream, workers=edge_workers)
+
+
+def _whole(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name, "").strip() or "0"
+    if not raw.isdigit():
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
 
 
 def local_target(address: str) -> str:

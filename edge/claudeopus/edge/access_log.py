@@ -11,13 +11,12 @@ writes in a URL is ever kept), the latency in milliseconds until the last byte o
 (streams included), and the ``x-request-id`` the edge answered with (``-`` when the request was
 refused before authorize). No path, query string, header, body, key or model name is ever written.
 
-Lines go to a file rotated on a short window with the standard library's
+Lines go to a file rotated on a short window by the standard library's
 :class:`~logging.handlers.TimedRotatingFileHandler` (UTC, boundaries aligned to the window, the
-newest ``keep`` rotated files kept besides the current one) and/or to stdout, through a logger of
-their own that never propagates to the application's loggers. A file that reaches ``max_bytes``
-is rotated out early, under its window's name (numbered ``.000001``, ... after the first part of a
-window), so no file grows past the cap and the oldest go first. Files are created 0600 in
-directories created 0700 (claudeopus.private_files).
+newest ``keep`` rotated files kept besides the current one) and/or to stdout, never through a logger,
+flushed once per event-loop turn. A file that reaches ``max_bytes`` is rotated out early, under its
+window's name (numbered ``.000001``, ... after the first part of a window), so no file grows past
+the cap and the oldest go first. Files are created 0600 in directories created 0700.
 
 Example::
 
@@ -29,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -38,7 +38,6 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, MutableMapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -73,7 +72,7 @@ def access_line(
 ) -> str:
     """One access line; ``route`` a route template (or UNMATCHED), ``started_at`` a POSIX time, ``latency`` seconds."""
     millis = round(started_at * 1000)
-    moment = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
     return " ".join(
         (
             _token(client),
@@ -163,9 +162,11 @@ class AccessLogMiddleware:
         async def noting_send(message: Message) -> None:
             kind = message.get("type")
             if kind == "http.response.start":
-                with contextlib.suppress(Exception):
+                try:
                     seen.status = int(message["status"])
                     seen.request_id = _request_id(message.get("headers", ()))
+                except Exception:  # noqa: S110 - an odd message is the server's to refuse, not the log's
+                    pass
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False) and seen.finished is None:
                 seen.finished = self._monotonic()
@@ -177,7 +178,7 @@ class AccessLogMiddleware:
             failed = True  # the server answers 500 if nothing was sent yet
             raise
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 finished = seen.finished if seen.finished is not None else self._monotonic()
                 status = seen.status if seen.status is not None else (500 if failed else None)
                 client = scope.get("client")
@@ -191,6 +192,8 @@ class AccessLogMiddleware:
                         request_id=seen.request_id,
                     )
                 )
+            except Exception:  # noqa: S110 - logging never breaks a request
+                pass
 
 
 class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
@@ -200,7 +203,8 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
     file's suffix name exactly the window it covers. A file left by an earlier run is rotated
     under its own window's name on the first line after a restart. A file that would pass
     ``max_bytes`` is rotated at once, under its window's name; the later parts of one window are
-    numbered, so names sort oldest first and the oldest are the ones deleted.
+    numbered, so names sort oldest first and the oldest are the ones deleted. Only the rotation comes
+    from the stdlib: :meth:`write_line` makes no log record and formats nothing.
     """
 
     def __init__(self, path: Path, *, seconds: int, keep: int, clock: Clock, max_bytes: int) -> None:
@@ -209,8 +213,12 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
         super().__init__(path, when=when, interval=count, backupCount=keep, encoding="utf-8", utc=True)
         self._clock = clock
         stat = os.stat(self.baseFilename)
+        # /dev/stdout and friends: written to, never renamed.
+        self._rotates = stat.st_mode & 0o170000 == 0o100000  # a regular file
         start = stat.st_mtime if stat.st_size else clock()
         self.rolloverAt = self.computeRollover(int(start))
+        self._size = stat.st_size
+        self._sized: object = self.stream  # the stream self._size counts the bytes of
 
     def computeRollover(self, currentTime: int) -> int:
         return (currentTime // self.interval + 1) * self.interval
@@ -219,17 +227,28 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
         fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND)
         return open(fd, "a", encoding="utf-8")
 
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
-            self.rolloverAt = self.computeRollover(int(self._clock()))  # /dev/stdout and friends: never renamed
+    def write_line(self, line: str) -> None:
+        """``line`` and a newline, rotating first when its window has passed or it would pass the cap."""
+        data = line + "\n"
+        size = len(data.encode("utf-8"))
+        if self._due(size):
+            self.doRollover()
+        if self.stream is None:
+            self.stream = self._open()
+        if self._sized is not self.stream:  # opened anew (a rotation): count from its end
+            self._sized, self._size = self.stream, self.stream.tell()
+        self.stream.write(data)  # flushed by AccessLog, once per event-loop turn
+        self._size += size
+
+    def _due(self, size: int) -> bool:
+        if not self._rotates:
+            self.rolloverAt = self.computeRollover(int(self._clock()))
             return False
         if int(self._clock()) >= self.rolloverAt:
             return True
-        if self.stream is None:
+        if self.stream is None or self._sized is not self.stream:
             return False
-        line_bytes = len(self.format(record).encode("utf-8")) + 1
-        size = self.stream.tell()
-        return size > 0 and size + line_bytes > self._max_bytes
+        return self._size > 0 and self._size + size > self._max_bytes
 
     def rotation_filename(self, default_name: str) -> str:
         """The window's own name for its first part; ``.000001``, ``.000002``... for the later ones."""
@@ -243,6 +262,22 @@ class _UtcWindowHandler(logging.handlers.TimedRotatingFileHandler):
     def doRollover(self) -> None:
         super().doRollover()
         self.rolloverAt = self.computeRollover(int(self._clock()))
+
+
+class _StreamWriter:
+    """Lines to a text stream (stdout)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write_line(self, line: str) -> None:
+        self._stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
 
 
 def _unit(seconds: int) -> tuple[str, int]:
@@ -284,7 +319,8 @@ class AccessLog:
         self._stdout = stdout
         self._clock = clock
         self._stream = stream
-        self._logger: logging.Logger | None = None
+        self._writers: tuple[_UtcWindowHandler | _StreamWriter, ...] = ()
+        self._flush_pending = False
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> AccessLog:
@@ -307,11 +343,12 @@ class AccessLog:
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[AccessLog]:
-        """Create the handlers (and the file's directory); close them on the way out."""
-        # Not from logging.getLogger: a logger of this object's own, outside the hierarchy, so it
-        # reaches no other handler and no two apps in one process share one.
-        logger = logging.Logger("claudeopus.access", logging.INFO)
-        logger.propagate = False
+        """Create the writers (and the file's directory); close them on the way out.
+
+        The writers are this object's own: lines reach no logger, and no two apps in one
+        process share a file handle.
+        """
+        writers: list[_UtcWindowHandler | _StreamWriter] = []
         try:
             if self._path is not None:
                 private_directory(self._path.parent)
@@ -322,7 +359,7 @@ class AccessLog:
                     clock=self._clock,
                     max_bytes=self._max_bytes,
                 )
-                logger.addHandler(rotating)
+                writers.append(rotating)
                 _log.info(
                     "access log: %s, rotated every %ss (UTC) or at %s bytes, %s rotated files kept",
                     rotating.baseFilename,
@@ -331,18 +368,33 @@ class AccessLog:
                     self._keep,
                 )
             if self._stdout:
-                logger.addHandler(logging.StreamHandler(self._stream or sys.stdout))
-            for handler in logger.handlers:
-                handler.setFormatter(logging.Formatter("%(message)s"))
-            self._logger = logger if logger.handlers else None
+                writers.append(_StreamWriter(self._stream or sys.stdout))
+            self._writers = tuple(writers)
             yield self
         finally:
-            self._logger = None
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-                handler.close()
+            self._writers = ()
+            for writer in writers:
+                writer.close()
 
     def write(self, line: str) -> None:
-        logger = self._logger
-        if logger is not None:
-            logger.info(line)  # no arguments, so no %-formatting of the line
+        """``line`` reaches the file at the end of this event-loop turn (at once outside a loop): the
+        lines of requests that end together cost one system write."""
+        for writer in self._writers:
+            writer.write_line(line)
+        if self._flush_pending or not self._writers:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        for writer in self._writers:
+            try:
+                writer.flush()
+            except (OSError, ValueError) as error:  # a full disk: the lines are lost, never the request
+                _log.warning("access log: writing failed (%s)", type(error).__name__)

@@ -17,6 +17,7 @@ import orjson
 
 from claudeopus.edge import errors
 from claudeopus.edge.completions import DEFAULT_MAX_CHOICES, CompletionRequest, parse_completion, with_output_cap
+from claudeopus.edge.deadline import Deadline
 from claudeopus.edge.disconnect import DisconnectWatcher, Receive
 from claudeopus.edge.metering.meter import Metering, Ticket
 from claudeopus.edge.metering.types import Outcome, UsageSource, UsageStatus
@@ -106,7 +107,7 @@ class Forwarder:
             )
             return StreamReply(events=relay.events, headers=[*headers, (b"cache-control", b"no-cache")])
         try:
-            async with asyncio.timeout(deadline - time.perf_counter()):
+            async with Deadline(deadline):
                 body = await response.aread()
         except (UpstreamTimeout, TimeoutError):
             ticket.settle(Outcome.failed(504))
@@ -161,7 +162,7 @@ class Forwarder:
         """The upstream's response head; a connection that failed before sending anything is tried again."""
         body = completion.upstream_body
         with _upstream_call():
-            async with asyncio.timeout(deadline - time.perf_counter()):
+            async with Deadline(deadline):
                 for retry in range(1, self._connect_retries + 1):
                     try:
                         return await self._upstream.send("POST", "chat/completions", body)

@@ -1,12 +1,14 @@
-"""HTTP routes at OpenAI's paths; thin: read the request, call the forwarder, answer."""
+"""HTTP routes at OpenAI's paths; thin: read the request, call the forwarder, answer.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: BlackSheep reads a handler's annotations as
+objects, and calls a handler that takes only the request and is declared to return a Response
+as it is, without wrapping it in a parameter binder and a response converter.
+"""
 
 from types import MappingProxyType
 
 from blacksheep import Application, Content, Request, Response, StreamedContent
 from blacksheep.contents import ASGIContent
-from blacksheep.exceptions import MessageAborted
 
 from claudeopus import keys
 from claudeopus.edge import errors
@@ -54,22 +56,29 @@ def require_json(request: Request) -> None:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing anything over ``limit`` bytes before reading it all."""
     declared = request.get_first_header(b"content-length")
-    too_large = errors.PayloadTooLarge(f"The request body is larger than {limit} bytes.", code="request_too_large")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    if request.content is None:
-        return b""
+        raise _too_large(limit)
+    receive = _receive(request)
+    if receive is None:
+        return b""  # no body (BlackSheep gives a request without one no content)
+    # The ASGI messages themselves: the common body is one message, read without a generator.
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.content.stream():  # type: ignore[attr-defined]  # missing from the stubs
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except MessageAborted:
-        raise errors.BadRequest("The client closed the connection before sending the whole body.") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            raise errors.BadRequest("The client closed the connection before sending the whole body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> errors.OpenAIError:
+    return errors.PayloadTooLarge(f"The request body is larger than {limit} bytes.", code="request_too_large")
 
 
 def _receive(request: Request) -> Receive | None:
@@ -95,7 +104,21 @@ def error_response(error: errors.OpenAIError) -> Response:
 
 
 def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> None:
-    async def chat_completions(request: Request, forwarder: Forwarder) -> Response:
+    """The edge's routes on ``app``; their :class:`Forwarder` is the one the app's lifespan registers
+    as a service, looked up once each time the app starts (not per request)."""
+    serving: list[Forwarder] = []  # the started app's forwarder
+
+    async def resolve_forwarder(app: Application) -> None:
+        serving[:] = [app.services.resolve(Forwarder)]
+
+    async def drop_forwarder(app: Application) -> None:
+        serving.clear()
+
+    app.after_start += resolve_forwarder
+    app.on_stop += drop_forwarder
+
+    async def chat_completions(request: Request) -> Response:
+        forwarder = serving[0]
         try:
             secret = bearer_secret(request)
             require_json(request)
@@ -108,8 +131,8 @@ def register_routes(app: Application, max_body_bytes: int, max_choices: int) -> 
         raw = await read_body(request, max_body_bytes)
         return to_response(await forwarder.chat_completions(hashed, raw, receive))
 
-    async def list_models(request: Request, forwarder: Forwarder) -> Response:
-        return to_response(await forwarder.models(bearer_secret(request)))
+    async def list_models(request: Request) -> Response:
+        return to_response(await serving[0].models(bearer_secret(request)))
 
     document = openapi_json(max_body_bytes, max_choices)
 

@@ -23,6 +23,21 @@ import uvicorn
 STARTUP_TIMEOUT_SECONDS = 30.0
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``: bound here, so a busy port is a clear OSError instead of uvicorn
+    exiting the process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -30,7 +45,12 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: Any, host: str, port: int, **uvicorn_options: Any) -> None:
+    """``app`` served on ``host:port``, or on ``sock`` when given (a socket already bound there, e.g. by a
+    parent process that shares it among edge workers)."""
+
+    def __init__(
+        self, app: Any, host: str, port: int, *, sock: socket.socket | None = None, **uvicorn_options: Any
+    ) -> None:
         options: dict[str, Any] = {
             "lifespan": "on",
             "access_log": False,
@@ -42,24 +62,14 @@ class HttpServer:
         options.update(uvicorn_options)
         self._server = _Server(uvicorn.Config(app, host=host, port=port, **options))
         self._task: asyncio.Task[None] | None = None
+        self._sock = sock
         self.port = port
 
     def _bind(self) -> socket.socket:
-        """Bind ourselves, so a busy port is a clear OSError instead of uvicorn exiting the process."""
-        host, port = self._server.config.host, self._server.config.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as error:
-            sock.close()
-            raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
-        sock.set_inheritable(True)
-        return sock
+        return bind(self._server.config.host, self._server.config.port)
 
     async def __aenter__(self) -> HttpServer:
-        sock = self._bind()
+        sock = self._sock if self._sock is not None else self._bind()
         self.port = sock.getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(self._serve(sock))
         deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_SECONDS

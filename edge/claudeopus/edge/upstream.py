@@ -25,9 +25,9 @@ Their messages name a host or an OS error, never anything the upstream sent.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from types import TracebackType
 from typing import Protocol
 
 import aiohttp
@@ -128,7 +128,7 @@ class AiohttpUpstream:
         if url is None:
             url = self._urls[path] = URL(self._base + path)
         headers = {"content-type": "application/json"} if body is not None else None
-        with _mapped():
+        with _mapped:
             response = await self._session.request(method, url, data=body, headers=headers, allow_redirects=False)
         return _Response(response)
 
@@ -143,13 +143,13 @@ class _Response:
         self.content_type = response.headers.get("content-type", "")
 
     async def aread(self) -> bytes:
-        with _mapped():
+        with _mapped:
             return await self._response.read()
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         content = self._response.content
         while True:
-            with _mapped():
+            with _mapped:
                 chunk = await content.readany()
             if not chunk:
                 return
@@ -164,20 +164,31 @@ class _Response:
             self._response.close()
 
 
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    """aiohttp's failures as this module's; the order matters (the classes overlap)."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as error:
-        raise ConnectTimedOut(str(error)) from error
-    except aiohttp.ServerTimeoutError as error:
-        raise ReadTimedOut(str(error)) from error
-    except aiohttp.ClientConnectorError as error:
-        raise ConnectFailed(str(error)) from error
-    except aiohttp.ClientError as error:
+class _Mapped:
+    """aiohttp's failures as this module's; the order matters (the classes overlap). A class, not a
+    generator-based context manager: it wraps every upstream call, and this costs a fifth as much."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if error is None or not isinstance(error, aiohttp.ClientError):
+            return
+        if isinstance(error, aiohttp.ConnectionTimeoutError):
+            raise ConnectTimedOut(str(error)) from error
+        if isinstance(error, aiohttp.ServerTimeoutError):
+            raise ReadTimedOut(str(error)) from error
+        if isinstance(error, aiohttp.ClientConnectorError):
+            raise ConnectFailed(str(error)) from error
         # Only the class: a parser error's text can quote what the upstream sent.
         raise ConnectionBroken(type(error).__name__) from error
+
+
+_mapped = _Mapped()
 
 
 def _ssl_context(ca_file: str) -> ssl.SSLContext:
