@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TypeVar
 
 import grpc
 
@@ -24,7 +23,6 @@ from claudeopus.v1 import (
     usage_pb2_grpc,
 )
 
-T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
 
 
