@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
 from claudeopus import tls
+from claudeopus.control.secrets import SECRETS_KEY_VARIABLE, parse_keys
 from claudeopus.gateway_limits import MAX_OUTPUT_TOKENS
 from claudeopus.settings import DEFAULT_LOG_LEVEL, SettingsError, layered
 
@@ -85,6 +86,8 @@ class ControlSettings:
     login_concurrency: int = 4
     # debug, info or warning: ClaudeOpus's own loggers (libraries never log below info).
     log_level: str = DEFAULT_LOG_LEVEL
+    # CLAUDEOPUS_SECRETS_KEY: the keys that seal upstream credentials, current first (see secrets.py).
+    secrets_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if len(self.service_token) < 32:
@@ -131,6 +134,7 @@ class ControlSettings:
             email_probes_per_hour=_limit(env, "email_probes_per_hour"),
             method_concurrency=_limit(env, "method_concurrency"),
             login_concurrency=_limit(env, "login_concurrency"),
+            secrets_keys=parse_keys(env.get(SECRETS_KEY_VARIABLE, "")),
         )
         return cls(**{**values, **given})
 
