@@ -365,8 +365,12 @@ def test_sigterm_exits_0_and_a_restart_keeps_the_installation(tmp_path: Path) ->
         assert "ClaudeOpus stopped" in served.stderr()
         database = cwd / "claudeopus.db"
         assert database.is_file()
+        secrets_key = cwd / "claudeopus-secrets.key"  # seals upstream credentials: made once, owner-only
+        assert secrets_key.stat().st_mode & 0o777 == 0o600
+        made = secrets_key.read_text()
 
         again.start()
+        assert secrets_key.read_text() == made, "a restart must keep the key its credentials were sealed with"
         assert "sk-co-" not in again.stdout(), "a restart must not print (new) keys"
         assert "First start" not in again.stdout()
         assert "admin already bootstrapped" in again.stderr(), again.describe()

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from claudeopus.cli.secrets_key import with_secrets_key
 from claudeopus.cli.settings import ServeSettings
 from claudeopus.cli.workers import EdgeWorkers
 from claudeopus.client import ClaudeOpusClient
@@ -55,8 +56,9 @@ async def run_serve(settings: ServeSettings, stop: asyncio.Event) -> None:
     """Control and edge in one process; a demo upstream when none is configured."""
     async with AsyncExitStack() as stack:
         # The admin is made before the gRPC port listens: no other process can bootstrap first.
+        control_settings = with_secrets_key(settings.control, Path.cwd())
         control = await stack.enter_async_context(
-            ControlServer(settings.control, bootstrap_as=(ADMIN_EMAIL, "Administrator"))
+            ControlServer(control_settings, bootstrap_as=(ADMIN_EMAIL, "Administrator"))
         )
         if settings.demo_upstream:
             demo = await stack.enter_async_context(HttpServer(DemoUpstream(), "127.0.0.1", 0))
