@@ -1,5 +1,7 @@
 """The router: which upstream deployment serves a request, and which to try next when one fails.
 
+- :mod:`~claudeopus.edge.router.table`: one immutable version of the routes (public ids and
+  aliases to deployments; unknown names pass through to the default upstream when there is one).
 - :mod:`~claudeopus.edge.router.choice`: the order of a model's deployments for one request
   (lowest priority number first, weighted random among equals).
 - :mod:`~claudeopus.edge.router.health`: outlier ejection (a deployment failing N times in a row
